@@ -1,0 +1,111 @@
+// libgit2 behind a small interface: a bare mirror cache of one remote, and
+// the worktrees, commits and pushes of tasks on it. No libgit2 header leaks
+// out of this file. A `mirror` is not thread-safe; the REPO actor (one per
+// repository URL, detached) is its only user, which also serializes fetches
+// (libgit2 fails concurrent fetches on ref lock files).
+//
+// Layout: the mirror is a bare repository whose origin fetchspecs are
+// `+refs/heads/*:refs/remotes/origin/*` and `+refs/tags/*:refs/tags/*`, so a
+// prune-fetch never deletes task branches, which live in `refs/heads/`.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+namespace makima::git {
+
+/// Initializes libgit2 once per process (idempotent, thread-safe).
+void init();
+
+/// Returns the canonical form of a repository location: an existing local
+/// path becomes an absolute, normalized path; URLs are returned unchanged.
+std::string canonical_url(const std::string& url);
+
+/// Returns the directory name of the mirror of `url` under the repos dir:
+/// `<last path component, sanitized>-<first 16 hex of sha256(canonical url)>.git`.
+std::string mirror_dir_name(const std::string& url);
+
+/// A task's worktree.
+struct worktree_info {
+  std::filesystem::path path;
+  /// Short branch name, e.g. "makima/<task id>".
+  std::string branch;
+  /// Hex id of the commit the branch started from.
+  std::string base_commit;
+};
+
+/// Author/committer identity for task commits.
+struct signature {
+  std::string name = "makima";
+  std::string email = "makima@localhost";
+};
+
+/// The bare mirror cache of one remote repository.
+class mirror {
+public:
+  ~mirror();
+  mirror(mirror&&) noexcept;
+  mirror& operator=(mirror&&) noexcept;
+
+  /// Opens the mirror of `url` in `repos_dir`, cloning it when missing and
+  /// fetching from origin when it exists (`fetch_existing`). After this,
+  /// `refs/remotes/origin/HEAD` names the remote's default branch.
+  /// Errors: ec::repo_not_found (missing path, unreachable or not a git
+  /// repository), ec::git_error, ec::io_error.
+  static caf::expected<mirror> open(const std::string& url,
+                                    const std::filesystem::path& repos_dir,
+                                    bool fetch_existing = true);
+
+  /// Fetches from origin (prune), updating refs/remotes/origin/* and tags.
+  caf::error fetch();
+
+  /// Resolves `ref` to a commit id (hex). Empty `ref` means the remote's
+  /// default branch. Tries, in order: a full or abbreviated commit id,
+  /// `refs/remotes/origin/<ref>`, `refs/tags/<ref>`, then any revspec.
+  /// Errors: ec::ref_not_found.
+  caf::expected<std::string> resolve(const std::string& ref);
+
+  /// Creates branch `branch` at `commit` and a linked worktree named `name`
+  /// (no '/') at `dir` (must not exist; its parent is created). On failure
+  /// nothing is left behind (no branch, no dir, no worktree metadata).
+  caf::expected<worktree_info> add_worktree(const std::string& name,
+                                            const std::filesystem::path& dir,
+                                            const std::string& commit,
+                                            const std::string& branch);
+
+  /// Returns the info of the existing worktree `name` if its directory and
+  /// branch still exist (used to resume a task in its preserved worktree).
+  /// Errors: ec::worktree_missing.
+  caf::expected<worktree_info> open_worktree(const std::string& name,
+                                             const std::string& branch);
+
+  /// Commits every change in the worktree at `dir` (modified, deleted,
+  /// untracked, not ignored) on its branch. Returns the new commit id, or
+  /// nullopt when there is nothing to commit.
+  caf::expected<std::optional<std::string>>
+  commit_all(const std::filesystem::path& dir, const std::string& message,
+             const signature& sig);
+
+  /// Pushes `refs/heads/<branch>` to `url` (any path or URL libgit2
+  /// accepts) under the same name. Errors: ec::push_rejected (the remote
+  /// refused the update), ec::repo_not_found, ec::git_error.
+  caf::error push(const std::string& branch, const std::string& url);
+
+  /// Removes worktree `name` (files and metadata) and deletes `branch`.
+  caf::error remove_worktree(const std::string& name, const std::string& branch);
+
+  /// Path of the bare mirror.
+  const std::filesystem::path& path() const;
+
+private:
+  struct impl;
+  explicit mirror(std::unique_ptr<impl> p);
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace makima::git

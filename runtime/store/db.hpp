@@ -1,0 +1,122 @@
+// The local database of a makima data dir: RocksDB behind a small interface
+// that knows column families and key layout but not the task domain (records
+// arrive as JSON text from the persistence actor). No RocksDB header leaks
+// out of this file (pimpl). Not thread-safe for concurrent writers: the
+// persistence actor (detached) is its only user in a process.
+//
+// Column families and keys (`id` is a task id, which never contains '\0'):
+//   tasks  : id                         -> task record (JSON)
+//   events : id '\0' be64(n)            -> state transition (JSON), n = 0,1,…
+//   output : id '\0' be64(seq)          -> 1 byte stream (1=stdout,2=stderr) + bytes
+//   meta   : "schema"                   -> "1"
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+namespace makima::store {
+
+/// How a process opens the database.
+enum class open_mode {
+  /// Read-write; takes the RocksDB lock. Fails with ec::store_locked when
+  /// another process holds it.
+  primary,
+  /// Read-only view that works while another process is the primary
+  /// (RocksDB secondary instance); sees data as of open time.
+  secondary,
+};
+
+/// Options of the database.
+struct db_options {
+  open_mode mode = open_mode::primary;
+  /// fsync the WAL on every write batch (survives machine loss), otherwise
+  /// writes survive process death only.
+  bool sync = false;
+  /// Directory for the secondary instance's own files (mode secondary only).
+  std::filesystem::path secondary_dir;
+};
+
+/// One output chunk as stored.
+struct stored_chunk {
+  uint64_t seq = 0;
+  uint8_t stream = 1; // 1 = stdout, 2 = stderr
+  std::string bytes;
+};
+
+/// A set of writes applied atomically by `db::write`.
+class write_batch {
+public:
+  write_batch();
+  ~write_batch();
+  write_batch(write_batch&&) noexcept;
+  write_batch& operator=(write_batch&&) noexcept;
+
+  /// Sets the task record of `id`.
+  void put_task(std::string_view id, std::string_view json);
+  /// Sets the state-transition event number `n` of `id`.
+  void put_event(std::string_view id, uint64_t n, std::string_view json);
+  /// Sets the output chunk `seq` of `id`.
+  void put_output(std::string_view id, uint64_t seq, uint8_t stream,
+                  std::string_view bytes);
+  /// Number of operations in the batch.
+  size_t size() const;
+
+private:
+  friend class db;
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+/// The database of one data dir.
+class db {
+public:
+  ~db();
+  /// Opens (creating if missing, in primary mode) the database in `dir`.
+  /// Errors: ec::store_locked (another process holds it), ec::store_corrupt,
+  /// ec::store_full, ec::io_error (unwritable dir), ec::store_error.
+  static caf::expected<std::unique_ptr<db>> open(const std::filesystem::path& dir,
+                                                 const db_options& opts);
+
+  /// Applies `batch` atomically (WAL first). Errors: ec::store_full on
+  /// ENOSPC, ec::store_error otherwise.
+  caf::error write(write_batch&& batch);
+
+  /// Returns the record of `id`, or nullopt.
+  caf::expected<std::optional<std::string>> get_task(std::string_view id);
+
+  /// Calls `f(id, json)` for every task in key order.
+  caf::error for_each_task(
+    const std::function<void(std::string_view, std::string_view)>& f);
+
+  /// Calls `f(n, json)` for every event of `id` in order.
+  caf::error for_each_event(
+    std::string_view id,
+    const std::function<void(uint64_t, std::string_view)>& f);
+
+  /// Calls `f(chunk)` for every output chunk of `id` with seq >= `from`, in
+  /// seq order, until `f` returns false.
+  caf::error for_each_output(std::string_view id, uint64_t from,
+                             const std::function<bool(const stored_chunk&)>& f);
+
+  /// Returns the highest output seq of `id`, or nullopt when it has none.
+  caf::expected<std::optional<uint64_t>> last_output_seq(std::string_view id);
+
+  /// Returns the highest event number of `id`, or nullopt when it has none.
+  caf::expected<std::optional<uint64_t>> last_event(std::string_view id);
+
+private:
+  struct impl;
+  explicit db(std::unique_ptr<impl> p);
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace makima::store
