@@ -1,0 +1,408 @@
+// Tests of the libgit2 wrapper, checked against the git CLI.
+#include "runtime/git/git.hpp"
+
+#include <algorithm>
+#include <set>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "runtime/error.hpp"
+#include "tests/fixtures/git_repo.hpp"
+#include "tests/fixtures/temp_dir.hpp"
+
+namespace fs = std::filesystem;
+using makima::code_of;
+using makima::ec;
+using makima::test::git;
+using makima::test::make_bare_repo;
+using makima::test::make_repo;
+using makima::test::read_file;
+using makima::test::temp_dir;
+using makima::test::write_file;
+
+namespace {
+
+std::vector<std::string> lines(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream in{s};
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty())
+      out.push_back(line);
+  return out;
+}
+
+// All files below `dir`, relative, excluding the ".git" link.
+std::set<std::string> files_under(const fs::path& dir) {
+  std::set<std::string> out;
+  for (auto it = fs::recursive_directory_iterator(dir);
+       it != fs::recursive_directory_iterator(); ++it) {
+    if (it->path().filename() == ".git") {
+      if (it->is_directory())
+        it.disable_recursion_pending();
+      continue;
+    }
+    if (it->is_regular_file())
+      out.insert(fs::relative(it->path(), dir).string());
+  }
+  return out;
+}
+
+// The resolved commit, or "<error: ...>" so failures print instead of crash.
+std::string resolved(makima::git::mirror& m, const std::string& ref) {
+  auto r = m.resolve(ref);
+  return r ? *r : "<error: " + makima::describe(r.error()) + ">";
+}
+
+class GitTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    makima::git::init();
+    upstream = make_repo(tmp / "upstream");
+    repos = tmp / "repos";
+  }
+
+  makima::git::mirror open_mirror() {
+    auto m = makima::git::mirror::open(upstream.string(), repos);
+    if (!m)
+      ADD_FAILURE() << makima::describe(m.error());
+    return std::move(*m);
+  }
+
+  temp_dir tmp{"makima-git-test"};
+  fs::path upstream;
+  fs::path repos;
+};
+
+} // namespace
+
+TEST(GitNames, CanonicalUrl) {
+  temp_dir tmp;
+  auto dir = tmp / "a";
+  fs::create_directories(dir);
+  auto with_dots = (tmp / "a" / ".." / "a" / "").string();
+  EXPECT_EQ(makima::git::canonical_url(with_dots),
+            fs::weakly_canonical(dir).string());
+  EXPECT_EQ(makima::git::canonical_url("file:///x/y.git"), "file:///x/y.git");
+  EXPECT_EQ(makima::git::canonical_url("https://example.com/o/r.git"),
+            "https://example.com/o/r.git");
+  EXPECT_EQ(makima::git::canonical_url("git@example.com:o/r.git"),
+            "git@example.com:o/r.git");
+}
+
+TEST(GitNames, MirrorDirName) {
+  auto n = makima::git::mirror_dir_name("https://example.com/o/my repo.git");
+  // "<sanitized last component>-<16 hex>.git"
+  ASSERT_EQ(n.size(), std::string("my_repo-").size() + 16 + 4) << n;
+  EXPECT_EQ(n.substr(0, 8), "my_repo-");
+  EXPECT_EQ(n.substr(n.size() - 4), ".git");
+  EXPECT_NE(n, makima::git::mirror_dir_name("https://example.com/p/my repo.git"));
+  EXPECT_EQ(n, makima::git::mirror_dir_name("https://example.com/o/my repo.git"));
+  // The same local directory spelled two ways maps to one mirror.
+  temp_dir tmp;
+  fs::create_directories(tmp / "r");
+  EXPECT_EQ(makima::git::mirror_dir_name((tmp / "r").string()),
+            makima::git::mirror_dir_name((tmp / "r" / ".." / "r").string()));
+}
+
+TEST_F(GitTest, CloneCreatesMirrorWithOriginHead) {
+  auto m = open_mirror();
+  EXPECT_EQ(m.path(), repos / makima::git::mirror_dir_name(upstream.string()));
+  EXPECT_EQ(git(m.path(), {"rev-parse", "--is-bare-repository"}), "true");
+  EXPECT_EQ(git(m.path(), {"symbolic-ref", "refs/remotes/origin/HEAD"}),
+            "refs/remotes/origin/main");
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/remotes/origin/main"}),
+            git(upstream, {"rev-parse", "main"}));
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/remotes/origin/feature"}),
+            git(upstream, {"rev-parse", "feature"}));
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/tags/v1^{commit}"}),
+            git(upstream, {"rev-parse", "v1^{commit}"}));
+  // No temp dirs left behind.
+  size_t entries = 0;
+  for (auto& e : fs::directory_iterator(repos)) {
+    (void) e;
+    ++entries;
+  }
+  EXPECT_EQ(entries, 1u);
+}
+
+TEST_F(GitTest, DefaultBranchOtherThanMain) {
+  auto other = make_repo(tmp / "trunk-repo",
+                         {10, 1, "trunk", {}, ""});
+  auto m = makima::git::mirror::open(other.string(), repos);
+  ASSERT_TRUE(m) << makima::describe(m.error());
+  EXPECT_EQ(git(m->path(), {"symbolic-ref", "refs/remotes/origin/HEAD"}),
+            "refs/remotes/origin/trunk");
+  auto c = m->resolve("");
+  ASSERT_TRUE(c);
+  EXPECT_EQ(*c, git(other, {"rev-parse", "trunk"}));
+}
+
+TEST_F(GitTest, SecondOpenFetchesNewCommits) {
+  { auto m = open_mirror(); }
+  write_file(upstream / "new.txt", "new\n");
+  git(upstream, {"add", "-A"});
+  git(upstream, {"commit", "-q", "-m", "new"});
+  git(upstream, {"branch", "-D", "feature"});
+  auto m = open_mirror();
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/remotes/origin/main"}),
+            git(upstream, {"rev-parse", "main"}));
+  // Prune removed the deleted branch.
+  EXPECT_EQ(git(m.path(), {"for-each-ref", "refs/remotes/origin/feature"}), "");
+  auto c = m.resolve("");
+  ASSERT_TRUE(c);
+  EXPECT_EQ(*c, git(upstream, {"rev-parse", "main"}));
+}
+
+TEST_F(GitTest, OpenWithoutFetchKeepsOldState) {
+  auto old = git(upstream, {"rev-parse", "main"});
+  { auto m = open_mirror(); }
+  write_file(upstream / "new.txt", "new\n");
+  git(upstream, {"add", "-A"});
+  git(upstream, {"commit", "-q", "-m", "new"});
+  auto m = makima::git::mirror::open(upstream.string(), repos, false);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(resolved(*m, "main"), old);
+  ASSERT_FALSE(m->fetch());
+  EXPECT_EQ(resolved(*m, "main"), git(upstream, {"rev-parse", "main"}));
+}
+
+TEST_F(GitTest, BrokenMirrorIsRecreated) {
+  auto path = repos / makima::git::mirror_dir_name(upstream.string());
+  fs::create_directories(path / "objects");
+  write_file(path / "junk", "half-created\n");
+  auto m = open_mirror();
+  EXPECT_EQ(m.path(), path);
+  EXPECT_FALSE(fs::exists(path / "junk"));
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/remotes/origin/main"}),
+            git(upstream, {"rev-parse", "main"}));
+}
+
+TEST_F(GitTest, Resolve) {
+  auto m = open_mirror();
+  auto main_sha = git(upstream, {"rev-parse", "main"});
+  EXPECT_EQ(resolved(m, ""), main_sha);
+  EXPECT_EQ(resolved(m, "main"), main_sha);
+  EXPECT_EQ(resolved(m, "feature"), git(upstream, {"rev-parse", "feature"}));
+  EXPECT_EQ(resolved(m, "v1"), git(upstream, {"rev-parse", "v1^{commit}"}));
+  auto first = git(upstream, {"rev-list", "--max-parents=0", "main"});
+  EXPECT_EQ(resolved(m, first), first);
+  EXPECT_EQ(resolved(m, first.substr(0, 8)), first);
+  EXPECT_EQ(resolved(m, "main~1"), git(upstream, {"rev-parse", "main~1"}));
+  auto bad = m.resolve("no-such-branch");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(code_of(bad.error()), ec::ref_not_found);
+  EXPECT_NE(makima::describe(bad.error()).find("no-such-branch"),
+            std::string::npos);
+  auto missing_sha = m.resolve(std::string(40, 'a'));
+  ASSERT_FALSE(missing_sha);
+  EXPECT_EQ(code_of(missing_sha.error()), ec::ref_not_found);
+}
+
+TEST_F(GitTest, MissingPathIsRepoNotFound) {
+  auto m = makima::git::mirror::open((tmp / "nope").string(), repos);
+  ASSERT_FALSE(m);
+  EXPECT_EQ(code_of(m.error()), ec::repo_not_found);
+  EXPECT_NE(makima::describe(m.error()).find("nope"), std::string::npos);
+}
+
+TEST_F(GitTest, DirectoryThatIsNotARepoIsRepoNotFound) {
+  fs::create_directories(tmp / "plain");
+  write_file(tmp / "plain" / "x.txt", "x");
+  auto m = makima::git::mirror::open((tmp / "plain").string(), repos);
+  ASSERT_FALSE(m);
+  EXPECT_EQ(code_of(m.error()), ec::repo_not_found);
+  // Nothing left behind in the repos dir.
+  EXPECT_TRUE(fs::is_empty(repos));
+}
+
+TEST_F(GitTest, UnreachableUrlIsRepoNotFound) {
+  auto m = makima::git::mirror::open("file://" + (tmp / "nope").string(),
+                                     repos);
+  ASSERT_FALSE(m);
+  EXPECT_EQ(code_of(m.error()), ec::repo_not_found);
+}
+
+TEST_F(GitTest, AddWorktreeChecksOutTheCommit) {
+  auto m = open_mirror();
+  auto commit = resolved(m, "");
+  auto dir = tmp / "work" / "t1";
+  auto wt = m.add_worktree("t1", dir, commit, "makima/t1");
+  ASSERT_TRUE(wt) << makima::describe(wt.error());
+  EXPECT_EQ(wt->branch, "makima/t1");
+  EXPECT_EQ(wt->base_commit, commit);
+  EXPECT_EQ(fs::weakly_canonical(wt->path), fs::weakly_canonical(dir));
+  auto listed = lines(git(upstream, {"ls-tree", "-r", "--name-only", commit}));
+  std::set<std::string> expected(listed.begin(), listed.end());
+  EXPECT_EQ(files_under(dir), expected);
+  EXPECT_FALSE(fs::exists(dir / "doomed.txt"));
+  EXPECT_EQ(read_file(dir / "src/d3/e0/file3.txt"), "content of file 3\n");
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/heads/makima/t1"}), commit);
+  EXPECT_EQ(git(dir, {"rev-parse", "HEAD"}), commit);
+  EXPECT_EQ(git(dir, {"symbolic-ref", "HEAD"}), "refs/heads/makima/t1");
+  EXPECT_EQ(git(dir, {"status", "--porcelain"}), "");
+}
+
+TEST_F(GitTest, AddWorktreeAtOlderCommitIncludesDeletedFile) {
+  auto m = open_mirror();
+  auto first = resolved(m, "v1");
+  auto dir = tmp / "work" / "old";
+  auto wt = m.add_worktree("old", dir, first, "makima/old");
+  ASSERT_TRUE(wt) << makima::describe(wt.error());
+  EXPECT_TRUE(fs::exists(dir / "doomed.txt"));
+}
+
+TEST_F(GitTest, AddWorktreeOnExistingDirFailsWithoutLeftovers) {
+  auto m = open_mirror();
+  auto dir = tmp / "work" / "exists";
+  fs::create_directories(dir);
+  auto wt = m.add_worktree("exists", dir, resolved(m, ""), "makima/exists");
+  ASSERT_FALSE(wt);
+  EXPECT_EQ(git(m.path(), {"for-each-ref", "refs/heads/"}), "");
+  EXPECT_FALSE(fs::exists(m.path() / "worktrees" / "exists"));
+  EXPECT_TRUE(fs::exists(dir)); // not ours: untouched
+  // Bad name and bad commit fail cleanly too.
+  EXPECT_FALSE(m.add_worktree("a/b", tmp / "work" / "ab", resolved(m, ""),
+                              "makima/ab"));
+  auto bad = m.add_worktree("bad", tmp / "work" / "bad", std::string(40, 'b'),
+                            "makima/bad");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(code_of(bad.error()), ec::ref_not_found);
+  EXPECT_EQ(git(m.path(), {"for-each-ref", "refs/heads/"}), "");
+  EXPECT_FALSE(fs::exists(tmp / "work" / "bad"));
+}
+
+TEST_F(GitTest, OpenWorktree) {
+  auto m = open_mirror();
+  auto commit = resolved(m, "");
+  auto dir = tmp / "work" / "t2";
+  ASSERT_TRUE(m.add_worktree("t2", dir, commit, "makima/t2"));
+  auto wt = m.open_worktree("t2", "makima/t2");
+  ASSERT_TRUE(wt) << makima::describe(wt.error());
+  EXPECT_EQ(fs::weakly_canonical(wt->path), fs::weakly_canonical(dir));
+  EXPECT_EQ(wt->branch, "makima/t2");
+  EXPECT_EQ(wt->base_commit, commit);
+  // Reopening a mirror object works the same.
+  auto m2 = makima::git::mirror::open(upstream.string(), repos, false);
+  ASSERT_TRUE(m2);
+  EXPECT_TRUE(m2->open_worktree("t2", "makima/t2"));
+  EXPECT_EQ(code_of(m.open_worktree("nope", "makima/nope").error()),
+            ec::worktree_missing);
+  fs::remove_all(dir);
+  auto gone = m.open_worktree("t2", "makima/t2");
+  ASSERT_FALSE(gone);
+  EXPECT_EQ(code_of(gone.error()), ec::worktree_missing);
+  // The name can be reused once the directory is gone.
+  EXPECT_TRUE(m.remove_worktree("t2", "makima/t2") == caf::error{});
+  auto again = m.add_worktree("t2", dir, commit, "makima/t2");
+  EXPECT_TRUE(again) << makima::describe(again.error());
+}
+
+TEST_F(GitTest, CommitAll) {
+  auto m = open_mirror();
+  auto base = resolved(m, "");
+  auto dir = tmp / "work" / "c";
+  ASSERT_TRUE(m.add_worktree("c", dir, base, "makima/c"));
+  write_file(dir / "README.md", "changed\n");
+  fs::remove(dir / "src/d0/e0/file0.txt");
+  write_file(dir / "added/new.txt", "new file\n");
+  write_file(dir / ".gitignore", "*.log\n");
+  write_file(dir / "build.log", "ignored\n");
+  auto c = m.commit_all(dir, "task work", {"Robot", "robot@example.com"});
+  ASSERT_TRUE(c) << makima::describe(c.error());
+  ASSERT_TRUE(c->has_value());
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/heads/makima/c"}), **c);
+  EXPECT_EQ(git(dir, {"rev-parse", "HEAD~1"}), base);
+  auto status = lines(git(dir, {"show", "--name-status", "--format=", **c}));
+  std::set<std::string> got(status.begin(), status.end());
+  std::set<std::string> want{"M\tREADME.md", "D\tsrc/d0/e0/file0.txt",
+                             "A\tadded/new.txt", "A\t.gitignore"};
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(git(dir, {"log", "-1", "--format=%an <%ae>|%s", **c}),
+            "Robot <robot@example.com>|task work");
+  // Only the ignored file remains untracked; the index matches HEAD.
+  EXPECT_EQ(git(dir, {"status", "--porcelain"}), "");
+  // Nothing more to commit.
+  auto none = m.commit_all(dir, "again", {});
+  ASSERT_TRUE(none) << makima::describe(none.error());
+  EXPECT_FALSE(none->has_value());
+}
+
+TEST_F(GitTest, CommitAllWithNoChanges) {
+  auto m = open_mirror();
+  auto dir = tmp / "work" / "n";
+  ASSERT_TRUE(m.add_worktree("n", dir, resolved(m, ""), "makima/n"));
+  auto none = m.commit_all(dir, "nothing", {});
+  ASSERT_TRUE(none) << makima::describe(none.error());
+  EXPECT_FALSE(none->has_value());
+  auto missing = m.commit_all(tmp / "work" / "missing", "x", {});
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(code_of(missing.error()), ec::worktree_missing);
+}
+
+TEST_F(GitTest, PushToBareRepo) {
+  auto m = open_mirror();
+  auto bare = make_bare_repo(tmp / "bare.git");
+  auto dir = tmp / "work" / "p";
+  ASSERT_TRUE(m.add_worktree("p", dir, resolved(m, ""), "makima/p"));
+  write_file(dir / "pushed.txt", "pushed\n");
+  auto c = m.commit_all(dir, "to push", {});
+  ASSERT_TRUE(c && c->has_value());
+  auto err = m.push("makima/p", bare.string());
+  ASSERT_FALSE(err) << makima::describe(err);
+  EXPECT_EQ(git(bare, {"log", "-1", "--format=%H|%s", "makima/p"}),
+            **c + "|to push");
+  // Pushing again (no change) is fine; so is a fast-forward.
+  EXPECT_FALSE(m.push("makima/p", bare.string()));
+  write_file(dir / "pushed.txt", "pushed twice\n");
+  auto c2 = m.commit_all(dir, "second", {});
+  ASSERT_TRUE(c2 && c2->has_value());
+  EXPECT_FALSE(m.push("makima/p", bare.string()));
+  EXPECT_EQ(git(bare, {"rev-parse", "makima/p"}), **c2);
+}
+
+TEST_F(GitTest, NonFastForwardPushIsRejected) {
+  auto m = open_mirror();
+  auto bare = make_bare_repo(tmp / "bare.git");
+  auto base = resolved(m, "");
+  // Someone else pushed a different commit to the same branch.
+  git(upstream, {"push", "-q", bare.string(), "feature:refs/heads/makima/r"});
+  auto dir = tmp / "work" / "r";
+  ASSERT_TRUE(m.add_worktree("r", dir, base, "makima/r"));
+  write_file(dir / "mine.txt", "mine\n");
+  ASSERT_TRUE(m.commit_all(dir, "mine", {}));
+  auto err = m.push("makima/r", bare.string());
+  ASSERT_TRUE(err);
+  EXPECT_EQ(code_of(err), ec::push_rejected) << makima::describe(err);
+  EXPECT_EQ(git(bare, {"rev-parse", "makima/r"}),
+            git(upstream, {"rev-parse", "feature"}));
+}
+
+TEST_F(GitTest, PushToMissingRepoIsRepoNotFound) {
+  auto m = open_mirror();
+  auto dir = tmp / "work" / "x";
+  ASSERT_TRUE(m.add_worktree("x", dir, resolved(m, ""), "makima/x"));
+  auto err = m.push("makima/x", (tmp / "nope.git").string());
+  EXPECT_EQ(code_of(err), ec::repo_not_found) << makima::describe(err);
+}
+
+TEST_F(GitTest, RemoveWorktree) {
+  auto m = open_mirror();
+  auto dir = tmp / "work" / "rm";
+  ASSERT_TRUE(m.add_worktree("rm", dir, resolved(m, ""), "makima/rm"));
+  write_file(dir / "untracked.txt", "x");
+  auto err = m.remove_worktree("rm", "makima/rm");
+  ASSERT_FALSE(err) << makima::describe(err);
+  EXPECT_FALSE(fs::exists(dir));
+  EXPECT_EQ(git(m.path(), {"for-each-ref", "refs/heads/"}), "");
+  EXPECT_EQ(lines(git(m.path(), {"worktree", "list", "--porcelain"})).size(),
+            2u); // only the bare main entry: "worktree <path>" + "bare"
+  EXPECT_FALSE(fs::exists(m.path() / "worktrees" / "rm"));
+  // Idempotent.
+  EXPECT_FALSE(m.remove_worktree("rm", "makima/rm"));
+  // The mirror's fetch does not touch task branches.
+  ASSERT_TRUE(m.add_worktree("keep", tmp / "work" / "keep", resolved(m, ""),
+                             "makima/keep"));
+  ASSERT_FALSE(m.fetch());
+  EXPECT_NE(git(m.path(), {"for-each-ref", "refs/heads/makima/keep"}), "");
+}
