@@ -1,1 +1,120 @@
-// placeholder
+// The DAEMON actor: admits assignments up to max_tasks, queues the rest,
+// and gives every TASK actor the REPO actor of its repository.
+#include "actors/daemon.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/stateful_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include "actors/repo.hpp"
+#include "actors/task.hpp"
+#include "runtime/error.hpp"
+#include "runtime/ids.hpp"
+#include "runtime/log.hpp"
+
+namespace makima {
+
+namespace {
+
+using daemon_ptr = daemon_actor::stateful_pointer<daemon_state>;
+
+repo_actor repo_for(daemon_ptr self, const std::string& url) {
+  auto& st = self->state;
+  if (auto i = st.repos.find(url); i != st.repos.end())
+    return i->second;
+  auto handle = spawn_repo(self->system(), url, st.ctx.repos_dir,
+                           st.ctx.author_name, st.ctx.author_email);
+  self->link_to(handle);
+  st.repos.emplace(url, handle);
+  return handle;
+}
+
+void start(daemon_ptr self, task_record rec) {
+  auto& st = self->state;
+  task_context ctx{st.ctx.persistence,
+                   st.ctx.link,
+                   rec.spec.repo.empty() ? repo_actor{}
+                                         : repo_for(self, rec.spec.repo),
+                   st.ctx.reactor,
+                   st.ctx.worktrees_dir,
+                   st.ctx.state_root,
+                   st.ctx.base_env};
+  auto id = rec.spec.id;
+  auto handle = self->spawn<caf::monitored>(task, std::move(rec), std::move(ctx));
+  st.ids.emplace(handle.address(), id);
+  st.running.emplace(id, handle);
+}
+
+void admit(daemon_ptr self) {
+  auto& st = self->state;
+  while (!st.queue.empty()
+         && st.running.size() < static_cast<size_t>(st.ctx.max_tasks)) {
+    auto rec = std::move(st.queue.front());
+    st.queue.pop_front();
+    start(self, std::move(rec));
+  }
+}
+
+} // namespace
+
+daemon_actor::behavior_type
+daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
+  self->state.ctx = std::move(ctx);
+  self->set_down_handler([self](const caf::down_msg& msg) {
+    auto& st = self->state;
+    auto i = st.ids.find(msg.source);
+    if (i == st.ids.end())
+      return;
+    if (msg.reason && msg.reason != caf::exit_reason::normal)
+      log::error("daemon", "task actor of " + i->second
+                             + " ended abnormally: " + caf::to_string(msg.reason));
+    st.running.erase(i->second);
+    st.ids.erase(i);
+    admit(self);
+  });
+  return {
+    [self](assign_atom, task_record& rec) {
+      auto& st = self->state;
+      if (st.running.count(rec.spec.id) > 0) {
+        log::warn("daemon", "ignoring duplicate assignment of task "
+                              + rec.spec.id);
+        return;
+      }
+      st.queue.push_back(std::move(rec));
+      admit(self);
+    },
+    [self](cancel_atom, const std::string& id) {
+      auto& st = self->state;
+      if (auto i = st.running.find(id); i != st.running.end()) {
+        self->send(i->second, cancel_atom::value);
+        return;
+      }
+      for (auto i = st.queue.begin(); i != st.queue.end(); ++i) {
+        if (i->spec.id != id)
+          continue;
+        auto rec = std::move(*i);
+        st.queue.erase(i);
+        rec.state = task_state::cancelled;
+        rec.updated_at = rec.finished_at = now_ms();
+        self->request(st.ctx.persistence, caf::infinite, put_atom::value, rec)
+          .then(
+            [self, rec](ok_atom) {
+              self->send(self->state.ctx.link, result_atom::value, rec);
+            },
+            [self, rec](caf::error& err) mutable {
+              rec.error_code = to_string(code_of(err));
+              rec.error = "the cancellation could not be recorded: "
+                          + describe(err);
+              self->send(self->state.ctx.link, result_atom::value, rec);
+            });
+        return;
+      }
+    },
+  };
+}
+
+daemon_actor spawn_daemon(caf::actor_system& sys, daemon_context ctx) {
+  return sys.spawn(daemon, std::move(ctx));
+}
+
+} // namespace makima

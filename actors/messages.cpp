@@ -1,1 +1,174 @@
-// placeholder
+// JSON forms of the message types and the exit-status rule.
+#include "actors/messages.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/error.hpp"
+
+namespace makima {
+
+namespace {
+
+constexpr std::pair<task_state, const char*> state_names[] = {
+  {task_state::preparing, "preparing"}, {task_state::running, "running"},
+  {task_state::publishing, "publishing"}, {task_state::succeeded, "succeeded"},
+  {task_state::failed, "failed"},       {task_state::cancelled, "cancelled"},
+  {task_state::timed_out, "timed_out"}, {task_state::interrupted, "interrupted"},
+};
+
+} // namespace
+
+const char* to_string(task_state s) {
+  for (auto& [st, name] : state_names)
+    if (st == s)
+      return name;
+  return "unknown";
+}
+
+bool from_string(const std::string& name, task_state& out) {
+  for (auto& [st, n] : state_names)
+    if (name == n) {
+      out = st;
+      return true;
+    }
+  return false;
+}
+
+bool is_terminal(task_state s) {
+  switch (s) {
+    case task_state::succeeded:
+    case task_state::failed:
+    case task_state::cancelled:
+    case task_state::timed_out:
+    case task_state::interrupted:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string to_json(const task_record& x) {
+  nlohmann::json j;
+  j["id"] = x.spec.id;
+  j["state"] = to_string(x.state);
+  j["attempt"] = x.attempt;
+  j["exit_code"] = x.exit_code < 0 ? nlohmann::json() : nlohmann::json(x.exit_code);
+  j["signal"] = x.signal;
+  j["branch"] = x.branch.empty() ? nlohmann::json() : nlohmann::json(x.branch);
+  j["base_commit"] = x.base_commit.empty() ? nlohmann::json()
+                                           : nlohmann::json(x.base_commit);
+  j["commit"] = x.commit.empty() ? nlohmann::json() : nlohmann::json(x.commit);
+  j["pushed"] = x.pushed;
+  j["worktree"] = x.worktree;
+  j["state_dir"] = x.state_dir;
+  j["error_code"] = x.error_code.empty() ? nlohmann::json()
+                                         : nlohmann::json(x.error_code);
+  j["error"] = x.error.empty() ? nlohmann::json() : nlohmann::json(x.error);
+  j["next_seq"] = x.next_seq;
+  j["created_at"] = x.spec.created_at;
+  j["updated_at"] = x.updated_at;
+  j["started_at"] = x.started_at;
+  j["finished_at"] = x.finished_at;
+  j["spec"] = {{"argv", x.spec.argv},     {"repo", x.spec.repo},
+               {"ref", x.spec.ref},       {"env", x.spec.env},
+               {"timeout", x.spec.timeout}, {"grace", x.spec.grace},
+               {"commit", x.spec.commit}, {"push_url", x.spec.push_url}};
+  // Invalid UTF-8 in argv/env must not make serialization throw.
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::optional<task_record> record_from_json(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return std::nullopt;
+  try {
+    task_record x;
+    auto str = [&](const char* key) {
+      auto i = j.find(key);
+      return i == j.end() || i->is_null() ? std::string{}
+                                          : i->get<std::string>();
+    };
+    x.spec.id = j.at("id").get<std::string>();
+    if (!from_string(j.at("state").get<std::string>(), x.state))
+      return std::nullopt;
+    x.attempt = j.at("attempt").get<uint32_t>();
+    x.exit_code = j.at("exit_code").is_null() ? -1 : j.at("exit_code").get<int>();
+    x.signal = j.value("signal", 0);
+    x.branch = str("branch");
+    x.base_commit = str("base_commit");
+    x.commit = str("commit");
+    x.pushed = j.value("pushed", false);
+    x.worktree = str("worktree");
+    x.state_dir = str("state_dir");
+    x.error_code = str("error_code");
+    x.error = str("error");
+    x.next_seq = j.value("next_seq", uint64_t{0});
+    x.spec.created_at = j.value("created_at", int64_t{0});
+    x.updated_at = j.value("updated_at", int64_t{0});
+    x.started_at = j.value("started_at", int64_t{0});
+    x.finished_at = j.value("finished_at", int64_t{0});
+    auto& s = j.at("spec");
+    x.spec.argv = s.at("argv").get<std::vector<std::string>>();
+    x.spec.repo = s.value("repo", "");
+    x.spec.ref = s.value("ref", "");
+    x.spec.env = s.value("env", std::vector<std::string>{});
+    x.spec.timeout = s.value("timeout", 0.0);
+    x.spec.grace = s.value("grace", 10.0);
+    x.spec.commit = s.value("commit", false);
+    x.spec.push_url = s.value("push_url", "");
+    return x;
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
+  }
+}
+
+std::string to_json(const state_change& x) {
+  nlohmann::json j{{"attempt", x.attempt},
+                   {"state", to_string(x.state)},
+                   {"at", x.at},
+                   {"detail", x.detail}};
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::optional<state_change> state_change_from_json(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return std::nullopt;
+  try {
+    state_change x;
+    x.attempt = j.at("attempt").get<uint32_t>();
+    if (!from_string(j.at("state").get<std::string>(), x.state))
+      return std::nullopt;
+    x.at = j.at("at").get<int64_t>();
+    x.detail = j.value("detail", "");
+    return x;
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;
+  }
+}
+
+int exit_status_of(const task_record& x) {
+  switch (x.state) {
+    case task_state::succeeded:
+      return 0;
+    case task_state::timed_out:
+      return 124;
+    case task_state::cancelled:
+      return 130;
+    case task_state::failed: {
+      if (x.error_code == to_string(ec::command_not_found))
+        return 127;
+      if (x.error_code == to_string(ec::command_not_executable))
+        return 126;
+      if (!x.error_code.empty())
+        return 125;
+      if (x.exit_code > 0)
+        return x.exit_code;
+      return 125;
+    }
+    default:
+      return 125;
+  }
+}
+
+} // namespace makima

@@ -1,1 +1,449 @@
-// placeholder
+// The TASK actor's state machine:
+//
+//   start → [persist preparing] → prepare/reopen worktree (REPO) or scratch
+//         → spawn child (reactor) → [persist running] → stream output
+//         → child exits → drain output → [publishing: commit, push]
+//         → [persist final state] → LINK result → quit
+//
+// Every fact is written to PERSISTENCE before it goes to the LINK. Output
+// takes a pipeline: at most one PERSISTENCE write in flight (chunks that
+// arrive meanwhile are batched into the next write), then the LINK, then
+// the reactor is acknowledged and reads more from the child's pipes.
+#include "actors/task.hpp"
+
+#include <signal.h>
+
+#include <chrono>
+#include <map>
+#include <system_error>
+
+#include <caf/actor_system.hpp>
+#include <caf/stateful_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include "runtime/error.hpp"
+#include "runtime/ids.hpp"
+#include "runtime/log.hpp"
+
+namespace makima {
+
+namespace {
+
+using task_ptr = task_actor::stateful_pointer<task_state_data>;
+
+/// Forwards the reactor's callbacks to the TASK actor as messages.
+class task_observer : public process::observer {
+public:
+  explicit task_observer(task_actor handle) : handle_(std::move(handle)) {}
+  void on_output(process::stream s, std::string bytes) override {
+    caf::anon_send(handle_, output_atom::value, static_cast<uint8_t>(s),
+                   std::move(bytes));
+  }
+  void on_exit(process::exit_status status) override {
+    caf::anon_send(handle_, exit_atom::value, status.code, status.signal);
+  }
+
+private:
+  task_actor handle_;
+};
+
+std::string component(task_ptr self) {
+  return "task " + self->state.rec.spec.id + "#"
+         + std::to_string(self->state.rec.attempt);
+}
+
+void set_error(task_record& rec, const caf::error& err) {
+  rec.error_code = to_string(code_of(err));
+  rec.error = describe(err);
+}
+
+void finish(task_ptr self, task_state final_state);
+
+// Persists the record and then reports its state to the LINK. `next` runs
+// after a successful write; a failed write ends the attempt.
+template <class F>
+void persist_state(task_ptr self, F next) {
+  auto& st = self->state;
+  st.rec.updated_at = now_ms();
+  self->request(st.ctx.persistence, caf::infinite, put_atom::value, st.rec)
+    .then(
+      [self, next](ok_atom) mutable {
+        self->send(self->state.ctx.link, state_atom::value, self->state.rec);
+        next();
+      },
+      [self](caf::error& err) {
+        log::error(component(self), "cannot record state: " + describe(err));
+        self->state.store_failure = err;
+        finish(self, task_state::failed);
+      });
+}
+
+// Sends SIGTERM to the child's group and arms the SIGKILL timer.
+void terminate_child(task_ptr self) {
+  auto& st = self->state;
+  if (!st.child || st.exited)
+    return;
+  st.ctx.reactor->signal(*st.child, SIGTERM);
+  auto gen = ++st.term_generation;
+  auto grace = std::chrono::duration<double>(st.rec.spec.grace);
+  self->delayed_send(self,
+                     std::chrono::duration_cast<std::chrono::milliseconds>(grace),
+                     kill_atom::value, gen);
+}
+
+void kill_child(task_ptr self) {
+  auto& st = self->state;
+  if (st.child && !st.exited)
+    st.ctx.reactor->signal(*st.child, SIGKILL);
+}
+
+void maybe_finish(task_ptr self);
+
+// Hands pending chunks to PERSISTENCE (one write at a time), then to the
+// LINK, then acknowledges them to the reactor.
+void flush_output(task_ptr self) {
+  auto& st = self->state;
+  if (st.writing || st.pending.empty())
+    return;
+  auto batch = std::move(st.pending);
+  st.pending.clear();
+  auto count = batch.size();
+  if (st.store_failure) {
+    // Nothing can be persisted any more: keep the child's pipes flowing so
+    // it can be terminated, but do not report unpersisted output.
+    for (size_t i = 0; i < count; ++i)
+      st.ctx.reactor->ack(st.child->pid);
+    return;
+  }
+  st.writing = true;
+  self
+    ->request(st.ctx.persistence, caf::infinite, output_atom::value,
+              st.rec.spec.id, batch)
+    .then(
+      [self, batch, count](ok_atom) mutable {
+        auto& st = self->state;
+        st.writing = false;
+        st.reporting += count;
+        self
+          ->request(st.ctx.link, caf::infinite, output_atom::value,
+                    st.rec.spec.id, st.rec.attempt, std::move(batch))
+          .then(
+            [self, count](ok_atom) {
+              auto& st = self->state;
+              st.reporting -= count;
+              for (size_t i = 0; i < count; ++i)
+                st.ctx.reactor->ack(st.child->pid);
+              maybe_finish(self);
+            },
+            [self, count](caf::error& err) {
+              auto& st = self->state;
+              log::warn(component(self),
+                        "link did not take output: " + describe(err));
+              st.reporting -= count;
+              for (size_t i = 0; i < count; ++i)
+                st.ctx.reactor->ack(st.child->pid);
+              maybe_finish(self);
+            });
+        flush_output(self);
+        maybe_finish(self);
+      },
+      [self, count](caf::error& err) {
+        auto& st = self->state;
+        st.writing = false;
+        log::error(component(self),
+                   "cannot persist output, stopping the task: "
+                     + describe(err));
+        if (!st.store_failure)
+          st.store_failure = err;
+        for (size_t i = 0; i < count; ++i)
+          st.ctx.reactor->ack(st.child->pid);
+        terminate_child(self);
+        flush_output(self);
+        maybe_finish(self);
+      });
+}
+
+// Publishes the worktree (commit, push) when asked, then finishes.
+void publish(task_ptr self, task_state outcome) {
+  auto& st = self->state;
+  bool want_commit = st.rec.spec.commit && st.ctx.repo;
+  bool want_push = !st.rec.spec.push_url.empty() && st.ctx.repo;
+  if (!want_commit && !want_push) {
+    finish(self, outcome);
+    return;
+  }
+  st.rec.state = task_state::publishing;
+  persist_state(self, [self, outcome, want_commit, want_push] {
+    auto& st = self->state;
+    auto do_push = [self, outcome, want_push] {
+      auto& st = self->state;
+      if (!want_push) {
+        finish(self, outcome);
+        return;
+      }
+      self
+        ->request(st.ctx.repo, caf::infinite, push_atom::value, st.rec.branch,
+                  st.rec.spec.push_url)
+        .then(
+          [self, outcome](ok_atom) {
+            self->state.rec.pushed = true;
+            finish(self, outcome);
+          },
+          [self](caf::error& err) {
+            log::error(component(self), "push failed: " + describe(err));
+            set_error(self->state.rec, err);
+            finish(self, task_state::failed);
+          });
+    };
+    if (!want_commit) {
+      do_push();
+      return;
+    }
+    auto message = "makima task " + st.rec.spec.id + " (attempt "
+                   + std::to_string(st.rec.attempt) + ", "
+                   + to_string(outcome) + ")";
+    self
+      ->request(st.ctx.repo, caf::infinite, commit_atom::value, st.rec.worktree,
+                message)
+      .then(
+        [self, do_push](const std::string& commit) {
+          self->state.rec.commit = commit;
+          do_push();
+        },
+        [self](caf::error& err) {
+          log::error(component(self), "commit failed: " + describe(err));
+          set_error(self->state.rec, err);
+          finish(self, task_state::failed);
+        });
+  });
+}
+
+// Called whenever output or exit progress was made: once the child exited
+// and every chunk is persisted and reported, decide the outcome.
+void maybe_finish(task_ptr self) {
+  auto& st = self->state;
+  if (!st.exited || st.finishing || st.writing || st.reporting > 0
+      || !st.pending.empty())
+    return;
+  st.finishing = true;
+  st.rec.exit_code = st.status.shell_code();
+  st.rec.signal = st.status.signal;
+  if (st.store_failure) {
+    set_error(st.rec, st.store_failure);
+    finish(self, task_state::failed);
+    return;
+  }
+  task_state outcome;
+  if (st.timed_out)
+    outcome = task_state::timed_out;
+  else if (st.cancel_requested)
+    outcome = task_state::cancelled;
+  else if (st.status.code == 0)
+    outcome = task_state::succeeded;
+  else
+    outcome = task_state::failed;
+  publish(self, outcome);
+}
+
+// Writes the final record, reports the result and ends the actor.
+void finish(task_ptr self, task_state final_state) {
+  auto& st = self->state;
+  st.finishing = true;
+  st.rec.state = final_state;
+  st.rec.finished_at = now_ms();
+  st.rec.updated_at = st.rec.finished_at;
+  auto report = [self] {
+    self->send(self->state.ctx.link, result_atom::value, self->state.rec);
+    self->quit();
+  };
+  self->request(st.ctx.persistence, caf::infinite, put_atom::value, st.rec)
+    .then([report](ok_atom) { report(); },
+          [self, report](caf::error& err) {
+            // The user must still learn the outcome, and that it is not
+            // recorded: the LINK gets the result with the store error.
+            log::error(component(self),
+                       "cannot record the result: " + describe(err));
+            auto& rec = self->state.rec;
+            if (rec.error.empty()) {
+              rec.error_code = to_string(code_of(err));
+              rec.error = "the result could not be recorded: " + describe(err);
+            }
+            if (rec.state == task_state::succeeded)
+              rec.state = task_state::failed;
+            report();
+          });
+}
+
+// Starts the child in the prepared directory.
+void launch(task_ptr self) {
+  auto& st = self->state;
+  if (st.cancel_requested) {
+    finish(self, task_state::cancelled);
+    return;
+  }
+  std::error_code fs_err;
+  std::filesystem::create_directories(st.rec.state_dir, fs_err);
+  if (fs_err) {
+    set_error(st.rec, make_error(ec::io_error, "cannot create state dir "
+                                                 + st.rec.state_dir + ": "
+                                                 + fs_err.message()));
+    finish(self, task_state::failed);
+    return;
+  }
+  process::spawn_spec spec;
+  spec.argv = st.rec.spec.argv;
+  spec.cwd = st.rec.worktree;
+  spec.env = child_env(st.ctx.base_env, st.rec);
+  auto obs = std::make_shared<task_observer>(
+    caf::actor_cast<task_actor>(self));
+  auto child = st.ctx.reactor->spawn(spec, obs);
+  if (!child) {
+    auto code = code_of(child.error());
+    st.rec.exit_code = code == ec::command_not_found       ? 127
+                       : code == ec::command_not_executable ? 126
+                                                            : -1;
+    set_error(st.rec, child.error());
+    finish(self, task_state::failed);
+    return;
+  }
+  st.child = *child;
+  st.rec.state = task_state::running;
+  st.rec.started_at = now_ms();
+  if (st.rec.spec.timeout > 0) {
+    auto timeout = std::chrono::duration<double>(st.rec.spec.timeout);
+    self->delayed_send(
+      self, std::chrono::duration_cast<std::chrono::milliseconds>(timeout),
+      timeout_atom::value);
+  }
+  persist_state(self, [] {});
+}
+
+// Prepares the worktree (or scratch dir), then launches.
+void prepare(task_ptr self) {
+  auto& st = self->state;
+  auto& rec = st.rec;
+  rec.state_dir = (st.ctx.state_root / rec.spec.id).string();
+  auto dir = st.ctx.worktrees_dir / rec.spec.id;
+  if (!st.ctx.repo) {
+    std::error_code fs_err;
+    std::filesystem::create_directories(dir, fs_err);
+    if (fs_err) {
+      set_error(rec, make_error(ec::io_error, "cannot create scratch dir "
+                                                + dir.string() + ": "
+                                                + fs_err.message()));
+      finish(self, task_state::failed);
+      return;
+    }
+    rec.worktree = dir.string();
+    launch(self);
+    return;
+  }
+  auto on_worktree = [self](const worktree& wt) {
+    auto& rec = self->state.rec;
+    rec.worktree = wt.path;
+    rec.branch = wt.branch;
+    rec.base_commit = wt.base_commit;
+    launch(self);
+  };
+  auto on_error = [self](caf::error& err) {
+    log::debug(component(self), "prepare failed: " + describe(err));
+    set_error(self->state.rec, err);
+    finish(self, task_state::failed);
+  };
+  if (!rec.branch.empty()) {
+    // A resumed attempt: the worktree from the earlier attempt is the work.
+    self
+      ->request(st.ctx.repo, caf::infinite, reopen_atom::value, rec.spec.id,
+                rec.branch)
+      .then(on_worktree, on_error);
+  } else {
+    self
+      ->request(st.ctx.repo, caf::infinite, prepare_atom::value, rec.spec.id,
+                rec.spec.ref, dir.string())
+      .then(on_worktree, on_error);
+  }
+}
+
+} // namespace
+
+std::vector<std::string> child_env(const std::vector<std::string>& base,
+                                   const task_record& rec) {
+  std::map<std::string, std::string> env;
+  auto add = [&](const std::string& kv) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      return;
+    env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  };
+  for (auto& kv : base)
+    add(kv);
+  for (auto& kv : rec.spec.env)
+    add(kv);
+  env["MAKIMA_TASK_ID"] = rec.spec.id;
+  env["MAKIMA_ATTEMPT"] = std::to_string(rec.attempt);
+  env["MAKIMA_RESUMED"] = rec.attempt > 1 ? "1" : "0";
+  env["MAKIMA_STATE_DIR"] = rec.state_dir;
+  env["MAKIMA_WORKTREE"] = rec.worktree;
+  std::vector<std::string> out;
+  out.reserve(env.size());
+  for (auto& [k, v] : env)
+    out.push_back(k + "=" + v);
+  return out;
+}
+
+task_actor::behavior_type task(task_ptr self, task_record rec,
+                               task_context ctx) {
+  auto& st = self->state;
+  st.rec = std::move(rec);
+  st.ctx = std::move(ctx);
+  st.rec.state = task_state::preparing;
+  st.rec.exit_code = -1;
+  st.rec.signal = 0;
+  st.rec.error.clear();
+  st.rec.error_code.clear();
+  st.rec.finished_at = 0;
+  st.rec.state_dir = (st.ctx.state_root / st.rec.spec.id).string();
+  // Attempt 2+ starts by recording that it prepares again.
+  persist_state(self, [self] { prepare(self); });
+  return {
+    [self](cancel_atom) {
+      auto& st = self->state;
+      if (st.finishing)
+        return;
+      if (st.cancel_requested && st.child && !st.exited) {
+        kill_child(self); // second cancel: no more grace
+        return;
+      }
+      st.cancel_requested = true;
+      terminate_child(self);
+    },
+    [self](output_atom, uint8_t stream, std::string& bytes) {
+      auto& st = self->state;
+      st.pending.push_back(
+        output_chunk{st.rec.next_seq++, stream, std::move(bytes)});
+      flush_output(self);
+    },
+    [self](exit_atom, int code, int signal) {
+      auto& st = self->state;
+      st.exited = true;
+      st.status.code = code;
+      st.status.signal = signal;
+      maybe_finish(self);
+    },
+    [self](timeout_atom) {
+      auto& st = self->state;
+      if (!st.child || st.exited || st.finishing)
+        return;
+      log::info(component(self), "timed out after "
+                                   + std::to_string(st.rec.spec.timeout) + " s");
+      st.timed_out = true;
+      terminate_child(self);
+    },
+    [self](kill_atom, uint32_t generation) {
+      if (generation == self->state.term_generation)
+        kill_child(self);
+    },
+  };
+}
+
+} // namespace makima

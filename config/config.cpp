@@ -1,1 +1,324 @@
-// placeholder
+// Loading of makima's configuration: TOML file, then MAKIMA_* environment
+// variables (including the names existing makima deployments use), each
+// value validated with an error that names the key and its origin.
+#include "config/config.hpp"
+
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+
+#include <toml++/toml.h>
+
+#include "runtime/error.hpp"
+#include "runtime/log.hpp"
+
+extern char** environ;
+
+namespace makima {
+
+namespace {
+
+using setter = std::function<caf::error(config&, const std::string& value,
+                                        const std::string& origin)>;
+
+struct key_def {
+  config_key doc;
+  setter set;
+};
+
+caf::error bad(const std::string& key, const std::string& origin,
+               const std::string& value, const std::string& why) {
+  return make_error(ec::invalid_config, "invalid value '" + value
+                                          + "' for config key '" + key
+                                          + "' (from " + origin + "): " + why);
+}
+
+setter path_setter(std::filesystem::path config::*member, std::string key) {
+  return [member, key](config& c, const std::string& v,
+                       const std::string& origin) -> caf::error {
+    if (v.empty())
+      return bad(key, origin, v, "must not be empty");
+    c.*member = v;
+    return caf::none;
+  };
+}
+
+setter string_setter(std::string config::*member, std::string key,
+                     bool allow_empty = true) {
+  return [=](config& c, const std::string& v,
+             const std::string& origin) -> caf::error {
+    if (!allow_empty && v.empty())
+      return bad(key, origin, v, "must not be empty");
+    c.*member = v;
+    return caf::none;
+  };
+}
+
+setter seconds_setter(double config::*member, std::string key,
+                      bool allow_zero) {
+  return [=](config& c, const std::string& v,
+             const std::string& origin) -> caf::error {
+    char* end = nullptr;
+    double d = std::strtod(v.c_str(), &end);
+    if (v.empty() || end == nullptr || *end != '\0' || !std::isfinite(d))
+      return bad(key, origin, v, "must be a number of seconds");
+    if (d < 0 || (!allow_zero && d == 0))
+      return bad(key, origin, v,
+                 allow_zero ? "must be >= 0" : "must be > 0");
+    c.*member = d;
+    return caf::none;
+  };
+}
+
+caf::error parse_bool(const std::string& key, const std::string& origin,
+                      const std::string& v, bool& out) {
+  if (v == "true" || v == "1" || v == "yes" || v == "on")
+    out = true;
+  else if (v == "false" || v == "0" || v == "no" || v == "off")
+    out = false;
+  else
+    return bad(key, origin, v, "must be true or false");
+  return caf::none;
+}
+
+const std::vector<key_def>& defs() {
+  static const std::vector<key_def> table = [] {
+    std::vector<key_def> t;
+    auto add = [&](std::string key, std::vector<std::string> env,
+                   std::string help, setter s) {
+      t.push_back({{std::move(key), std::move(env), std::move(help)},
+                   std::move(s)});
+    };
+    add("paths.data_dir", {"MAKIMA_DATA_DIR"},
+        "root of all makima data", path_setter(&config::data_dir, "paths.data_dir"));
+    add("paths.db_dir", {"MAKIMA_DB_DIR", "MAKIMA_DAEMON_LOCALDB_PATH"},
+        "RocksDB directory", path_setter(&config::db_dir, "paths.db_dir"));
+    add("paths.repos_dir", {"MAKIMA_REPOS_DIR", "MAKIMA_DAEMON_WORKTREE_REPOSDIR"},
+        "bare mirror cache", path_setter(&config::repos_dir, "paths.repos_dir"));
+    add("paths.worktrees_dir",
+        {"MAKIMA_WORKTREES_DIR", "MAKIMA_DAEMON_WORKTREE_BASEDIR"},
+        "task worktrees", path_setter(&config::worktrees_dir, "paths.worktrees_dir"));
+    add("paths.state_dir", {"MAKIMA_STATE_DIR_ROOT"}, "per-task state dirs",
+        path_setter(&config::state_dir, "paths.state_dir"));
+    add("task.timeout", {"MAKIMA_TASK_TIMEOUT"}, "default timeout, 0 = none",
+        seconds_setter(&config::timeout, "task.timeout", true));
+    add("task.grace", {"MAKIMA_TASK_GRACE"}, "SIGTERM to SIGKILL delay",
+        seconds_setter(&config::grace, "task.grace", true));
+    add("git.author_name", {"MAKIMA_GIT_AUTHOR_NAME"}, "commit author name",
+        string_setter(&config::author_name, "git.author_name", false));
+    add("git.author_email", {"MAKIMA_GIT_AUTHOR_EMAIL"}, "commit author email",
+        string_setter(&config::author_email, "git.author_email", false));
+    add("store.sync", {"MAKIMA_STORE_SYNC"}, "fsync every write",
+        [](config& c, const std::string& v, const std::string& o) {
+          return parse_bool("store.sync", o, v, c.sync);
+        });
+    add("log.level", {"MAKIMA_LOG_LEVEL"}, "trace|debug|info|warn|error|off",
+        [](config& c, const std::string& v, const std::string& o) -> caf::error {
+          log::level l;
+          if (!log::parse_level(v, l))
+            return bad("log.level", o, v,
+                       "must be one of trace, debug, info, warn, error, off");
+          c.log_level = v;
+          return caf::none;
+        });
+    add("log.format", {"MAKIMA_LOG_FORMAT"}, "text|json",
+        [](config& c, const std::string& v, const std::string& o) -> caf::error {
+          if (v != "text" && v != "json")
+            return bad("log.format", o, v, "must be text or json");
+          c.log_format = v;
+          return caf::none;
+        });
+    add("daemon.max_tasks",
+        {"MAKIMA_MAX_TASKS", "MAKIMA_DAEMON_PROCESS_MAXCONCURRENTTASKS"},
+        "tasks run at once",
+        [](config& c, const std::string& v, const std::string& o) -> caf::error {
+          char* end = nullptr;
+          long n = std::strtol(v.c_str(), &end, 10);
+          if (v.empty() || *end != '\0' || n < 1 || n > 4096)
+            return bad("daemon.max_tasks", o, v,
+                       "must be an integer from 1 to 4096");
+          c.max_tasks = static_cast<int>(n);
+          return caf::none;
+        });
+    add("server.url", {"MAKIMA_SERVER", "MAKIMA_DAEMON_SERVER_URL"},
+        "server a daemon connects to",
+        [](config& c, const std::string& v, const std::string& o) -> caf::error {
+          if (!v.empty() && v.rfind("ws://", 0) != 0 && v.rfind("wss://", 0) != 0
+              && v.rfind("http://", 0) != 0 && v.rfind("https://", 0) != 0)
+            return bad("server.url", o, log::redact(v),
+                       "must start with ws://, wss://, http:// or https://");
+          c.server_url = v;
+          return caf::none;
+        });
+    add("server.api_key", {"MAKIMA_API_KEY"}, "API key (never logged)",
+        [](config& c, const std::string& v, const std::string&) {
+          c.api_key = v;
+          return caf::error{};
+        });
+    add("server.heartbeat",
+        {"MAKIMA_HEARTBEAT", "MAKIMA_DAEMON_SERVER_HEARTBEATINTERVALSECS"},
+        "heartbeat interval (s)",
+        seconds_setter(&config::heartbeat, "server.heartbeat", false));
+    add("server.reconnect",
+        {"MAKIMA_RECONNECT", "MAKIMA_DAEMON_SERVER_RECONNECTINTERVALSECS"},
+        "first reconnect delay (s)",
+        seconds_setter(&config::reconnect, "server.reconnect", false));
+    return t;
+  }();
+  return table;
+}
+
+const key_def* find_def(const std::string& key) {
+  for (auto& d : defs())
+    if (d.doc.key == key)
+      return &d;
+  return nullptr;
+}
+
+std::string home(const env_map& env) {
+  auto i = env.find("HOME");
+  return i != env.end() && !i->second.empty() ? i->second : "/root";
+}
+
+std::string get(const env_map& env, const char* key) {
+  auto i = env.find(key);
+  return i == env.end() ? std::string{} : i->second;
+}
+
+// Converts a TOML leaf to the text form the setters parse.
+std::optional<std::string> leaf_text(const toml::node& n) {
+  if (auto s = n.as_string())
+    return s->get();
+  if (auto i = n.as_integer())
+    return std::to_string(i->get());
+  if (auto f = n.as_floating_point())
+    return std::to_string(f->get());
+  if (auto b = n.as_boolean())
+    return b->get() ? "true" : "false";
+  return std::nullopt;
+}
+
+} // namespace
+
+const std::vector<config_key>& config_keys() {
+  static const std::vector<config_key> keys = [] {
+    std::vector<config_key> out;
+    for (auto& d : defs())
+      out.push_back(d.doc);
+    return out;
+  }();
+  return keys;
+}
+
+env_map process_env() {
+  env_map out;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    std::string kv = *e;
+    auto eq = kv.find('=');
+    if (eq != std::string::npos)
+      out.emplace(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  return out;
+}
+
+std::filesystem::path default_data_dir(const env_map& env) {
+  if (auto v = get(env, "MAKIMA_DATA_DIR"); !v.empty())
+    return v;
+  if (auto v = get(env, "XDG_DATA_HOME"); !v.empty())
+    return std::filesystem::path{v} / "makima";
+  return std::filesystem::path{home(env)} / ".local/share/makima";
+}
+
+std::optional<std::filesystem::path> default_config_file(const env_map& env) {
+  if (auto v = get(env, "MAKIMA_CONFIG"); !v.empty())
+    return std::filesystem::path{v};
+  std::filesystem::path p;
+  if (auto v = get(env, "XDG_CONFIG_HOME"); !v.empty())
+    p = std::filesystem::path{v} / "makima/makima.toml";
+  else
+    p = std::filesystem::path{home(env)} / ".config/makima/makima.toml";
+  std::error_code err;
+  if (std::filesystem::exists(p, err))
+    return p;
+  return std::nullopt;
+}
+
+caf::error set_config_value(config& cfg, const std::string& key,
+                            const std::string& value,
+                            const std::string& origin) {
+  auto d = find_def(key);
+  if (d == nullptr)
+    return make_error(ec::invalid_config,
+                      "unknown config key '" + key + "' (from " + origin + ")");
+  return d->set(cfg, value, origin);
+}
+
+caf::expected<config> load_config(const std::optional<std::filesystem::path>& file,
+                                   const env_map& env) {
+  config cfg;
+  auto path = file ? file : default_config_file(env);
+  if (path) {
+    toml::table tbl;
+    try {
+      tbl = toml::parse_file(path->string());
+    } catch (const toml::parse_error& e) {
+      std::string what{e.description()};
+      auto src = e.source().begin;
+      if (what.find("File could not be opened") != std::string::npos)
+        return make_error(ec::invalid_config,
+                          "cannot read config file " + path->string());
+      return make_error(ec::invalid_config,
+                        "config file " + path->string() + " line "
+                          + std::to_string(src.line) + ": " + what);
+    }
+    for (auto& [section, node] : tbl) {
+      auto sub = node.as_table();
+      if (sub == nullptr)
+        return make_error(ec::invalid_config,
+                          "config file " + path->string() + ": '"
+                            + std::string{section.str()}
+                            + "' must be a table like [paths]");
+      for (auto& [name, leaf] : *sub) {
+        auto key = std::string{section.str()} + "." + std::string{name.str()};
+        auto origin = "config file " + path->string();
+        auto text = leaf_text(leaf);
+        if (!text)
+          return make_error(ec::invalid_config, "config key '" + key + "' (from "
+                                                  + origin
+                                                  + ") must be a string, number or boolean");
+        if (auto err = set_config_value(cfg, key, *text, origin))
+          return err;
+      }
+    }
+    cfg.source_file = *path;
+  }
+  for (auto& d : defs()) {
+    // The first listed name wins over the legacy aliases.
+    for (auto& name : d.doc.env) {
+      auto it = env.find(name);
+      if (it == env.end() || it->second.empty())
+        continue;
+      if (auto err = d.set(cfg, it->second, "environment variable " + name))
+        return err;
+      break;
+    }
+  }
+  return cfg;
+}
+
+void finalize(config& cfg, const env_map& env) {
+  if (cfg.data_dir.empty())
+    cfg.data_dir = default_data_dir(env);
+  cfg.data_dir = std::filesystem::absolute(cfg.data_dir).lexically_normal();
+  auto derive = [&](std::filesystem::path& p, const char* sub) {
+    if (p.empty())
+      p = cfg.data_dir / sub;
+    p = std::filesystem::absolute(p).lexically_normal();
+  };
+  derive(cfg.db_dir, "db");
+  derive(cfg.repos_dir, "repos");
+  derive(cfg.worktrees_dir, "worktrees");
+  derive(cfg.state_dir, "state");
+}
+
+} // namespace makima

@@ -1,1 +1,678 @@
-// placeholder
+// The `makima` subcommands of local mode: `run`, `task list|show|logs|resume`.
+// Each command resolves the configuration (flag > env > file > default),
+// opens the data dir, starts a CAF actor system with the node's actors
+// (PERSISTENCE, DAEMON, local LINK) and talks to them by message.
+#include "runtime/app/commands.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <future>
+#include <iostream>
+#include <optional>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/scoped_actor.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/actors.hpp"
+#include "actors/daemon.hpp"
+#include "actors/local_link.hpp"
+#include "actors/persistence.hpp"
+#include "config/config.hpp"
+#include "runtime/error.hpp"
+#include "runtime/git/git.hpp"
+#include "runtime/ids.hpp"
+#include "runtime/log.hpp"
+#include "runtime/process/reactor.hpp"
+#include "runtime/store/db.hpp"
+
+#ifndef MAKIMA_VERSION
+#define MAKIMA_VERSION "0.0.0"
+#endif
+
+namespace makima::app {
+
+namespace {
+
+/// Thrown inside a command to leave with a status and message.
+struct command_exit {
+  int status;
+  std::string message;
+};
+
+[[noreturn]] void fail(int status, std::string message) {
+  throw command_exit{status, std::move(message)};
+}
+
+int status_for(const caf::error& err) {
+  switch (code_of(err)) {
+    case ec::invalid_argument:
+    case ec::invalid_config:
+    case ec::task_exists:
+    case ec::task_not_found:
+    case ec::bad_state:
+      return exit_usage;
+    default:
+      return exit_internal;
+  }
+}
+
+/// Options shared by every command.
+struct common_options {
+  std::string data_dir;
+  std::string config_file;
+};
+
+config resolve_config(const common_options& opts,
+                      const std::function<void(config&)>& apply_flags = {}) {
+  auto env = process_env();
+  std::optional<std::filesystem::path> file;
+  if (!opts.config_file.empty())
+    file = opts.config_file;
+  auto cfg = load_config(file, env);
+  if (!cfg)
+    fail(exit_usage, describe(cfg.error()));
+  if (!opts.data_dir.empty()) {
+    cfg->data_dir = opts.data_dir;
+  }
+  if (apply_flags)
+    apply_flags(*cfg);
+  finalize(*cfg, env);
+  log::level lvl = log::level::warn;
+  log::parse_level(cfg->log_level, lvl);
+  log::setup(lvl, cfg->log_format == "json");
+  return std::move(*cfg);
+}
+
+/// The actor system of one command. Two scheduler threads: the machine has
+/// two cores, and every blocking actor is detached anyway.
+struct system_config : caf::actor_system_config {
+  system_config() {
+    set("scheduler.max-threads", 2);
+    set("logger.verbosity", caf::atom("quiet"));
+    add_message_type<task_record>("makima::task_record");
+    add_message_type<task_spec>("makima::task_spec");
+    add_message_type<output_chunk>("makima::output_chunk");
+    add_message_type<std::vector<output_chunk>>("std::vector<makima::output_chunk>");
+    add_message_type<state_change>("makima::state_change");
+    add_message_type<std::vector<state_change>>("std::vector<makima::state_change>");
+    add_message_type<std::vector<task_record>>("std::vector<makima::task_record>");
+    add_message_type<worktree>("makima::worktree");
+  }
+};
+
+/// An opened database plus what it takes to close it cleanly.
+struct opened_db {
+  std::shared_ptr<store::db> db;
+  /// Directory of a secondary instance, removed on close.
+  std::filesystem::path secondary_dir;
+  bool primary = false;
+  ~opened_db() {
+    db.reset();
+    if (!secondary_dir.empty()) {
+      std::error_code err;
+      std::filesystem::remove_all(secondary_dir, err);
+    }
+  }
+};
+
+/// Opens the data dir's database read-write; fails when another makima
+/// holds it.
+std::unique_ptr<opened_db> open_primary(const config& cfg) {
+  std::error_code err;
+  std::filesystem::create_directories(cfg.db_dir, err);
+  if (err)
+    fail(exit_internal, "cannot create data dir " + cfg.db_dir.string() + ": "
+                          + err.message());
+  store::db_options opts;
+  opts.mode = store::open_mode::primary;
+  opts.sync = cfg.sync;
+  auto db = store::db::open(cfg.db_dir, opts);
+  if (!db)
+    fail(status_for(db.error()), describe(db.error()));
+  auto out = std::make_unique<opened_db>();
+  out->db = std::shared_ptr<store::db>(std::move(*db));
+  out->primary = true;
+  return out;
+}
+
+/// Opens the database for reading: read-write when free (so interrupted
+/// tasks get detected), else as a secondary next to the running makima.
+/// Returns null when the data dir has no database yet.
+std::unique_ptr<opened_db> open_for_reading(const config& cfg) {
+  std::error_code err;
+  if (!std::filesystem::exists(cfg.db_dir / "CURRENT", err))
+    return nullptr;
+  store::db_options opts;
+  opts.mode = store::open_mode::primary;
+  opts.sync = cfg.sync;
+  auto db = store::db::open(cfg.db_dir, opts);
+  if (db) {
+    auto out = std::make_unique<opened_db>();
+    out->db = std::shared_ptr<store::db>(std::move(*db));
+    out->primary = true;
+    return out;
+  }
+  if (code_of(db.error()) != ec::store_locked)
+    fail(status_for(db.error()), describe(db.error()));
+  char tmpl[] = "/tmp/makima-reader-XXXXXX";
+  if (mkdtemp(tmpl) == nullptr)
+    fail(exit_internal, "cannot create a temporary directory for reading "
+                          + cfg.db_dir.string());
+  opts.mode = store::open_mode::secondary;
+  opts.secondary_dir = tmpl;
+  auto sec = store::db::open(cfg.db_dir, opts);
+  auto out = std::make_unique<opened_db>();
+  out->secondary_dir = tmpl;
+  if (!sec)
+    fail(status_for(sec.error()), describe(sec.error()));
+  out->db = std::shared_ptr<store::db>(std::move(*sec));
+  return out;
+}
+
+/// Marks tasks of a dead makima as interrupted (primary only).
+void recover(caf::scoped_actor& self, const persistence_actor& persist) {
+  self->request(persist, caf::infinite, recover_atom::value)
+    .receive(
+      [&](const std::vector<std::string>& ids) {
+        for (auto& id : ids)
+          log::warn("recovery", "task " + id
+                                  + " was interrupted (its makima process "
+                                    "died); `makima task resume "
+                                  + id + "` runs it again");
+      },
+      [&](caf::error& err) { fail(status_for(err), describe(err)); });
+}
+
+task_record get_record(caf::scoped_actor& self, const persistence_actor& persist,
+                       const std::string& id) {
+  task_record out;
+  self->request(persist, caf::infinite, get_atom::value, id)
+    .receive([&](task_record& rec) { out = std::move(rec); },
+             [&](caf::error& err) { fail(status_for(err), describe(err)); });
+  return out;
+}
+
+std::vector<std::string> environment_strings() {
+  std::vector<std::string> out;
+  for (auto& [k, v] : process_env())
+    out.push_back(k + "=" + v);
+  return out;
+}
+
+/// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and turns
+/// each into a cancellation of the running task.
+class signal_watcher {
+public:
+  signal_watcher(std::function<void(int)> on_signal)
+    : on_signal_(std::move(on_signal)) {
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~signal_watcher() {
+    done_ = true;
+    pthread_kill(thread_.native_handle(), SIGUSR1);
+    thread_.join();
+  }
+
+private:
+  void loop() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1})
+      sigaddset(&set, s);
+    while (!done_) {
+      int sig = 0;
+      if (sigwait(&set, &sig) != 0)
+        continue;
+      if (done_)
+        break;
+      if (sig != SIGUSR1)
+        on_signal_(sig);
+    }
+  }
+  std::function<void(int)> on_signal_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+/// Runs one attempt of `rec` on an in-process node and returns its final
+/// record. Output streams to the terminal as it is persisted.
+task_record run_attempt(caf::actor_system& sys, const config& cfg,
+                        const persistence_actor& persist, task_record rec) {
+  auto promise = std::make_shared<std::promise<task_record>>();
+  auto result = promise->get_future();
+  auto link = spawn_local_link(
+    sys, STDOUT_FILENO, STDERR_FILENO,
+    [](const task_record& r) {
+      log::debug("task " + r.spec.id, std::string{"state "} + to_string(r.state));
+    },
+    [promise](const task_record& r) { promise->set_value(r); });
+  auto reactor = std::make_shared<process::reactor>();
+  daemon_context ctx{persist,
+                     link,
+                     reactor,
+                     cfg.repos_dir,
+                     cfg.worktrees_dir,
+                     cfg.state_dir,
+                     cfg.author_name,
+                     cfg.author_email,
+                     cfg.max_tasks,
+                     environment_strings()};
+  auto node = spawn_daemon(sys, std::move(ctx));
+  auto id = rec.spec.id;
+  task_record final_record;
+  {
+    std::atomic<int> signals{0};
+    signal_watcher watcher([&](int sig) {
+      auto n = ++signals;
+      if (n == 1)
+        std::fprintf(stderr,
+                     "makima: %s: cancelling task %s (again to kill it now)\n",
+                     strsignal(sig), id.c_str());
+      caf::anon_send(node, cancel_atom::value, id);
+    });
+    caf::anon_send(node, assign_atom::value, std::move(rec));
+    final_record = result.get();
+  }
+  caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
+  return final_record;
+}
+
+void report_outcome(const task_record& rec) {
+  auto id = rec.spec.id.c_str();
+  switch (rec.state) {
+    case task_state::succeeded:
+      if (!rec.commit.empty())
+        std::fprintf(stderr, "makima: task %s committed %s on %s%s\n", id,
+                     rec.commit.c_str(), rec.branch.c_str(),
+                     rec.pushed ? " (pushed)" : "");
+      break;
+    case task_state::timed_out:
+      std::fprintf(stderr, "makima: task %s timed out after %g s\n", id,
+                   rec.spec.timeout);
+      break;
+    case task_state::cancelled:
+      std::fprintf(stderr, "makima: task %s cancelled\n", id);
+      break;
+    case task_state::failed:
+      if (!rec.error.empty())
+        std::fprintf(stderr, "makima: task %s failed: %s\n", id,
+                     rec.error.c_str());
+      break;
+    default:
+      break;
+  }
+}
+
+// --- commands ---------------------------------------------------------------
+
+struct run_options {
+  common_options common;
+  std::string repo;
+  std::string ref;
+  std::string id;
+  double timeout = -1;
+  double grace = -1;
+  std::vector<std::string> env;
+  bool commit = false;
+  std::string push;
+  std::vector<std::string> command;
+};
+
+int cmd_run(run_options& o) {
+  if (!o.command.empty() && o.command.front() == "--")
+    o.command.erase(o.command.begin());
+  if (o.command.empty())
+    fail(exit_usage, "run: no command given (usage: makima run [OPTIONS] -- "
+                     "COMMAND [ARGS...])");
+  auto cfg = resolve_config(o.common, [&](config& c) {
+    if (o.timeout >= 0)
+      c.timeout = o.timeout;
+    if (o.grace >= 0)
+      c.grace = o.grace;
+  });
+  task_record rec;
+  rec.spec.id = o.id.empty() ? make_task_id() : o.id;
+  if (auto err = validate_task_id(rec.spec.id))
+    fail(exit_usage, describe(err));
+  for (auto& kv : o.env) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      fail(exit_usage, "--env expects KEY=VALUE, got '" + kv + "'");
+  }
+  if (!o.push.empty() && o.repo.empty())
+    fail(exit_usage, "--push needs --repo");
+  if (o.commit && o.repo.empty())
+    fail(exit_usage, "--commit needs --repo");
+  rec.spec.argv = o.command;
+  rec.spec.repo = o.repo.empty() ? std::string{} : git::canonical_url(o.repo);
+  rec.spec.ref = o.ref;
+  rec.spec.env = o.env;
+  rec.spec.timeout = cfg.timeout;
+  rec.spec.grace = cfg.grace;
+  rec.spec.commit = o.commit;
+  rec.spec.push_url = o.push.empty() ? std::string{} : git::canonical_url(o.push);
+  rec.spec.created_at = now_ms();
+  rec.updated_at = rec.spec.created_at;
+  rec.attempt = 1;
+  rec.state = task_state::preparing;
+  auto db = open_primary(cfg);
+  system_config sys_cfg;
+  caf::actor_system sys{sys_cfg};
+  auto persist = spawn_persistence(sys, db->db);
+  int status = exit_internal;
+  {
+    caf::scoped_actor self{sys};
+    recover(self, persist);
+    self->request(persist, caf::infinite, create_atom::value, rec)
+      .receive([](ok_atom) {},
+               [&](caf::error& err) { fail(status_for(err), describe(err)); });
+    std::fprintf(stderr, "makima: task %s\n", rec.spec.id.c_str());
+    auto final_record = run_attempt(sys, cfg, persist, std::move(rec));
+    report_outcome(final_record);
+    status = exit_status_of(final_record);
+  }
+  caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+  return status;
+}
+
+int cmd_resume(const common_options& common, const std::string& id) {
+  auto cfg = resolve_config(common);
+  auto db = open_primary(cfg);
+  system_config sys_cfg;
+  caf::actor_system sys{sys_cfg};
+  auto persist = spawn_persistence(sys, db->db);
+  int status = exit_internal;
+  {
+    caf::scoped_actor self{sys};
+    recover(self, persist);
+    auto rec = get_record(self, persist, id);
+    if (rec.state != task_state::interrupted)
+      fail(exit_usage, "task " + id + " is " + to_string(rec.state)
+                         + "; only an interrupted task can be resumed");
+    rec.attempt += 1;
+    std::fprintf(stderr, "makima: task %s: resuming as attempt %u\n",
+                 id.c_str(), rec.attempt);
+    auto final_record = run_attempt(sys, cfg, persist, std::move(rec));
+    report_outcome(final_record);
+    status = exit_status_of(final_record);
+  }
+  caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+  return status;
+}
+
+std::string shorten(std::string s, size_t n) {
+  if (s.size() <= n)
+    return s;
+  return s.substr(0, n - 1) + "~";
+}
+
+std::string command_line(const task_spec& spec) {
+  std::string out;
+  for (auto& a : spec.argv) {
+    if (!out.empty())
+      out += ' ';
+    out += a;
+  }
+  return out;
+}
+
+int cmd_list(const common_options& common, bool json) {
+  auto cfg = resolve_config(common);
+  auto db = open_for_reading(cfg);
+  std::vector<task_record> records;
+  if (db) {
+    system_config sys_cfg;
+    caf::actor_system sys{sys_cfg};
+    auto persist = spawn_persistence(sys, db->db);
+    {
+      caf::scoped_actor self{sys};
+      if (db->primary)
+        recover(self, persist);
+      self->request(persist, caf::infinite, list_atom::value)
+        .receive([&](std::vector<task_record>& v) { records = std::move(v); },
+                 [&](caf::error& err) { fail(status_for(err), describe(err)); });
+    }
+    caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+  }
+  if (json) {
+    auto arr = nlohmann::json::array();
+    for (auto& r : records)
+      arr.push_back(nlohmann::json::parse(to_json(r)));
+    std::cout << arr.dump(2) << "\n";
+    return exit_ok;
+  }
+  std::printf("%-28s %-12s %-7s %-5s %-24s %s\n", "ID", "STATE", "ATTEMPT",
+              "EXIT", "CREATED", "COMMAND");
+  for (auto& r : records)
+    std::printf("%-28s %-12s %-7u %-5s %-24s %s\n", r.spec.id.c_str(),
+                to_string(r.state), r.attempt,
+                r.exit_code < 0 ? "-" : std::to_string(r.exit_code).c_str(),
+                format_time(r.spec.created_at).c_str(),
+                shorten(command_line(r.spec), 60).c_str());
+  return exit_ok;
+}
+
+int cmd_show(const common_options& common, const std::string& id, bool json) {
+  auto cfg = resolve_config(common);
+  auto db = open_for_reading(cfg);
+  if (!db)
+    fail(exit_usage, "no task with id '" + id + "'");
+  system_config sys_cfg;
+  caf::actor_system sys{sys_cfg};
+  auto persist = spawn_persistence(sys, db->db);
+  task_record rec;
+  std::vector<state_change> history;
+  {
+    caf::scoped_actor self{sys};
+    if (db->primary)
+      recover(self, persist);
+    rec = get_record(self, persist, id);
+    self->request(persist, caf::infinite, history_atom::value, id)
+      .receive([&](std::vector<state_change>& h) { history = std::move(h); },
+               [&](caf::error& err) { fail(status_for(err), describe(err)); });
+  }
+  caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+  auto j = nlohmann::json::parse(to_json(rec));
+  j["exit_status"] = is_terminal(rec.state) && rec.state != task_state::interrupted
+                       ? nlohmann::json(exit_status_of(rec))
+                       : nlohmann::json();
+  auto hist = nlohmann::json::array();
+  for (auto& h : history)
+    hist.push_back(nlohmann::json::parse(to_json(h)));
+  j["history"] = hist;
+  if (json) {
+    std::cout << j.dump(2) << "\n";
+    return exit_ok;
+  }
+  auto line = [](const char* k, const std::string& v) {
+    std::printf("%-12s %s\n", k, v.c_str());
+  };
+  line("id:", rec.spec.id);
+  line("state:", to_string(rec.state));
+  line("attempt:", std::to_string(rec.attempt));
+  line("command:", command_line(rec.spec));
+  line("exit code:", rec.exit_code < 0 ? "-" : std::to_string(rec.exit_code));
+  if (!rec.spec.repo.empty()) {
+    line("repo:", log::redact(rec.spec.repo));
+    line("ref:", rec.spec.ref.empty() ? "(default branch)" : rec.spec.ref);
+    line("branch:", rec.branch);
+    line("base:", rec.base_commit);
+    line("commit:", rec.commit.empty() ? "-" : rec.commit);
+    if (!rec.spec.push_url.empty())
+      line("pushed:", rec.pushed ? "yes, to " + log::redact(rec.spec.push_url)
+                                 : "no");
+  }
+  line("worktree:", rec.worktree);
+  line("state dir:", rec.state_dir);
+  if (!rec.error.empty())
+    line("error:", rec.error);
+  line("output:", std::to_string(rec.next_seq) + " chunks");
+  std::printf("history:\n");
+  for (auto& h : history)
+    std::printf("  %s  #%u %-12s %s\n", format_time(h.at).c_str(), h.attempt,
+                to_string(h.state), h.detail.c_str());
+  return exit_ok;
+}
+
+int cmd_logs(const common_options& common, const std::string& id) {
+  auto cfg = resolve_config(common);
+  auto db = open_for_reading(cfg);
+  if (!db)
+    fail(exit_usage, "no task with id '" + id + "'");
+  system_config sys_cfg;
+  caf::actor_system sys{sys_cfg};
+  auto persist = spawn_persistence(sys, db->db);
+  {
+    caf::scoped_actor self{sys};
+    get_record(self, persist, id); // a clear error for an unknown id
+    uint64_t from = 0;
+    bool more = true;
+    while (more) {
+      self
+        ->request(persist, caf::infinite, output_atom::value, id, from,
+                  uint64_t{8} << 20)
+        .receive(
+          [&](std::vector<output_chunk>& chunks) {
+            more = !chunks.empty();
+            for (auto& c : chunks) {
+              auto fd = c.stream == 2 ? STDERR_FILENO : STDOUT_FILENO;
+              size_t off = 0;
+              while (off < c.bytes.size()) {
+                auto n = ::write(fd, c.bytes.data() + off, c.bytes.size() - off);
+                if (n < 0 && errno == EINTR)
+                  continue;
+                if (n <= 0) {
+                  more = false;
+                  break;
+                }
+                off += static_cast<size_t>(n);
+              }
+              from = c.seq + 1;
+            }
+          },
+          [&](caf::error& err) { fail(status_for(err), describe(err)); });
+    }
+  }
+  caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+  return exit_ok;
+}
+
+void add_common(CLI::App* cmd, common_options& o) {
+  cmd->add_option("--data-dir", o.data_dir,
+                  "data dir (default: $MAKIMA_DATA_DIR, else "
+                  "$XDG_DATA_HOME/makima, else ~/.local/share/makima)");
+  cmd->add_option("--config", o.config_file,
+                  "TOML config file (default: $MAKIMA_CONFIG, else "
+                  "~/.config/makima/makima.toml if present)");
+}
+
+} // namespace
+
+int run_cli(int argc, char** argv) {
+  // Signals are handled by a watcher thread (sigwait) during a task; block
+  // them before any thread exists so that every thread inherits the mask.
+  // Children get an empty mask back (runtime/process).
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1})
+    sigaddset(&set, s);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  CLI::App app{"makima — run tasks in isolated git worktrees, durably", "makima"};
+  app.set_version_flag("--version", std::string{"makima "} + MAKIMA_VERSION);
+  app.require_subcommand(1);
+
+  run_options run_opts;
+  auto run = app.add_subcommand(
+    "run", "run one task in this process; exits with the task's exit code");
+  add_common(run, run_opts.common);
+  run->add_option("--repo", run_opts.repo, "git repository (path or URL)");
+  run->add_option("--ref", run_opts.ref,
+                  "branch, tag or commit (default: the remote's HEAD)");
+  run->add_option("--id", run_opts.id, "task id (default: generated)");
+  run->add_option("--timeout", run_opts.timeout,
+                  "seconds until SIGTERM (0 = none)")
+    ->check(CLI::NonNegativeNumber);
+  run->add_option("--grace", run_opts.grace,
+                  "seconds from SIGTERM to SIGKILL (default 10)")
+    ->check(CLI::NonNegativeNumber);
+  run->add_option("--env", run_opts.env, "KEY=VALUE for the child (repeatable)");
+  run->add_flag("--commit", run_opts.commit,
+                "commit every change on the task branch at the end");
+  run->add_option("--push", run_opts.push, "push the task branch to URL");
+  run->add_option("command", run_opts.command, "-- COMMAND [ARGS...]");
+  run->prefix_command();
+  run->footer(
+    "Exit status: the task's exit code; 128+N if the child died of signal N;\n"
+    "127 command not found; 126 not executable; 124 timed out; 130 cancelled;\n"
+    "2 usage or config error; 125 makima failed (repository, ref, store).");
+
+  auto task = app.add_subcommand("task", "inspect and resume tasks");
+  task->require_subcommand(1);
+  common_options list_opts;
+  bool list_json = false;
+  auto list = task->add_subcommand("list", "list tasks");
+  add_common(list, list_opts);
+  list->add_flag("--json", list_json, "JSON output");
+
+  common_options show_opts;
+  std::string show_id;
+  bool show_json = false;
+  auto show = task->add_subcommand("show", "show one task");
+  add_common(show, show_opts);
+  show->add_option("id", show_id, "task id")->required();
+  show->add_flag("--json", show_json, "JSON output");
+
+  common_options logs_opts;
+  std::string logs_id;
+  auto logs = task->add_subcommand("logs", "print a task's whole output");
+  add_common(logs, logs_opts);
+  logs->add_option("id", logs_id, "task id")->required();
+
+  common_options resume_opts;
+  std::string resume_id;
+  auto resume = task->add_subcommand(
+    "resume", "run an interrupted task again (next attempt) in its worktree");
+  add_common(resume, resume_opts);
+  resume->add_option("id", resume_id, "task id")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : exit_usage;
+  }
+  try {
+    if (*run) {
+      auto rest = run->remaining();
+      run_opts.command.insert(run_opts.command.end(), rest.begin(), rest.end());
+      return cmd_run(run_opts);
+    }
+    if (*list)
+      return cmd_list(list_opts, list_json);
+    if (*show)
+      return cmd_show(show_opts, show_id, show_json);
+    if (*logs)
+      return cmd_logs(logs_opts, logs_id);
+    if (*resume)
+      return cmd_resume(resume_opts, resume_id);
+  } catch (const command_exit& e) {
+    if (!e.message.empty())
+      std::fprintf(stderr, "makima: %s\n", e.message.c_str());
+    return e.status;
+  }
+  return exit_usage;
+}
+
+} // namespace makima::app

@@ -1,0 +1,30 @@
+// Atoms of makima's actor messages (CAF 0.17: at most 10 characters).
+#pragma once
+
+#include <caf/atom.hpp>
+
+namespace makima {
+
+using assign_atom = caf::atom_constant<caf::atom("assign")>;
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
+using commit_atom = caf::atom_constant<caf::atom("commit")>;
+using create_atom = caf::atom_constant<caf::atom("create")>;
+using exit_atom = caf::atom_constant<caf::atom("exit")>;
+using get_atom = caf::atom_constant<caf::atom("get")>;
+using history_atom = caf::atom_constant<caf::atom("history")>;
+using kill_atom = caf::atom_constant<caf::atom("kill")>;
+using list_atom = caf::atom_constant<caf::atom("list")>;
+using ok_atom = caf::atom_constant<caf::atom("ok")>;
+using output_atom = caf::atom_constant<caf::atom("output")>;
+using prepare_atom = caf::atom_constant<caf::atom("prepare")>;
+using push_atom = caf::atom_constant<caf::atom("push")>;
+using put_atom = caf::atom_constant<caf::atom("put")>;
+using recover_atom = caf::atom_constant<caf::atom("recover")>;
+using reopen_atom = caf::atom_constant<caf::atom("reopen")>;
+using result_atom = caf::atom_constant<caf::atom("result")>;
+using spawned_atom = caf::atom_constant<caf::atom("spawned")>;
+using start_atom = caf::atom_constant<caf::atom("start")>;
+using state_atom = caf::atom_constant<caf::atom("state")>;
+using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
+
+} // namespace makima

@@ -1,0 +1,54 @@
+// The DAEMON actor: supervisor of a node's tasks and repositories.
+#pragma once
+
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/actor_addr.hpp>
+#include <caf/fwd.hpp>
+
+#include "actors/actors.hpp"
+#include "runtime/process/reactor.hpp"
+
+namespace makima {
+
+/// What a node is made of, handed to DAEMON at spawn.
+struct daemon_context {
+  persistence_actor persistence;
+  link_actor link;
+  std::shared_ptr<process::reactor> reactor;
+  std::filesystem::path repos_dir;
+  std::filesystem::path worktrees_dir;
+  std::filesystem::path state_root;
+  std::string author_name;
+  std::string author_email;
+  int max_tasks = 4;
+  std::vector<std::string> base_env;
+};
+
+/// State of the DAEMON actor. Receives `assign`/`cancel` from the LINK (or
+/// the local front end) and down messages from its TASK actors; spawns TASK
+/// actors (monitored) and one REPO actor per repository URL.
+struct daemon_state {
+  daemon_context ctx;
+  std::map<std::string, repo_actor> repos;
+  /// Running attempts by task id, and the reverse map for down messages.
+  std::map<std::string, task_actor> running;
+  std::map<caf::actor_addr, std::string> ids;
+  /// Assignments waiting for a free slot.
+  std::deque<task_record> queue;
+  static inline const char* name = "daemon";
+};
+
+/// Behavior of the DAEMON actor.
+daemon_actor::behavior_type
+daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx);
+
+/// Spawns the DAEMON actor (event-based: it never blocks).
+daemon_actor spawn_daemon(caf::actor_system& sys, daemon_context ctx);
+
+} // namespace makima

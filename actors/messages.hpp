@@ -1,0 +1,176 @@
+// The data that travels between makima's actors: a task's spec and record,
+// its output chunks and state transitions. Plain structs with CAF `inspect`
+// overloads (so they can later cross the network) and a JSON form — the form
+// they take in RocksDB, in `task show --json` and, later, on the wire.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <caf/meta/type_name.hpp>
+
+namespace makima {
+
+/// Where a task is in its life. Numbers are stable (stored).
+enum class task_state : uint8_t {
+  /// Mirror, fetch and worktree are being prepared.
+  preparing = 1,
+  /// The child runs.
+  running = 2,
+  /// The child exited; commit and push are in progress.
+  publishing = 3,
+  /// Exit code 0 and everything published.
+  succeeded = 4,
+  /// The child failed, could not start, or makima failed around it.
+  failed = 5,
+  /// Cancelled by the user (Ctrl-C, SIGTERM, `task cancel`).
+  cancelled = 6,
+  /// Killed after its timeout.
+  timed_out = 7,
+  /// The makima process that ran it died; `task resume` runs it again.
+  interrupted = 8,
+};
+
+/// Returns the name of `s` ("running").
+const char* to_string(task_state s);
+
+/// Parses a state name; returns false when unknown.
+bool from_string(const std::string& name, task_state& out);
+
+/// Whether no further transition happens without a new attempt.
+bool is_terminal(task_state s);
+
+/// What to run, as given by the user. Never changes after creation.
+struct task_spec {
+  std::string id;
+  /// The command, argv[0] first (never a shell string).
+  std::vector<std::string> argv;
+  /// Canonical repository path or URL, or empty for a scratch directory.
+  std::string repo;
+  /// Ref to start from; empty = the remote's default branch.
+  std::string ref;
+  /// Extra environment, KEY=VALUE.
+  std::vector<std::string> env;
+  /// Seconds; 0 = no timeout.
+  double timeout = 0;
+  /// Seconds between SIGTERM and SIGKILL.
+  double grace = 10;
+  /// Commit every change at the end.
+  bool commit = false;
+  /// Push the task branch there at the end (empty = no push).
+  std::string push_url;
+  /// Milliseconds since the epoch.
+  int64_t created_at = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, task_spec& x) {
+  return f(caf::meta::type_name("makima::task_spec"), x.id, x.argv, x.repo,
+           x.ref, x.env, x.timeout, x.grace, x.commit, x.push_url,
+           x.created_at);
+}
+
+/// Everything known about a task: spec plus the status of its latest
+/// attempt. Written to RocksDB before any change is reported.
+struct task_record {
+  task_spec spec;
+  task_state state = task_state::preparing;
+  /// 1, 2, … (a resumed task runs attempt n+1).
+  uint32_t attempt = 1;
+  /// The child's exit status in shell form (code, 128+signal, 127 not
+  /// found, 126 not executable); -1 while unknown.
+  int exit_code = -1;
+  /// Signal that killed the child, or 0.
+  int signal = 0;
+  /// Task branch ("makima/<id>"), empty without a repository.
+  std::string branch;
+  /// Commit the branch started from.
+  std::string base_commit;
+  /// Commit made by `--commit`, empty when none (or nothing changed).
+  std::string commit;
+  /// Whether the branch was pushed.
+  bool pushed = false;
+  /// The worktree (or scratch dir) and the state dir.
+  std::string worktree;
+  std::string state_dir;
+  /// makima's own error, if any: stable code name and a sentence.
+  std::string error_code;
+  std::string error;
+  /// Output seq the next chunk gets (filled by the persistence actor on read).
+  uint64_t next_seq = 0;
+  int64_t updated_at = 0;
+  int64_t started_at = 0;
+  int64_t finished_at = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, task_record& x) {
+  return f(caf::meta::type_name("makima::task_record"), x.spec, x.state,
+           x.attempt, x.exit_code, x.signal, x.branch, x.base_commit, x.commit,
+           x.pushed, x.worktree, x.state_dir, x.error_code, x.error, x.next_seq,
+           x.updated_at, x.started_at, x.finished_at);
+}
+
+/// One piece of a task's output.
+struct output_chunk {
+  /// Per task, continues across attempts.
+  uint64_t seq = 0;
+  /// 1 = stdout, 2 = stderr.
+  uint8_t stream = 1;
+  std::string bytes;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, output_chunk& x) {
+  return f(caf::meta::type_name("makima::output_chunk"), x.seq, x.stream,
+           x.bytes);
+}
+
+/// One entry of a task's state history.
+struct state_change {
+  uint32_t attempt = 1;
+  task_state state = task_state::preparing;
+  int64_t at = 0;
+  std::string detail;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, state_change& x) {
+  return f(caf::meta::type_name("makima::state_change"), x.attempt, x.state,
+           x.at, x.detail);
+}
+
+/// A task's worktree as prepared by the REPO actor.
+struct worktree {
+  std::string path;
+  std::string branch;
+  std::string base_commit;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worktree& x) {
+  return f(caf::meta::type_name("makima::worktree"), x.path, x.branch,
+           x.base_commit);
+}
+
+/// JSON text of a record (the RocksDB and `task show --json` form).
+std::string to_json(const task_record& x);
+
+/// Parses `to_json` output; nullopt when malformed.
+std::optional<task_record> record_from_json(const std::string& text);
+
+/// JSON text of a state change.
+std::string to_json(const state_change& x);
+
+/// Parses a state change; nullopt when malformed.
+std::optional<state_change> state_change_from_json(const std::string& text);
+
+/// The exit status `makima run` / `task resume` return for a finished
+/// record: 0 succeeded, the child's code (or 128+signal) when it failed,
+/// 127/126 when the command was not found / not executable, 124 timed out,
+/// 130 cancelled, 125 when makima itself failed (repo, ref, store, push).
+int exit_status_of(const task_record& x);
+
+} // namespace makima

@@ -1,0 +1,68 @@
+// The TASK actor: one attempt of one task.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <caf/fwd.hpp>
+
+#include "actors/actors.hpp"
+#include "runtime/process/reactor.hpp"
+
+namespace makima {
+
+/// What a TASK actor needs from its node, handed over by DAEMON.
+struct task_context {
+  persistence_actor persistence;
+  link_actor link;
+  /// Null for a task without a repository.
+  repo_actor repo;
+  std::shared_ptr<process::reactor> reactor;
+  std::filesystem::path worktrees_dir;
+  std::filesystem::path state_root;
+  /// The environment every child starts from (KEY=VALUE); the task's own
+  /// env and the MAKIMA_* variables are applied on top.
+  std::vector<std::string> base_env;
+};
+
+/// State of the TASK actor. Receives `cancel` from DAEMON and output/exit
+/// from the process reactor; sends to REPO (prepare, reopen, commit, push),
+/// PERSISTENCE (put, output) and LINK (state, output, result), in that
+/// order for every fact: persisted first, reported second.
+struct task_state_data {
+  task_record rec;
+  task_context ctx;
+  std::optional<process::child> child;
+  /// Output chunks received but not yet handed to PERSISTENCE.
+  std::vector<output_chunk> pending;
+  /// A PERSISTENCE output write is in flight.
+  bool writing = false;
+  /// Chunks persisted but not yet accepted by the LINK.
+  size_t reporting = 0;
+  bool exited = false;
+  process::exit_status status;
+  bool cancel_requested = false;
+  bool timed_out = false;
+  /// Set when a RocksDB write failed; the attempt then fails.
+  caf::error store_failure;
+  /// Increments with every SIGTERM sent; a kill timer carries it.
+  uint32_t term_generation = 0;
+  bool finishing = false;
+  static inline const char* name = "task";
+};
+
+/// Behavior of the TASK actor running attempt `rec.attempt` of `rec`.
+task_actor::behavior_type task(task_actor::stateful_pointer<task_state_data> self,
+                               task_record rec, task_context ctx);
+
+/// Builds the child's environment: `base`, then the task's env, then
+/// MAKIMA_TASK_ID, MAKIMA_ATTEMPT, MAKIMA_RESUMED, MAKIMA_STATE_DIR,
+/// MAKIMA_WORKTREE. Later entries replace earlier ones with the same key.
+std::vector<std::string> child_env(const std::vector<std::string>& base,
+                                   const task_record& rec);
+
+} // namespace makima

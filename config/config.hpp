@@ -1,0 +1,107 @@
+// makima's configuration: one struct, loaded from a TOML file, then
+// environment variables, then command-line flags (precedence flag > env >
+// file > default). Every key is documented in config/makima.example.toml.
+// A bad value is an ec::invalid_config error whose message names the key and
+// where the value came from.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
+
+namespace makima {
+
+/// Resolved configuration of one makima process.
+struct config {
+  // [paths]
+  /// Root of everything makima keeps (`paths.data_dir`); empty until
+  /// `finalize`.
+  std::filesystem::path data_dir;
+  /// RocksDB directory (`paths.db_dir`, default DATA/db).
+  std::filesystem::path db_dir;
+  /// Bare mirror cache (`paths.repos_dir`, default DATA/repos).
+  std::filesystem::path repos_dir;
+  /// Task worktrees (`paths.worktrees_dir`, default DATA/worktrees).
+  std::filesystem::path worktrees_dir;
+  /// Per-task state dirs (`paths.state_dir`, default DATA/state).
+  std::filesystem::path state_dir;
+
+  // [task]
+  /// Default timeout in seconds, 0 = none (`task.timeout`).
+  double timeout = 0;
+  /// Seconds between SIGTERM and SIGKILL (`task.grace`).
+  double grace = 10;
+
+  // [git]
+  std::string author_name = "makima";
+  std::string author_email = "makima@localhost";
+
+  // [store]
+  /// fsync the WAL on every write (`store.sync`).
+  bool sync = false;
+
+  // [log]
+  std::string log_level = "warn";
+  /// "text" or "json".
+  std::string log_format = "text";
+
+  // [daemon]
+  /// Tasks run at once by one daemon (`daemon.max_tasks`).
+  int max_tasks = 4;
+
+  // [server] — the server a `makima daemon` connects to.
+  std::string server_url;
+  std::string api_key;
+  double heartbeat = 10;
+  double reconnect = 5;
+
+  /// The file the values came from, if any.
+  std::optional<std::filesystem::path> source_file;
+};
+
+/// Environment as a map (for tests: pass a synthetic one).
+using env_map = std::map<std::string, std::string>;
+
+/// Returns the process environment as a map.
+env_map process_env();
+
+/// Returns the default data dir: $MAKIMA_DATA_DIR, else
+/// $XDG_DATA_HOME/makima, else ~/.local/share/makima.
+std::filesystem::path default_data_dir(const env_map& env);
+
+/// Returns the config file to read when no --config is given:
+/// $MAKIMA_CONFIG, else $XDG_CONFIG_HOME/makima/makima.toml, else
+/// ~/.config/makima/makima.toml — nullopt when that file does not exist
+/// (a missing $MAKIMA_CONFIG file is an error reported by `load_config`).
+std::optional<std::filesystem::path> default_config_file(const env_map& env);
+
+/// Loads the configuration from `file` (nullopt: the default location, if
+/// present) and `env`. Paths stay empty unless set; call `finalize` after
+/// applying flags. Errors: ec::invalid_config naming the key, or the file
+/// when it is missing or not valid TOML.
+caf::expected<config> load_config(const std::optional<std::filesystem::path>& file,
+                                   const env_map& env);
+
+/// Sets one key ("task.grace") from its text form, as a flag would.
+/// `origin` describes where it came from, for the error message.
+caf::error set_config_value(config& cfg, const std::string& key,
+                            const std::string& value, const std::string& origin);
+
+/// Fills data_dir (default_data_dir) and the paths derived from it that are
+/// still empty, making all of them absolute.
+void finalize(config& cfg, const env_map& env);
+
+/// The keys and their environment variable names, for docs and tests.
+struct config_key {
+  std::string key;
+  std::vector<std::string> env;
+  std::string help;
+};
+const std::vector<config_key>& config_keys();
+
+} // namespace makima
