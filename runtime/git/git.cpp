@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cstdlib>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <mutex>
@@ -317,6 +319,57 @@ void delete_branch(git_repository* repo, const std::string& branch) {
 }
 
 constexpr const char* base_file = "makima-base";
+
+// Whether checking out `commit` may need content filters (eol conversion,
+// ident, custom drivers). Filters need an attribute lookup per file, which
+// in libgit2 1.5 costs a realpath() (≈16 failing readlink calls) per file;
+// when no attributes file and no autocrlf setting can apply, the output is
+// identical without them.
+bool needs_filters(git_repository* repo, git_commit* commit) {
+  git_config* raw = nullptr;
+  if (git_repository_config_snapshot(&raw, repo) != 0)
+    return true;
+  config_ptr cfg{raw};
+  for (auto key : {"core.autocrlf", "core.attributesfile"}) {
+    buf_guard val;
+    int rc = git_config_get_string_buf(&val.buf, raw, key);
+    if (rc == 0) {
+      auto v = val.str();
+      if (std::string_view{key} == "core.autocrlf" && (v == "false" || v.empty()))
+        continue;
+      return true;
+    }
+    if (rc != GIT_ENOTFOUND)
+      return true;
+  }
+  std::error_code err;
+  auto repo_path = fs::path{git_repository_commondir(repo)};
+  if (fs::exists(repo_path / "info" / "attributes", err))
+    return true;
+  if (fs::exists("/etc/gitattributes", err))
+    return true;
+  if (const char* xdg = std::getenv("XDG_CONFIG_HOME"); xdg && *xdg) {
+    if (fs::exists(fs::path{xdg} / "git" / "attributes", err))
+      return true;
+  } else if (const char* home = std::getenv("HOME"); home && *home) {
+    if (fs::exists(fs::path{home} / ".config" / "git" / "attributes", err))
+      return true;
+  }
+  git_tree* traw = nullptr;
+  if (git_commit_tree(&traw, commit) != 0)
+    return true;
+  tree_ptr tree{traw};
+  bool found = false;
+  auto cb = [](const char*, const git_tree_entry* entry, void* payload) {
+    if (std::strcmp(git_tree_entry_name(entry), ".gitattributes") == 0) {
+      *static_cast<bool*>(payload) = true;
+      return -1; // stop
+    }
+    return 0;
+  };
+  int rc = git_tree_walk(traw, GIT_TREEWALK_PRE, cb, &found);
+  return found || rc != 0; // on a walk error, keep filters to be safe
+}
 
 } // namespace
 
@@ -641,6 +694,7 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
   // The target is new: FORCE writes every file without comparing against
   // a (nonexistent) workdir state.
   opts.checkout_options.checkout_strategy = GIT_CHECKOUT_FORCE;
+  opts.checkout_options.disable_filters = needs_filters(repo, craw) ? 0 : 1;
   git_worktree* wraw = nullptr;
   if (git_worktree_add(&wraw, repo, name.c_str(), abs_dir.c_str(), &opts)
       != 0)

@@ -252,6 +252,21 @@ TEST_F(GitTest, AddWorktreeAtOlderCommitIncludesDeletedFile) {
   EXPECT_TRUE(fs::exists(dir / "doomed.txt"));
 }
 
+TEST_F(GitTest, AddWorktreeAppliesAttributes) {
+  // Filters are skipped only when no attributes can apply: a nested
+  // .gitattributes asking for CRLF must still be honoured.
+  write_file(upstream / "src/d1/.gitattributes", "*.txt text eol=crlf\n");
+  git(upstream, {"add", "-A"});
+  git(upstream, {"commit", "-q", "-m", "attributes"});
+  auto m = open_mirror();
+  auto dir = tmp / "work" / "attr";
+  auto wt = m.add_worktree("attr", dir, resolved(m, ""), "makima/attr");
+  ASSERT_TRUE(wt) << makima::describe(wt.error());
+  EXPECT_EQ(read_file(dir / "src/d1/e0/file1.txt"), "content of file 1\r\n");
+  EXPECT_EQ(read_file(dir / "src/d2/e0/file2.txt"), "content of file 2\n");
+  EXPECT_EQ(git(dir, {"status", "--porcelain"}), "");
+}
+
 TEST_F(GitTest, AddWorktreeOnExistingDirFailsWithoutLeftovers) {
   auto m = open_mirror();
   auto dir = tmp / "work" / "exists";
