@@ -66,6 +66,10 @@ caf::error commit_batch(persistence_state& st, const std::string& id,
 std::string detail_of(const task_record& rec) {
   if (!rec.error.empty())
     return rec.error;
+  if (rec.state == task_state::preparing && rec.attempt > 1)
+    return "attempt " + std::to_string(rec.attempt) + " (resumed)";
+  if (rec.state == task_state::publishing)
+    return "committing and pushing";
   if (rec.state == task_state::succeeded || rec.state == task_state::failed
       || rec.state == task_state::timed_out
       || rec.state == task_state::cancelled) {

@@ -403,8 +403,13 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
   st.rec.error_code.clear();
   st.rec.finished_at = 0;
   st.rec.state_dir = (st.ctx.state_root / st.rec.spec.id).string();
-  // Attempt 2+ starts by recording that it prepares again.
-  persist_state(self, [self] { prepare(self); });
+  if (st.rec.attempt > 1) {
+    // A new attempt starts by recording that it prepares again.
+    persist_state(self, [self] { prepare(self); });
+  } else {
+    // The first attempt's "preparing" was recorded when the task was created.
+    prepare(self);
+  }
   return {
     [self](cancel_atom) {
       auto& st = self->state;

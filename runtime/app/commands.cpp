@@ -331,6 +331,9 @@ struct run_options {
 int cmd_run(run_options& o) {
   if (!o.command.empty() && o.command.front() == "--")
     o.command.erase(o.command.begin());
+  // CLI11 hands over a trailing "--" when it saw one after the options.
+  if (!o.command.empty() && o.command.back() == "--")
+    o.command.pop_back();
   if (o.command.empty())
     fail(exit_usage, "run: no command given (usage: makima run [OPTIONS] -- "
                      "COMMAND [ARGS...])");
@@ -611,8 +614,7 @@ int run_cli(int argc, char** argv) {
   run->add_flag("--commit", run_opts.commit,
                 "commit every change on the task branch at the end");
   run->add_option("--push", run_opts.push, "push the task branch to URL");
-  run->add_option("command", run_opts.command, "-- COMMAND [ARGS...]");
-  run->prefix_command();
+
   run->footer(
     "Exit status: the task's exit code; 128+N if the child died of signal N;\n"
     "127 command not found; 126 not executable; 124 timed out; 130 cancelled;\n"
@@ -647,16 +649,40 @@ int run_cli(int argc, char** argv) {
   add_common(resume, resume_opts);
   resume->add_option("id", resume_id, "task id")->required();
 
+  // `makima run [OPTIONS] [--] COMMAND [ARGS...]`: everything from the
+  // first word that is not an option of `run` (or after "--") is the
+  // command, passed to CLI11 untouched by option parsing.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && args.front() == "run") {
+    size_t i = 1;
+    while (i < args.size()) {
+      auto& a = args[i];
+      if (a == "--") {
+        run_opts.command.assign(args.begin() + static_cast<long>(i) + 1,
+                                args.end());
+        break;
+      }
+      if (a.size() > 1 && a[0] == '-') {
+        auto opt = run->get_option_no_throw(a.substr(0, a.find('=')));
+        bool takes_value = opt != nullptr && opt->get_type_size() != 0
+                           && a.find('=') == std::string::npos;
+        i += takes_value ? 2 : 1;
+        continue;
+      }
+      run_opts.command.assign(args.begin() + static_cast<long>(i), args.end());
+      break;
+    }
+    args.resize(std::min(i, args.size()));
+  }
   try {
-    app.parse(argc, argv);
+    std::vector<std::string> reversed(args.rbegin(), args.rend());
+    app.parse(reversed);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : exit_usage;
   }
   try {
     if (*run) {
-      auto rest = run->remaining();
-      run_opts.command.insert(run_opts.command.end(), rest.begin(), rest.end());
       return cmd_run(run_opts);
     }
     if (*list)
