@@ -31,6 +31,7 @@
 #include "runtime/git/git.hpp"
 #include "runtime/ids.hpp"
 #include "runtime/log.hpp"
+#include "runtime/process/leftovers.hpp"
 #include "runtime/process/reactor.hpp"
 #include "runtime/store/db.hpp"
 
@@ -402,6 +403,13 @@ int cmd_resume(const common_options& common, const std::string& id) {
     if (rec.state != task_state::interrupted)
       fail(exit_usage, "task " + id + " is " + to_string(rec.state)
                          + "; only an interrupted task can be resumed");
+    // Processes of the dead attempt still running in the worktree would
+    // race the new attempt: stop them first.
+    if (auto n = process::kill_processes_with_env("MAKIMA_TASK_ID=" + id))
+      std::fprintf(stderr,
+                   "makima: task %s: killed %zu leftover process(es) of "
+                   "attempt %u\n",
+                   id.c_str(), n, rec.attempt);
     rec.attempt += 1;
     std::fprintf(stderr, "makima: task %s: resuming as attempt %u\n",
                  id.c_str(), rec.attempt);
