@@ -672,7 +672,7 @@ int run_cli(int argc, char** argv) {
       }
       if (a.size() > 1 && a[0] == '-') {
         auto opt = run->get_option_no_throw(a.substr(0, a.find('=')));
-        bool takes_value = opt != nullptr && opt->get_type_size() != 0
+        bool takes_value = opt != nullptr && opt->get_expected_max() != 0
                            && a.find('=') == std::string::npos;
         i += takes_value ? 2 : 1;
         continue;
