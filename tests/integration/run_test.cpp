@@ -240,7 +240,11 @@ TEST_P(RunCancel, SignalCancelsTaskAndItsGroup) {
                   "sleep 300 & echo ready; wait"}),
       e.opts());
   ASSERT_TRUE(bg.wait_for_output("ready", 10000ms));
-  auto before = pids_with_env("MAKIMA_TASK_ID=" + id);
+  std::vector<pid_t> before;
+  eventually([&] {
+    before = pids_with_env("MAKIMA_TASK_ID=" + id);
+    return before.size() >= 2;
+  }, 3000ms);
   EXPECT_GE(before.size(), 2u) << "expected sh and sleep";
   bg.kill(sig);
   auto r = bg.wait(10000ms);
