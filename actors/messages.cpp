@@ -1,6 +1,7 @@
 // JSON forms of the message types and the exit-status rule.
 #include "actors/messages.hpp"
 
+#include <caf/actor_system_config.hpp>
 #include <nlohmann/json.hpp>
 
 #include "runtime/error.hpp"
@@ -169,6 +170,20 @@ int exit_status_of(const task_record& x) {
     default:
       return 125;
   }
+}
+
+void add_message_types(caf::actor_system_config& cfg) {
+  cfg.add_message_type<task_spec>("makima::task_spec");
+  cfg.add_message_type<task_record>("makima::task_record");
+  cfg.add_message_type<std::vector<task_record>>(
+    "std::vector<makima::task_record>");
+  cfg.add_message_type<output_chunk>("makima::output_chunk");
+  cfg.add_message_type<std::vector<output_chunk>>(
+    "std::vector<makima::output_chunk>");
+  cfg.add_message_type<state_change>("makima::state_change");
+  cfg.add_message_type<std::vector<state_change>>(
+    "std::vector<makima::state_change>");
+  cfg.add_message_type<worktree>("makima::worktree");
 }
 
 } // namespace makima

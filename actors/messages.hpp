@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <caf/fwd.hpp>
 #include <caf/meta/type_name.hpp>
 
 namespace makima {
@@ -172,5 +173,8 @@ std::optional<state_change> state_change_from_json(const std::string& text);
 /// 127/126 when the command was not found / not executable, 124 timed out,
 /// 130 cancelled, 125 when makima itself failed (repo, ref, store, push).
 int exit_status_of(const task_record& x);
+
+/// Registers every message type of this file with an actor system config.
+void add_message_types(caf::actor_system_config& cfg);
 
 } // namespace makima

@@ -99,14 +99,7 @@ struct system_config : caf::actor_system_config {
   system_config() {
     set("scheduler.max-threads", 2);
     set("logger.verbosity", caf::atom("quiet"));
-    add_message_type<task_record>("makima::task_record");
-    add_message_type<task_spec>("makima::task_spec");
-    add_message_type<output_chunk>("makima::output_chunk");
-    add_message_type<std::vector<output_chunk>>("std::vector<makima::output_chunk>");
-    add_message_type<state_change>("makima::state_change");
-    add_message_type<std::vector<state_change>>("std::vector<makima::state_change>");
-    add_message_type<std::vector<task_record>>("std::vector<makima::task_record>");
-    add_message_type<worktree>("makima::worktree");
+    makima::add_message_types(*this);
   }
 };
 
