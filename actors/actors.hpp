@@ -38,9 +38,10 @@ using persistence_actor = caf::typed_actor<
   // Replaces a task's record and appends its state to the history (one
   // atomic batch).
   caf::replies_to<put_atom, task_record>::with<ok_atom>,
-  // Appends output chunks of task `id` (one atomic batch).
+  // Appends output chunks of task `id` (one atomic batch) and hands them
+  // back, so the TASK can report them to the LINK without a copy.
   caf::replies_to<output_atom, std::string, std::vector<output_chunk>>::with<
-    ok_atom>,
+    std::vector<output_chunk>>,
   // Returns a task's record with `next_seq` filled in; ec::task_not_found.
   caf::replies_to<get_atom, std::string>::with<task_record>,
   // Returns every task's record, oldest id first.

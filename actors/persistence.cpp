@@ -114,7 +114,8 @@ persistence(persistence_actor::stateful_pointer<persistence_state> self,
       return ok_atom::value;
     },
     [self](output_atom, const std::string& id,
-           std::vector<output_chunk>& chunks) -> caf::result<ok_atom> {
+           std::vector<output_chunk>& chunks)
+      -> caf::result<std::vector<output_chunk>> {
       store::write_batch batch;
       for (auto& c : chunks)
         batch.put_output(id, c.seq, c.stream, c.bytes);
@@ -123,7 +124,7 @@ persistence(persistence_actor::stateful_pointer<persistence_state> self,
                                     + " failed: " + describe(err));
         return err;
       }
-      return ok_atom::value;
+      return std::move(chunks);
     },
     [self](get_atom, const std::string& id) -> caf::result<task_record> {
       auto& db = *self->state.db;

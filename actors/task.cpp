@@ -116,17 +116,19 @@ void flush_output(task_ptr self) {
     return;
   }
   st.writing = true;
+  // The batch moves into the request and comes back in the reply: output
+  // bytes are never copied between the reactor and the LINK.
   self
     ->request(st.ctx.persistence, caf::infinite, output_atom::value,
-              st.rec.spec.id, batch)
+              st.rec.spec.id, std::move(batch))
     .then(
-      [self, batch, count](ok_atom) mutable {
+      [self, count](std::vector<output_chunk>& stored) {
         auto& st = self->state;
         st.writing = false;
         st.reporting += count;
         self
           ->request(st.ctx.link, caf::infinite, output_atom::value,
-                    st.rec.spec.id, st.rec.attempt, std::move(batch))
+                    st.rec.spec.id, st.rec.attempt, std::move(stored))
           .then(
             [self, count](ok_atom) {
               auto& st = self->state;

@@ -314,6 +314,7 @@ struct run_options {
   std::string repo;
   std::string ref;
   std::string id;
+  bool id_given = false;
   double timeout = -1;
   double grace = -1;
   std::vector<std::string> env;
@@ -338,6 +339,8 @@ int cmd_run(run_options& o) {
       c.grace = o.grace;
   });
   task_record rec;
+  if (o.id_given && o.id.empty())
+    fail(exit_usage, "--id must not be empty");
   rec.spec.id = o.id.empty() ? make_task_id() : o.id;
   if (auto err = validate_task_id(rec.spec.id))
     fail(exit_usage, describe(err));
@@ -604,7 +607,7 @@ int run_cli(int argc, char** argv) {
   run->add_option("--repo", run_opts.repo, "git repository (path or URL)");
   run->add_option("--ref", run_opts.ref,
                   "branch, tag or commit (default: the remote's HEAD)");
-  run->add_option("--id", run_opts.id, "task id (default: generated)");
+  auto id_opt = run->add_option("--id", run_opts.id, "task id (default: generated)");
   run->add_option("--timeout", run_opts.timeout,
                   "seconds until SIGTERM (0 = none)")
     ->check(CLI::NonNegativeNumber);
@@ -684,6 +687,7 @@ int run_cli(int argc, char** argv) {
   }
   try {
     if (*run) {
+      run_opts.id_given = id_opt->count() > 0;
       return cmd_run(run_opts);
     }
     if (*list)

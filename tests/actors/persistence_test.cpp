@@ -65,7 +65,7 @@ TEST_F(persistence_actor_test, output_is_read_back_in_pages_and_next_seq_follows
                                   std::string(1000, static_cast<char>('a' + i % 26))});
   (*self)->request(persist, timeout, output_atom::value, std::string{"t1"},
                    chunks)
-    .receive([](ok_atom) {}, [](caf::error& err) { FAIL() << describe(err); });
+    .receive([](std::vector<output_chunk>& back) { EXPECT_EQ(back.size(), 300u); }, [](caf::error& err) { FAIL() << describe(err); });
   EXPECT_EQ(get("t1").next_seq, 300u);
   std::vector<output_chunk> all;
   uint64_t from = 0;
