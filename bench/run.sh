@@ -78,6 +78,12 @@ for i in $(seq "$RUNS"); do
   launch "$res/np/mktrue-$i.json" "$makima" run --id "npt-$i" --data-dir "$d1" -- true
 done
 "$makima" task list --json --data-dir "$d1" > "$res/np/tasks.json" 2>/dev/null || true
+# The same start inside a running node (no process start, no DB open).
+inproc="$(dirname "$makima")/bench/makima_bench_inproc_start"
+if [[ -x "$inproc" ]]; then
+  mkdir -p "$work/inproc"
+  "$inproc" "$work/inproc" "$RUNS" "$res/np/inproc.json" >/dev/null 2>&1 || true
+fi
 
 # --- 2. repo task start vs git worktree add ---------------------------------
 repo_bench() { # NAME REPO_PATH
