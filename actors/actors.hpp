@@ -5,8 +5,9 @@
 //     │ assign / cancel                          ▲ output, state, result
 //     ▼                                          │ (each already persisted)
 //   DAEMON (supervisor) ── spawns one per attempt ──▶ TASK
-//     │ one per repository URL                    │ │ prepare/reopen/commit/push
-//     ▼                                           │ ▼
+//     │ one per repository URL                    │ │
+//     prepare/reopen/commit/push ▼                                           │
+//     ▼
 //   REPO (libgit2, detached) ◀────────────────────┘ REPO
 //                                                 │ create/put/output
 //                                                 ▼
@@ -33,60 +34,60 @@ namespace makima {
 /// The PERSISTENCE actor owns the node's RocksDB. Detached (blocking I/O).
 /// Receives from TASK, DAEMON and command-line readers.
 using persistence_actor = caf::typed_actor<
-  // Stores a new task; fails with ec::task_exists when the id is taken.
-  caf::replies_to<create_atom, task_record>::with<ok_atom>,
-  // Replaces a task's record and appends its state to the history (one
-  // atomic batch).
-  caf::replies_to<put_atom, task_record>::with<ok_atom>,
-  // Appends output chunks of task `id` (one atomic batch) and hands them
-  // back, so the TASK can report them to the LINK without a copy.
-  caf::replies_to<output_atom, std::string, std::vector<output_chunk>>::with<
-    std::vector<output_chunk>>,
-  // Returns a task's record with `next_seq` filled in; ec::task_not_found.
-  caf::replies_to<get_atom, std::string>::with<task_record>,
-  // Returns every task's record, oldest id first.
-  caf::replies_to<list_atom>::with<std::vector<task_record>>,
-  // Returns output chunks of task `id` from seq `from`, at most `max_bytes`
-  // (at least one chunk when any is left).
-  caf::replies_to<output_atom, std::string, uint64_t, uint64_t>::with<
-    std::vector<output_chunk>>,
-  // Returns the state history of task `id`.
-  caf::replies_to<history_atom, std::string>::with<std::vector<state_change>>,
-  // Marks every task left non-terminal by a dead process as interrupted;
-  // returns their ids. Only on a primary (locked) database.
-  caf::replies_to<recover_atom>::with<std::vector<std::string>>>;
+    // Stores a new task; fails with ec::task_exists when the id is taken.
+    caf::replies_to<create_atom, task_record>::with<ok_atom>,
+    // Replaces a task's record and appends its state to the history (one
+    // atomic batch).
+    caf::replies_to<put_atom, task_record>::with<ok_atom>,
+    // Appends output chunks of task `id` (one atomic batch) and hands them
+    // back, so the TASK can report them to the LINK without a copy.
+    caf::replies_to<output_atom, std::string,
+                    std::vector<output_chunk>>::with<std::vector<output_chunk>>,
+    // Returns a task's record with `next_seq` filled in; ec::task_not_found.
+    caf::replies_to<get_atom, std::string>::with<task_record>,
+    // Returns every task's record, oldest id first.
+    caf::replies_to<list_atom>::with<std::vector<task_record>>,
+    // Returns output chunks of task `id` from seq `from`, at most `max_bytes`
+    // (at least one chunk when any is left).
+    caf::replies_to<output_atom, std::string, uint64_t,
+                    uint64_t>::with<std::vector<output_chunk>>,
+    // Returns the state history of task `id`.
+    caf::replies_to<history_atom, std::string>::with<std::vector<state_change>>,
+    // Marks every task left non-terminal by a dead process as interrupted;
+    // returns their ids. Only on a primary (locked) database.
+    caf::replies_to<recover_atom>::with<std::vector<std::string>>>;
 
 /// The LINK is the server side as seen from a node: it hands out work and
 /// receives what tasks did. `local_link` serves it in-process for `makima
 /// run`; the network CONNECTION actor will serve it over WebSocket.
 /// Receives from TASK; every message describes something already persisted.
 using link_actor = caf::typed_actor<
-  // Output chunks of an attempt (task id, attempt, chunks); the reply lets
-  // the TASK resume reading the child's pipes (backpressure).
-  caf::replies_to<output_atom, std::string, uint32_t,
-                  std::vector<output_chunk>>::with<ok_atom>,
-  // A state transition of an attempt (record after the transition).
-  caf::reacts_to<state_atom, task_record>,
-  // The attempt's final record; the attempt is over.
-  caf::reacts_to<result_atom, task_record>>;
+    // Output chunks of an attempt (task id, attempt, chunks); the reply lets
+    // the TASK resume reading the child's pipes (backpressure).
+    caf::replies_to<output_atom, std::string, uint32_t,
+                    std::vector<output_chunk>>::with<ok_atom>,
+    // A state transition of an attempt (record after the transition).
+    caf::reacts_to<state_atom, task_record>,
+    // The attempt's final record; the attempt is over.
+    caf::reacts_to<result_atom, task_record>>;
 
 /// The REPO actor serializes all git work on one repository: a bare mirror
 /// cache (clone, fetch), task worktrees, commits and pushes. Detached
 /// (libgit2 blocks). One per repository URL, spawned by DAEMON; receives
 /// from TASK.
 using repo_actor = caf::typed_actor<
-  // Clones or fetches the mirror, resolves ref (task id, ref, worktree dir)
-  // and creates the task's worktree on branch makima/<id>.
-  caf::replies_to<prepare_atom, std::string, std::string, std::string>::with<
-    worktree>,
-  // Returns the preserved worktree of task `id` on `branch` (resume);
-  // ec::worktree_missing when it is gone.
-  caf::replies_to<reopen_atom, std::string, std::string>::with<worktree>,
-  // Commits every change in worktree `dir` with `message`; returns the
-  // commit id, or "" when nothing changed.
-  caf::replies_to<commit_atom, std::string, std::string>::with<std::string>,
-  // Pushes `branch` to `url`.
-  caf::replies_to<push_atom, std::string, std::string>::with<ok_atom>>;
+    // Clones or fetches the mirror, resolves ref (task id, ref, worktree dir)
+    // and creates the task's worktree on branch makima/<id>.
+    caf::replies_to<prepare_atom, std::string, std::string,
+                    std::string>::with<worktree>,
+    // Returns the preserved worktree of task `id` on `branch` (resume);
+    // ec::worktree_missing when it is gone.
+    caf::replies_to<reopen_atom, std::string, std::string>::with<worktree>,
+    // Commits every change in worktree `dir` with `message`; returns the
+    // commit id, or "" when nothing changed.
+    caf::replies_to<commit_atom, std::string, std::string>::with<std::string>,
+    // Pushes `branch` to `url`.
+    caf::replies_to<push_atom, std::string, std::string>::with<ok_atom>>;
 
 /// The TASK actor runs one attempt of one task: a state machine
 /// (preparing → running → publishing → succeeded | failed | cancelled |
@@ -94,25 +95,25 @@ using repo_actor = caf::typed_actor<
 /// to REPO, PERSISTENCE and LINK; its output and exit arrive from the
 /// process reactor thread as messages.
 using task_actor = caf::typed_actor<
-  // Cancels the attempt: SIGTERM to the group, SIGKILL after the grace
-  // period (a second cancel kills at once).
-  caf::reacts_to<cancel_atom>,
-  // From the reactor: a chunk of the child's output (stream, bytes).
-  caf::reacts_to<output_atom, uint8_t, std::string>,
-  // From the reactor: the child ended (shell-style code, signal).
-  caf::reacts_to<exit_atom, int, int>,
-  // Timer: the task's timeout expired.
-  caf::reacts_to<timeout_atom>,
-  // Timer: the grace period after SIGTERM expired (signal generation).
-  caf::reacts_to<kill_atom, uint32_t>>;
+    // Cancels the attempt: SIGTERM to the group, SIGKILL after the grace
+    // period (a second cancel kills at once).
+    caf::reacts_to<cancel_atom>,
+    // From the reactor: a chunk of the child's output (stream, bytes).
+    caf::reacts_to<output_atom, uint8_t, std::string>,
+    // From the reactor: the child ended (shell-style code, signal).
+    caf::reacts_to<exit_atom, int, int>,
+    // Timer: the task's timeout expired.
+    caf::reacts_to<timeout_atom>,
+    // Timer: the grace period after SIGTERM expired (signal generation).
+    caf::reacts_to<kill_atom, uint32_t>>;
 
 /// The DAEMON supervises a node's task actors: it takes assignments from
 /// the LINK, runs at most `max_tasks` attempts at once (queueing the rest),
 /// and owns one REPO actor per repository URL.
 using daemon_actor = caf::typed_actor<
-  // Runs the attempt described by the record (its `attempt` field).
-  caf::reacts_to<assign_atom, task_record>,
-  // Cancels a queued or running task by id.
-  caf::reacts_to<cancel_atom, std::string>>;
+    // Runs the attempt described by the record (its `attempt` field).
+    caf::reacts_to<assign_atom, task_record>,
+    // Cancels a queued or running task by id.
+    caf::reacts_to<cancel_atom, std::string>>;
 
 } // namespace makima

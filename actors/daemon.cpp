@@ -40,7 +40,8 @@ void start(daemon_ptr self, task_record rec) {
                    st.ctx.state_root,
                    st.ctx.base_env};
   auto id = rec.spec.id;
-  auto handle = self->spawn<caf::monitored>(task, std::move(rec), std::move(ctx));
+  auto handle =
+      self->spawn<caf::monitored>(task, std::move(rec), std::move(ctx));
   st.ids.emplace(handle.address(), id);
   st.running.emplace(id, handle);
 }
@@ -66,50 +67,50 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
     if (i == st.ids.end())
       return;
     if (msg.reason && msg.reason != caf::exit_reason::normal)
-      log::error("daemon", "task actor of " + i->second
-                             + " ended abnormally: " + caf::to_string(msg.reason));
+      log::error("daemon", "task actor of " + i->second + " ended abnormally: "
+                               + caf::to_string(msg.reason));
     st.running.erase(i->second);
     st.ids.erase(i);
     admit(self);
   });
   return {
-    [self](assign_atom, task_record& rec) {
-      auto& st = self->state;
-      if (st.running.count(rec.spec.id) > 0) {
-        log::warn("daemon", "ignoring duplicate assignment of task "
-                              + rec.spec.id);
-        return;
-      }
-      st.queue.push_back(std::move(rec));
-      admit(self);
-    },
-    [self](cancel_atom, const std::string& id) {
-      auto& st = self->state;
-      if (auto i = st.running.find(id); i != st.running.end()) {
-        self->send(i->second, cancel_atom::value);
-        return;
-      }
-      for (auto i = st.queue.begin(); i != st.queue.end(); ++i) {
-        if (i->spec.id != id)
-          continue;
-        auto rec = std::move(*i);
-        st.queue.erase(i);
-        rec.state = task_state::cancelled;
-        rec.updated_at = rec.finished_at = now_ms();
-        self->request(st.ctx.persistence, caf::infinite, put_atom::value, rec)
-          .then(
-            [self, rec](ok_atom) {
-              self->send(self->state.ctx.link, result_atom::value, rec);
-            },
-            [self, rec](caf::error& err) mutable {
-              rec.error_code = to_string(code_of(err));
-              rec.error = "the cancellation could not be recorded: "
-                          + describe(err);
-              self->send(self->state.ctx.link, result_atom::value, rec);
-            });
-        return;
-      }
-    },
+      [self](assign_atom, task_record& rec) {
+        auto& st = self->state;
+        if (st.running.count(rec.spec.id) > 0) {
+          log::warn("daemon",
+                    "ignoring duplicate assignment of task " + rec.spec.id);
+          return;
+        }
+        st.queue.push_back(std::move(rec));
+        admit(self);
+      },
+      [self](cancel_atom, const std::string& id) {
+        auto& st = self->state;
+        if (auto i = st.running.find(id); i != st.running.end()) {
+          self->send(i->second, cancel_atom::value);
+          return;
+        }
+        for (auto i = st.queue.begin(); i != st.queue.end(); ++i) {
+          if (i->spec.id != id)
+            continue;
+          auto rec = std::move(*i);
+          st.queue.erase(i);
+          rec.state = task_state::cancelled;
+          rec.updated_at = rec.finished_at = now_ms();
+          self->request(st.ctx.persistence, caf::infinite, put_atom::value, rec)
+              .then(
+                  [self, rec](ok_atom) {
+                    self->send(self->state.ctx.link, result_atom::value, rec);
+                  },
+                  [self, rec](caf::error& err) mutable {
+                    rec.error_code = to_string(code_of(err));
+                    rec.error = "the cancellation could not be recorded: "
+                                + describe(err);
+                    self->send(self->state.ctx.link, result_atom::value, rec);
+                  });
+          return;
+        }
+      },
   };
 }
 

@@ -41,21 +41,21 @@ local_link(link_actor::stateful_pointer<local_link_state> self, int out_fd,
   st.on_state = std::move(on_state);
   st.on_result = std::move(on_result);
   return {
-    [self](output_atom, const std::string&, uint32_t,
-           const std::vector<output_chunk>& chunks) -> caf::result<ok_atom> {
-      for (auto& c : chunks)
-        write_all(c.stream == 2 ? self->state.err_fd : self->state.out_fd,
-                  c.bytes);
-      return ok_atom::value;
-    },
-    [self](state_atom, const task_record& rec) {
-      if (self->state.on_state)
-        self->state.on_state(rec);
-    },
-    [self](result_atom, const task_record& rec) {
-      if (self->state.on_result)
-        self->state.on_result(rec);
-    },
+      [self](output_atom, const std::string&, uint32_t,
+             const std::vector<output_chunk>& chunks) -> caf::result<ok_atom> {
+        for (auto& c : chunks)
+          write_all(c.stream == 2 ? self->state.err_fd : self->state.out_fd,
+                    c.bytes);
+        return ok_atom::value;
+      },
+      [self](state_atom, const task_record& rec) {
+        if (self->state.on_state)
+          self->state.on_state(rec);
+      },
+      [self](result_atom, const task_record& rec) {
+        if (self->state.on_result)
+          self->state.on_result(rec);
+      },
   };
 }
 

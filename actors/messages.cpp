@@ -11,10 +11,14 @@ namespace makima {
 namespace {
 
 constexpr std::pair<task_state, const char*> state_names[] = {
-  {task_state::preparing, "preparing"}, {task_state::running, "running"},
-  {task_state::publishing, "publishing"}, {task_state::succeeded, "succeeded"},
-  {task_state::failed, "failed"},       {task_state::cancelled, "cancelled"},
-  {task_state::timed_out, "timed_out"}, {task_state::interrupted, "interrupted"},
+    {task_state::preparing, "preparing"},
+    {task_state::running, "running"},
+    {task_state::publishing, "publishing"},
+    {task_state::succeeded, "succeeded"},
+    {task_state::failed, "failed"},
+    {task_state::cancelled, "cancelled"},
+    {task_state::timed_out, "timed_out"},
+    {task_state::interrupted, "interrupted"},
 };
 
 } // namespace
@@ -37,14 +41,14 @@ bool from_string(const std::string& name, task_state& out) {
 
 bool is_terminal(task_state s) {
   switch (s) {
-    case task_state::succeeded:
-    case task_state::failed:
-    case task_state::cancelled:
-    case task_state::timed_out:
-    case task_state::interrupted:
-      return true;
-    default:
-      return false;
+  case task_state::succeeded:
+  case task_state::failed:
+  case task_state::cancelled:
+  case task_state::timed_out:
+  case task_state::interrupted:
+    return true;
+  default:
+    return false;
   }
 }
 
@@ -53,27 +57,28 @@ std::string to_json(const task_record& x) {
   j["id"] = x.spec.id;
   j["state"] = to_string(x.state);
   j["attempt"] = x.attempt;
-  j["exit_code"] = x.exit_code < 0 ? nlohmann::json() : nlohmann::json(x.exit_code);
+  j["exit_code"] =
+      x.exit_code < 0 ? nlohmann::json() : nlohmann::json(x.exit_code);
   j["signal"] = x.signal;
   j["branch"] = x.branch.empty() ? nlohmann::json() : nlohmann::json(x.branch);
-  j["base_commit"] = x.base_commit.empty() ? nlohmann::json()
-                                           : nlohmann::json(x.base_commit);
+  j["base_commit"] =
+      x.base_commit.empty() ? nlohmann::json() : nlohmann::json(x.base_commit);
   j["commit"] = x.commit.empty() ? nlohmann::json() : nlohmann::json(x.commit);
   j["pushed"] = x.pushed;
   j["worktree"] = x.worktree;
   j["state_dir"] = x.state_dir;
-  j["error_code"] = x.error_code.empty() ? nlohmann::json()
-                                         : nlohmann::json(x.error_code);
+  j["error_code"] =
+      x.error_code.empty() ? nlohmann::json() : nlohmann::json(x.error_code);
   j["error"] = x.error.empty() ? nlohmann::json() : nlohmann::json(x.error);
   j["next_seq"] = x.next_seq;
   j["created_at"] = x.spec.created_at;
   j["updated_at"] = x.updated_at;
   j["started_at"] = x.started_at;
   j["finished_at"] = x.finished_at;
-  j["spec"] = {{"argv", x.spec.argv},     {"repo", x.spec.repo},
-               {"ref", x.spec.ref},       {"env", x.spec.env},
+  j["spec"] = {{"argv", x.spec.argv},       {"repo", x.spec.repo},
+               {"ref", x.spec.ref},         {"env", x.spec.env},
                {"timeout", x.spec.timeout}, {"grace", x.spec.grace},
-               {"commit", x.spec.commit}, {"push_url", x.spec.push_url}};
+               {"commit", x.spec.commit},   {"push_url", x.spec.push_url}};
   // Invalid UTF-8 in argv/env must not make serialization throw.
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
@@ -93,7 +98,8 @@ std::optional<task_record> record_from_json(const std::string& text) {
     if (!from_string(j.at("state").get<std::string>(), x.state))
       return std::nullopt;
     x.attempt = j.at("attempt").get<uint32_t>();
-    x.exit_code = j.at("exit_code").is_null() ? -1 : j.at("exit_code").get<int>();
+    x.exit_code =
+        j.at("exit_code").is_null() ? -1 : j.at("exit_code").get<int>();
     x.signal = j.value("signal", 0);
     x.branch = str("branch");
     x.base_commit = str("base_commit");
@@ -150,25 +156,25 @@ std::optional<state_change> state_change_from_json(const std::string& text) {
 
 int exit_status_of(const task_record& x) {
   switch (x.state) {
-    case task_state::succeeded:
-      return 0;
-    case task_state::timed_out:
-      return 124;
-    case task_state::cancelled:
-      return 130;
-    case task_state::failed: {
-      if (x.error_code == to_string(ec::command_not_found))
-        return 127;
-      if (x.error_code == to_string(ec::command_not_executable))
-        return 126;
-      if (!x.error_code.empty())
-        return 125;
-      if (x.exit_code > 0)
-        return x.exit_code;
+  case task_state::succeeded:
+    return 0;
+  case task_state::timed_out:
+    return 124;
+  case task_state::cancelled:
+    return 130;
+  case task_state::failed: {
+    if (x.error_code == to_string(ec::command_not_found))
+      return 127;
+    if (x.error_code == to_string(ec::command_not_executable))
+      return 126;
+    if (!x.error_code.empty())
       return 125;
-    }
-    default:
-      return 125;
+    if (x.exit_code > 0)
+      return x.exit_code;
+    return 125;
+  }
+  default:
+    return 125;
   }
 }
 
@@ -176,13 +182,13 @@ void add_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<task_spec>("makima::task_spec");
   cfg.add_message_type<task_record>("makima::task_record");
   cfg.add_message_type<std::vector<task_record>>(
-    "std::vector<makima::task_record>");
+      "std::vector<makima::task_record>");
   cfg.add_message_type<output_chunk>("makima::output_chunk");
   cfg.add_message_type<std::vector<output_chunk>>(
-    "std::vector<makima::output_chunk>");
+      "std::vector<makima::output_chunk>");
   cfg.add_message_type<state_change>("makima::state_change");
   cfg.add_message_type<std::vector<state_change>>(
-    "std::vector<makima::state_change>");
+      "std::vector<makima::state_change>");
   cfg.add_message_type<worktree>("makima::worktree");
 }
 

@@ -41,7 +41,8 @@ caf::expected<store::write_batch> record_batch(persistence_state& st,
   auto n = next_event_of(st, rec.spec.id);
   if (!n)
     return n.error();
-  state_change change{rec.attempt, rec.state, rec.updated_at, std::move(detail)};
+  state_change change{rec.attempt, rec.state, rec.updated_at,
+                      std::move(detail)};
   if (change.at == 0)
     change.at = now_ms();
   store::write_batch batch;
@@ -55,8 +56,8 @@ caf::error commit_batch(persistence_state& st, const std::string& id,
   if (auto err = st.db->write(std::move(batch))) {
     // The cached event counter may now be ahead of the store; re-read it.
     st.next_event.erase(id);
-    log::error("persistence", "write for task " + id + " failed: "
-                                + describe(err));
+    log::error("persistence",
+               "write for task " + id + " failed: " + describe(err));
     return err;
   }
   st.next_event[id] += 1;
@@ -88,132 +89,132 @@ persistence(persistence_actor::stateful_pointer<persistence_state> self,
             std::shared_ptr<store::db> db) {
   self->state.db = std::move(db);
   return {
-    [self](create_atom, task_record& rec) -> caf::result<ok_atom> {
-      auto& st = self->state;
-      auto existing = st.db->get_task(rec.spec.id);
-      if (!existing)
-        return existing.error();
-      if (*existing)
-        return make_error(ec::task_exists, "a task with id '" + rec.spec.id
-                                             + "' already exists");
-      st.next_event[rec.spec.id] = 0;
-      auto batch = record_batch(st, rec, "created");
-      if (!batch)
-        return batch.error();
-      if (auto err = commit_batch(st, rec.spec.id, std::move(*batch)))
-        return err;
-      return ok_atom::value;
-    },
-    [self](put_atom, task_record& rec) -> caf::result<ok_atom> {
-      auto& st = self->state;
-      auto batch = record_batch(st, rec, detail_of(rec));
-      if (!batch)
-        return batch.error();
-      if (auto err = commit_batch(st, rec.spec.id, std::move(*batch)))
-        return err;
-      return ok_atom::value;
-    },
-    [self](output_atom, const std::string& id,
-           std::vector<output_chunk>& chunks)
-      -> caf::result<std::vector<output_chunk>> {
-      store::write_batch batch;
-      for (auto& c : chunks)
-        batch.put_output(id, c.seq, c.stream, c.bytes);
-      if (auto err = self->state.db->write(std::move(batch))) {
-        log::error("persistence", "output write for task " + id
-                                    + " failed: " + describe(err));
-        return err;
-      }
-      return std::move(chunks);
-    },
-    [self](get_atom, const std::string& id) -> caf::result<task_record> {
-      auto& db = *self->state.db;
-      auto text = db.get_task(id);
-      if (!text)
-        return text.error();
-      if (!*text)
-        return make_error(ec::task_not_found, "no task with id '" + id + "'");
-      auto rec = record_from_json(**text);
-      if (!rec)
-        return make_error(ec::store_corrupt,
-                          "the stored record of task '" + id + "' is corrupt");
-      auto seq = next_seq_of(db, id);
-      if (!seq)
-        return seq.error();
-      rec->next_seq = *seq;
-      return std::move(*rec);
-    },
-    [self](list_atom) -> caf::result<std::vector<task_record>> {
-      std::vector<task_record> out;
-      auto err = self->state.db->for_each_task(
-        [&](std::string_view id, std::string_view json) {
-          if (auto rec = record_from_json(std::string{json}))
-            out.push_back(std::move(*rec));
-          else
-            log::warn("persistence", "skipping corrupt record of task "
-                                       + std::string{id});
-        });
-      if (err)
-        return err;
-      return out;
-    },
-    [self](output_atom, const std::string& id, uint64_t from,
-           uint64_t max_bytes) -> caf::result<std::vector<output_chunk>> {
-      std::vector<output_chunk> out;
-      uint64_t bytes = 0;
-      auto err = self->state.db->for_each_output(
-        id, from, [&](const store::stored_chunk& c) {
-          if (!out.empty() && bytes + c.bytes.size() > max_bytes)
-            return false;
-          bytes += c.bytes.size();
-          out.push_back(output_chunk{c.seq, c.stream, c.bytes});
-          return true;
-        });
-      if (err)
-        return err;
-      return out;
-    },
-    [self](history_atom,
-           const std::string& id) -> caf::result<std::vector<state_change>> {
-      std::vector<state_change> out;
-      auto err = self->state.db->for_each_event(
-        id, [&](uint64_t, std::string_view json) {
-          if (auto ch = state_change_from_json(std::string{json}))
-            out.push_back(std::move(*ch));
-        });
-      if (err)
-        return err;
-      return out;
-    },
-    [self](recover_atom) -> caf::result<std::vector<std::string>> {
-      auto& st = self->state;
-      std::vector<task_record> stale;
-      auto err = st.db->for_each_task(
-        [&](std::string_view, std::string_view json) {
-          if (auto rec = record_from_json(std::string{json});
-              rec && !is_terminal(rec->state))
-            stale.push_back(std::move(*rec));
-        });
-      if (err)
-        return err;
-      std::vector<std::string> ids;
-      for (auto& rec : stale) {
-        auto was = rec.state;
-        rec.state = task_state::interrupted;
-        rec.updated_at = now_ms();
-        auto batch = record_batch(
-          st, rec,
-          std::string{"the makima process running attempt "}
-            + std::to_string(rec.attempt) + " ended while the task was "
-            + to_string(was) + "; detected at the next start");
+      [self](create_atom, task_record& rec) -> caf::result<ok_atom> {
+        auto& st = self->state;
+        auto existing = st.db->get_task(rec.spec.id);
+        if (!existing)
+          return existing.error();
+        if (*existing)
+          return make_error(ec::task_exists, "a task with id '" + rec.spec.id
+                                                 + "' already exists");
+        st.next_event[rec.spec.id] = 0;
+        auto batch = record_batch(st, rec, "created");
         if (!batch)
           return batch.error();
         if (auto err = commit_batch(st, rec.spec.id, std::move(*batch)))
           return err;
-        ids.push_back(rec.spec.id);
-      }
-      return ids;
-    },
+        return ok_atom::value;
+      },
+      [self](put_atom, task_record& rec) -> caf::result<ok_atom> {
+        auto& st = self->state;
+        auto batch = record_batch(st, rec, detail_of(rec));
+        if (!batch)
+          return batch.error();
+        if (auto err = commit_batch(st, rec.spec.id, std::move(*batch)))
+          return err;
+        return ok_atom::value;
+      },
+      [self](output_atom, const std::string& id,
+             std::vector<output_chunk>& chunks)
+          -> caf::result<std::vector<output_chunk>> {
+        store::write_batch batch;
+        for (auto& c : chunks)
+          batch.put_output(id, c.seq, c.stream, c.bytes);
+        if (auto err = self->state.db->write(std::move(batch))) {
+          log::error("persistence", "output write for task " + id
+                                        + " failed: " + describe(err));
+          return err;
+        }
+        return std::move(chunks);
+      },
+      [self](get_atom, const std::string& id) -> caf::result<task_record> {
+        auto& db = *self->state.db;
+        auto text = db.get_task(id);
+        if (!text)
+          return text.error();
+        if (!*text)
+          return make_error(ec::task_not_found, "no task with id '" + id + "'");
+        auto rec = record_from_json(**text);
+        if (!rec)
+          return make_error(ec::store_corrupt, "the stored record of task '"
+                                                   + id + "' is corrupt");
+        auto seq = next_seq_of(db, id);
+        if (!seq)
+          return seq.error();
+        rec->next_seq = *seq;
+        return std::move(*rec);
+      },
+      [self](list_atom) -> caf::result<std::vector<task_record>> {
+        std::vector<task_record> out;
+        auto err = self->state.db->for_each_task(
+            [&](std::string_view id, std::string_view json) {
+              if (auto rec = record_from_json(std::string{json}))
+                out.push_back(std::move(*rec));
+              else
+                log::warn("persistence",
+                          "skipping corrupt record of task " + std::string{id});
+            });
+        if (err)
+          return err;
+        return out;
+      },
+      [self](output_atom, const std::string& id, uint64_t from,
+             uint64_t max_bytes) -> caf::result<std::vector<output_chunk>> {
+        std::vector<output_chunk> out;
+        uint64_t bytes = 0;
+        auto err = self->state.db->for_each_output(
+            id, from, [&](const store::stored_chunk& c) {
+              if (!out.empty() && bytes + c.bytes.size() > max_bytes)
+                return false;
+              bytes += c.bytes.size();
+              out.push_back(output_chunk{c.seq, c.stream, c.bytes});
+              return true;
+            });
+        if (err)
+          return err;
+        return out;
+      },
+      [self](history_atom,
+             const std::string& id) -> caf::result<std::vector<state_change>> {
+        std::vector<state_change> out;
+        auto err = self->state.db->for_each_event(
+            id, [&](uint64_t, std::string_view json) {
+              if (auto ch = state_change_from_json(std::string{json}))
+                out.push_back(std::move(*ch));
+            });
+        if (err)
+          return err;
+        return out;
+      },
+      [self](recover_atom) -> caf::result<std::vector<std::string>> {
+        auto& st = self->state;
+        std::vector<task_record> stale;
+        auto err =
+            st.db->for_each_task([&](std::string_view, std::string_view json) {
+              if (auto rec = record_from_json(std::string{json});
+                  rec && !is_terminal(rec->state))
+                stale.push_back(std::move(*rec));
+            });
+        if (err)
+          return err;
+        std::vector<std::string> ids;
+        for (auto& rec : stale) {
+          auto was = rec.state;
+          rec.state = task_state::interrupted;
+          rec.updated_at = now_ms();
+          auto batch = record_batch(
+              st, rec,
+              std::string{"the makima process running attempt "}
+                  + std::to_string(rec.attempt) + " ended while the task was "
+                  + to_string(was) + "; detected at the next start");
+          if (!batch)
+            return batch.error();
+          if (auto err = commit_batch(st, rec.spec.id, std::move(*batch)))
+            return err;
+          ids.push_back(rec.spec.id);
+        }
+        return ids;
+      },
   };
 }
 

@@ -33,8 +33,7 @@ caf::error ensure_mirror(repo_state& st, bool fetch) {
 } // namespace
 
 repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
-                               std::string url,
-                               std::filesystem::path repos_dir,
+                               std::string url, std::filesystem::path repos_dir,
                                std::string author_name,
                                std::string author_email) {
   git::init();
@@ -44,54 +43,54 @@ repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
   st.author_name = std::move(author_name);
   st.author_email = std::move(author_email);
   return {
-    [self](prepare_atom, const std::string& id, const std::string& ref,
-           const std::string& dir) -> caf::result<worktree> {
-      auto& st = self->state;
-      if (auto err = ensure_mirror(st, true)) {
-        log::warn("repo", "cannot prepare " + log::redact(st.url) + " for task "
-                            + id + ": " + describe(err));
-        return err;
-      }
-      auto commit = st.mirror->resolve(ref);
-      if (!commit)
-        return commit.error();
-      auto wt = st.mirror->add_worktree(id, dir, *commit, "makima/" + id);
-      if (!wt)
-        return wt.error();
-      log::debug("repo", "task " + id + ": worktree " + wt->path.string()
-                           + " at " + wt->base_commit);
-      return worktree{wt->path.string(), wt->branch, wt->base_commit};
-    },
-    [self](reopen_atom, const std::string& id,
-           const std::string& branch) -> caf::result<worktree> {
-      auto& st = self->state;
-      if (auto err = ensure_mirror(st, false))
-        return err;
-      auto wt = st.mirror->open_worktree(id, branch);
-      if (!wt)
-        return wt.error();
-      return worktree{wt->path.string(), wt->branch, wt->base_commit};
-    },
-    [self](commit_atom, const std::string& dir,
-           const std::string& message) -> caf::result<std::string> {
-      auto& st = self->state;
-      if (auto err = ensure_mirror(st, false))
-        return err;
-      git::signature sig{st.author_name, st.author_email};
-      auto id = st.mirror->commit_all(dir, message, sig);
-      if (!id)
-        return id.error();
-      return *id ? **id : std::string{};
-    },
-    [self](push_atom, const std::string& branch,
-           const std::string& url) -> caf::result<ok_atom> {
-      auto& st = self->state;
-      if (auto err = ensure_mirror(st, false))
-        return err;
-      if (auto err = st.mirror->push(branch, url))
-        return err;
-      return ok_atom::value;
-    },
+      [self](prepare_atom, const std::string& id, const std::string& ref,
+             const std::string& dir) -> caf::result<worktree> {
+        auto& st = self->state;
+        if (auto err = ensure_mirror(st, true)) {
+          log::warn("repo", "cannot prepare " + log::redact(st.url)
+                                + " for task " + id + ": " + describe(err));
+          return err;
+        }
+        auto commit = st.mirror->resolve(ref);
+        if (!commit)
+          return commit.error();
+        auto wt = st.mirror->add_worktree(id, dir, *commit, "makima/" + id);
+        if (!wt)
+          return wt.error();
+        log::debug("repo", "task " + id + ": worktree " + wt->path.string()
+                               + " at " + wt->base_commit);
+        return worktree{wt->path.string(), wt->branch, wt->base_commit};
+      },
+      [self](reopen_atom, const std::string& id,
+             const std::string& branch) -> caf::result<worktree> {
+        auto& st = self->state;
+        if (auto err = ensure_mirror(st, false))
+          return err;
+        auto wt = st.mirror->open_worktree(id, branch);
+        if (!wt)
+          return wt.error();
+        return worktree{wt->path.string(), wt->branch, wt->base_commit};
+      },
+      [self](commit_atom, const std::string& dir,
+             const std::string& message) -> caf::result<std::string> {
+        auto& st = self->state;
+        if (auto err = ensure_mirror(st, false))
+          return err;
+        git::signature sig{st.author_name, st.author_email};
+        auto id = st.mirror->commit_all(dir, message, sig);
+        if (!id)
+          return id.error();
+        return *id ? **id : std::string{};
+      },
+      [self](push_atom, const std::string& branch,
+             const std::string& url) -> caf::result<ok_atom> {
+        auto& st = self->state;
+        if (auto err = ensure_mirror(st, false))
+          return err;
+        if (auto err = st.mirror->push(branch, url))
+          return err;
+        return ok_atom::value;
+      },
   };
 }
 

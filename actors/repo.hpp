@@ -33,8 +33,7 @@ struct repo_state {
 
 /// Behavior of the REPO actor for repository `url`.
 repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
-                               std::string url,
-                               std::filesystem::path repos_dir,
+                               std::string url, std::filesystem::path repos_dir,
                                std::string author_name,
                                std::string author_email);
 

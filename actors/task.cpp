@@ -66,16 +66,18 @@ void persist_state(task_ptr self, F next) {
   auto& st = self->state;
   st.rec.updated_at = now_ms();
   self->request(st.ctx.persistence, caf::infinite, put_atom::value, st.rec)
-    .then(
-      [self, next](ok_atom) mutable {
-        self->send(self->state.ctx.link, state_atom::value, self->state.rec);
-        next();
-      },
-      [self](caf::error& err) {
-        log::error(component(self), "cannot record state: " + describe(err));
-        self->state.store_failure = err;
-        finish(self, task_state::failed);
-      });
+      .then(
+          [self, next](ok_atom) mutable {
+            self->send(self->state.ctx.link, state_atom::value,
+                       self->state.rec);
+            next();
+          },
+          [self](caf::error& err) {
+            log::error(component(self),
+                       "cannot record state: " + describe(err));
+            self->state.store_failure = err;
+            finish(self, task_state::failed);
+          });
 }
 
 // Sends SIGTERM to the child's group and arms the SIGKILL timer.
@@ -86,9 +88,9 @@ void terminate_child(task_ptr self) {
   st.ctx.reactor->signal(*st.child, SIGTERM);
   auto gen = ++st.term_generation;
   auto grace = std::chrono::duration<double>(st.rec.spec.grace);
-  self->delayed_send(self,
-                     std::chrono::duration_cast<std::chrono::milliseconds>(grace),
-                     kill_atom::value, gen);
+  self->delayed_send(
+      self, std::chrono::duration_cast<std::chrono::milliseconds>(grace),
+      kill_atom::value, gen);
 }
 
 void kill_child(task_ptr self) {
@@ -118,51 +120,49 @@ void flush_output(task_ptr self) {
   st.writing = true;
   // The batch moves into the request and comes back in the reply: output
   // bytes are never copied between the reactor and the LINK.
-  self
-    ->request(st.ctx.persistence, caf::infinite, output_atom::value,
-              st.rec.spec.id, std::move(batch))
-    .then(
-      [self, count](std::vector<output_chunk>& stored) {
-        auto& st = self->state;
-        st.writing = false;
-        st.reporting += count;
-        self
-          ->request(st.ctx.link, caf::infinite, output_atom::value,
-                    st.rec.spec.id, st.rec.attempt, std::move(stored))
-          .then(
-            [self, count](ok_atom) {
-              auto& st = self->state;
-              st.reporting -= count;
-              for (size_t i = 0; i < count; ++i)
-                st.ctx.reactor->ack(st.child->pid);
-              maybe_finish(self);
-            },
-            [self, count](caf::error& err) {
-              auto& st = self->state;
-              log::warn(component(self),
-                        "link did not take output: " + describe(err));
-              st.reporting -= count;
-              for (size_t i = 0; i < count; ++i)
-                st.ctx.reactor->ack(st.child->pid);
-              maybe_finish(self);
-            });
-        flush_output(self);
-        maybe_finish(self);
-      },
-      [self, count](caf::error& err) {
-        auto& st = self->state;
-        st.writing = false;
-        log::error(component(self),
-                   "cannot persist output, stopping the task: "
-                     + describe(err));
-        if (!st.store_failure)
-          st.store_failure = err;
-        for (size_t i = 0; i < count; ++i)
-          st.ctx.reactor->ack(st.child->pid);
-        terminate_child(self);
-        flush_output(self);
-        maybe_finish(self);
-      });
+  self->request(st.ctx.persistence, caf::infinite, output_atom::value,
+                st.rec.spec.id, std::move(batch))
+      .then(
+          [self, count](std::vector<output_chunk>& stored) {
+            auto& st = self->state;
+            st.writing = false;
+            st.reporting += count;
+            self->request(st.ctx.link, caf::infinite, output_atom::value,
+                          st.rec.spec.id, st.rec.attempt, std::move(stored))
+                .then(
+                    [self, count](ok_atom) {
+                      auto& st = self->state;
+                      st.reporting -= count;
+                      for (size_t i = 0; i < count; ++i)
+                        st.ctx.reactor->ack(st.child->pid);
+                      maybe_finish(self);
+                    },
+                    [self, count](caf::error& err) {
+                      auto& st = self->state;
+                      log::warn(component(self),
+                                "link did not take output: " + describe(err));
+                      st.reporting -= count;
+                      for (size_t i = 0; i < count; ++i)
+                        st.ctx.reactor->ack(st.child->pid);
+                      maybe_finish(self);
+                    });
+            flush_output(self);
+            maybe_finish(self);
+          },
+          [self, count](caf::error& err) {
+            auto& st = self->state;
+            st.writing = false;
+            log::error(component(self),
+                       "cannot persist output, stopping the task: "
+                           + describe(err));
+            if (!st.store_failure)
+              st.store_failure = err;
+            for (size_t i = 0; i < count; ++i)
+              st.ctx.reactor->ack(st.child->pid);
+            terminate_child(self);
+            flush_output(self);
+            maybe_finish(self);
+          });
 }
 
 // Publishes the worktree (commit, push) when asked, then finishes.
@@ -183,40 +183,38 @@ void publish(task_ptr self, task_state outcome) {
         finish(self, outcome);
         return;
       }
-      self
-        ->request(st.ctx.repo, caf::infinite, push_atom::value, st.rec.branch,
-                  st.rec.spec.push_url)
-        .then(
-          [self, outcome](ok_atom) {
-            self->state.rec.pushed = true;
-            finish(self, outcome);
-          },
-          [self](caf::error& err) {
-            log::error(component(self), "push failed: " + describe(err));
-            set_error(self->state.rec, err);
-            finish(self, task_state::failed);
-          });
+      self->request(st.ctx.repo, caf::infinite, push_atom::value, st.rec.branch,
+                    st.rec.spec.push_url)
+          .then(
+              [self, outcome](ok_atom) {
+                self->state.rec.pushed = true;
+                finish(self, outcome);
+              },
+              [self](caf::error& err) {
+                log::error(component(self), "push failed: " + describe(err));
+                set_error(self->state.rec, err);
+                finish(self, task_state::failed);
+              });
     };
     if (!want_commit) {
       do_push();
       return;
     }
     auto message = "makima task " + st.rec.spec.id + " (attempt "
-                   + std::to_string(st.rec.attempt) + ", "
-                   + to_string(outcome) + ")";
-    self
-      ->request(st.ctx.repo, caf::infinite, commit_atom::value, st.rec.worktree,
-                message)
-      .then(
-        [self, do_push](const std::string& commit) {
-          self->state.rec.commit = commit;
-          do_push();
-        },
-        [self](caf::error& err) {
-          log::error(component(self), "commit failed: " + describe(err));
-          set_error(self->state.rec, err);
-          finish(self, task_state::failed);
-        });
+                   + std::to_string(st.rec.attempt) + ", " + to_string(outcome)
+                   + ")";
+    self->request(st.ctx.repo, caf::infinite, commit_atom::value,
+                  st.rec.worktree, message)
+        .then(
+            [self, do_push](const std::string& commit) {
+              self->state.rec.commit = commit;
+              do_push();
+            },
+            [self](caf::error& err) {
+              log::error(component(self), "commit failed: " + describe(err));
+              set_error(self->state.rec, err);
+              finish(self, task_state::failed);
+            });
   });
 }
 
@@ -259,21 +257,22 @@ void finish(task_ptr self, task_state final_state) {
     self->quit();
   };
   self->request(st.ctx.persistence, caf::infinite, put_atom::value, st.rec)
-    .then([report](ok_atom) { report(); },
-          [self, report](caf::error& err) {
-            // The user must still learn the outcome, and that it is not
-            // recorded: the LINK gets the result with the store error.
-            log::error(component(self),
-                       "cannot record the result: " + describe(err));
-            auto& rec = self->state.rec;
-            if (rec.error.empty()) {
-              rec.error_code = to_string(code_of(err));
-              rec.error = "the result could not be recorded: " + describe(err);
-            }
-            if (rec.state == task_state::succeeded)
-              rec.state = task_state::failed;
-            report();
-          });
+      .then([report](ok_atom) { report(); },
+            [self, report](caf::error& err) {
+              // The user must still learn the outcome, and that it is not
+              // recorded: the LINK gets the result with the store error.
+              log::error(component(self),
+                         "cannot record the result: " + describe(err));
+              auto& rec = self->state.rec;
+              if (rec.error.empty()) {
+                rec.error_code = to_string(code_of(err));
+                rec.error =
+                    "the result could not be recorded: " + describe(err);
+              }
+              if (rec.state == task_state::succeeded)
+                rec.state = task_state::failed;
+              report();
+            });
 }
 
 // Starts the child in the prepared directory.
@@ -287,8 +286,8 @@ void launch(task_ptr self) {
   std::filesystem::create_directories(st.rec.state_dir, fs_err);
   if (fs_err) {
     set_error(st.rec, make_error(ec::io_error, "cannot create state dir "
-                                                 + st.rec.state_dir + ": "
-                                                 + fs_err.message()));
+                                                   + st.rec.state_dir + ": "
+                                                   + fs_err.message()));
     finish(self, task_state::failed);
     return;
   }
@@ -296,12 +295,11 @@ void launch(task_ptr self) {
   spec.argv = st.rec.spec.argv;
   spec.cwd = st.rec.worktree;
   spec.env = child_env(st.ctx.base_env, st.rec);
-  auto obs = std::make_shared<task_observer>(
-    caf::actor_cast<task_actor>(self));
+  auto obs = std::make_shared<task_observer>(caf::actor_cast<task_actor>(self));
   auto child = st.ctx.reactor->spawn(spec, obs);
   if (!child) {
     auto code = code_of(child.error());
-    st.rec.exit_code = code == ec::command_not_found       ? 127
+    st.rec.exit_code = code == ec::command_not_found        ? 127
                        : code == ec::command_not_executable ? 126
                                                             : -1;
     set_error(st.rec, child.error());
@@ -314,8 +312,8 @@ void launch(task_ptr self) {
   if (st.rec.spec.timeout > 0) {
     auto timeout = std::chrono::duration<double>(st.rec.spec.timeout);
     self->delayed_send(
-      self, std::chrono::duration_cast<std::chrono::milliseconds>(timeout),
-      timeout_atom::value);
+        self, std::chrono::duration_cast<std::chrono::milliseconds>(timeout),
+        timeout_atom::value);
   }
   persist_state(self, [] {});
 }
@@ -331,8 +329,8 @@ void prepare(task_ptr self) {
     std::filesystem::create_directories(dir, fs_err);
     if (fs_err) {
       set_error(rec, make_error(ec::io_error, "cannot create scratch dir "
-                                                + dir.string() + ": "
-                                                + fs_err.message()));
+                                                  + dir.string() + ": "
+                                                  + fs_err.message()));
       finish(self, task_state::failed);
       return;
     }
@@ -354,15 +352,13 @@ void prepare(task_ptr self) {
   };
   if (!rec.branch.empty()) {
     // A resumed attempt: the worktree from the earlier attempt is the work.
-    self
-      ->request(st.ctx.repo, caf::infinite, reopen_atom::value, rec.spec.id,
-                rec.branch)
-      .then(on_worktree, on_error);
+    self->request(st.ctx.repo, caf::infinite, reopen_atom::value, rec.spec.id,
+                  rec.branch)
+        .then(on_worktree, on_error);
   } else {
-    self
-      ->request(st.ctx.repo, caf::infinite, prepare_atom::value, rec.spec.id,
-                rec.spec.ref, dir.string())
-      .then(on_worktree, on_error);
+    self->request(st.ctx.repo, caf::infinite, prepare_atom::value, rec.spec.id,
+                  rec.spec.ref, dir.string())
+        .then(on_worktree, on_error);
   }
 }
 
@@ -413,43 +409,44 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
     prepare(self);
   }
   return {
-    [self](cancel_atom) {
-      auto& st = self->state;
-      if (st.finishing)
-        return;
-      if (st.cancel_requested && st.child && !st.exited) {
-        kill_child(self); // second cancel: no more grace
-        return;
-      }
-      st.cancel_requested = true;
-      terminate_child(self);
-    },
-    [self](output_atom, uint8_t stream, std::string& bytes) {
-      auto& st = self->state;
-      st.pending.push_back(
-        output_chunk{st.rec.next_seq++, stream, std::move(bytes)});
-      flush_output(self);
-    },
-    [self](exit_atom, int code, int signal) {
-      auto& st = self->state;
-      st.exited = true;
-      st.status.code = code;
-      st.status.signal = signal;
-      maybe_finish(self);
-    },
-    [self](timeout_atom) {
-      auto& st = self->state;
-      if (!st.child || st.exited || st.finishing)
-        return;
-      log::info(component(self), "timed out after "
-                                   + std::to_string(st.rec.spec.timeout) + " s");
-      st.timed_out = true;
-      terminate_child(self);
-    },
-    [self](kill_atom, uint32_t generation) {
-      if (generation == self->state.term_generation)
-        kill_child(self);
-    },
+      [self](cancel_atom) {
+        auto& st = self->state;
+        if (st.finishing)
+          return;
+        if (st.cancel_requested && st.child && !st.exited) {
+          kill_child(self); // second cancel: no more grace
+          return;
+        }
+        st.cancel_requested = true;
+        terminate_child(self);
+      },
+      [self](output_atom, uint8_t stream, std::string& bytes) {
+        auto& st = self->state;
+        st.pending.push_back(
+            output_chunk{st.rec.next_seq++, stream, std::move(bytes)});
+        flush_output(self);
+      },
+      [self](exit_atom, int code, int signal) {
+        auto& st = self->state;
+        st.exited = true;
+        st.status.code = code;
+        st.status.signal = signal;
+        maybe_finish(self);
+      },
+      [self](timeout_atom) {
+        auto& st = self->state;
+        if (!st.child || st.exited || st.finishing)
+          return;
+        log::info(component(self), "timed out after "
+                                       + std::to_string(st.rec.spec.timeout)
+                                       + " s");
+        st.timed_out = true;
+        terminate_child(self);
+      },
+      [self](kill_atom, uint32_t generation) {
+        if (generation == self->state.term_generation)
+          kill_child(self);
+      },
   };
 }
 

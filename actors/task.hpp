@@ -56,8 +56,9 @@ struct task_state_data {
 };
 
 /// Behavior of the TASK actor running attempt `rec.attempt` of `rec`.
-task_actor::behavior_type task(task_actor::stateful_pointer<task_state_data> self,
-                               task_record rec, task_context ctx);
+task_actor::behavior_type
+task(task_actor::stateful_pointer<task_state_data> self, task_record rec,
+     task_context ctx);
 
 /// Builds the child's environment: `base`, then the task's env, then
 /// MAKIMA_TASK_ID, MAKIMA_ATTEMPT, MAKIMA_RESUMED, MAKIMA_STATE_DIR,

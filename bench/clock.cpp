@@ -119,11 +119,11 @@ int launch(int argc, char** argv) {
   }
   long long t1 = now_ns();
   int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  std::string json = "{\"t0\":" + std::to_string(t0) + ",\"t1\":"
-                     + std::to_string(t1) + ",\"status\":"
-                     + std::to_string(code) + ",\"rss_max_kb\":"
-                     + std::to_string(rss_max) + ",\"hwm_kb\":"
-                     + std::to_string(hwm) + ",\"rss_samples_kb\":[";
+  std::string json =
+      "{\"t0\":" + std::to_string(t0) + ",\"t1\":" + std::to_string(t1)
+      + ",\"status\":" + std::to_string(code)
+      + ",\"rss_max_kb\":" + std::to_string(rss_max)
+      + ",\"hwm_kb\":" + std::to_string(hwm) + ",\"rss_samples_kb\":[";
   for (size_t k = 0; k < samples.size(); ++k)
     json += (k ? "," : "") + std::to_string(samples[k]);
   json += "]}\n";

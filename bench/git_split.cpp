@@ -13,8 +13,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <unistd.h>
 #include <string>
+#include <unistd.h>
 
 namespace git = makima::git;
 using clk = std::chrono::steady_clock;
@@ -25,8 +25,9 @@ static double ms_since(clk::time_point t) {
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    std::fprintf(stderr,
-                 "usage: makima_bench_git_split URL REPOS_DIR WORKTREES_DIR N\n");
+    std::fprintf(
+        stderr,
+        "usage: makima_bench_git_split URL REPOS_DIR WORKTREES_DIR N\n");
     return 2;
   }
   git::init();
@@ -62,8 +63,9 @@ int main(int argc, char** argv) {
       return 1;
     }
     double add_ms = ms_since(t);
-    std::printf("{\"fetch_ms\":%.3f,\"resolve_ms\":%.3f,\"add_worktree_ms\":%.3f}\n",
-                fetch_ms, resolve_ms, add_ms);
+    std::printf(
+        "{\"fetch_ms\":%.3f,\"resolve_ms\":%.3f,\"add_worktree_ms\":%.3f}\n",
+        fetch_ms, resolve_ms, add_ms);
     std::fflush(stdout);
   }
   return 0;

@@ -10,9 +10,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <fcntl.h>
 #include <fstream>
 #include <mutex>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <caf/actor_system.hpp>
@@ -40,7 +40,8 @@ struct bench_config : caf::actor_system_config {
 
 double pct(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+  return v[std::min(v.size() - 1,
+                    static_cast<size_t>(p * (v.size() - 1) + 0.5))];
 }
 
 } // namespace
@@ -70,25 +71,30 @@ int main(int argc, char** argv) {
     auto persist = spawn_persistence(sys, shared);
     int devnull = ::open("/dev/null", O_WRONLY);
     auto link = spawn_local_link(
-      sys, devnull, devnull,
-      [&](const task_record& r) {
-        if (r.state != task_state::running)
-          return;
-        std::lock_guard<std::mutex> guard{mtx};
-        running_at = clock_type::now();
-        running = true;
-        cv.notify_all();
-      },
-      [&](const task_record&) {
-        std::lock_guard<std::mutex> guard{mtx};
-        ++results;
-        cv.notify_all();
-      });
+        sys, devnull, devnull,
+        [&](const task_record& r) {
+          if (r.state != task_state::running)
+            return;
+          std::lock_guard<std::mutex> guard{mtx};
+          running_at = clock_type::now();
+          running = true;
+          cv.notify_all();
+        },
+        [&](const task_record&) {
+          std::lock_guard<std::mutex> guard{mtx};
+          ++results;
+          cv.notify_all();
+        });
     auto reactor = std::make_shared<process::reactor>();
-    auto node = spawn_daemon(sys, daemon_context{persist, link, reactor,
+    auto node = spawn_daemon(sys, daemon_context{persist,
+                                                 link,
+                                                 reactor,
                                                  dir / "repos",
                                                  dir / "worktrees",
-                                                 dir / "state", "b", "b@x", 4,
+                                                 dir / "state",
+                                                 "b",
+                                                 "b@x",
+                                                 4,
                                                  {"PATH=/usr/bin:/bin"}});
     caf::scoped_actor self{sys};
     for (int i = 0; i < runs + 5; ++i) {
@@ -102,10 +108,11 @@ int main(int argc, char** argv) {
       auto t0 = clock_type::now();
       bool ok = true;
       self->request(persist, caf::infinite, create_atom::value, rec)
-        .receive([](ok_atom) {}, [&](caf::error& e) {
-          std::fprintf(stderr, "%s\n", describe(e).c_str());
-          ok = false;
-        });
+          .receive([](ok_atom) {},
+                   [&](caf::error& e) {
+                     std::fprintf(stderr, "%s\n", describe(e).c_str());
+                     ok = false;
+                   });
       if (!ok)
         return 1;
       caf::anon_send(node, assign_atom::value, rec);
@@ -114,9 +121,9 @@ int main(int argc, char** argv) {
       auto t2 = clock_type::now();
       if (i >= 5) { // warm-up excluded
         start_ms.push_back(
-          std::chrono::duration<double, std::milli>(running_at - t0).count());
+            std::chrono::duration<double, std::milli>(running_at - t0).count());
         total_ms.push_back(
-          std::chrono::duration<double, std::milli>(t2 - t0).count());
+            std::chrono::duration<double, std::milli>(t2 - t0).count());
       }
     }
     caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
@@ -128,7 +135,8 @@ int main(int argc, char** argv) {
       << ",\"start_p90_ms\":" << pct(start_ms, 0.9)
       << ",\"result_p50_ms\":" << pct(total_ms, 0.5)
       << ",\"result_p90_ms\":" << pct(total_ms, 0.9) << "}\n";
-  std::printf("in-process submit -> running (exec'd, stored): p50 %.2f ms, p90 %.2f ms; "
+  std::printf("in-process submit -> running (exec'd, stored): p50 %.2f ms, p90 "
+              "%.2f ms; "
               "submit -> result p50 %.2f ms\n",
               pct(start_ms, 0.5), pct(start_ms, 0.9), pct(total_ms, 0.5));
   return 0;

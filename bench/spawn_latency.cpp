@@ -54,8 +54,10 @@ int main(int argc, char** argv) {
       return 1;
     }
     auto t2 = steady::now();
-    started.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
-    exited.push_back(std::chrono::duration<double, std::micro>(t2 - t0).count());
+    started.push_back(
+        std::chrono::duration<double, std::micro>(t1 - t0).count());
+    exited.push_back(
+        std::chrono::duration<double, std::micro>(t2 - t0).count());
   }
   auto report = [&](const char* what, std::vector<double>& v) {
     std::sort(v.begin(), v.end());

@@ -28,9 +28,9 @@ struct key_def {
 
 caf::error bad(const std::string& key, const std::string& origin,
                const std::string& value, const std::string& why) {
-  return make_error(ec::invalid_config, "invalid value '" + value
-                                          + "' for config key '" + key
-                                          + "' (from " + origin + "): " + why);
+  return make_error(ec::invalid_config,
+                    "invalid value '" + value + "' for config key '" + key
+                        + "' (from " + origin + "): " + why);
 }
 
 setter path_setter(std::filesystem::path config::*member, std::string key) {
@@ -63,8 +63,7 @@ setter seconds_setter(double config::*member, std::string key,
     if (v.empty() || end == nullptr || *end != '\0' || !std::isfinite(d))
       return bad(key, origin, v, "must be a number of seconds");
     if (d < 0 || (!allow_zero && d == 0))
-      return bad(key, origin, v,
-                 allow_zero ? "must be >= 0" : "must be > 0");
+      return bad(key, origin, v, allow_zero ? "must be >= 0" : "must be > 0");
     c.*member = d;
     return caf::none;
   };
@@ -86,18 +85,21 @@ const std::vector<key_def>& defs() {
     std::vector<key_def> t;
     auto add = [&](std::string key, std::vector<std::string> env,
                    std::string help, setter s) {
-      t.push_back({{std::move(key), std::move(env), std::move(help)},
-                   std::move(s)});
+      t.push_back(
+          {{std::move(key), std::move(env), std::move(help)}, std::move(s)});
     };
-    add("paths.data_dir", {"MAKIMA_DATA_DIR"},
-        "root of all makima data", path_setter(&config::data_dir, "paths.data_dir"));
+    add("paths.data_dir", {"MAKIMA_DATA_DIR"}, "root of all makima data",
+        path_setter(&config::data_dir, "paths.data_dir"));
     add("paths.db_dir", {"MAKIMA_DB_DIR", "MAKIMA_DAEMON_LOCALDB_PATH"},
         "RocksDB directory", path_setter(&config::db_dir, "paths.db_dir"));
-    add("paths.repos_dir", {"MAKIMA_REPOS_DIR", "MAKIMA_DAEMON_WORKTREE_REPOSDIR"},
-        "bare mirror cache", path_setter(&config::repos_dir, "paths.repos_dir"));
+    add("paths.repos_dir",
+        {"MAKIMA_REPOS_DIR", "MAKIMA_DAEMON_WORKTREE_REPOSDIR"},
+        "bare mirror cache",
+        path_setter(&config::repos_dir, "paths.repos_dir"));
     add("paths.worktrees_dir",
         {"MAKIMA_WORKTREES_DIR", "MAKIMA_DAEMON_WORKTREE_BASEDIR"},
-        "task worktrees", path_setter(&config::worktrees_dir, "paths.worktrees_dir"));
+        "task worktrees",
+        path_setter(&config::worktrees_dir, "paths.worktrees_dir"));
     add("paths.state_dir", {"MAKIMA_STATE_DIR_ROOT"}, "per-task state dirs",
         path_setter(&config::state_dir, "paths.state_dir"));
     add("task.timeout", {"MAKIMA_TASK_TIMEOUT"}, "default timeout, 0 = none",
@@ -113,7 +115,8 @@ const std::vector<key_def>& defs() {
           return parse_bool("store.sync", o, v, c.sync);
         });
     add("log.level", {"MAKIMA_LOG_LEVEL"}, "trace|debug|info|warn|error|off",
-        [](config& c, const std::string& v, const std::string& o) -> caf::error {
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
           log::level l;
           if (!log::parse_level(v, l))
             return bad("log.level", o, v,
@@ -122,7 +125,8 @@ const std::vector<key_def>& defs() {
           return caf::none;
         });
     add("log.format", {"MAKIMA_LOG_FORMAT"}, "text|json",
-        [](config& c, const std::string& v, const std::string& o) -> caf::error {
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
           if (v != "text" && v != "json")
             return bad("log.format", o, v, "must be text or json");
           c.log_format = v;
@@ -131,7 +135,8 @@ const std::vector<key_def>& defs() {
     add("daemon.max_tasks",
         {"MAKIMA_MAX_TASKS", "MAKIMA_DAEMON_PROCESS_MAXCONCURRENTTASKS"},
         "tasks run at once",
-        [](config& c, const std::string& v, const std::string& o) -> caf::error {
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
           char* end = nullptr;
           long n = std::strtol(v.c_str(), &end, 10);
           if (v.empty() || *end != '\0' || n < 1 || n > 4096)
@@ -142,9 +147,11 @@ const std::vector<key_def>& defs() {
         });
     add("server.url", {"MAKIMA_SERVER", "MAKIMA_DAEMON_SERVER_URL"},
         "server a daemon connects to",
-        [](config& c, const std::string& v, const std::string& o) -> caf::error {
-          if (!v.empty() && v.rfind("ws://", 0) != 0 && v.rfind("wss://", 0) != 0
-              && v.rfind("http://", 0) != 0 && v.rfind("https://", 0) != 0)
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
+          if (!v.empty() && v.rfind("ws://", 0) != 0
+              && v.rfind("wss://", 0) != 0 && v.rfind("http://", 0) != 0
+              && v.rfind("https://", 0) != 0)
             return bad("server.url", o, log::redact(v),
                        "must start with ws://, wss://, http:// or https://");
           c.server_url = v;
@@ -253,8 +260,9 @@ caf::error set_config_value(config& cfg, const std::string& key,
   return d->set(cfg, value, origin);
 }
 
-caf::expected<config> load_config(const std::optional<std::filesystem::path>& file,
-                                   const env_map& env) {
+caf::expected<config>
+load_config(const std::optional<std::filesystem::path>& file,
+            const env_map& env) {
   config cfg;
   auto path = file ? file : default_config_file(env);
   if (path) {
@@ -269,23 +277,23 @@ caf::expected<config> load_config(const std::optional<std::filesystem::path>& fi
                           "cannot read config file " + path->string());
       return make_error(ec::invalid_config,
                         "config file " + path->string() + " line "
-                          + std::to_string(src.line) + ": " + what);
+                            + std::to_string(src.line) + ": " + what);
     }
     for (auto& [section, node] : tbl) {
       auto sub = node.as_table();
       if (sub == nullptr)
         return make_error(ec::invalid_config,
                           "config file " + path->string() + ": '"
-                            + std::string{section.str()}
-                            + "' must be a table like [paths]");
+                              + std::string{section.str()}
+                              + "' must be a table like [paths]");
       for (auto& [name, leaf] : *sub) {
         auto key = std::string{section.str()} + "." + std::string{name.str()};
         auto origin = "config file " + path->string();
         auto text = leaf_text(leaf);
         if (!text)
-          return make_error(ec::invalid_config, "config key '" + key + "' (from "
-                                                  + origin
-                                                  + ") must be a string, number or boolean");
+          return make_error(ec::invalid_config,
+                            "config key '" + key + "' (from " + origin
+                                + ") must be a string, number or boolean");
         if (auto err = set_config_value(cfg, key, *text, origin))
           return err;
       }

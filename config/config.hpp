@@ -84,13 +84,15 @@ std::optional<std::filesystem::path> default_config_file(const env_map& env);
 /// present) and `env`. Paths stay empty unless set; call `finalize` after
 /// applying flags. Errors: ec::invalid_config naming the key, or the file
 /// when it is missing or not valid TOML.
-caf::expected<config> load_config(const std::optional<std::filesystem::path>& file,
-                                   const env_map& env);
+caf::expected<config>
+load_config(const std::optional<std::filesystem::path>& file,
+            const env_map& env);
 
 /// Sets one key ("task.grace") from its text form, as a flag would.
 /// `origin` describes where it came from, for the error message.
 caf::error set_config_value(config& cfg, const std::string& key,
-                            const std::string& value, const std::string& origin);
+                            const std::string& value,
+                            const std::string& origin);
 
 /// Fills data_dir (default_data_dir) and the paths derived from it that are
 /// still empty, making all of them absolute.

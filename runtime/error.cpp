@@ -36,26 +36,46 @@ std::string describe(const caf::error& err) {
 
 const char* to_string(ec code) {
   switch (code) {
-    case ec::none: return "none";
-    case ec::unspecified: return "unspecified";
-    case ec::invalid_argument: return "invalid_argument";
-    case ec::invalid_config: return "invalid_config";
-    case ec::task_exists: return "task_exists";
-    case ec::task_not_found: return "task_not_found";
-    case ec::bad_state: return "bad_state";
-    case ec::repo_not_found: return "repo_not_found";
-    case ec::ref_not_found: return "ref_not_found";
-    case ec::git_error: return "git_error";
-    case ec::push_rejected: return "push_rejected";
-    case ec::worktree_missing: return "worktree_missing";
-    case ec::store_error: return "store_error";
-    case ec::store_corrupt: return "store_corrupt";
-    case ec::store_locked: return "store_locked";
-    case ec::store_full: return "store_full";
-    case ec::io_error: return "io_error";
-    case ec::command_not_found: return "command_not_found";
-    case ec::command_not_executable: return "command_not_executable";
-    case ec::spawn_failed: return "spawn_failed";
+  case ec::none:
+    return "none";
+  case ec::unspecified:
+    return "unspecified";
+  case ec::invalid_argument:
+    return "invalid_argument";
+  case ec::invalid_config:
+    return "invalid_config";
+  case ec::task_exists:
+    return "task_exists";
+  case ec::task_not_found:
+    return "task_not_found";
+  case ec::bad_state:
+    return "bad_state";
+  case ec::repo_not_found:
+    return "repo_not_found";
+  case ec::ref_not_found:
+    return "ref_not_found";
+  case ec::git_error:
+    return "git_error";
+  case ec::push_rejected:
+    return "push_rejected";
+  case ec::worktree_missing:
+    return "worktree_missing";
+  case ec::store_error:
+    return "store_error";
+  case ec::store_corrupt:
+    return "store_corrupt";
+  case ec::store_locked:
+    return "store_locked";
+  case ec::store_full:
+    return "store_full";
+  case ec::io_error:
+    return "io_error";
+  case ec::command_not_found:
+    return "command_not_found";
+  case ec::command_not_executable:
+    return "command_not_executable";
+  case ec::spawn_failed:
+    return "spawn_failed";
   }
   return "unknown";
 }

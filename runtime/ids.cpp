@@ -18,7 +18,7 @@ constexpr char crockford[] = "0123456789abcdefghjkmnpqrstvwxyz";
 int64_t now_ms() {
   using namespace std::chrono;
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch())
-    .count();
+      .count();
 }
 
 std::string make_task_id() {

@@ -14,12 +14,18 @@ std::atomic<bool> json_output{false};
 
 spdlog::level::level_enum to_spd(level l) {
   switch (l) {
-    case level::trace: return spdlog::level::trace;
-    case level::debug: return spdlog::level::debug;
-    case level::info: return spdlog::level::info;
-    case level::warn: return spdlog::level::warn;
-    case level::error: return spdlog::level::err;
-    case level::off: return spdlog::level::off;
+  case level::trace:
+    return spdlog::level::trace;
+  case level::debug:
+    return spdlog::level::debug;
+  case level::info:
+    return spdlog::level::info;
+  case level::warn:
+    return spdlog::level::warn;
+  case level::error:
+    return spdlog::level::err;
+  case level::off:
+    return spdlog::level::off;
   }
   return spdlog::level::info;
 }
@@ -29,19 +35,29 @@ std::string json_escape(std::string_view s) {
   out.reserve(s.size() + 8);
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
+    case '"':
+      out += "\\\"";
+      break;
+    case '\\':
+      out += "\\\\";
+      break;
+    case '\n':
+      out += "\\n";
+      break;
+    case '\r':
+      out += "\\r";
+      break;
+    case '\t':
+      out += "\\t";
+      break;
+    default:
+      if (c < 0x20) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\u%04x", c);
+        out += buf;
+      } else {
+        out += static_cast<char>(c);
+      }
     }
   }
   return out;
@@ -50,7 +66,7 @@ std::string json_escape(std::string_view s) {
 std::shared_ptr<spdlog::logger> logger() {
   static auto instance = [] {
     auto l = std::make_shared<spdlog::logger>(
-      "makima", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+        "makima", std::make_shared<spdlog::sinks::stderr_sink_mt>());
     l->set_pattern("makima: %v");
     l->set_level(spdlog::level::warn);
     return l;
@@ -61,13 +77,20 @@ std::shared_ptr<spdlog::logger> logger() {
 } // namespace
 
 bool parse_level(std::string_view text, level& out) {
-  if (text == "trace") out = level::trace;
-  else if (text == "debug") out = level::debug;
-  else if (text == "info") out = level::info;
-  else if (text == "warn" || text == "warning") out = level::warn;
-  else if (text == "error") out = level::error;
-  else if (text == "off") out = level::off;
-  else return false;
+  if (text == "trace")
+    out = level::trace;
+  else if (text == "debug")
+    out = level::debug;
+  else if (text == "info")
+    out = level::info;
+  else if (text == "warn" || text == "warning")
+    out = level::warn;
+  else if (text == "error")
+    out = level::error;
+  else if (text == "off")
+    out = level::off;
+  else
+    return false;
   return true;
 }
 
@@ -103,7 +126,8 @@ std::string redact(std::string_view url) {
     return std::string{url};
   auto host_start = scheme + 3;
   auto slash = url.find('/', host_start);
-  auto at = url.rfind('@', slash == std::string_view::npos ? url.size() : slash);
+  auto at =
+      url.rfind('@', slash == std::string_view::npos ? url.size() : slash);
   if (at == std::string_view::npos || at < host_start)
     return std::string{url};
   std::string out{url.substr(0, host_start)};

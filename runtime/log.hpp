@@ -20,10 +20,18 @@ void setup(level lvl, bool json);
 /// Writes one message at `lvl`. `component` names the actor or module.
 void write(level lvl, std::string_view component, std::string_view msg);
 
-inline void debug(std::string_view c, std::string_view m) { write(level::debug, c, m); }
-inline void info(std::string_view c, std::string_view m) { write(level::info, c, m); }
-inline void warn(std::string_view c, std::string_view m) { write(level::warn, c, m); }
-inline void error(std::string_view c, std::string_view m) { write(level::error, c, m); }
+inline void debug(std::string_view c, std::string_view m) {
+  write(level::debug, c, m);
+}
+inline void info(std::string_view c, std::string_view m) {
+  write(level::info, c, m);
+}
+inline void warn(std::string_view c, std::string_view m) {
+  write(level::warn, c, m);
+}
+inline void error(std::string_view c, std::string_view m) {
+  write(level::error, c, m);
+}
 
 /// Removes credentials from a URL ("https://user:token@host/x" →
 /// "https://***@host/x") for logs and messages.

@@ -55,14 +55,14 @@ struct command_exit {
 
 int status_for(const caf::error& err) {
   switch (code_of(err)) {
-    case ec::invalid_argument:
-    case ec::invalid_config:
-    case ec::task_exists:
-    case ec::task_not_found:
-    case ec::bad_state:
-      return exit_usage;
-    default:
-      return exit_internal;
+  case ec::invalid_argument:
+  case ec::invalid_config:
+  case ec::task_exists:
+  case ec::task_not_found:
+  case ec::bad_state:
+    return exit_usage;
+  default:
+    return exit_internal;
   }
 }
 
@@ -125,7 +125,7 @@ std::unique_ptr<opened_db> open_primary(const config& cfg) {
   std::filesystem::create_directories(cfg.db_dir, err);
   if (err)
     fail(exit_internal, "cannot create data dir " + cfg.db_dir.string() + ": "
-                          + err.message());
+                            + err.message());
   store::db_options opts;
   opts.mode = store::open_mode::primary;
   opts.sync = cfg.sync;
@@ -160,7 +160,7 @@ std::unique_ptr<opened_db> open_for_reading(const config& cfg) {
   char tmpl[] = "/tmp/makima-reader-XXXXXX";
   if (mkdtemp(tmpl) == nullptr)
     fail(exit_internal, "cannot create a temporary directory for reading "
-                          + cfg.db_dir.string());
+                            + cfg.db_dir.string());
   opts.mode = store::open_mode::secondary;
   opts.secondary_dir = tmpl;
   auto sec = store::db::open(cfg.db_dir, opts);
@@ -172,26 +172,44 @@ std::unique_ptr<opened_db> open_for_reading(const config& cfg) {
   return out;
 }
 
+/// An opened data dir with its actor system and PERSISTENCE actor; the
+/// destructor stops the actors before the system waits for them.
+struct local_node {
+  explicit local_node(std::unique_ptr<opened_db> opened)
+      : db(std::move(opened)), sys(sys_cfg),
+        persist(spawn_persistence(sys, db->db)) {}
+  ~local_node() {
+    caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+    persist = persistence_actor{};
+  }
+  std::unique_ptr<opened_db> db;
+  system_config sys_cfg;
+  caf::actor_system sys;
+  persistence_actor persist;
+};
+
 /// Marks tasks of a dead makima as interrupted (primary only).
 void recover(caf::scoped_actor& self, const persistence_actor& persist) {
   self->request(persist, caf::infinite, recover_atom::value)
-    .receive(
-      [&](const std::vector<std::string>& ids) {
-        for (auto& id : ids)
-          log::warn("recovery", "task " + id
-                                  + " was interrupted (its makima process "
-                                    "died); `makima task resume "
-                                  + id + "` runs it again");
-      },
-      [&](caf::error& err) { fail(status_for(err), describe(err)); });
+      .receive(
+          [&](const std::vector<std::string>& ids) {
+            for (auto& id : ids)
+              log::warn("recovery",
+                        "task " + id
+                            + " was interrupted (its makima process "
+                              "died); `makima task resume "
+                            + id + "` runs it again");
+          },
+          [&](caf::error& err) { fail(status_for(err), describe(err)); });
 }
 
-task_record get_record(caf::scoped_actor& self, const persistence_actor& persist,
+task_record get_record(caf::scoped_actor& self,
+                       const persistence_actor& persist,
                        const std::string& id) {
   task_record out;
   self->request(persist, caf::infinite, get_atom::value, id)
-    .receive([&](task_record& rec) { out = std::move(rec); },
-             [&](caf::error& err) { fail(status_for(err), describe(err)); });
+      .receive([&](task_record& rec) { out = std::move(rec); },
+               [&](caf::error& err) { fail(status_for(err), describe(err)); });
   return out;
 }
 
@@ -207,7 +225,7 @@ std::vector<std::string> environment_strings() {
 class signal_watcher {
 public:
   signal_watcher(std::function<void(int)> on_signal)
-    : on_signal_(std::move(on_signal)) {
+      : on_signal_(std::move(on_signal)) {
     thread_ = std::thread([this] { loop(); });
   }
   ~signal_watcher() {
@@ -244,22 +262,18 @@ task_record run_attempt(caf::actor_system& sys, const config& cfg,
   auto promise = std::make_shared<std::promise<task_record>>();
   auto result = promise->get_future();
   auto link = spawn_local_link(
-    sys, STDOUT_FILENO, STDERR_FILENO,
-    [](const task_record& r) {
-      log::debug("task " + r.spec.id, std::string{"state "} + to_string(r.state));
-    },
-    [promise](const task_record& r) { promise->set_value(r); });
+      sys, STDOUT_FILENO, STDERR_FILENO,
+      [](const task_record& r) {
+        log::debug("task " + r.spec.id,
+                   std::string{"state "} + to_string(r.state));
+      },
+      [promise](const task_record& r) { promise->set_value(r); });
   auto reactor = std::make_shared<process::reactor>();
-  daemon_context ctx{persist,
-                     link,
-                     reactor,
-                     cfg.repos_dir,
-                     cfg.worktrees_dir,
-                     cfg.state_dir,
-                     cfg.author_name,
-                     cfg.author_email,
-                     cfg.max_tasks,
-                     environment_strings()};
+  daemon_context ctx{persist,           link,
+                     reactor,           cfg.repos_dir,
+                     cfg.worktrees_dir, cfg.state_dir,
+                     cfg.author_name,   cfg.author_email,
+                     cfg.max_tasks,     environment_strings()};
   auto node = spawn_daemon(sys, std::move(ctx));
   auto id = rec.spec.id;
   task_record final_record;
@@ -284,27 +298,35 @@ task_record run_attempt(caf::actor_system& sys, const config& cfg,
 void report_outcome(const task_record& rec) {
   auto id = rec.spec.id.c_str();
   switch (rec.state) {
-    case task_state::succeeded:
-      if (!rec.commit.empty())
-        std::fprintf(stderr, "makima: task %s committed %s on %s%s\n", id,
-                     rec.commit.c_str(), rec.branch.c_str(),
-                     rec.pushed ? " (pushed)" : "");
-      break;
-    case task_state::timed_out:
-      std::fprintf(stderr, "makima: task %s timed out after %g s\n", id,
-                   rec.spec.timeout);
-      break;
-    case task_state::cancelled:
-      std::fprintf(stderr, "makima: task %s cancelled\n", id);
-      break;
-    case task_state::failed:
-      if (!rec.error.empty())
-        std::fprintf(stderr, "makima: task %s failed: %s\n", id,
-                     rec.error.c_str());
-      break;
-    default:
-      break;
+  case task_state::succeeded:
+    if (!rec.commit.empty())
+      std::fprintf(stderr, "makima: task %s committed %s on %s%s\n", id,
+                   rec.commit.c_str(), rec.branch.c_str(),
+                   rec.pushed ? " (pushed)" : "");
+    break;
+  case task_state::timed_out:
+    std::fprintf(stderr, "makima: task %s timed out after %g s\n", id,
+                 rec.spec.timeout);
+    break;
+  case task_state::cancelled:
+    std::fprintf(stderr, "makima: task %s cancelled\n", id);
+    break;
+  case task_state::failed:
+    if (!rec.error.empty())
+      std::fprintf(stderr, "makima: task %s failed: %s\n", id,
+                   rec.error.c_str());
+    break;
+  default:
+    break;
   }
+}
+
+/// Runs one attempt of `rec` on `node`, reports its outcome on stderr and
+/// returns the exit status of `makima run` / `task resume`.
+int run_to_completion(local_node& node, const config& cfg, task_record rec) {
+  auto final_record = run_attempt(node.sys, cfg, node.persist, std::move(rec));
+  report_outcome(final_record);
+  return exit_status_of(final_record);
 }
 
 // --- commands ---------------------------------------------------------------
@@ -360,61 +382,42 @@ int cmd_run(run_options& o) {
   rec.spec.timeout = cfg.timeout;
   rec.spec.grace = cfg.grace;
   rec.spec.commit = o.commit;
-  rec.spec.push_url = o.push.empty() ? std::string{} : git::canonical_url(o.push);
+  rec.spec.push_url =
+      o.push.empty() ? std::string{} : git::canonical_url(o.push);
   rec.spec.created_at = now_ms();
   rec.updated_at = rec.spec.created_at;
   rec.attempt = 1;
   rec.state = task_state::preparing;
-  auto db = open_primary(cfg);
-  system_config sys_cfg;
-  caf::actor_system sys{sys_cfg};
-  auto persist = spawn_persistence(sys, db->db);
-  int status = exit_internal;
-  {
-    caf::scoped_actor self{sys};
-    recover(self, persist);
-    self->request(persist, caf::infinite, create_atom::value, rec)
+  local_node node{open_primary(cfg)};
+  caf::scoped_actor self{node.sys};
+  recover(self, node.persist);
+  self->request(node.persist, caf::infinite, create_atom::value, rec)
       .receive([](ok_atom) {},
                [&](caf::error& err) { fail(status_for(err), describe(err)); });
-    std::fprintf(stderr, "makima: task %s\n", rec.spec.id.c_str());
-    auto final_record = run_attempt(sys, cfg, persist, std::move(rec));
-    report_outcome(final_record);
-    status = exit_status_of(final_record);
-  }
-  caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
-  return status;
+  std::fprintf(stderr, "makima: task %s\n", rec.spec.id.c_str());
+  return run_to_completion(node, cfg, std::move(rec));
 }
 
 int cmd_resume(const common_options& common, const std::string& id) {
   auto cfg = resolve_config(common);
-  auto db = open_primary(cfg);
-  system_config sys_cfg;
-  caf::actor_system sys{sys_cfg};
-  auto persist = spawn_persistence(sys, db->db);
-  int status = exit_internal;
-  {
-    caf::scoped_actor self{sys};
-    recover(self, persist);
-    auto rec = get_record(self, persist, id);
-    if (rec.state != task_state::interrupted)
-      fail(exit_usage, "task " + id + " is " + to_string(rec.state)
+  local_node node{open_primary(cfg)};
+  caf::scoped_actor self{node.sys};
+  recover(self, node.persist);
+  auto rec = get_record(self, node.persist, id);
+  if (rec.state != task_state::interrupted)
+    fail(exit_usage, "task " + id + " is " + to_string(rec.state)
                          + "; only an interrupted task can be resumed");
-    // Processes of the dead attempt still running in the worktree would
-    // race the new attempt: stop them first.
-    if (auto n = process::kill_processes_with_env("MAKIMA_TASK_ID=" + id))
-      std::fprintf(stderr,
-                   "makima: task %s: killed %zu leftover process(es) of "
-                   "attempt %u\n",
-                   id.c_str(), n, rec.attempt);
-    rec.attempt += 1;
-    std::fprintf(stderr, "makima: task %s: resuming as attempt %u\n",
-                 id.c_str(), rec.attempt);
-    auto final_record = run_attempt(sys, cfg, persist, std::move(rec));
-    report_outcome(final_record);
-    status = exit_status_of(final_record);
-  }
-  caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
-  return status;
+  // Processes of the dead attempt still running in the worktree would
+  // race the new attempt: stop them first.
+  if (auto n = process::kill_processes_with_env("MAKIMA_TASK_ID=" + id))
+    std::fprintf(stderr,
+                 "makima: task %s: killed %zu leftover process(es) of "
+                 "attempt %u\n",
+                 id.c_str(), n, rec.attempt);
+  rec.attempt += 1;
+  std::fprintf(stderr, "makima: task %s: resuming as attempt %u\n", id.c_str(),
+               rec.attempt);
+  return run_to_completion(node, cfg, std::move(rec));
 }
 
 std::string shorten(std::string s, size_t n) {
@@ -438,18 +441,15 @@ int cmd_list(const common_options& common, bool json) {
   auto db = open_for_reading(cfg);
   std::vector<task_record> records;
   if (db) {
-    system_config sys_cfg;
-    caf::actor_system sys{sys_cfg};
-    auto persist = spawn_persistence(sys, db->db);
-    {
-      caf::scoped_actor self{sys};
-      if (db->primary)
-        recover(self, persist);
-      self->request(persist, caf::infinite, list_atom::value)
-        .receive([&](std::vector<task_record>& v) { records = std::move(v); },
-                 [&](caf::error& err) { fail(status_for(err), describe(err)); });
-    }
-    caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+    bool primary = db->primary;
+    local_node node{std::move(db)};
+    caf::scoped_actor self{node.sys};
+    if (primary)
+      recover(self, node.persist);
+    self->request(node.persist, caf::infinite, list_atom::value)
+        .receive(
+            [&](std::vector<task_record>& v) { records = std::move(v); },
+            [&](caf::error& err) { fail(status_for(err), describe(err)); });
   }
   if (json) {
     auto arr = nlohmann::json::array();
@@ -474,25 +474,25 @@ int cmd_show(const common_options& common, const std::string& id, bool json) {
   auto db = open_for_reading(cfg);
   if (!db)
     fail(exit_usage, "no task with id '" + id + "'");
-  system_config sys_cfg;
-  caf::actor_system sys{sys_cfg};
-  auto persist = spawn_persistence(sys, db->db);
   task_record rec;
   std::vector<state_change> history;
   {
-    caf::scoped_actor self{sys};
-    if (db->primary)
-      recover(self, persist);
-    rec = get_record(self, persist, id);
-    self->request(persist, caf::infinite, history_atom::value, id)
-      .receive([&](std::vector<state_change>& h) { history = std::move(h); },
-               [&](caf::error& err) { fail(status_for(err), describe(err)); });
+    bool primary = db->primary;
+    local_node node{std::move(db)};
+    caf::scoped_actor self{node.sys};
+    if (primary)
+      recover(self, node.persist);
+    rec = get_record(self, node.persist, id);
+    self->request(node.persist, caf::infinite, history_atom::value, id)
+        .receive(
+            [&](std::vector<state_change>& h) { history = std::move(h); },
+            [&](caf::error& err) { fail(status_for(err), describe(err)); });
   }
-  caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
   auto j = nlohmann::json::parse(to_json(rec));
-  j["exit_status"] = is_terminal(rec.state) && rec.state != task_state::interrupted
-                       ? nlohmann::json(exit_status_of(rec))
-                       : nlohmann::json();
+  j["exit_status"] =
+      is_terminal(rec.state) && rec.state != task_state::interrupted
+          ? nlohmann::json(exit_status_of(rec))
+          : nlohmann::json();
   auto hist = nlohmann::json::array();
   for (auto& h : history)
     hist.push_back(nlohmann::json::parse(to_json(h)));
@@ -516,8 +516,8 @@ int cmd_show(const common_options& common, const std::string& id, bool json) {
     line("base:", rec.base_commit);
     line("commit:", rec.commit.empty() ? "-" : rec.commit);
     if (!rec.spec.push_url.empty())
-      line("pushed:", rec.pushed ? "yes, to " + log::redact(rec.spec.push_url)
-                                 : "no");
+      line("pushed:",
+           rec.pushed ? "yes, to " + log::redact(rec.spec.push_url) : "no");
   }
   line("worktree:", rec.worktree);
   line("state dir:", rec.state_dir);
@@ -536,41 +536,38 @@ int cmd_logs(const common_options& common, const std::string& id) {
   auto db = open_for_reading(cfg);
   if (!db)
     fail(exit_usage, "no task with id '" + id + "'");
-  system_config sys_cfg;
-  caf::actor_system sys{sys_cfg};
-  auto persist = spawn_persistence(sys, db->db);
   {
-    caf::scoped_actor self{sys};
-    get_record(self, persist, id); // a clear error for an unknown id
+    local_node node{std::move(db)};
+    caf::scoped_actor self{node.sys};
+    get_record(self, node.persist, id); // a clear error for an unknown id
     uint64_t from = 0;
     bool more = true;
     while (more) {
-      self
-        ->request(persist, caf::infinite, output_atom::value, id, from,
-                  uint64_t{8} << 20)
-        .receive(
-          [&](std::vector<output_chunk>& chunks) {
-            more = !chunks.empty();
-            for (auto& c : chunks) {
-              auto fd = c.stream == 2 ? STDERR_FILENO : STDOUT_FILENO;
-              size_t off = 0;
-              while (off < c.bytes.size()) {
-                auto n = ::write(fd, c.bytes.data() + off, c.bytes.size() - off);
-                if (n < 0 && errno == EINTR)
-                  continue;
-                if (n <= 0) {
-                  more = false;
-                  break;
+      self->request(node.persist, caf::infinite, output_atom::value, id, from,
+                    uint64_t{8} << 20)
+          .receive(
+              [&](std::vector<output_chunk>& chunks) {
+                more = !chunks.empty();
+                for (auto& c : chunks) {
+                  auto fd = c.stream == 2 ? STDERR_FILENO : STDOUT_FILENO;
+                  size_t off = 0;
+                  while (off < c.bytes.size()) {
+                    auto n =
+                        ::write(fd, c.bytes.data() + off, c.bytes.size() - off);
+                    if (n < 0 && errno == EINTR)
+                      continue;
+                    if (n <= 0) {
+                      more = false;
+                      break;
+                    }
+                    off += static_cast<size_t>(n);
+                  }
+                  from = c.seq + 1;
                 }
-                off += static_cast<size_t>(n);
-              }
-              from = c.seq + 1;
-            }
-          },
-          [&](caf::error& err) { fail(status_for(err), describe(err)); });
+              },
+              [&](caf::error& err) { fail(status_for(err), describe(err)); });
     }
   }
-  caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
   return exit_ok;
 }
 
@@ -596,33 +593,38 @@ int run_cli(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  CLI::App app{"makima — run tasks in isolated git worktrees, durably", "makima"};
+  CLI::App app{"makima — run tasks in isolated git worktrees, durably",
+               "makima"};
   app.set_version_flag("--version", std::string{"makima "} + MAKIMA_VERSION);
   app.require_subcommand(1);
 
   run_options run_opts;
   auto run = app.add_subcommand(
-    "run", "run one task in this process; exits with the task's exit code");
+      "run", "run one task in this process; exits with the task's exit code");
   add_common(run, run_opts.common);
   run->add_option("--repo", run_opts.repo, "git repository (path or URL)");
   run->add_option("--ref", run_opts.ref,
                   "branch, tag or commit (default: the remote's HEAD)");
-  auto id_opt = run->add_option("--id", run_opts.id, "task id (default: generated)");
+  auto id_opt =
+      run->add_option("--id", run_opts.id, "task id (default: generated)");
   run->add_option("--timeout", run_opts.timeout,
                   "seconds until SIGTERM (0 = none)")
-    ->check(CLI::NonNegativeNumber);
+      ->check(CLI::NonNegativeNumber);
   run->add_option("--grace", run_opts.grace,
                   "seconds from SIGTERM to SIGKILL (default 10)")
-    ->check(CLI::NonNegativeNumber);
-  run->add_option("--env", run_opts.env, "KEY=VALUE for the child (repeatable)");
+      ->check(CLI::NonNegativeNumber);
+  run->add_option("--env", run_opts.env,
+                  "KEY=VALUE for the child (repeatable)");
   run->add_flag("--commit", run_opts.commit,
                 "commit every change on the task branch at the end");
   run->add_option("--push", run_opts.push, "push the task branch to URL");
 
   run->footer(
-    "Exit status: the task's exit code; 128+N if the child died of signal N;\n"
-    "127 command not found; 126 not executable; 124 timed out; 130 cancelled;\n"
-    "2 usage or config error; 125 makima failed (repository, ref, store).");
+      "Exit status: the task's exit code; 128+N if the child died of signal "
+      "N;\n"
+      "127 command not found; 126 not executable; 124 timed out; 130 "
+      "cancelled;\n"
+      "2 usage or config error; 125 makima failed (repository, ref, store).");
 
   auto task = app.add_subcommand("task", "inspect and resume tasks");
   task->require_subcommand(1);
@@ -649,7 +651,7 @@ int run_cli(int argc, char** argv) {
   common_options resume_opts;
   std::string resume_id;
   auto resume = task->add_subcommand(
-    "resume", "run an interrupted task again (next attempt) in its worktree");
+      "resume", "run an interrupted task again (next attempt) in its worktree");
   add_common(resume, resume_opts);
   resume->add_option("id", resume_id, "task id")->required();
 

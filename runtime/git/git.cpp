@@ -8,9 +8,9 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <cstdio>
 #include <fstream>
 #include <mutex>
 #include <random>
@@ -58,7 +58,8 @@ struct buf_guard {
   }
 };
 
-// -- error helpers --------------------------------------------------------------
+// -- error helpers
+// --------------------------------------------------------------
 
 std::string last_error() {
   const git_error* e = git_error_last();
@@ -120,12 +121,12 @@ caf::error check_local_repo(const std::string& url) {
   std::error_code err;
   if (!fs::exists(*dir, err))
     return make_error(ec::repo_not_found, "repository not found: " + url
-                                            + ": no such file or directory");
+                                              + ": no such file or directory");
   if (git_repository_open_ext(nullptr, dir->c_str(),
                               GIT_REPOSITORY_OPEN_NO_SEARCH, nullptr)
       != 0)
     return make_error(ec::repo_not_found, "repository not found: " + url
-                                            + ": not a git repository");
+                                              + ": not a git repository");
   return {};
 }
 
@@ -147,7 +148,7 @@ void force_remove_all(const fs::path& p) {
   if (fs::remove_all(p, err) != static_cast<std::uintmax_t>(-1) && !err)
     return;
   for (auto it = fs::recursive_directory_iterator(
-         p, fs::directory_options::skip_permission_denied, err);
+           p, fs::directory_options::skip_permission_denied, err);
        !err && it != fs::recursive_directory_iterator(); it.increment(err)) {
     if (it->is_directory(err) && !it->is_symlink(err))
       fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add,
@@ -157,7 +158,8 @@ void force_remove_all(const fs::path& p) {
   fs::remove_all(p, err);
 }
 
-// -- remote helpers -------------------------------------------------------------
+// -- remote helpers
+// -------------------------------------------------------------
 
 constexpr const char* heads_spec = "+refs/heads/*:refs/remotes/origin/*";
 constexpr const char* tags_spec = "+refs/tags/*:refs/tags/*";
@@ -184,8 +186,8 @@ caf::error update_origin_head(git_repository* repo, git_remote* remote,
   };
   if (target.empty() || !exists(target)) {
     target.clear();
-    for (auto candidate : {"refs/remotes/origin/main",
-                           "refs/remotes/origin/master"})
+    for (auto candidate :
+         {"refs/remotes/origin/main", "refs/remotes/origin/master"})
       if (exists(candidate)) {
         target = candidate;
         break;
@@ -335,7 +337,8 @@ bool needs_filters(git_repository* repo, git_commit* commit) {
     int rc = git_config_get_string_buf(&val.buf, raw, key);
     if (rc == 0) {
       auto v = val.str();
-      if (std::string_view{key} == "core.autocrlf" && (v == "false" || v.empty()))
+      if (std::string_view{key} == "core.autocrlf"
+          && (v == "false" || v.empty()))
         continue;
       return true;
     }
@@ -373,7 +376,8 @@ bool needs_filters(git_repository* repo, git_commit* commit) {
 
 } // namespace
 
-// -- free functions -------------------------------------------------------------
+// -- free functions
+// -------------------------------------------------------------
 
 void init() {
   static std::once_flag once;
@@ -437,7 +441,8 @@ std::string mirror_dir_name(const std::string& url) {
   return name + "-" + h + ".git";
 }
 
-// -- mirror -----------------------------------------------------------------------
+// -- mirror
+// -----------------------------------------------------------------------
 
 struct mirror::impl {
   std::string url; // canonical
@@ -466,8 +471,8 @@ caf::expected<mirror> mirror::open(const std::string& url,
   fs::create_directories(repos_dir, err);
   if (err)
     return make_error(ec::io_error, "cannot create the repos directory "
-                                      + repos_dir.string() + ": "
-                                      + err.message());
+                                        + repos_dir.string() + ": "
+                                        + err.message());
   auto name = mirror_dir_name(canon);
   auto final_path = repos_dir / name;
   auto st = std::make_unique<impl>();
@@ -498,8 +503,8 @@ caf::expected<mirror> mirror::open(const std::string& url,
     // Half-created mirror from a crash: start over.
     force_remove_all(final_path);
     if (fs::exists(final_path, err))
-      return make_error(ec::io_error, "cannot remove broken mirror "
-                                        + final_path.string());
+      return make_error(ec::io_error,
+                        "cannot remove broken mirror " + final_path.string());
   }
   if (auto e = check_local_repo(canon))
     return e;
@@ -518,7 +523,7 @@ caf::expected<mirror> mirror::open(const std::string& url,
     git_repository* raw = nullptr;
     if (git_repository_init(&raw, tmp.c_str(), 1) != 0) {
       auto e = git_fail(ec::io_error, "cannot create the mirror of " + canon
-                                        + " in " + tmp.string());
+                                          + " in " + tmp.string());
       cleanup();
       return e;
     }
@@ -553,8 +558,8 @@ caf::expected<mirror> mirror::open(const std::string& url,
       return mirror{std::move(st)};
     }
     return make_error(ec::io_error, "cannot move the new mirror of " + canon
-                                      + " to " + final_path.string() + ": "
-                                      + err.message());
+                                        + " to " + final_path.string() + ": "
+                                        + err.message());
   }
   auto repo = open_bare(final_path);
   if (!repo)
@@ -574,8 +579,8 @@ caf::expected<std::string> mirror::resolve(const std::string& ref) {
   auto not_found = [&] {
     if (ref.empty())
       return make_error(ec::ref_not_found, "default branch not found in "
-                                             + impl_->url
-                                             + " (empty repository?)");
+                                               + impl_->url
+                                               + " (empty repository?)");
     return make_error(ec::ref_not_found,
                       "ref '" + ref + "' not found in " + impl_->url);
   };
@@ -588,8 +593,7 @@ caf::expected<std::string> mirror::resolve(const std::string& ref) {
     git_oid oid;
     if (git_oid_fromstrn(&oid, ref.data(), ref.size()) == 0) {
       git_object* obj = nullptr;
-      if (git_object_lookup_prefix(&obj, repo, &oid, ref.size(),
-                                   GIT_OBJECT_ANY)
+      if (git_object_lookup_prefix(&obj, repo, &oid, ref.size(), GIT_OBJECT_ANY)
           == 0) {
         object_ptr guard{obj};
         if (auto c = peel_commit(obj))
@@ -633,7 +637,7 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
     abs_dir = dir;
   if (fs::exists(fs::symlink_status(abs_dir, err)))
     return make_error(ec::io_error, "cannot create worktree " + name + ": "
-                                      + abs_dir.string() + " already exists");
+                                        + abs_dir.string() + " already exists");
   auto branch_ref = "refs/heads/" + branch;
   if (git_reference_is_valid_name(branch_ref.c_str()) == 0)
     return make_error(ec::invalid_argument,
@@ -644,8 +648,8 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
   if (!is_hex(commit) || commit.size() > GIT_OID_HEXSZ
       || git_oid_fromstrn(&oid, commit.data(), commit.size()) != 0
       || git_commit_lookup_prefix(&craw, repo, &oid, commit.size()) != 0)
-    return make_error(ec::ref_not_found, "commit '" + commit
-                                           + "' not found in " + impl_->url);
+    return make_error(ec::ref_not_found,
+                      "commit '" + commit + "' not found in " + impl_->url);
   commit_ptr base{craw};
   auto base_hex = oid_hex(*git_commit_id(craw));
   // A stale worktree of the same name whose directory is gone: prune it.
@@ -659,8 +663,9 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
         popts.flags = GIT_WORKTREE_PRUNE_LOCKED;
         git_worktree_prune(wraw, &popts);
       } else {
-        return make_error(ec::git_error, "cannot create worktree " + name
-                                           + ": a worktree of that name exists");
+        return make_error(ec::git_error,
+                          "cannot create worktree " + name
+                              + ": a worktree of that name exists");
       }
     }
     if (fs::exists(admin, err))
@@ -670,7 +675,7 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
   git_reference* braw = nullptr;
   if (git_branch_create(&braw, repo, branch.c_str(), craw, 0) != 0)
     return git_fail(ec::git_error, "cannot create branch " + branch + " in "
-                                     + impl_->path.string());
+                                       + impl_->path.string());
   ref_ptr bref{braw};
   auto parent = abs_dir.parent_path();
   bool parent_existed = fs::exists(parent, err);
@@ -686,9 +691,8 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
   };
   fs::create_directories(parent, err);
   if (err)
-    return fail(make_error(ec::io_error, "cannot create "
-                                           + parent.string() + ": "
-                                           + err.message()));
+    return fail(make_error(ec::io_error, "cannot create " + parent.string()
+                                             + ": " + err.message()));
   git_worktree_add_options opts = GIT_WORKTREE_ADD_OPTIONS_INIT;
   opts.ref = bref.get();
   // The target is new: FORCE writes every file without comparing against
@@ -696,11 +700,10 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
   opts.checkout_options.checkout_strategy = GIT_CHECKOUT_FORCE;
   opts.checkout_options.disable_filters = needs_filters(repo, craw) ? 0 : 1;
   git_worktree* wraw = nullptr;
-  if (git_worktree_add(&wraw, repo, name.c_str(), abs_dir.c_str(), &opts)
-      != 0)
+  if (git_worktree_add(&wraw, repo, name.c_str(), abs_dir.c_str(), &opts) != 0)
     return fail(git_fail(ec::git_error, "cannot add worktree " + name + " at "
-                                          + abs_dir.string() + " for "
-                                          + impl_->url));
+                                            + abs_dir.string() + " for "
+                                            + impl_->url));
   git_worktree_free(wraw);
   {
     std::ofstream out{admin / base_file, std::ios::trunc};
@@ -714,24 +717,24 @@ caf::expected<worktree_info> mirror::open_worktree(const std::string& name,
   auto* repo = impl_->repo.get();
   git_worktree* wraw = nullptr;
   if (git_worktree_lookup(&wraw, repo, name.c_str()) != 0)
-    return git_fail(ec::worktree_missing, "worktree " + name + " of "
-                                            + impl_->url + " is missing");
+    return git_fail(ec::worktree_missing,
+                    "worktree " + name + " of " + impl_->url + " is missing");
   worktree_ptr wt{wraw};
   if (git_worktree_validate(wraw) != 0)
-    return git_fail(ec::worktree_missing, "worktree " + name + " of "
-                                            + impl_->url + " is missing");
+    return git_fail(ec::worktree_missing,
+                    "worktree " + name + " of " + impl_->url + " is missing");
   const char* p = git_worktree_path(wraw);
   fs::path dir = p != nullptr ? fs::path{p} : fs::path{};
   std::error_code err;
   if (dir.empty() || !fs::is_directory(dir, err))
-    return make_error(ec::worktree_missing, "worktree " + name + " of "
-                                              + impl_->url
-                                              + " is missing: directory gone");
+    return make_error(ec::worktree_missing,
+                      "worktree " + name + " of " + impl_->url
+                          + " is missing: directory gone");
   git_reference* braw = nullptr;
   auto bname = "refs/heads/" + branch;
   if (git_reference_lookup(&braw, repo, bname.c_str()) != 0)
     return git_fail(ec::worktree_missing, "branch " + branch + " of worktree "
-                                            + name + " is missing");
+                                              + name + " is missing");
   ref_ptr bref{braw};
   std::string base;
   {
@@ -752,8 +755,7 @@ caf::expected<worktree_info> mirror::open_worktree(const std::string& name,
         if (git_reference_peel(&hobj, hraw, GIT_OBJECT_COMMIT) == 0) {
           object_ptr hguard{hobj};
           git_oid mb;
-          if (git_merge_base(&mb, repo, git_object_id(obj),
-                             git_object_id(hobj))
+          if (git_merge_base(&mb, repo, git_object_id(obj), git_object_id(hobj))
               == 0)
             base = oid_hex(mb);
         }
@@ -783,7 +785,7 @@ mirror::commit_all(const fs::path& dir, const std::string& message,
                     "cannot read the index of worktree " + dir.string());
   index_ptr index{iraw};
   if (git_index_add_all(iraw, nullptr, GIT_INDEX_ADD_DEFAULT, nullptr, nullptr)
-        != 0
+          != 0
       || git_index_update_all(iraw, nullptr, nullptr, nullptr) != 0)
     return git_fail(ec::git_error,
                     "cannot stage the changes in worktree " + dir.string());
@@ -819,12 +821,12 @@ mirror::commit_all(const fs::path& dir, const std::string& message,
   git_signature* sraw = nullptr;
   if (git_signature_now(&sraw, sig.name.c_str(), sig.email.c_str()) != 0)
     return git_fail(ec::git_error, "invalid commit signature '" + sig.name
-                                     + " <" + sig.email + ">'");
+                                       + " <" + sig.email + ">'");
   signature_ptr who{sraw};
   const git_commit* parents[1] = {parent.get()};
   git_oid out;
-  if (git_commit_create(&out, raw, "HEAD", sraw, sraw, nullptr,
-                        message.c_str(), traw, parent ? 1 : 0, parents)
+  if (git_commit_create(&out, raw, "HEAD", sraw, sraw, nullptr, message.c_str(),
+                        traw, parent ? 1 : 0, parents)
       != 0)
     return git_fail(ec::git_error, "cannot commit in worktree " + dir.string());
   return std::optional<std::string>{oid_hex(out)};
@@ -854,9 +856,9 @@ caf::error mirror::push(const std::string& branch, const std::string& url) {
   {
     git_reference* r = nullptr;
     if (git_reference_lookup(&r, repo, ref.c_str()) != 0)
-      return git_fail(ec::ref_not_found,
-                      "branch " + branch + " not found in the mirror of "
-                        + impl_->url);
+      return git_fail(ec::ref_not_found, "branch " + branch
+                                             + " not found in the mirror of "
+                                             + impl_->url);
     git_reference_free(r);
   }
   git_remote* rraw = nullptr;
@@ -877,12 +879,12 @@ caf::error mirror::push(const std::string& branch, const std::string& url) {
   int rc = git_remote_push(rraw, &refspecs, &opts);
   if (rc == GIT_ENONFASTFORWARD)
     return git_fail(ec::push_rejected, "push of " + branch + " to " + url
-                                         + " rejected (non-fast-forward)");
+                                           + " rejected (non-fast-forward)");
   if (rc != 0)
     return git_fail(ec::git_error, "cannot push " + branch + " to " + url);
   if (!st.rejected.empty())
     return make_error(ec::push_rejected, "push of " + branch + " to " + url
-                                           + " rejected: " + st.rejected);
+                                             + " rejected: " + st.rejected);
   return {};
 }
 
@@ -905,10 +907,10 @@ caf::error mirror::remove_worktree(const std::string& name,
     force_remove_all(impl_->path / "worktrees" / name);
     std::error_code err;
     if (!dir.empty() && fs::exists(fs::symlink_status(dir, err)))
-      return rc != 0 ? git_fail(ec::io_error, "cannot remove worktree "
-                                                + dir.string())
-                     : make_error(ec::io_error, "cannot remove worktree "
-                                                  + dir.string());
+      return rc != 0 ? git_fail(ec::io_error,
+                                "cannot remove worktree " + dir.string())
+                     : make_error(ec::io_error,
+                                  "cannot remove worktree " + dir.string());
   }
   delete_branch(repo, branch);
   git_reference* r = nullptr;
@@ -916,7 +918,7 @@ caf::error mirror::remove_worktree(const std::string& name,
   if (git_reference_lookup(&r, repo, ref.c_str()) == 0) {
     git_reference_free(r);
     return git_fail(ec::git_error, "cannot delete branch " + branch + " in "
-                                     + impl_->path.string());
+                                       + impl_->path.string());
   }
   return {};
 }

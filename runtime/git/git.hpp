@@ -27,7 +27,8 @@ void init();
 std::string canonical_url(const std::string& url);
 
 /// Returns the directory name of the mirror of `url` under the repos dir:
-/// `<last path component, sanitized>-<first 16 hex of sha256(canonical url)>.git`.
+/// `<last path component, sanitized>-<first 16 hex of sha256(canonical
+/// url)>.git`.
 std::string mirror_dir_name(const std::string& url);
 
 /// A task's worktree.
@@ -97,7 +98,8 @@ public:
   caf::error push(const std::string& branch, const std::string& url);
 
   /// Removes worktree `name` (files and metadata) and deletes `branch`.
-  caf::error remove_worktree(const std::string& name, const std::string& branch);
+  caf::error remove_worktree(const std::string& name,
+                             const std::string& branch);
 
   /// Path of the bare mirror.
   const std::filesystem::path& path() const;

@@ -18,7 +18,8 @@ std::vector<pid_t> find_processes_with_env(const std::string& entry) {
   for (auto it = std::filesystem::directory_iterator("/proc", err);
        !err && it != std::filesystem::directory_iterator(); it.increment(err)) {
     auto name = it->path().filename().string();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos)
+    if (name.empty()
+        || name.find_first_not_of("0123456789") != std::string::npos)
       continue;
     auto pid = static_cast<pid_t>(std::strtol(name.c_str(), nullptr, 10));
     if (pid == self)

@@ -151,7 +151,7 @@ struct child_args {
   if (a->report_fd >= 0) {
     int msg[2] = {stage, a->err};
     ssize_t r = ::write(a->report_fd, msg, sizeof(msg));
-    (void) r;
+    (void)r;
   }
   _exit(127);
 }
@@ -159,8 +159,8 @@ struct child_args {
 // Sanitizers cannot follow a child that shares the address space (their
 // shadow state gets written by the child), so sanitized builds use a plain
 // fork() and a CLOEXEC error pipe. Also selectable with MAKIMA_REACTOR_FORK.
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__) \
-  || defined(MAKIMA_REACTOR_FORK)
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)              \
+    || defined(MAKIMA_REACTOR_FORK)
 constexpr bool use_fork = true;
 #else
 constexpr bool use_fork = false;
@@ -265,18 +265,18 @@ caf::expected<std::string> resolve(const spawn_spec& spec) {
   if (name.find('/') != std::string::npos) {
     std::string path = anchor(name);
     switch (probe_file(path, err)) {
-      case probe::ok:
-        return path;
-      case probe::missing:
-        return make_error(ec::command_not_found, "command not found: " + name);
-      case probe::not_executable:
-        return make_error(ec::command_not_executable,
-                          "command not executable: " + name + ": "
+    case probe::ok:
+      return path;
+    case probe::missing:
+      return make_error(ec::command_not_found, "command not found: " + name);
+    case probe::not_executable:
+      return make_error(ec::command_not_executable,
+                        "command not executable: " + name + ": "
                             + errno_text(err));
     }
   }
-  std::string path_var = env_value(spec.env, "PATH",
-                                   "/usr/local/bin:/usr/bin:/bin");
+  std::string path_var =
+      env_value(spec.env, "PATH", "/usr/local/bin:/usr/bin:/bin");
   std::string non_exec;
   int non_exec_err = 0;
   size_t start = 0;
@@ -289,23 +289,23 @@ caf::expected<std::string> resolve(const spawn_spec& spec) {
       dir = ".";
     std::string candidate = anchor(dir + "/" + name);
     switch (probe_file(candidate, err)) {
-      case probe::ok:
-        return candidate;
-      case probe::not_executable:
-        if (non_exec.empty()) {
-          non_exec = candidate;
-          non_exec_err = err;
-        }
-        break;
-      case probe::missing:
-        break;
+    case probe::ok:
+      return candidate;
+    case probe::not_executable:
+      if (non_exec.empty()) {
+        non_exec = candidate;
+        non_exec_err = err;
+      }
+      break;
+    case probe::missing:
+      break;
     }
     start = end + 1;
   }
   if (!non_exec.empty())
     return make_error(ec::command_not_executable,
                       "command not executable: " + name + " (" + non_exec
-                        + "): " + errno_text(non_exec_err));
+                          + "): " + errno_text(non_exec_err));
   return make_error(ec::command_not_found, "command not found: " + name);
 }
 
@@ -355,9 +355,9 @@ struct reactor::impl {
 
   mutable std::mutex mu;
   std::unordered_map<pid_t, std::unique_ptr<record>> table; // guarded by mu
-  std::deque<request*> requests;                           // guarded by mu
-  std::vector<pid_t> resumes;                              // guarded by mu
-  bool stopping = false;                                   // guarded by mu
+  std::deque<request*> requests;                            // guarded by mu
+  std::vector<pid_t> resumes;                               // guarded by mu
+  bool stopping = false;                                    // guarded by mu
 
   explicit impl(reactor_options o) : opts(o) {
     if (opts.chunk_size == 0)
@@ -438,15 +438,15 @@ struct reactor::impl {
     if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
       int e = errno;
       fail_close();
-      return make_error(ec::spawn_failed, "cannot start " + rq.name
-                                            + ": pipe: " + errno_text(e));
+      return make_error(ec::spawn_failed,
+                        "cannot start " + rq.name + ": pipe: " + errno_text(e));
     }
     if (!lift_fd(out[0]) || !lift_fd(out[1]) || !lift_fd(err[0])
         || !lift_fd(err[1])) {
       int e = errno;
       fail_close();
       return make_error(ec::spawn_failed, "cannot start " + rq.name
-                                            + ": fcntl: " + errno_text(e));
+                                              + ": fcntl: " + errno_text(e));
     }
     for (int fd : {out[0], err[0]}) {
       ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -475,7 +475,7 @@ struct reactor::impl {
         int e = errno;
         fail_close();
         return make_error(ec::spawn_failed, "cannot start " + rq.name
-                                              + ": pipe: " + errno_text(e));
+                                                + ": pipe: " + errno_text(e));
       }
       a.report_fd = rep[1];
       pid = ::fork();
@@ -498,8 +498,7 @@ struct reactor::impl {
       ::close(rep[0]);
     } else {
       pid = ::clone(child_main, top,
-                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &a,
-                    &pidfd);
+                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &a, &pidfd);
       if (pid < 0 && errno == EINVAL) { // kernel without CLONE_PIDFD
         pid = ::clone(child_main, top, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
         if (pid > 0)
@@ -512,7 +511,7 @@ struct reactor::impl {
     if (pid < 0) {
       fail_close();
       return make_error(ec::spawn_failed, "cannot start " + rq.name + ": "
-                                            + errno_text(clone_errno));
+                                              + errno_text(clone_errno));
     }
     if (a.stage != stage_ok) {
       int e = a.err;
@@ -532,7 +531,7 @@ struct reactor::impl {
         if (e == EACCES || e == ENOEXEC || e == EISDIR || e == EPERM)
           return make_error(ec::command_not_executable,
                             "command not executable: " + rq.name + ": "
-                              + errno_text(e));
+                                + errno_text(e));
       }
       return make_error(ec::spawn_failed,
                         "cannot start " + rq.name + ": " + errno_text(e));
@@ -546,7 +545,7 @@ struct reactor::impl {
       }
       fail_close();
       return make_error(ec::spawn_failed, "cannot start " + rq.name
-                                            + ": pidfd: " + errno_text(e));
+                                              + ": pidfd: " + errno_text(e));
     }
     auto rec = std::make_unique<record>();
     rec->pid = pid;
@@ -637,8 +636,7 @@ struct reactor::impl {
     close_fd(rec->out_fd);
     close_fd(rec->err_fd);
     siginfo_t info;
-    while (::waitid(P_PIDFD, static_cast<id_t>(rec->pidfd), &info, WEXITED)
-             < 0
+    while (::waitid(P_PIDFD, static_cast<id_t>(rec->pidfd), &info, WEXITED) < 0
            && errno == EINTR) {
     }
     close_fd(rec->pidfd);
@@ -694,8 +692,10 @@ struct reactor::impl {
     auto now = steady::now();
     if (earliest <= now)
       return 0;
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                earliest - now).count() + 1;
+    auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(earliest - now)
+            .count()
+        + 1;
     return static_cast<int>(std::min<int64_t>(ms, 60000));
   }
 
@@ -735,15 +735,15 @@ struct reactor::impl {
         if (r == nullptr)
           continue;
         switch (tag & 3) {
-          case kind_out:
-            handle_pipe(*r, stream::out);
-            break;
-          case kind_err:
-            handle_pipe(*r, stream::err);
-            break;
-          case kind_pidfd:
-            handle_pidfd(*r);
-            break;
+        case kind_out:
+          handle_pipe(*r, stream::out);
+          break;
+        case kind_err:
+          handle_pipe(*r, stream::err);
+          break;
+        case kind_pidfd:
+          handle_pidfd(*r);
+          break;
         }
       }
       expire_drains();
@@ -781,7 +781,7 @@ struct reactor::impl {
     }
     for (request* rq : rqs)
       rq->result.set_value(make_error(
-        ec::spawn_failed, "cannot start " + rq->name + ": reactor stopped"));
+          ec::spawn_failed, "cannot start " + rq->name + ": reactor stopped"));
     for (auto& kv : table) {
       record& r = *kv.second;
       ::kill(-r.pid, SIGKILL);
@@ -894,8 +894,8 @@ caf::error reactor::signal(const child& c, int sig) {
   if (::kill(-c.pgid, sig) != 0 && errno != ESRCH) {
     int e = errno;
     return make_error(e == EINVAL ? ec::invalid_argument : ec::unspecified,
-                      "cannot signal process group "
-                        + std::to_string(c.pgid) + ": " + errno_text(e));
+                      "cannot signal process group " + std::to_string(c.pgid)
+                          + ": " + errno_text(e));
   }
   return caf::none;
 }

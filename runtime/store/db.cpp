@@ -27,8 +27,15 @@ constexpr const char* schema_key = "schema";
 constexpr const char* schema_version = "1";
 
 // Indexes of our column families in impl::cfs.
-enum cf_index : size_t { cf_tasks = 0, cf_events, cf_output, cf_meta, cf_count };
-constexpr const char* cf_names[cf_count] = {"tasks", "events", "output", "meta"};
+enum cf_index : size_t {
+  cf_tasks = 0,
+  cf_events,
+  cf_output,
+  cf_meta,
+  cf_count
+};
+constexpr const char* cf_names[cf_count] = {"tasks", "events", "output",
+                                            "meta"};
 
 void put_be64(std::string& out, uint64_t n) {
   for (int shift = 56; shift >= 0; shift -= 8)
@@ -50,8 +57,9 @@ caf::error bad_id(std::string_view id) {
   if (id.empty())
     return make_error(ec::invalid_argument, "empty task id");
   return make_error(ec::invalid_argument,
-                    "task id contains a NUL byte: \"" + std::string{id.substr(0, id.find('\0'))}
-                      + "\\0...\"");
+                    "task id contains a NUL byte: \""
+                        + std::string{id.substr(0, id.find('\0'))}
+                        + "\\0...\"");
 }
 
 // id '\0' be64(n)
@@ -103,15 +111,14 @@ caf::error map_status(const rocksdb::Status& s, const std::string& what,
                       const fs::path& dir) {
   auto msg = s.ToString();
   if (is_no_space(s))
-    return make_error(ec::store_full,
-                      "cannot " + what + " the database in " + dir.string()
-                        + ": the disk is full (" + msg + ")");
+    return make_error(ec::store_full, "cannot " + what + " the database in "
+                                          + dir.string()
+                                          + ": the disk is full (" + msg + ")");
   if (s.IsCorruption())
-    return make_error(ec::store_corrupt,
-                      "the database in " + dir.string() + " is corrupt ("
-                        + msg + ")");
+    return make_error(ec::store_corrupt, "the database in " + dir.string()
+                                             + " is corrupt (" + msg + ")");
   return make_error(ec::store_error, "cannot " + what + " the database in "
-                                       + dir.string() + ": " + msg);
+                                         + dir.string() + ": " + msg);
 }
 
 bool is_lock_failure(const rocksdb::Status& s) {
@@ -133,10 +140,9 @@ bool is_permission_failure(const rocksdb::Status& s) {
 
 caf::error corrupt_error(const fs::path& dir, const std::string& detail) {
   return make_error(ec::store_corrupt,
-                    "the database in " + dir.string() + " is corrupt ("
-                      + detail
-                      + "); makima did not modify it: restore it from a "
-                        "backup or move the directory away");
+                    "the database in " + dir.string() + " is corrupt (" + detail
+                        + "); makima did not modify it: restore it from a "
+                          "backup or move the directory away");
 }
 
 // Maps a failed open.
@@ -145,19 +151,18 @@ caf::error map_open_status(const rocksdb::Status& s, const fs::path& dir) {
   if (is_lock_failure(s))
     return make_error(ec::store_locked,
                       "data dir " + dir.string()
-                        + " is in use by another makima process (" + msg
-                        + ")");
+                          + " is in use by another makima process (" + msg
+                          + ")");
   if (is_no_space(s))
     return make_error(ec::store_full, "cannot open the database in "
-                                        + dir.string()
-                                        + ": the disk is full (" + msg + ")");
+                                          + dir.string()
+                                          + ": the disk is full (" + msg + ")");
   if (s.IsCorruption())
     return corrupt_error(dir, msg);
   if (is_permission_failure(s))
-    return make_error(ec::io_error, "cannot open the database in "
-                                      + dir.string()
-                                      + ": the directory is not writable ("
-                                      + msg + ")");
+    return make_error(ec::io_error,
+                      "cannot open the database in " + dir.string()
+                          + ": the directory is not writable (" + msg + ")");
   return make_error(ec::store_error,
                     "cannot open the database in " + dir.string() + ": " + msg);
 }
@@ -261,8 +266,7 @@ struct write_batch::impl {
   }
 };
 
-write_batch::write_batch() : impl_(std::make_unique<impl>()) {
-}
+write_batch::write_batch() : impl_(std::make_unique<impl>()) {}
 
 write_batch::~write_batch() = default;
 
@@ -320,9 +324,7 @@ struct db::impl {
     }
   }
 
-  bool secondary() const {
-    return opts.mode == open_mode::secondary;
-  }
+  bool secondary() const { return opts.mode == open_mode::secondary; }
 
   caf::error read_error(const rocksdb::Status& s) const {
     return map_status(s, "read from", dir);
@@ -354,7 +356,7 @@ struct db::impl {
   }
 
   caf::expected<std::optional<uint64_t>> last(cf_index cf,
-                                               std::string_view id) {
+                                              std::string_view id) {
     if (!valid_id(id))
       return bad_id(id);
     if (!cfs[cf])
@@ -381,8 +383,7 @@ struct db::impl {
   }
 };
 
-db::db(std::unique_ptr<impl> p) : impl_(std::move(p)) {
-}
+db::db(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
 
 db::~db() = default;
 
@@ -399,11 +400,11 @@ caf::expected<std::unique_ptr<db>> db::open(const fs::path& dir,
     if (err || !fs::is_directory(dir, err))
       return make_error(ec::io_error,
                         "cannot create the data dir " + dir_str + ": "
-                          + (err ? err.message() : "not a directory"));
+                            + (err ? err.message() : "not a directory"));
   } else if (opts.secondary_dir.empty()) {
     return make_error(ec::invalid_argument,
                       "opening the database in " + dir_str
-                        + " read-only needs a secondary dir");
+                          + " read-only needs a secondary dir");
   }
   // Look before RocksDB touches anything (DB::Open rotates LOG files even
   // when it then fails): a broken database must stay exactly as it is.
@@ -411,8 +412,7 @@ caf::expected<std::unique_ptr<db>> db::open(const fs::path& dir,
   std::vector<std::string> names;
   if (!fs::exists(current, err)) {
     if (opts.mode == open_mode::secondary)
-      return make_error(ec::store_error,
-                        "no makima database in " + dir_str);
+      return make_error(ec::store_error, "no makima database in " + dir_str);
     if (has_db_files(dir))
       return corrupt_error(dir, "CURRENT is missing but database files exist");
     names.push_back(rocksdb::kDefaultColumnFamilyName);
@@ -439,8 +439,8 @@ caf::expected<std::unique_ptr<db>> db::open(const fs::path& dir,
     fs::create_directories(opts.secondary_dir, err);
     if (err)
       return make_error(ec::io_error, "cannot create the secondary dir "
-                                        + opts.secondary_dir.string() + ": "
-                                        + err.message());
+                                          + opts.secondary_dir.string() + ": "
+                                          + err.message());
     s = rocksdb::DB::OpenAsSecondary(options, dir_str,
                                      opts.secondary_dir.string(), descriptors,
                                      &p->handles, &raw);
@@ -449,8 +449,8 @@ caf::expected<std::unique_ptr<db>> db::open(const fs::path& dir,
     if (opts.mode == open_mode::secondary && !s.IsCorruption()
         && !is_no_space(s))
       return make_error(ec::store_error, "cannot open the database in "
-                                           + dir_str + " read-only: "
-                                           + s.ToString());
+                                             + dir_str
+                                             + " read-only: " + s.ToString());
     return map_open_status(s, dir);
   }
   p->rdb.reset(raw);
@@ -470,11 +470,11 @@ caf::expected<std::unique_ptr<db>> db::open(const fs::path& dir,
                     &version);
     if (s.ok()) {
       if (version != schema_version)
-        return make_error(ec::store_error,
-                          "the database in " + dir_str
-                            + " has schema version \"" + version
-                            + "\", this makima supports only version "
-                            + schema_version + " (is it from a newer makima?)");
+        return make_error(
+            ec::store_error,
+            "the database in " + dir_str + " has schema version \"" + version
+                + "\", this makima supports only version " + schema_version
+                + " (is it from a newer makima?)");
     } else if (!s.IsNotFound()) {
       return p->read_error(s);
     } else if (opts.mode == open_mode::primary) {
@@ -494,7 +494,7 @@ caf::error db::write(write_batch&& batch) {
   if (d.secondary())
     return make_error(ec::store_error,
                       "the database in " + d.dir.string()
-                        + " is open read-only (secondary); cannot write");
+                          + " is open read-only (secondary); cannot write");
   if (!batch.impl_)
     return caf::none;
   auto& b = *batch.impl_;
@@ -526,9 +526,9 @@ caf::error db::write(write_batch&& batch) {
     if (code_of(e) == ec::store_full)
       return make_error(ec::store_full,
                         describe(e)
-                          + "; every write fails until space is freed (the "
-                            "database then recovers by itself within "
-                            "seconds, or on the next start)");
+                            + "; every write fails until space is freed (the "
+                              "database then recovers by itself within "
+                              "seconds, or on the next start)");
     return e;
   }
   return caf::none;
@@ -551,25 +551,26 @@ caf::expected<std::optional<std::string>> db::get_task(std::string_view id) {
 }
 
 caf::error db::for_each_task(
-  const std::function<void(std::string_view, std::string_view)>& f) {
+    const std::function<void(std::string_view, std::string_view)>& f) {
   auto& d = *impl_;
   if (!d.cfs[cf_tasks])
     return caf::none;
   std::unique_ptr<rocksdb::Iterator> it{
-    d.rdb->NewIterator(rocksdb::ReadOptions{}, d.cfs[cf_tasks])};
+      d.rdb->NewIterator(rocksdb::ReadOptions{}, d.cfs[cf_tasks])};
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     auto k = it->key();
     auto v = it->value();
-    f(std::string_view{k.data(), k.size()}, std::string_view{v.data(), v.size()});
+    f(std::string_view{k.data(), k.size()},
+      std::string_view{v.data(), v.size()});
   }
   if (!it->status().ok())
     return d.read_error(it->status());
   return caf::none;
 }
 
-caf::error db::for_each_event(
-  std::string_view id,
-  const std::function<void(uint64_t, std::string_view)>& f) {
+caf::error
+db::for_each_event(std::string_view id,
+                   const std::function<void(uint64_t, std::string_view)>& f) {
   return impl_->scan(cf_events, id, 0,
                      [&](uint64_t n, const rocksdb::Slice& v) {
                        f(n, std::string_view{v.data(), v.size()});
@@ -582,22 +583,20 @@ db::for_each_output(std::string_view id, uint64_t from,
                     const std::function<bool(const stored_chunk&)>& f) {
   stored_chunk chunk;
   caf::error bad;
-  auto err = impl_->scan(cf_output, id, from,
-                         [&](uint64_t n, const rocksdb::Slice& v) {
-                           if (v.empty()) {
-                             bad = make_error(
-                               ec::store_corrupt,
-                               "empty output record " + std::to_string(n)
-                                 + " of task " + std::string{id}
-                                 + " in the database in "
-                                 + impl_->dir.string());
-                             return false;
-                           }
-                           chunk.seq = n;
-                           chunk.stream = static_cast<uint8_t>(v.data()[0]);
-                           chunk.bytes.assign(v.data() + 1, v.size() - 1);
-                           return f(chunk);
-                         });
+  auto err = impl_->scan(
+      cf_output, id, from, [&](uint64_t n, const rocksdb::Slice& v) {
+        if (v.empty()) {
+          bad = make_error(ec::store_corrupt,
+                           "empty output record " + std::to_string(n)
+                               + " of task " + std::string{id}
+                               + " in the database in " + impl_->dir.string());
+          return false;
+        }
+        chunk.seq = n;
+        chunk.stream = static_cast<uint8_t>(v.data()[0]);
+        chunk.bytes.assign(v.data() + 1, v.size() - 1);
+        return f(chunk);
+      });
   if (err)
     return err;
   return bad;

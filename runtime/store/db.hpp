@@ -7,8 +7,8 @@
 // Column families and keys (`id` is a task id, which never contains '\0'):
 //   tasks  : id                         -> task record (JSON)
 //   events : id '\0' be64(n)            -> state transition (JSON), n = 0,1,…
-//   output : id '\0' be64(seq)          -> 1 byte stream (1=stdout,2=stderr) + bytes
-//   meta   : "schema"                   -> "1"
+//   output : id '\0' be64(seq)          -> 1 byte stream (1=stdout,2=stderr) +
+//   bytes meta   : "schema"                   -> "1"
 #pragma once
 
 #include <cstdint>
@@ -83,8 +83,8 @@ public:
   /// Opens (creating if missing, in primary mode) the database in `dir`.
   /// Errors: ec::store_locked (another process holds it), ec::store_corrupt,
   /// ec::store_full, ec::io_error (unwritable dir), ec::store_error.
-  static caf::expected<std::unique_ptr<db>> open(const std::filesystem::path& dir,
-                                                 const db_options& opts);
+  static caf::expected<std::unique_ptr<db>>
+  open(const std::filesystem::path& dir, const db_options& opts);
 
   /// Applies `batch` atomically (WAL first). Errors: ec::store_full on
   /// ENOSPC, ec::store_error otherwise.
@@ -95,12 +95,12 @@ public:
 
   /// Calls `f(id, json)` for every task in key order.
   caf::error for_each_task(
-    const std::function<void(std::string_view, std::string_view)>& f);
+      const std::function<void(std::string_view, std::string_view)>& f);
 
   /// Calls `f(n, json)` for every event of `id` in order.
-  caf::error for_each_event(
-    std::string_view id,
-    const std::function<void(uint64_t, std::string_view)>& f);
+  caf::error
+  for_each_event(std::string_view id,
+                 const std::function<void(uint64_t, std::string_view)>& f);
 
   /// Calls `f(chunk)` for every output chunk of `id` with seq >= `from`, in
   /// seq order, until `f` returns false.

@@ -66,40 +66,41 @@ recording_link(link_actor::stateful_pointer<recording_link_state> self,
     auto parsed = record_from_json(**stored);
     if (!parsed || parsed->state != rec.state)
       self->state.log->violations.push_back(
-        std::string{what} + ": stored state differs from reported "
-        + to_string(rec.state));
+          std::string{what} + ": stored state differs from reported "
+          + to_string(rec.state));
   };
   return {
-    [self](output_atom, const std::string& id, uint32_t,
-           const std::vector<output_chunk>& chunks) -> caf::result<ok_atom> {
-      auto& st = self->state;
-      for (auto& c : chunks) {
-        bool found = false;
-        st.db->for_each_output(id, c.seq, [&](const store::stored_chunk& s) {
-          found = s.seq == c.seq && s.bytes == c.bytes && s.stream == c.stream;
-          return false;
-        });
-        std::lock_guard<std::mutex> guard{st.log->mtx};
-        if (!found)
-          st.log->violations.push_back("chunk " + std::to_string(c.seq)
-                                       + " reported before it was stored");
-        (c.stream == 2 ? st.log->err : st.log->out) += c.bytes;
-        st.log->seqs.push_back(c.seq);
-      }
-      return ok_atom::value;
-    },
-    [self, check_record](state_atom, const task_record& rec) {
-      check_record(rec, "state");
-      std::lock_guard<std::mutex> guard{self->state.log->mtx};
-      self->state.log->states.push_back(rec.state);
-    },
-    [self, check_record](result_atom, const task_record& rec) {
-      if (rec.error_code != "store_full" && rec.error_code != "store_error")
-        check_record(rec, "result");
-      std::lock_guard<std::mutex> guard{self->state.log->mtx};
-      self->state.log->results.push_back(rec);
-      self->state.log->cv.notify_all();
-    },
+      [self](output_atom, const std::string& id, uint32_t,
+             const std::vector<output_chunk>& chunks) -> caf::result<ok_atom> {
+        auto& st = self->state;
+        for (auto& c : chunks) {
+          bool found = false;
+          st.db->for_each_output(id, c.seq, [&](const store::stored_chunk& s) {
+            found =
+                s.seq == c.seq && s.bytes == c.bytes && s.stream == c.stream;
+            return false;
+          });
+          std::lock_guard<std::mutex> guard{st.log->mtx};
+          if (!found)
+            st.log->violations.push_back("chunk " + std::to_string(c.seq)
+                                         + " reported before it was stored");
+          (c.stream == 2 ? st.log->err : st.log->out) += c.bytes;
+          st.log->seqs.push_back(c.seq);
+        }
+        return ok_atom::value;
+      },
+      [self, check_record](state_atom, const task_record& rec) {
+        check_record(rec, "state");
+        std::lock_guard<std::mutex> guard{self->state.log->mtx};
+        self->state.log->states.push_back(rec.state);
+      },
+      [self, check_record](result_atom, const task_record& rec) {
+        if (rec.error_code != "store_full" && rec.error_code != "store_error")
+          check_record(rec, "result");
+        std::lock_guard<std::mutex> guard{self->state.log->mtx};
+        self->state.log->results.push_back(rec);
+        self->state.log->cv.notify_all();
+      },
   };
 }
 
@@ -142,7 +143,8 @@ protected:
   virtual void release_handles() {}
 
   /// A fresh record for `argv`.
-  static task_record make_record(std::string id, std::vector<std::string> argv) {
+  static task_record make_record(std::string id,
+                                 std::vector<std::string> argv) {
     task_record rec;
     rec.spec.id = std::move(id);
     rec.spec.argv = std::move(argv);
@@ -154,18 +156,18 @@ protected:
   /// Creates `rec` through PERSISTENCE; fails the test on error.
   void create(const task_record& rec) {
     (*self)
-      ->request(persist, std::chrono::seconds(10), create_atom::value, rec)
-      .receive([](ok_atom) {},
-               [](caf::error& err) { FAIL() << describe(err); });
+        ->request(persist, std::chrono::seconds(10), create_atom::value, rec)
+        .receive([](ok_atom) {},
+                 [](caf::error& err) { FAIL() << describe(err); });
   }
 
   /// Reads the record of `id` through PERSISTENCE.
   task_record get(const std::string& id) {
     task_record out;
     (*self)
-      ->request(persist, std::chrono::seconds(10), get_atom::value, id)
-      .receive([&](task_record& r) { out = std::move(r); },
-               [](caf::error& err) { FAIL() << describe(err); });
+        ->request(persist, std::chrono::seconds(10), get_atom::value, id)
+        .receive([&](task_record& r) { out = std::move(r); },
+                 [](caf::error& err) { FAIL() << describe(err); });
     return out;
   }
 

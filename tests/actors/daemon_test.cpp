@@ -31,8 +31,8 @@ protected:
     caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
     node = daemon_actor{};
   }
-  std::shared_ptr<process::reactor> reactor
-    = std::make_shared<process::reactor>();
+  std::shared_ptr<process::reactor> reactor =
+      std::make_shared<process::reactor>();
   daemon_actor node;
 };
 
@@ -51,9 +51,8 @@ TEST_F(daemon_actor_test, runs_at_most_max_tasks_at_once) {
     std::lock_guard<std::mutex> guard{log->mtx};
     done = log->results;
   }
-  std::sort(done.begin(), done.end(), [](auto& x, auto& y) {
-    return x.started_at < y.started_at;
-  });
+  std::sort(done.begin(), done.end(),
+            [](auto& x, auto& y) { return x.started_at < y.started_at; });
   for (auto& r : done)
     EXPECT_EQ(r.state, task_state::succeeded) << r.spec.id;
   // With one slot, each task starts only after the previous one finished.

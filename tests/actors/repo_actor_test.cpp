@@ -12,7 +12,7 @@ using namespace makima;
 using makima::test::actor_test;
 namespace {
 std::string git_cli(const std::filesystem::path& repo,
-                const std::vector<std::string>& args) {
+                    const std::vector<std::string>& args) {
   return makima::test::git(repo, args);
 }
 } // namespace
@@ -35,10 +35,10 @@ protected:
   worktree prepare(const std::string& id, const std::string& ref) {
     worktree out;
     (*self)
-      ->request(repo, std::chrono::seconds(60), prepare_atom::value, id, ref,
-                (dir.path() / "wt" / id).string())
-      .receive([&](worktree& wt) { out = std::move(wt); },
-               [](caf::error& err) { FAIL() << describe(err); });
+        ->request(repo, std::chrono::seconds(60), prepare_atom::value, id, ref,
+                  (dir.path() / "wt" / id).string())
+        .receive([&](worktree& wt) { out = std::move(wt); },
+                 [](caf::error& err) { FAIL() << describe(err); });
     return out;
   }
 
@@ -71,24 +71,24 @@ TEST_F(repo_actor_test, reopen_returns_the_preserved_worktree) {
   auto wt = prepare("t1", "");
   makima::test::write_file(std::filesystem::path{wt.path} / "work.txt", "x");
   (*self)
-    ->request(repo, timeout, reopen_atom::value, std::string{"t1"},
-              std::string{"makima/t1"})
-    .receive(
-      [&](worktree& again) {
-        EXPECT_EQ(again.path, wt.path);
-        EXPECT_EQ(again.base_commit, wt.base_commit);
-        EXPECT_TRUE(std::filesystem::exists(
-          std::filesystem::path{again.path} / "work.txt"));
-      },
-      [](caf::error& err) { FAIL() << describe(err); });
+      ->request(repo, timeout, reopen_atom::value, std::string{"t1"},
+                std::string{"makima/t1"})
+      .receive(
+          [&](worktree& again) {
+            EXPECT_EQ(again.path, wt.path);
+            EXPECT_EQ(again.base_commit, wt.base_commit);
+            EXPECT_TRUE(std::filesystem::exists(
+                std::filesystem::path{again.path} / "work.txt"));
+          },
+          [](caf::error& err) { FAIL() << describe(err); });
   std::filesystem::remove_all(wt.path);
   (*self)
-    ->request(repo, timeout, reopen_atom::value, std::string{"t1"},
-              std::string{"makima/t1"})
-    .receive([](worktree&) { FAIL() << "reopened a deleted worktree"; },
-             [](caf::error& err) {
-               EXPECT_EQ(code_of(err), ec::worktree_missing);
-             });
+      ->request(repo, timeout, reopen_atom::value, std::string{"t1"},
+                std::string{"makima/t1"})
+      .receive([](worktree&) { FAIL() << "reopened a deleted worktree"; },
+               [](caf::error& err) {
+                 EXPECT_EQ(code_of(err), ec::worktree_missing);
+               });
 }
 
 TEST_F(repo_actor_test, commit_then_push_to_a_bare_repo) {
@@ -96,19 +96,20 @@ TEST_F(repo_actor_test, commit_then_push_to_a_bare_repo) {
   makima::test::write_file(std::filesystem::path{wt.path} / "new.txt", "new\n");
   std::string commit;
   (*self)
-    ->request(repo, timeout, commit_atom::value, wt.path, std::string{"msg"})
-    .receive([&](std::string& id) { commit = id; },
-             [](caf::error& err) { FAIL() << describe(err); });
+      ->request(repo, timeout, commit_atom::value, wt.path, std::string{"msg"})
+      .receive([&](std::string& id) { commit = id; },
+               [](caf::error& err) { FAIL() << describe(err); });
   ASSERT_EQ(commit.size(), 40u);
   // Nothing changed since: no second commit.
   (*self)
-    ->request(repo, timeout, commit_atom::value, wt.path, std::string{"msg"})
-    .receive([&](std::string& id) { EXPECT_EQ(id, ""); },
-             [](caf::error& err) { FAIL() << describe(err); });
+      ->request(repo, timeout, commit_atom::value, wt.path, std::string{"msg"})
+      .receive([&](std::string& id) { EXPECT_EQ(id, ""); },
+               [](caf::error& err) { FAIL() << describe(err); });
   auto bare = makima::test::make_bare_repo(dir.path() / "bare.git");
   (*self)
-    ->request(repo, timeout, push_atom::value, wt.branch, bare.string())
-    .receive([](ok_atom) {}, [](caf::error& err) { FAIL() << describe(err); });
+      ->request(repo, timeout, push_atom::value, wt.branch, bare.string())
+      .receive([](ok_atom) {},
+               [](caf::error& err) { FAIL() << describe(err); });
   EXPECT_EQ(git_cli(bare, {"rev-parse", "refs/heads/makima/t1"}), commit);
   EXPECT_EQ(git_cli(bare, {"show", "makima/t1:new.txt"}), "new");
 }
@@ -117,20 +118,20 @@ TEST_F(repo_actor_test, missing_repository_and_bad_ref_are_errors) {
   auto missing = spawn_repo(*sys, (dir.path() / "nope").string(),
                             dir.path() / "repos", "m", "m@x");
   (*self)
-    ->request(missing, timeout, prepare_atom::value, std::string{"t1"},
-              std::string{}, (dir.path() / "wt/t1").string())
-    .receive([](worktree&) { FAIL() << "prepared a missing repository"; },
-             [](caf::error& err) {
-               EXPECT_EQ(code_of(err), ec::repo_not_found);
-             });
+      ->request(missing, timeout, prepare_atom::value, std::string{"t1"},
+                std::string{}, (dir.path() / "wt/t1").string())
+      .receive(
+          [](worktree&) { FAIL() << "prepared a missing repository"; },
+          [](caf::error& err) { EXPECT_EQ(code_of(err), ec::repo_not_found); });
   caf::anon_send_exit(missing, caf::exit_reason::user_shutdown);
   (*self)
-    ->request(repo, timeout, prepare_atom::value, std::string{"t2"},
-              std::string{"no-such-ref"}, (dir.path() / "wt/t2").string())
-    .receive([](worktree&) { FAIL() << "prepared a missing ref"; },
-             [](caf::error& err) {
-               EXPECT_EQ(code_of(err), ec::ref_not_found);
-               EXPECT_NE(describe(err).find("no-such-ref"), std::string::npos);
-             });
+      ->request(repo, timeout, prepare_atom::value, std::string{"t2"},
+                std::string{"no-such-ref"}, (dir.path() / "wt/t2").string())
+      .receive([](worktree&) { FAIL() << "prepared a missing ref"; },
+               [](caf::error& err) {
+                 EXPECT_EQ(code_of(err), ec::ref_not_found);
+                 EXPECT_NE(describe(err).find("no-such-ref"),
+                           std::string::npos);
+               });
   EXPECT_FALSE(std::filesystem::exists(dir.path() / "wt/t2"));
 }

@@ -36,21 +36,22 @@ protected:
     if (poke)
       poke(handle);
     EXPECT_TRUE(log->wait_results(before + 1, std::chrono::seconds(30)))
-      << "no result";
+        << "no result";
     std::lock_guard<std::mutex> guard{log->mtx};
     return log->results.empty() ? task_record{} : log->results.back();
   }
 
-  std::shared_ptr<process::reactor> reactor
-    = std::make_shared<process::reactor>();
+  std::shared_ptr<process::reactor> reactor =
+      std::make_shared<process::reactor>();
 };
 
 } // namespace
 
 TEST_F(task_actor_test, output_is_stored_before_it_is_reported) {
-  auto rec = make_record(
-    "t1", {"sh", "-c", "printf 'one\\n'; printf 'err\\n' >&2; "
-                       "head -c 2000000 /dev/zero | tr '\\0' x; printf end"});
+  auto rec =
+      make_record("t1", {"sh", "-c",
+                         "printf 'one\\n'; printf 'err\\n' >&2; "
+                         "head -c 2000000 /dev/zero | tr '\\0' x; printf end"});
   auto result = run(rec);
   EXPECT_EQ(result.state, task_state::succeeded);
   EXPECT_EQ(result.exit_code, 0);
@@ -94,10 +95,10 @@ TEST_F(task_actor_test, command_not_found_fails_with_127) {
 
 TEST_F(task_actor_test, environment_and_directories) {
   auto rec = make_record(
-    "t1", {"sh", "-c",
-           "printf '%s|%s|%s|%s|%s|%s|%s' \"$MAKIMA_TASK_ID\" "
-           "\"$MAKIMA_ATTEMPT\" \"$MAKIMA_RESUMED\" \"$MAKIMA_STATE_DIR\" "
-           "\"$MAKIMA_WORKTREE\" \"$KEEP\" \"$EXTRA\"; pwd >&2; ls -A >&2"});
+      "t1", {"sh", "-c",
+             "printf '%s|%s|%s|%s|%s|%s|%s' \"$MAKIMA_TASK_ID\" "
+             "\"$MAKIMA_ATTEMPT\" \"$MAKIMA_RESUMED\" \"$MAKIMA_STATE_DIR\" "
+             "\"$MAKIMA_WORKTREE\" \"$KEEP\" \"$EXTRA\"; pwd >&2; ls -A >&2"});
   rec.spec.env = {"EXTRA=yes", "KEEP=task"};
   auto result = run(rec);
   ASSERT_EQ(result.state, task_state::succeeded);
@@ -126,9 +127,9 @@ TEST_F(task_actor_test, resumed_attempt_continues_seq_and_sees_resumed) {
 
 TEST_F(task_actor_test, cancel_terminates_the_process_group) {
   auto marker = dir.path() / "grandchild.pid";
-  auto rec = make_record(
-    "t1", {"sh", "-c", "sleep 60 & echo $! > " + marker.string()
-                         + "; echo started; wait"});
+  auto rec = make_record("t1", {"sh", "-c",
+                                "sleep 60 & echo $! > " + marker.string()
+                                    + "; echo started; wait"});
   auto result = run(rec, [&](task_actor handle) {
     // Wait until the child is up before cancelling.
     for (int i = 0; i < 500 && !std::filesystem::exists(marker); ++i)
@@ -143,8 +144,8 @@ TEST_F(task_actor_test, cancel_terminates_the_process_group) {
   for (int i = 0; i < 200 && !gone; ++i) {
     gone = ::kill(pid, 0) != 0
            || makima::test::read_file("/proc/" + std::to_string(pid) + "/stat")
-                  .find(") Z ")
-                != std::string::npos;
+                      .find(") Z ")
+                  != std::string::npos;
     if (!gone)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

@@ -16,14 +16,16 @@ bool contains(const std::string& hay, const std::string& needle) {
 
 TEST(Errors, MissingRepoPathIs125) {
   env e;
-  auto r = e.run({"--id", "m", "--repo", (e.root() / "nope").string(), "--", "true"});
+  auto r = e.run(
+      {"--id", "m", "--repo", (e.root() / "nope").string(), "--", "true"});
   EXPECT_EQ(r.exit_code, 125) << r.err;
   EXPECT_TRUE(contains(r.err, "makima: task m failed:")) << r.err;
   EXPECT_TRUE(contains(r.err, "repository not found")) << r.err;
   auto j = e.show("m");
   EXPECT_EQ(j["state"], "failed");
-  EXPECT_TRUE(j["error"].is_string() &&
-              contains(j["error"].get<std::string>(), "repository not found"))
+  EXPECT_TRUE(
+      j["error"].is_string()
+      && contains(j["error"].get<std::string>(), "repository not found"))
       << j.dump(2);
 }
 
@@ -31,7 +33,8 @@ TEST(Errors, DirectoryThatIsNotARepoIs125) {
   env e;
   fs::create_directories(e.root() / "plain");
   test::write_file(e.root() / "plain" / "f.txt", "x");
-  auto r = e.run({"--id", "p", "--repo", (e.root() / "plain").string(), "--", "true"});
+  auto r = e.run(
+      {"--id", "p", "--repo", (e.root() / "plain").string(), "--", "true"});
   EXPECT_EQ(r.exit_code, 125) << r.err;
   EXPECT_TRUE(contains(r.err, "makima: task p failed:")) << r.err;
   EXPECT_TRUE(contains(r.err, "not a git repository")) << r.err;
@@ -71,7 +74,8 @@ TEST(Errors, DataDirUnderARegularFileIs125) {
   auto r = e.run({"--", "true"});
   EXPECT_EQ(r.exit_code, 125) << r.err;
   EXPECT_TRUE(contains(r.err, (e.root() / "file").string())) << r.err;
-  EXPECT_TRUE(contains(r.err, "Not a directory") || contains(r.err, "not a directory"))
+  EXPECT_TRUE(contains(r.err, "Not a directory")
+              || contains(r.err, "not a directory"))
       << r.err;
   EXPECT_EQ(test::read_file(e.root() / "file"), "not a dir");
 }
@@ -139,12 +143,14 @@ TEST(Errors, BadConfigValueIs2NamingTheKey) {
   EXPECT_TRUE(contains(r.err, "loud")) << r.err;
 
   test::write_file(e.root() / "bad2.toml", "[task]\ngrace = \"soon\"\n");
-  auto r2 = e.run({"--config", (e.root() / "bad2.toml").string(), "--", "true"});
+  auto r2 =
+      e.run({"--config", (e.root() / "bad2.toml").string(), "--", "true"});
   EXPECT_EQ(r2.exit_code, 2) << r2.err;
   EXPECT_TRUE(contains(r2.err, "grace")) << r2.err;
 
   test::write_file(e.root() / "syntax.toml", "[task\n");
-  auto r3 = e.run({"--config", (e.root() / "syntax.toml").string(), "--", "true"});
+  auto r3 =
+      e.run({"--config", (e.root() / "syntax.toml").string(), "--", "true"});
   EXPECT_EQ(r3.exit_code, 2) << r3.err;
   EXPECT_TRUE(contains(r3.err, "syntax.toml")) << r3.err;
   // Nothing ran, so nothing was recorded.
@@ -186,16 +192,19 @@ TEST(Errors, DiskFullFailsCleanlyAndKeepsAcknowledgedOutput) {
   e.set_data(mnt.dir / "data");
 
   auto t0 = std::chrono::steady_clock::now();
-  auto r = e.run({"--id", "full", "--", "cat", (e.root() / "payload.bin").string()},
-                 60000ms);
+  auto r =
+      e.run({"--id", "full", "--", "cat", (e.root() / "payload.bin").string()},
+            60000ms);
   auto dt = std::chrono::steady_clock::now() - t0;
   EXPECT_FALSE(r.timed_out) << "makima hung on a full disk";
   EXPECT_EQ(r.signal, 0) << "makima crashed on a full disk";
   EXPECT_LT(dt, 30s);
   EXPECT_EQ(r.exit_code, 125) << r.err.substr(0, 2000);
-  EXPECT_TRUE(contains(r.err, "disk is full") || contains(r.err, "No space left"))
+  EXPECT_TRUE(contains(r.err, "disk is full")
+              || contains(r.err, "No space left"))
       << r.err.substr(0, 2000);
-  EXPECT_TRUE(contains(r.err, "makima: task full failed:")) << r.err.substr(0, 2000);
+  EXPECT_TRUE(contains(r.err, "makima: task full failed:"))
+      << r.err.substr(0, 2000);
   // What makima printed is a prefix of what the child wrote.
   EXPECT_TRUE(payload.compare(0, r.out.size(), r.out) == 0);
 
@@ -205,10 +214,11 @@ TEST(Errors, DiskFullFailsCleanlyAndKeepsAcknowledgedOutput) {
   ASSERT_EQ(logs.exit_code, 0) << logs.err;
   EXPECT_LT(logs.out.size(), payload.size());
   EXPECT_TRUE(payload.compare(0, logs.out.size(), logs.out) == 0)
-      << "task logs is not a prefix of the child's output ("
-      << logs.out.size() << " bytes)";
+      << "task logs is not a prefix of the child's output (" << logs.out.size()
+      << " bytes)";
   auto j = e.show("full");
-  EXPECT_TRUE(j["state"] == "failed" || j["state"] == "interrupted") << j.dump(2);
+  EXPECT_TRUE(j["state"] == "failed" || j["state"] == "interrupted")
+      << j.dump(2);
   // The data dir is usable again.
   auto again = e.run({"--id", "after", "--", "echo", "ok"});
   EXPECT_EQ(again.exit_code, 0) << again.err;

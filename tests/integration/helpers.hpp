@@ -56,7 +56,8 @@ public:
     argv.insert(argv.end(), args.begin(), args.end());
     return test::run(argv, opts(timeout));
   }
-  std::vector<std::string> run_argv(const std::vector<std::string>& args) const {
+  std::vector<std::string>
+  run_argv(const std::vector<std::string>& args) const {
     std::vector<std::string> argv{MAKIMA_BINARY, "run", "--data-dir",
                                   data_.string()};
     argv.insert(argv.end(), args.begin(), args.end());
@@ -70,8 +71,9 @@ public:
     argv.insert(argv.end(), args.begin(), args.end());
     return test::run(argv, opts(timeout));
   }
-  std::vector<std::string> task_argv(const std::string& sub,
-                                     const std::vector<std::string>& args) const {
+  std::vector<std::string>
+  task_argv(const std::string& sub,
+            const std::vector<std::string>& args) const {
     std::vector<std::string> argv{MAKIMA_BINARY, "task", sub, "--data-dir",
                                   data_.string()};
     argv.insert(argv.end(), args.begin(), args.end());
@@ -161,7 +163,8 @@ inline bool alive(pid_t pid) {
     return false;
   std::string stat = slurp("/proc/" + std::to_string(pid) + "/stat");
   auto rp = stat.rfind(')');
-  return !(rp != std::string::npos && rp + 2 < stat.size() && stat[rp + 2] == 'Z');
+  return !(rp != std::string::npos && rp + 2 < stat.size()
+           && stat[rp + 2] == 'Z');
 }
 
 } // namespace makima::it

@@ -84,8 +84,9 @@ TEST(Repo, DefaultRefIsTheDefaultBranchHead) {
   spec.default_branch = "trunk"; // not "main": the default must come from HEAD
   repo_fixture f(spec);
   auto head = git(f.src, {"rev-parse", "trunk"});
-  auto r = f.e.run({"--repo", f.src.string(), "--id", "dflt", "--", "sh", "-c",
-                    "git rev-parse HEAD; test ! -e doomed.txt && echo nodoomed"});
+  auto r =
+      f.e.run({"--repo", f.src.string(), "--id", "dflt", "--", "sh", "-c",
+               "git rev-parse HEAD; test ! -e doomed.txt && echo nodoomed"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, head + "\nnodoomed\n");
   auto j = f.e.show("dflt");
@@ -180,8 +181,8 @@ TEST(Repo, CommitRecordsModifiedDeletedUntrackedNotIgnored) {
   auto mirror = mirror_of(f.e);
   EXPECT_EQ(git(mirror, {"rev-parse", "makima/cm"}), c);
   EXPECT_EQ(git(mirror, {"rev-parse", c + "^"}), base);
-  auto ns = lines(git(mirror, {"show", "--no-renames", "--name-status",
-                               "--format=", c}));
+  auto ns = lines(
+      git(mirror, {"show", "--no-renames", "--name-status", "--format=", c}));
   std::set<std::string> got(ns.begin(), ns.end());
   std::set<std::string> want{"M\tREADME.md", "D\tsrc/d0/e0/file0.txt",
                              "A\tnew/dir/untracked.txt"};
@@ -193,9 +194,9 @@ TEST(Repo, CommitRecordsModifiedDeletedUntrackedNotIgnored) {
 TEST(Repo, PushPublishesTheTaskBranch) {
   repo_fixture f;
   auto bare = test::make_bare_repo(f.e.root() / "bare.git");
-  auto r = f.e.run({"--repo", f.src.string(), "--id", "ps", "--commit",
-                    "--push", bare.string(), "--", "sh", "-c",
-                    "echo pushed > pushed.txt"});
+  auto r =
+      f.e.run({"--repo", f.src.string(), "--id", "ps", "--commit", "--push",
+               bare.string(), "--", "sh", "-c", "echo pushed > pushed.txt"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = f.e.show("ps");
   EXPECT_EQ(j["state"], "succeeded");
@@ -220,9 +221,9 @@ TEST(Repo, PushRejectedWhenRemoteBranchHasUnrelatedHistory) {
   auto unrelated = test::make_repo(f.e.root() / "other", other);
   git(unrelated, {"push", "-q", bare.string(), "main:refs/heads/makima/rej"});
   auto theirs = git(bare, {"rev-parse", "makima/rej"});
-  auto r = f.e.run({"--repo", f.src.string(), "--id", "rej", "--commit",
-                    "--push", bare.string(), "--", "sh", "-c",
-                    "echo x > x.txt"});
+  auto r =
+      f.e.run({"--repo", f.src.string(), "--id", "rej", "--commit", "--push",
+               bare.string(), "--", "sh", "-c", "echo x > x.txt"});
   EXPECT_EQ(r.exit_code, 125) << r.err;
   EXPECT_NE(r.err.find("makima: task rej failed:"), std::string::npos) << r.err;
   auto j = f.e.show("rej");
@@ -234,8 +235,9 @@ TEST(Repo, PushRejectedWhenRemoteBranchHasUnrelatedHistory) {
   EXPECT_EQ(git(bare, {"rev-parse", "makima/rej"}), theirs)
       << "the remote branch must not be overwritten";
   // The local commit was still made on the task branch in the mirror.
-  if (j["commit"].is_string())
+  if (j["commit"].is_string()) {
     EXPECT_EQ(git(mirror_of(f.e), {"rev-parse", "makima/rej"}), j["commit"]);
+  }
 }
 
 } // namespace

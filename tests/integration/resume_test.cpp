@@ -26,7 +26,8 @@ void run_and_sigkill(const env& e, const std::vector<std::string>& args) {
 
 TEST(Resume, SigkilledTaskIsInterruptedAndResumesAsAttempt2) {
   env e;
-  ASSERT_NO_FATAL_FAILURE(run_and_sigkill(e, {"--id", "rs", "--", "sh", "-c", kScript}));
+  ASSERT_NO_FATAL_FAILURE(
+      run_and_sigkill(e, {"--id", "rs", "--", "sh", "-c", kScript}));
 
   auto l = e.list();
   ASSERT_EQ(l.size(), 1u) << l.dump(2);
@@ -38,8 +39,8 @@ TEST(Resume, SigkilledTaskIsInterruptedAndResumesAsAttempt2) {
 
   auto r = e.task("resume", {"rs"}, 30000ms);
   EXPECT_EQ(r.exit_code, 7) << r.err;
-  std::string out2 = "attempt 2 resumed=1\none\ns1\n" +
-                     fs::weakly_canonical(wt).string() + "\n";
+  std::string out2 = "attempt 2 resumed=1\none\ns1\n"
+                     + fs::weakly_canonical(wt).string() + "\n";
   EXPECT_EQ(r.out, out2);
   EXPECT_NE(r.err.find("err2\n"), std::string::npos) << r.err;
 
@@ -104,8 +105,8 @@ TEST(Resume, RepoTaskResumesInTheSameWorktree) {
   fs::path mirror;
   for (auto& d : fs::directory_iterator(e.data() / "repos"))
     mirror = d.path();
-  auto ns = test::git(mirror, {"show", "--name-status", "--format=",
-                               j["commit"].get<std::string>()});
+  auto ns = test::git(mirror, {"show", "--name-status",
+                               "--format=", j["commit"].get<std::string>()});
   EXPECT_NE(ns.find("A\tfrom1.txt"), std::string::npos) << ns;
   EXPECT_NE(ns.find("A\tfrom2.txt"), std::string::npos) << ns;
   EXPECT_NE(ns.find("D\tREADME.md"), std::string::npos) << ns;
@@ -120,10 +121,12 @@ TEST(Resume, LeftoverGrandchildrenOfTheDeadAttemptAreKilled) {
   // The direct child dies of PDEATHSIG; the backgrounded sleep survives
   // makima's death (that is what resume must clean up).
   std::vector<pid_t> left;
-  eventually([&] {
-    left = pids_with_env("MAKIMA_TASK_ID=gc");
-    return left.size() == 1;
-  }, 3000ms);
+  eventually(
+      [&] {
+        left = pids_with_env("MAKIMA_TASK_ID=gc");
+        return left.size() == 1;
+      },
+      3000ms);
   ASSERT_FALSE(left.empty()) << "expected the orphaned sleep 300 to be alive";
   auto r = e.task("resume", {"gc"}, 30000ms);
   EXPECT_EQ(r.exit_code, 0) << r.err;

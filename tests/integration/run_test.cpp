@@ -9,7 +9,9 @@
 namespace makima::it {
 namespace {
 
-fs::path canon(const fs::path& p) { return fs::weakly_canonical(p); }
+fs::path canon(const fs::path& p) {
+  return fs::weakly_canonical(p);
+}
 
 // Binary payload: NULs, invalid UTF-8, every byte value, then MBs of
 // pseudo-random bytes.
@@ -30,12 +32,12 @@ TEST(Run, OutputIsByteExactAndReplayedByLogs) {
   std::string err = payload(200'000, 2);
   test::write_file(e.root() / "out.bin", out);
   test::write_file(e.root() / "err.bin", err);
-  auto r = e.run({"--id", "bytes", "--", "sh", "-c",
-                  "cat \"$1\"; cat \"$2\" >&2; exit 0", "sh",
-                  (e.root() / "out.bin").string(),
-                  (e.root() / "err.bin").string()},
-                 60000ms);
-  ASSERT_EQ(r.exit_code, 0) << r.err.substr(r.err.size() > 2000 ? r.err.size() - 2000 : 0);
+  auto r = e.run(
+      {"--id", "bytes", "--", "sh", "-c", "cat \"$1\"; cat \"$2\" >&2; exit 0",
+       "sh", (e.root() / "out.bin").string(), (e.root() / "err.bin").string()},
+      60000ms);
+  ASSERT_EQ(r.exit_code, 0)
+      << r.err.substr(r.err.size() > 2000 ? r.err.size() - 2000 : 0);
   ASSERT_EQ(r.out.size(), out.size());
   EXPECT_TRUE(r.out == out) << "stdout differs from what the child wrote";
   EXPECT_NE(r.err.find(err), std::string::npos)
@@ -46,8 +48,9 @@ TEST(Run, OutputIsByteExactAndReplayedByLogs) {
   ASSERT_EQ(logs.exit_code, 0) << logs.err;
   ASSERT_EQ(logs.out.size(), out.size());
   EXPECT_TRUE(logs.out == out) << "task logs stdout differs";
-  EXPECT_TRUE(logs.err == err) << "task logs stderr differs (size "
-                               << logs.err.size() << " vs " << err.size() << ")";
+  EXPECT_TRUE(logs.err == err)
+      << "task logs stderr differs (size " << logs.err.size() << " vs "
+      << err.size() << ")";
   auto j = e.show("bytes");
   EXPECT_EQ(j["state"], "succeeded");
   EXPECT_EQ(j["exit_code"], 0);
@@ -108,7 +111,8 @@ TEST(Run, CommandNotFoundIs127) {
   EXPECT_EQ(r.exit_code, 127);
   EXPECT_NE(r.err.find("makima: task nf failed:"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("not found"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("makima-no-such-command-xyz"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("makima-no-such-command-xyz"), std::string::npos)
+      << r.err;
   EXPECT_EQ(e.show("nf")["state"], "failed");
 }
 
@@ -149,8 +153,9 @@ TEST(Run, UsageErrorsAre2) {
       what += "'" + a + "' ";
     EXPECT_EQ(r.exit_code, 2) << what << "\n" << r.err;
     EXPECT_FALSE(r.err.empty()) << what;
-    if (!c.msg.empty())
+    if (!c.msg.empty()) {
       EXPECT_NE(r.err.find(c.msg), std::string::npos) << what << "\n" << r.err;
+    }
   }
   // None of them created a task.
   auto l = e.list();
@@ -173,7 +178,8 @@ TEST(Run, ChildEnvAndCwd) {
   EXPECT_EQ(canon(sd), canon(e.data() / "state" / "envt"));
   auto has = [&](const std::string& line) {
     EXPECT_NE(r.out.find(line + "\n"), std::string::npos)
-        << "missing '" << line << "' in:\n" << r.out;
+        << "missing '" << line << "' in:\n"
+        << r.out;
   };
   has("cwd=" + canon(wt).string());
   has("entries=0");
@@ -201,9 +207,9 @@ TEST(Run, ChildEnvAndCwd) {
 TEST(Run, TimeoutKillsAfterTerm) {
   env e;
   auto t0 = std::chrono::steady_clock::now();
-  auto r = e.run({"--id", "to", "--timeout", "1", "--grace", "1", "--", "sleep",
-                  "30"},
-                 20000ms);
+  auto r = e.run(
+      {"--id", "to", "--timeout", "1", "--grace", "1", "--", "sleep", "30"},
+      20000ms);
   auto dt = std::chrono::steady_clock::now() - t0;
   EXPECT_EQ(r.exit_code, 124) << r.err;
   EXPECT_LT(dt, 8s);
@@ -215,9 +221,10 @@ TEST(Run, TimeoutKillsAfterTerm) {
 TEST(Run, TimeoutSigkillsAChildIgnoringTerm) {
   env e;
   auto t0 = std::chrono::steady_clock::now();
-  auto r = e.run({"--id", "to2", "--timeout", "1", "--grace", "1", "--", "sh",
-                  "-c", "trap '' TERM; echo armed; while :; do sleep 0.1; done"},
-                 20000ms);
+  auto r =
+      e.run({"--id", "to2", "--timeout", "1", "--grace", "1", "--", "sh", "-c",
+             "trap '' TERM; echo armed; while :; do sleep 0.1; done"},
+            20000ms);
   auto dt = std::chrono::steady_clock::now() - t0;
   EXPECT_EQ(r.exit_code, 124) << r.err;
   EXPECT_EQ(r.out.substr(0, 6), "armed\n");
@@ -225,8 +232,8 @@ TEST(Run, TimeoutSigkillsAChildIgnoringTerm) {
   EXPECT_LT(dt, 8s);
   auto j = e.show("to2");
   EXPECT_EQ(j["state"], "timed_out");
-  EXPECT_TRUE(eventually([] { return pids_with_env("MAKIMA_TASK_ID=to2").empty(); },
-                         3000ms));
+  EXPECT_TRUE(eventually(
+      [] { return pids_with_env("MAKIMA_TASK_ID=to2").empty(); }, 3000ms));
 }
 
 class RunCancel : public ::testing::TestWithParam<int> {};
@@ -235,16 +242,17 @@ TEST_P(RunCancel, SignalCancelsTaskAndItsGroup) {
   env e;
   int sig = GetParam();
   std::string id = "cancel" + std::to_string(sig);
-  test::background bg(
-      e.run_argv({"--id", id, "--", "sh", "-c",
-                  "sleep 300 & echo ready; wait"}),
-      e.opts());
+  test::background bg(e.run_argv({"--id", id, "--", "sh", "-c",
+                                  "sleep 300 & echo ready; wait"}),
+                      e.opts());
   ASSERT_TRUE(bg.wait_for_output("ready", 10000ms));
   std::vector<pid_t> before;
-  eventually([&] {
-    before = pids_with_env("MAKIMA_TASK_ID=" + id);
-    return before.size() >= 2;
-  }, 3000ms);
+  eventually(
+      [&] {
+        before = pids_with_env("MAKIMA_TASK_ID=" + id);
+        return before.size() >= 2;
+      },
+      3000ms);
   EXPECT_GE(before.size(), 2u) << "expected sh and sleep";
   bg.kill(sig);
   auto r = bg.wait(10000ms);
@@ -256,12 +264,12 @@ TEST_P(RunCancel, SignalCancelsTaskAndItsGroup) {
         << "process " << p << " of the cancelled task survived";
 }
 
-INSTANTIATE_TEST_SUITE_P(Signals, RunCancel,
-                         ::testing::Values(SIGINT, SIGTERM, SIGHUP),
-                         [](const auto& info) {
-                           return std::string(strsignal(info.param)).substr(0, 4) +
-                                  std::to_string(info.param);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Signals, RunCancel, ::testing::Values(SIGINT, SIGTERM, SIGHUP),
+    [](const auto& info) {
+      return std::string(strsignal(info.param)).substr(0, 4)
+             + std::to_string(info.param);
+    });
 
 } // namespace
 } // namespace makima::it

@@ -52,8 +52,8 @@ TEST(config, file_then_env_precedence) {
                    "[paths]\ndata_dir = \"/from-file\"\n");
   env_map env{{"HOME", "/h"}, {"MAKIMA_TASK_GRACE", "7"}};
   auto cfg = must_load(file, env);
-  EXPECT_EQ(cfg.grace, 7);     // env beats file
-  EXPECT_EQ(cfg.timeout, 60);  // file beats default
+  EXPECT_EQ(cfg.grace, 7);    // env beats file
+  EXPECT_EQ(cfg.timeout, 60); // file beats default
   EXPECT_EQ(cfg.max_tasks, 8);
   finalize(cfg, env);
   EXPECT_EQ(cfg.data_dir, "/from-file");
@@ -95,14 +95,15 @@ TEST(config, bad_values_name_the_key_and_origin) {
     std::string var, value, key;
   };
   for (auto& c : std::vector<bad_case>{
-         {"MAKIMA_TASK_GRACE", "soon", "task.grace"},
-         {"MAKIMA_TASK_TIMEOUT", "-1", "task.timeout"},
-         {"MAKIMA_DAEMON_PROCESS_MAXCONCURRENTTASKS", "0", "daemon.max_tasks"},
-         {"MAKIMA_STORE_SYNC", "maybe", "store.sync"},
-         {"MAKIMA_LOG_LEVEL", "loud", "log.level"},
-         {"MAKIMA_LOG_FORMAT", "xml", "log.format"},
-         {"MAKIMA_DAEMON_SERVER_URL", "ftp://x", "server.url"},
-         {"MAKIMA_HEARTBEAT", "0", "server.heartbeat"}}) {
+           {"MAKIMA_TASK_GRACE", "soon", "task.grace"},
+           {"MAKIMA_TASK_TIMEOUT", "-1", "task.timeout"},
+           {"MAKIMA_DAEMON_PROCESS_MAXCONCURRENTTASKS", "0",
+            "daemon.max_tasks"},
+           {"MAKIMA_STORE_SYNC", "maybe", "store.sync"},
+           {"MAKIMA_LOG_LEVEL", "loud", "log.level"},
+           {"MAKIMA_LOG_FORMAT", "xml", "log.format"},
+           {"MAKIMA_DAEMON_SERVER_URL", "ftp://x", "server.url"},
+           {"MAKIMA_HEARTBEAT", "0", "server.heartbeat"}}) {
     env_map env{{"HOME", "/h"}, {c.var, c.value}};
     auto cfg = load_config(std::nullopt, env);
     ASSERT_FALSE(cfg) << c.var;
@@ -132,7 +133,7 @@ TEST(config, bad_file_values_unknown_keys_and_syntax) {
   auto r3 = load_config(f3, env);
   ASSERT_FALSE(r3);
   EXPECT_NE(describe(r3.error()).find("line 1"), std::string::npos)
-    << describe(r3.error());
+      << describe(r3.error());
   auto r4 = load_config(dir / "missing.toml", env);
   ASSERT_FALSE(r4);
   EXPECT_EQ(code_of(r4.error()), ec::invalid_config);
@@ -149,8 +150,8 @@ TEST(config, default_file_location_is_read) {
 }
 
 TEST(config, example_file_documents_every_key_and_loads) {
-  auto example = std::filesystem::path{MAKIMA_SOURCE_DIR}
-                 / "config/makima.example.toml";
+  auto example =
+      std::filesystem::path{MAKIMA_SOURCE_DIR} / "config/makima.example.toml";
   auto text = makima::test::read_file(example);
   for (auto& k : config_keys()) {
     auto name = k.key.substr(k.key.find('.') + 1);

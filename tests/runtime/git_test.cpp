@@ -96,8 +96,10 @@ TEST(GitNames, MirrorDirName) {
   ASSERT_EQ(n.size(), std::string("my_repo-").size() + 16 + 4) << n;
   EXPECT_EQ(n.substr(0, 8), "my_repo-");
   EXPECT_EQ(n.substr(n.size() - 4), ".git");
-  EXPECT_NE(n, makima::git::mirror_dir_name("https://example.com/p/my repo.git"));
-  EXPECT_EQ(n, makima::git::mirror_dir_name("https://example.com/o/my repo.git"));
+  EXPECT_NE(n,
+            makima::git::mirror_dir_name("https://example.com/p/my repo.git"));
+  EXPECT_EQ(n,
+            makima::git::mirror_dir_name("https://example.com/o/my repo.git"));
   // The same local directory spelled two ways maps to one mirror.
   temp_dir tmp;
   fs::create_directories(tmp / "r");
@@ -120,15 +122,14 @@ TEST_F(GitTest, CloneCreatesMirrorWithOriginHead) {
   // No temp dirs left behind.
   size_t entries = 0;
   for (auto& e : fs::directory_iterator(repos)) {
-    (void) e;
+    (void)e;
     ++entries;
   }
   EXPECT_EQ(entries, 1u);
 }
 
 TEST_F(GitTest, DefaultBranchOtherThanMain) {
-  auto other = make_repo(tmp / "trunk-repo",
-                         {10, 1, "trunk", {}, ""});
+  auto other = make_repo(tmp / "trunk-repo", {10, 1, "trunk", {}, ""});
   auto m = makima::git::mirror::open(other.string(), repos);
   ASSERT_TRUE(m) << makima::describe(m.error());
   EXPECT_EQ(git(m->path(), {"symbolic-ref", "refs/remotes/origin/HEAD"}),
@@ -217,8 +218,8 @@ TEST_F(GitTest, DirectoryThatIsNotARepoIsRepoNotFound) {
 }
 
 TEST_F(GitTest, UnreachableUrlIsRepoNotFound) {
-  auto m = makima::git::mirror::open("file://" + (tmp / "nope").string(),
-                                     repos);
+  auto m =
+      makima::git::mirror::open("file://" + (tmp / "nope").string(), repos);
   ASSERT_FALSE(m);
   EXPECT_EQ(code_of(m.error()), ec::repo_not_found);
 }
@@ -277,8 +278,8 @@ TEST_F(GitTest, AddWorktreeOnExistingDirFailsWithoutLeftovers) {
   EXPECT_FALSE(fs::exists(m.path() / "worktrees" / "exists"));
   EXPECT_TRUE(fs::exists(dir)); // not ours: untouched
   // Bad name and bad commit fail cleanly too.
-  EXPECT_FALSE(m.add_worktree("a/b", tmp / "work" / "ab", resolved(m, ""),
-                              "makima/ab"));
+  EXPECT_FALSE(
+      m.add_worktree("a/b", tmp / "work" / "ab", resolved(m, ""), "makima/ab"));
   auto bad = m.add_worktree("bad", tmp / "work" / "bad", std::string(40, 'b'),
                             "makima/bad");
   ASSERT_FALSE(bad);

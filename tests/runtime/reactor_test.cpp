@@ -23,15 +23,15 @@
 #include "tests/fixtures/temp_dir.hpp"
 
 using namespace std::chrono_literals;
-using makima::ec;
 using makima::code_of;
 using makima::describe;
+using makima::ec;
 namespace proc = makima::process;
 
 namespace {
 
 const std::vector<std::string> default_env = {
-  "PATH=/usr/local/bin:/usr/bin:/bin", "LC_ALL=C"};
+    "PATH=/usr/local/bin:/usr/bin:/bin", "LC_ALL=C"};
 
 /// Collects everything a child reports. Acking is either automatic (from a
 /// separate acker thread, like an actor would) or manual.
@@ -102,9 +102,8 @@ public:
   bool wait_output(const std::string& needle,
                    std::chrono::milliseconds timeout = 30s) {
     std::unique_lock<std::mutex> lock{mu_};
-    return cv_.wait_for(lock, timeout, [&] {
-      return out_.find(needle) != std::string::npos;
-    });
+    return cv_.wait_for(lock, timeout,
+                        [&] { return out_.find(needle) != std::string::npos; });
   }
 
   bool wait_chunks(size_t n, std::chrono::milliseconds timeout = 30s) {
@@ -118,15 +117,33 @@ public:
     return f();
   }
 
-  std::string out() { return with([&] { return out_; }); }
-  std::string err() { return with([&] { return err_; }); }
-  size_t chunks() { return with([&] { return chunks_; }); }
-  proc::exit_status status() { return with([&] { return status_; }); }
-  int exit_calls() { return with([&] { return exit_calls_; }); }
-  bool output_after_exit() { return with([&] { return output_after_exit_; }); }
-  bool empty_chunk() { return with([&] { return empty_chunk_; }); }
-  size_t max_chunk() { return with([&] { return max_chunk_; }); }
-  size_t max_outstanding() { return with([&] { return max_outstanding_; }); }
+  std::string out() {
+    return with([&] { return out_; });
+  }
+  std::string err() {
+    return with([&] { return err_; });
+  }
+  size_t chunks() {
+    return with([&] { return chunks_; });
+  }
+  proc::exit_status status() {
+    return with([&] { return status_; });
+  }
+  int exit_calls() {
+    return with([&] { return exit_calls_; });
+  }
+  bool output_after_exit() {
+    return with([&] { return output_after_exit_; });
+  }
+  bool empty_chunk() {
+    return with([&] { return empty_chunk_; });
+  }
+  size_t max_chunk() {
+    return with([&] { return max_chunk_; });
+  }
+  size_t max_outstanding() {
+    return with([&] { return max_outstanding_; });
+  }
 
 private:
   std::mutex mu_;
@@ -253,7 +270,8 @@ TEST(Reactor, SignalDefaultDispositionsInChild) {
   // The test binary ignores SIGINT/SIGPIPE; the child must not inherit it.
   struct sigaction ign {};
   ign.sa_handler = SIG_IGN;
-  struct sigaction old_int {}, old_pipe {};
+  struct sigaction old_int {
+  }, old_pipe{};
   sigaction(SIGINT, &ign, &old_int);
   sigaction(SIGPIPE, &ign, &old_pipe);
   sigset_t block, old_mask;
@@ -296,7 +314,7 @@ TEST(Reactor, CommandNotFound) {
   EXPECT_EQ(code_of(c.error()), ec::command_not_found);
   EXPECT_NE(describe(c.error()).find("makima-no-such-command-xyz"),
             std::string::npos)
-    << describe(c.error());
+      << describe(c.error());
   auto c2 = r.spawn(spec_of({"/nonexistent/dir/tool"}), obs);
   ASSERT_FALSE(c2);
   EXPECT_EQ(code_of(c2.error()), ec::command_not_found);
@@ -328,33 +346,32 @@ TEST(Reactor, CommandNotExecutable) {
   auto c = r.spawn(spec_of({(dir / "plain.txt").string()}), obs);
   ASSERT_FALSE(c);
   EXPECT_EQ(code_of(c.error()), ec::command_not_executable)
-    << describe(c.error());
+      << describe(c.error());
   EXPECT_NE(describe(c.error()).find("plain.txt"), std::string::npos);
   auto c2 = r.spawn(spec_of({(dir / "subdir").string()}), obs);
   ASSERT_FALSE(c2);
   EXPECT_EQ(code_of(c2.error()), ec::command_not_executable)
-    << describe(c2.error());
+      << describe(c2.error());
   // Found on PATH but not executable.
   auto spec = spec_of({"plain.txt"});
   spec.env = {"PATH=" + dir.path().string()};
   auto c3 = r.spawn(spec, obs);
   ASSERT_FALSE(c3);
   EXPECT_EQ(code_of(c3.error()), ec::command_not_executable)
-    << describe(c3.error());
+      << describe(c3.error());
   // Executable bit but no format the kernel knows (ENOEXEC from execve).
   makima::test::write_file(dir / "garbage", std::string("\x01\x02\x03", 3));
   ::chmod((dir / "garbage").c_str(), 0755);
   auto c4 = r.spawn(spec_of({(dir / "garbage").string()}), obs);
   ASSERT_FALSE(c4);
   EXPECT_EQ(code_of(c4.error()), ec::command_not_executable)
-    << describe(c4.error());
+      << describe(c4.error());
   // A script whose interpreter is missing: execve says ENOENT.
   makima::test::write_file(dir / "script", "#!/nonexistent/interp\n");
   ::chmod((dir / "script").c_str(), 0755);
   auto c5 = r.spawn(spec_of({(dir / "script").string()}), obs);
   ASSERT_FALSE(c5);
-  EXPECT_EQ(code_of(c5.error()), ec::command_not_found)
-    << describe(c5.error());
+  EXPECT_EQ(code_of(c5.error()), ec::command_not_found) << describe(c5.error());
   EXPECT_EQ(obs->exit_calls(), 0);
   EXPECT_EQ(r.size(), 0u);
 }
@@ -367,7 +384,7 @@ TEST(Reactor, BadCwdFailsSpawn) {
   EXPECT_EQ(code_of(c.error()), ec::spawn_failed);
   EXPECT_NE(describe(c.error()).find("cannot enter /nonexistent/cwd"),
             std::string::npos)
-    << describe(c.error());
+      << describe(c.error());
   EXPECT_EQ(r.size(), 0u);
 }
 
@@ -378,8 +395,8 @@ TEST(Reactor, CwdAndEnvAreExactlyGiven) {
   auto res = run(r, spec_of({"pwd"}, dir.path()));
   EXPECT_EQ(res.obs->out(), canon + "\n");
   auto spec = spec_of({"env"}, dir.path());
-  spec.env = {"PATH=/usr/bin:/bin", "FOO=bar baz", "EMPTY=",
-              "MULTI=line1\nline2"};
+  spec.env = {"PATH=/usr/bin:/bin", "FOO=bar baz",
+              "EMPTY=", "MULTI=line1\nline2"};
   auto res2 = run(r, spec);
   EXPECT_EQ(res2.obs->out(), "PATH=/usr/bin:/bin\nFOO=bar baz\nEMPTY=\n"
                              "MULTI=line1\nline2\n");
@@ -502,7 +519,7 @@ TEST(Reactor, LargeOutputWithSlowAcksArrivesCompleteAndInOrder) {
   proc::reactor r{opts};
   auto obs = std::make_shared<collector>();
   auto c = r.spawn(sh("head -c 50000000 /dev/urandom | tee '" + copy.string()
-                        + "'; echo done >&2"),
+                      + "'; echo done >&2"),
                    obs);
   ASSERT_TRUE(c) << describe(c.error());
   // Nobody acks for a while: reading must stop at max_unacked chunks.
@@ -566,9 +583,9 @@ TEST(Reactor, ManyConcurrentSpawnsFromSeveralThreads) {
       for (int i = 0; i < per_thread; ++i) {
         int code = (t * per_thread + i) % 100;
         auto obs = std::make_shared<collector>();
-        auto c = r.spawn(sh("echo $$; echo e >&2; sleep 0.05; exit "
-                            + std::to_string(code)),
-                         obs);
+        auto c = r.spawn(
+            sh("echo $$; echo e >&2; sleep 0.05; exit " + std::to_string(code)),
+            obs);
         if (!c) {
           fail("spawn: " + describe(c.error()));
           continue;
@@ -587,8 +604,7 @@ TEST(Reactor, ManyConcurrentSpawnsFromSeveralThreads) {
         if (obs->status().code != code || obs->exit_calls() != 1
             || obs->out() != std::to_string(c.pid) + "\n"
             || obs->err() != "e\n")
-          fail("bad result for " + std::to_string(c.pid) + ": "
-               + obs->out());
+          fail("bad result for " + std::to_string(c.pid) + ": " + obs->out());
         else
           ++ok;
       }
@@ -657,7 +673,8 @@ TEST(Reactor, SpawnLatency) {
     ASSERT_TRUE(c);
     ASSERT_TRUE(obs->wait_exit(10s));
     us.push_back(std::chrono::duration<double, std::micro>(
-                   std::chrono::steady_clock::now() - start).count());
+                     std::chrono::steady_clock::now() - start)
+                     .count());
   }
   std::sort(us.begin(), us.end());
   std::printf("spawn latency /bin/true (spawn -> on_exit), 200 runs: "

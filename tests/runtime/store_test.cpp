@@ -45,7 +45,8 @@ db_options secondary(const fs::path& sdir) {
   return o;
 }
 
-std::vector<stored_chunk> outputs(db& d, std::string_view id, uint64_t from = 0) {
+std::vector<stored_chunk> outputs(db& d, std::string_view id,
+                                  uint64_t from = 0) {
   std::vector<stored_chunk> result;
   auto err = d.for_each_output(id, from, [&](const stored_chunk& c) {
     result.push_back(c);
@@ -55,7 +56,8 @@ std::vector<stored_chunk> outputs(db& d, std::string_view id, uint64_t from = 0)
   return result;
 }
 
-std::vector<std::pair<uint64_t, std::string>> events(db& d, std::string_view id) {
+std::vector<std::pair<uint64_t, std::string>> events(db& d,
+                                                     std::string_view id) {
   std::vector<std::pair<uint64_t, std::string>> result;
   auto err = d.for_each_event(id, [&](uint64_t n, std::string_view json) {
     result.emplace_back(n, std::string{json});
@@ -126,16 +128,19 @@ TEST(store, round_trip_across_reopen) {
   EXPECT_FALSE(*none);
 
   std::vector<std::string> ids;
-  ASSERT_FALSE(d->for_each_task([&](std::string_view id, std::string_view json) {
-    ids.emplace_back(id);
-    EXPECT_EQ(json, R"({"id":")" + std::string{id} + R"("})");
-  }));
+  ASSERT_FALSE(
+      d->for_each_task([&](std::string_view id, std::string_view json) {
+        ids.emplace_back(id);
+        EXPECT_EQ(json, R"({"id":")" + std::string{id} + R"("})");
+      }));
   EXPECT_EQ(ids, (std::vector<std::string>{"t1", "t2"}));
 
   auto ev = events(*d, "t1");
   ASSERT_EQ(ev.size(), 2u);
-  EXPECT_EQ(ev[0], (std::pair<uint64_t, std::string>{0, R"({"state":"queued"})"}));
-  EXPECT_EQ(ev[1], (std::pair<uint64_t, std::string>{1, R"({"state":"running"})"}));
+  EXPECT_EQ(ev[0],
+            (std::pair<uint64_t, std::string>{0, R"({"state":"queued"})"}));
+  EXPECT_EQ(ev[1],
+            (std::pair<uint64_t, std::string>{1, R"({"state":"running"})"}));
   EXPECT_TRUE(events(*d, "t2").empty());
 
   auto out = outputs(*d, "t1");
@@ -197,7 +202,8 @@ TEST(store, output_scan_from_seq_in_numeric_order) {
   for (size_t i = 0; i < shuffled.size(); i += 37) {
     write_batch b;
     for (size_t j = i; j < std::min(shuffled.size(), i + 37); ++j)
-      b.put_output("task", shuffled[j], 1, "chunk " + std::to_string(shuffled[j]));
+      b.put_output("task", shuffled[j], 1,
+                   "chunk " + std::to_string(shuffled[j]));
     ASSERT_FALSE(d->write(std::move(b)));
   }
   auto all = outputs(*d, "task");
@@ -231,9 +237,15 @@ TEST(store, task_id_prefixes_do_not_bleed) {
   test::temp_dir tmp;
   auto d = open_ok(tmp / "data");
   ASSERT_TRUE(d);
-  const std::vector<std::string> ids = {
-    "a", "ab", std::string("a\x01", 2), std::string("a\x01x", 3), "a b",
-    "\xff", "a\xff", "b", "aa"};
+  const std::vector<std::string> ids = {"a",
+                                        "ab",
+                                        std::string("a\x01", 2),
+                                        std::string("a\x01x", 3),
+                                        "a b",
+                                        "\xff",
+                                        "a\xff",
+                                        "b",
+                                        "aa"};
   {
     write_batch b;
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -272,7 +284,8 @@ TEST(store, task_id_prefixes_do_not_bleed) {
     EXPECT_EQ(last_seq(*d, id), std::nullopt) << id;
   }
   size_t count = 0;
-  ASSERT_FALSE(d->for_each_task([&](std::string_view, std::string_view) { ++count; }));
+  ASSERT_FALSE(
+      d->for_each_task([&](std::string_view, std::string_view) { ++count; }));
   EXPECT_EQ(count, ids.size());
 }
 
@@ -286,7 +299,7 @@ TEST(store, last_output_seq_none_and_some) {
   b.put_output("y", 9, 1, "b"); // a later id must not be seen as x's
   ASSERT_FALSE(d->write(std::move(b)));
   EXPECT_EQ(last_seq(*d, "x"), std::optional<uint64_t>{3});
-  EXPECT_EQ(last_seq(*d, "w"), std::nullopt); // before x
+  EXPECT_EQ(last_seq(*d, "w"), std::nullopt);  // before x
   EXPECT_EQ(last_seq(*d, "xx"), std::nullopt); // between x and y
   write_batch b2;
   b2.put_output("x", 256, 2, "c");
@@ -307,9 +320,8 @@ TEST(store, invalid_ids_are_rejected) {
     EXPECT_EQ(code_of(d->get_task(id).error()), ec::invalid_argument);
     EXPECT_EQ(code_of(d->last_output_seq(id).error()), ec::invalid_argument);
     EXPECT_EQ(code_of(d->last_event(id).error()), ec::invalid_argument);
-    EXPECT_EQ(code_of(d->for_each_output(id, 0, [](const stored_chunk&) {
-                return true;
-              })),
+    EXPECT_EQ(code_of(d->for_each_output(
+                  id, 0, [](const stored_chunk&) { return true; })),
               ec::invalid_argument);
     EXPECT_EQ(code_of(d->for_each_event(id, [](uint64_t, std::string_view) {})),
               ec::invalid_argument);
@@ -325,11 +337,13 @@ TEST(store, second_primary_in_same_process_is_locked) {
   ASSERT_TRUE(first);
   auto second = db::open(dir, {});
   ASSERT_FALSE(second);
-  EXPECT_EQ(code_of(second.error()), ec::store_locked) << describe(second.error());
-  EXPECT_NE(describe(second.error()).find("data dir " + dir.string()
-                                          + " is in use by another makima process"),
+  EXPECT_EQ(code_of(second.error()), ec::store_locked)
+      << describe(second.error());
+  EXPECT_NE(describe(second.error())
+                .find("data dir " + dir.string()
+                      + " is in use by another makima process"),
             std::string::npos)
-    << describe(second.error());
+      << describe(second.error());
   first.reset();
   EXPECT_TRUE(open_ok(dir));
 }
@@ -351,7 +365,7 @@ TEST(store, second_primary_in_another_process_is_locked) {
     if (write(ready[1], &c, 1) != 1)
       _exit(2);
     char x;
-    (void) !read(release[0], &x, 1); // until the parent closes it
+    (void)!read(release[0], &x, 1); // until the parent closes it
     _exit(r ? 0 : 1);
   }
   close(ready[1]);
@@ -361,7 +375,8 @@ TEST(store, second_primary_in_another_process_is_locked) {
   ASSERT_EQ(c, 'y') << "child could not open the database";
   auto second = db::open(dir, {});
   ASSERT_FALSE(second);
-  EXPECT_EQ(code_of(second.error()), ec::store_locked) << describe(second.error());
+  EXPECT_EQ(code_of(second.error()), ec::store_locked)
+      << describe(second.error());
   EXPECT_NE(describe(second.error()).find("in use by another makima process"),
             std::string::npos);
   // A secondary works while the other process is the primary.
@@ -403,7 +418,8 @@ TEST(store, secondary_sees_data_written_before_open) {
   w.put_task("u", "x");
   auto err = s.write(std::move(w));
   EXPECT_EQ(code_of(err), ec::store_error);
-  EXPECT_NE(describe(err).find("read-only"), std::string::npos) << describe(err);
+  EXPECT_NE(describe(err).find("read-only"), std::string::npos)
+      << describe(err);
 
   // The primary still writes.
   write_batch b2;
@@ -426,7 +442,8 @@ TEST(store, secondary_without_database_fails) {
 }
 
 TEST(store, corrupt_current_is_reported_and_left_alone) {
-  for (std::string garbage : {std::string("\x13\x37garbage"), std::string("MANIFEST-999999\n")}) {
+  for (std::string garbage :
+       {std::string("\x13\x37garbage"), std::string("MANIFEST-999999\n")}) {
     SCOPED_TRACE(garbage);
     test::temp_dir tmp;
     auto dir = tmp / "data";
@@ -501,7 +518,7 @@ TEST(store, unwritable_dir_is_io_error) {
   ASSERT_FALSE(r);
   EXPECT_EQ(code_of(r.error()), ec::io_error) << describe(r.error());
   EXPECT_NE(describe(r.error()).find(dir.string()), std::string::npos)
-    << describe(r.error());
+      << describe(r.error());
 }
 
 TEST(store, unknown_schema_version_is_refused) {
@@ -530,7 +547,7 @@ TEST(store, unknown_schema_version_is_refused) {
   ASSERT_FALSE(r);
   EXPECT_EQ(code_of(r.error()), ec::store_error);
   EXPECT_NE(describe(r.error()).find("schema version"), std::string::npos)
-    << describe(r.error());
+      << describe(r.error());
 }
 
 namespace {
@@ -592,7 +609,8 @@ TEST(store, disk_full_is_reported_and_acknowledged_writes_survive) {
     ASSERT_TRUE(err) << "the 4 MiB tmpfs never filled up";
     failed_seq = seq;
     EXPECT_EQ(code_of(err), ec::store_full) << describe(err);
-    EXPECT_NE(describe(err).find(dir.string()), std::string::npos) << describe(err);
+    EXPECT_NE(describe(err).find(dir.string()), std::string::npos)
+        << describe(err);
     EXPECT_FALSE(acked.empty());
     // Every later write fails cleanly (no crash) while the disk is full.
     for (int i = 0; i < 3; ++i) {
@@ -601,7 +619,7 @@ TEST(store, disk_full_is_reported_and_acknowledged_writes_survive) {
       auto e = d->write(std::move(b));
       EXPECT_TRUE(e);
       EXPECT_TRUE(code_of(e) == ec::store_full || code_of(e) == ec::store_error)
-        << describe(e);
+          << describe(e);
     }
     // Reads still work.
     EXPECT_EQ(last_seq(*d, "t").value_or(~0ull) >= acked.back(), true);
@@ -664,7 +682,8 @@ TEST(store, writes_resume_in_process_after_space_is_freed) {
     e = d->write(std::move(b));
     if (e)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  } while (e && std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+  } while (
+      e && std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
   EXPECT_FALSE(e) << describe(e);
   EXPECT_EQ(d->get_task("after").value(), std::optional<std::string>{"y"});
   d.reset();
