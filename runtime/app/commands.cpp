@@ -613,14 +613,17 @@ int run_cli(int argc, char** argv) {
   run->add_option("--grace", run_opts.grace,
                   "seconds from SIGTERM to SIGKILL (default 10)")
       ->check(CLI::NonNegativeNumber);
-  run->add_option("--env", run_opts.env,
-                  "KEY=VALUE for the child (repeatable)");
+  run->add_option("--env", run_opts.env, "KEY=VALUE for the child (repeatable)")
+    ->type_size(1)
+    ->expected(1)
+    ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run->add_flag("--commit", run_opts.commit,
                 "commit every change on the task branch at the end");
   run->add_option("--push", run_opts.push, "push the task branch to URL");
 
   run->footer(
-      "Exit status: the task's exit code; 128+N if the child died of signal "
+      "Usage: makima run [OPTIONS] [--] COMMAND [ARGS...]\n\n"
+    "Exit status: the task's exit code; 128+N if the child died of signal "
       "N;\n"
       "127 command not found; 126 not executable; 124 timed out; 130 "
       "cancelled;\n"
