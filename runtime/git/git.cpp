@@ -4,6 +4,7 @@
 #include "runtime/git/git.hpp"
 
 #include <git2.h>
+#include <git2/sys/repository.h>
 #include <openssl/sha.h>
 #include <unistd.h>
 
@@ -830,6 +831,137 @@ mirror::commit_all(const fs::path& dir, const std::string& message,
       != 0)
     return git_fail(ec::git_error, "cannot commit in worktree " + dir.string());
   return std::optional<std::string>{oid_hex(out)};
+}
+
+namespace {
+
+// Removes a file when it goes out of scope.
+struct file_guard {
+  fs::path path;
+  ~file_guard() {
+    std::error_code ignore;
+    if (!path.empty())
+      fs::remove(path, ignore);
+  }
+};
+
+} // namespace
+
+caf::expected<std::string> mirror::snapshot(const fs::path& dir,
+                                            const std::string& ref_name,
+                                            const std::string& message,
+                                            const signature& sig) {
+  std::error_code err;
+  if (!fs::is_directory(dir, err))
+    return make_error(ec::worktree_missing,
+                      "worktree " + dir.string() + " is missing");
+  if (ref_name.compare(0, 5, "refs/") != 0
+      || git_reference_is_valid_name(ref_name.c_str()) == 0)
+    return make_error(ec::invalid_argument,
+                      "invalid snapshot ref name '" + ref_name + "'");
+  git_repository* raw = nullptr;
+  if (git_repository_open_ext(&raw, dir.c_str(), GIT_REPOSITORY_OPEN_NO_SEARCH,
+                              nullptr)
+      != 0)
+    return git_fail(ec::worktree_missing,
+                    "cannot open worktree " + dir.string());
+  repo_ptr repo{raw};
+  // Parent: HEAD's commit (none on an unborn branch).
+  commit_ptr parent;
+  git_reference* href = nullptr;
+  int rc = git_repository_head(&href, raw);
+  if (rc == 0) {
+    ref_ptr head{href};
+    git_object* obj = nullptr;
+    if (git_reference_peel(&obj, href, GIT_OBJECT_COMMIT) != 0)
+      return git_fail(ec::git_error,
+                      "cannot read HEAD of worktree " + dir.string());
+    parent.reset(reinterpret_cast<git_commit*>(obj));
+  } else if (rc != GIT_EUNBORNBRANCH) {
+    return git_fail(ec::git_error,
+                    "cannot read HEAD of worktree " + dir.string());
+  }
+  // Stage into a copy of the worktree's index (for a linked worktree it is
+  // <mirror>/worktrees/<name>/index), installed as this private repository
+  // object's index: the real index file is never opened for writing, and
+  // the copy keeps its stat cache, so unchanged files are not re-hashed.
+  // The copy keeps the original's mtime so racy-entry checks see the same
+  // timestamps.
+  fs::path gitdir = git_repository_path(raw);
+  auto index_file = gitdir / "index";
+  file_guard copy;
+  git_index* iraw = nullptr;
+  if (fs::exists(index_file, err)) {
+    copy.path = gitdir / ("makima-wip-index-" + random_suffix());
+    fs::copy_file(index_file, copy.path, err);
+    if (!err)
+      fs::last_write_time(copy.path, fs::last_write_time(index_file, err), err);
+    if (err)
+      return make_error(ec::io_error, "cannot copy the index of worktree "
+                                          + dir.string() + ": "
+                                          + err.message());
+    if (git_index_open(&iraw, copy.path.c_str()) != 0)
+      return git_fail(ec::git_error,
+                      "cannot read the index of worktree " + dir.string());
+  } else if (git_index_new(&iraw) != 0) {
+    return git_fail(ec::git_error,
+                    "cannot create an index for worktree " + dir.string());
+  }
+  index_ptr index{iraw};
+  if (copy.path.empty() && parent) {
+    git_tree* traw = nullptr;
+    if (git_commit_tree(&traw, parent.get()) != 0)
+      return git_fail(ec::git_error,
+                      "cannot read HEAD's tree in worktree " + dir.string());
+    tree_ptr head_tree{traw};
+    if (git_index_read_tree(iraw, traw) != 0)
+      return git_fail(ec::git_error,
+                      "cannot read HEAD's tree in worktree " + dir.string());
+  }
+  if (git_repository_set_index(raw, iraw) != 0)
+    return git_fail(ec::git_error,
+                    "cannot use a private index for worktree " + dir.string());
+  if (git_index_add_all(iraw, nullptr, GIT_INDEX_ADD_DEFAULT, nullptr, nullptr)
+          != 0
+      || git_index_update_all(iraw, nullptr, nullptr, nullptr) != 0)
+    return git_fail(ec::git_error,
+                    "cannot stage the changes in worktree " + dir.string());
+  git_oid tree_oid;
+  if (git_index_write_tree_to(&tree_oid, iraw, raw) != 0)
+    return git_fail(ec::git_error,
+                    "cannot write the tree of worktree " + dir.string());
+  git_oid out;
+  if (parent && git_oid_equal(git_commit_tree_id(parent.get()), &tree_oid)) {
+    // Nothing changed: HEAD itself is the snapshot.
+    git_oid_cpy(&out, git_commit_id(parent.get()));
+  } else {
+    git_tree* traw = nullptr;
+    if (git_tree_lookup(&traw, raw, &tree_oid) != 0)
+      return git_fail(ec::git_error,
+                      "cannot read the tree of worktree " + dir.string());
+    tree_ptr tree{traw};
+    git_signature* sraw = nullptr;
+    if (git_signature_now(&sraw, sig.name.c_str(), sig.email.c_str()) != 0)
+      return git_fail(ec::git_error, "invalid commit signature '" + sig.name
+                                         + " <" + sig.email + ">'");
+    signature_ptr who{sraw};
+    const git_commit* parents[1] = {parent.get()};
+    // No ref update: HEAD and the branch stay where they are.
+    if (git_commit_create(&out, raw, nullptr, sraw, sraw, nullptr,
+                          message.c_str(), traw, parent ? 1 : 0, parents)
+        != 0)
+      return git_fail(ec::git_error,
+                      "cannot commit a snapshot of worktree " + dir.string());
+  }
+  git_reference* rraw = nullptr;
+  if (git_reference_create(&rraw, raw, ref_name.c_str(), &out, 1,
+                           "makima: snapshot")
+      != 0)
+    return git_fail(ec::git_error, "cannot set " + ref_name
+                                       + " for the snapshot of worktree "
+                                       + dir.string());
+  git_reference_free(rraw);
+  return oid_hex(out);
 }
 
 namespace {

@@ -92,6 +92,20 @@ public:
   commit_all(const std::filesystem::path& dir, const std::string& message,
              const signature& sig);
 
+  /// Records every change in the worktree at `dir` (modified, deleted,
+  /// untracked, not ignored) as a commit on top of its HEAD and points
+  /// `ref_name` (e.g. `refs/wip/<task id>`) at it, without touching the
+  /// worktree's index, files, HEAD or branch: a checkpoint of work in
+  /// progress. Returns the commit id. When nothing differs from HEAD, no
+  /// commit is made: the ref points at HEAD's commit and its id is returned.
+  /// The staged/unstaged split is not recorded. Errors:
+  /// ec::worktree_missing, ec::invalid_argument (bad ref name),
+  /// ec::git_error.
+  caf::expected<std::string> snapshot(const std::filesystem::path& dir,
+                                      const std::string& ref_name,
+                                      const std::string& message,
+                                      const signature& sig);
+
   /// Pushes `refs/heads/<branch>` to `url` (any path or URL libgit2
   /// accepts) under the same name. Errors: ec::push_rejected (the remote
   /// refused the update), ec::repo_not_found, ec::git_error.

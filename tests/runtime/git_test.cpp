@@ -356,6 +356,85 @@ TEST_F(GitTest, CommitAllWithNoChanges) {
   EXPECT_EQ(code_of(missing.error()), ec::worktree_missing);
 }
 
+TEST_F(GitTest, SnapshotLeavesTheWorktreeAlone) {
+  auto m = open_mirror();
+  auto base = resolved(m, "");
+  auto dir = tmp / "work" / "s";
+  ASSERT_TRUE(m.add_worktree("s", dir, base, "makima/s"));
+  // Staged changes (the index differs from HEAD), one of them modified
+  // again after staging, plus unstaged, deleted, untracked and ignored files.
+  write_file(dir / ".gitignore", "*.log\n");
+  write_file(dir / "src/d1/e0/file1.txt", "staged\n");
+  git(dir, {"add", ".gitignore", "src/d1/e0/file1.txt"});
+  write_file(dir / "src/d1/e0/file1.txt", "staged, then changed\n");
+  write_file(dir / "README.md", "changed\n");
+  fs::remove(dir / "src/d0/e0/file0.txt");
+  write_file(dir / "added/new.txt", "new file\n");
+  write_file(dir / "build.log", "ignored\n");
+  // --no-optional-locks: a plain `git status` may refresh the index file.
+  auto status = [&] {
+    return git(dir, {"--no-optional-locks", "status", "--porcelain"});
+  };
+  auto admin = m.path() / "worktrees" / "s";
+  auto status_before = status();
+  auto index_before = read_file(admin / "index");
+  ASSERT_NE(status_before, "");
+  auto snap =
+      m.snapshot(dir, "refs/wip/s", "makima wip s", {"Robot", "r@example.com"});
+  ASSERT_TRUE(snap) << makima::describe(snap.error());
+  EXPECT_EQ(status(), status_before);
+  EXPECT_EQ(read_file(admin / "index"), index_before);
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/wip/s"}), *snap);
+  EXPECT_EQ(git(m.path(), {"rev-parse", *snap + "^"}), base);
+  auto changes =
+      lines(git(m.path(), {"show", "--name-status", "--format=", *snap}));
+  std::set<std::string> got(changes.begin(), changes.end());
+  std::set<std::string> want{"M\tREADME.md", "M\tsrc/d1/e0/file1.txt",
+                             "D\tsrc/d0/e0/file0.txt", "A\tadded/new.txt",
+                             "A\t.gitignore"};
+  EXPECT_EQ(got, want);
+  // The worktree's content wins over the staged one.
+  EXPECT_EQ(git(m.path(), {"show", *snap + ":src/d1/e0/file1.txt"}),
+            "staged, then changed");
+  EXPECT_EQ(git(m.path(), {"log", "-1", "--format=%an <%ae>|%s", *snap}),
+            "Robot <r@example.com>|makima wip s");
+  // HEAD and the branch did not move.
+  EXPECT_EQ(git(dir, {"rev-parse", "HEAD"}), base);
+  EXPECT_EQ(git(dir, {"symbolic-ref", "HEAD"}), "refs/heads/makima/s");
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/heads/makima/s"}), base);
+  // No temporary index left behind.
+  for (auto& e : fs::directory_iterator(admin))
+    EXPECT_EQ(e.path().filename().string().find("makima-wip"),
+              std::string::npos)
+        << e.path();
+  // A later snapshot moves the ref.
+  write_file(dir / "added/new.txt", "newer\n");
+  auto again = m.snapshot(dir, "refs/wip/s", "makima wip s", {});
+  ASSERT_TRUE(again) << makima::describe(again.error());
+  EXPECT_NE(*again, *snap);
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/wip/s"}), *again);
+  EXPECT_EQ(git(m.path(), {"show", *again + ":added/new.txt"}), "newer");
+}
+
+TEST_F(GitTest, SnapshotWithNoChangesPointsAtHead) {
+  auto m = open_mirror();
+  auto base = resolved(m, "");
+  auto dir = tmp / "work" / "sn";
+  ASSERT_TRUE(m.add_worktree("sn", dir, base, "makima/sn"));
+  auto snap = m.snapshot(dir, "refs/wip/sn", "makima wip sn", {});
+  ASSERT_TRUE(snap) << makima::describe(snap.error());
+  EXPECT_EQ(*snap, base);
+  EXPECT_EQ(git(m.path(), {"rev-parse", "refs/wip/sn"}), base);
+  EXPECT_EQ(git(dir, {"status", "--porcelain"}), "");
+  // Errors: missing worktree, invalid ref name.
+  auto missing = m.snapshot(tmp / "work" / "missing", "refs/wip/x", "x", {});
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(code_of(missing.error()), ec::worktree_missing);
+  auto bad = m.snapshot(dir, "refs/wip/a..b", "x", {});
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(code_of(bad.error()), ec::invalid_argument);
+}
+
 TEST_F(GitTest, PushToBareRepo) {
   auto m = open_mirror();
   auto bare = make_bare_repo(tmp / "bare.git");
