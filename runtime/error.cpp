@@ -76,6 +76,12 @@ const char* to_string(ec code) {
     return "command_not_executable";
   case ec::spawn_failed:
     return "spawn_failed";
+  case ec::net_error:
+    return "net_error";
+  case ec::net_timeout:
+    return "net_timeout";
+  case ec::protocol_error:
+    return "protocol_error";
   }
   return "unknown";
 }

@@ -55,6 +55,12 @@ enum class ec : uint8_t {
   command_not_executable = 41,
   /// fork/exec or pipe setup failed.
   spawn_failed = 42,
+  /// A network connection failed (refused, reset, closed unexpectedly).
+  net_error = 50,
+  /// A network operation did not complete in time.
+  net_timeout = 51,
+  /// The peer broke the HTTP/WebSocket/makima protocol.
+  protocol_error = 52,
 };
 
 /// The error category atom of makima's errors.

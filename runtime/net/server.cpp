@@ -1,0 +1,731 @@
+// net::server: HTTP/1.1 sessions (with an optional streaming response for
+// server-sent events) and WebSocket sessions on one listener. One of the two
+// Beast translation units (see beast.hpp).
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <deque>
+#include <mutex>
+#include <unordered_map>
+
+#include "runtime/net/beast.hpp"
+
+namespace makima::net {
+
+namespace {
+
+header_map to_headers(const http::fields& fields) {
+  header_map out;
+  for (const auto& f : fields) {
+    std::string name{f.name_string()};
+    std::transform(name.begin(), name.end(), name.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
+    out[name] = std::string{f.value()};
+  }
+  return out;
+}
+
+std::string remote_of(const tcp::socket& s) {
+  beast::error_code e;
+  auto ep = s.remote_endpoint(e);
+  if (e)
+    return "?";
+  return ep.address().to_string() + ":" + std::to_string(ep.port());
+}
+
+std::string path_of(beast::string_view target) {
+  auto s = std::string{target};
+  return s.substr(0, s.find('?'));
+}
+
+} // namespace
+
+struct session_base {
+  virtual ~session_base() = default;
+  /// Closes the socket; pending operations complete with errors. I/O thread.
+  virtual void shutdown() = 0;
+};
+
+class ws_session;
+
+struct server::impl : std::enable_shared_from_this<server::impl> {
+  impl(io_thread& io, server_options opts, http_handler http, ws_handler ws)
+    : io(io),
+      opts(std::move(opts)),
+      http(std::move(http)),
+      ws(std::move(ws)),
+      acceptor(asio::make_strand(io.get().ioc)) {
+  }
+
+  io_thread& io;
+  server_options opts;
+  http_handler http;
+  ws_handler ws;
+  tcp::acceptor acceptor;
+  std::atomic<uint16_t> port{0};
+  /// Set on the I/O thread by stop(); no callback runs afterwards.
+  bool stopped = false;
+
+  mutable std::mutex mtx;
+  std::unordered_map<uint64_t, std::weak_ptr<session_base>> sessions;
+  std::unordered_map<conn_id, std::weak_ptr<ws_session>> ws_sessions;
+  uint64_t next_id = 1;
+  server_stats st;
+
+  template <class F>
+  void count(F f) {
+    std::lock_guard<std::mutex> guard{mtx};
+    f(st);
+  }
+
+  uint64_t add(std::weak_ptr<session_base> s) {
+    std::lock_guard<std::mutex> guard{mtx};
+    auto id = next_id++;
+    sessions.emplace(id, std::move(s));
+    ++st.connections;
+    return id;
+  }
+
+  void remove(uint64_t id) {
+    std::lock_guard<std::mutex> guard{mtx};
+    if (sessions.erase(id) > 0)
+      --st.connections;
+    ws_sessions.erase(id);
+  }
+
+  void do_accept();
+  void on_accept(beast::error_code e, tcp::socket socket);
+};
+
+// -- WebSocket session --------------------------------------------------------
+
+class ws_session : public session_base,
+                   public std::enable_shared_from_this<ws_session> {
+public:
+  ws_session(std::shared_ptr<server::impl> srv, tcp::socket&& socket,
+             http::request<http::string_body> raw, request req,
+             uint64_t id)
+    : srv_(std::move(srv)),
+      ws_(std::move(socket)),
+      raw_(std::move(raw)),
+      req_(std::move(req)),
+      id_(id) {
+  }
+
+  ~ws_session() override {
+    srv_->remove(id_);
+  }
+
+  void start() {
+    ws_.set_option(
+        websocket::stream_base::timeout::suggested(beast::role_type::server));
+    ws_.set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& res) {
+          res.set(http::field::server, "makima");
+        }));
+    ws_.read_message_max(srv_->opts.max_frame_bytes);
+    ws_.async_accept(raw_, [self = shared_from_this()](beast::error_code e) {
+      self->on_accept(e);
+    });
+  }
+
+  void shutdown() override {
+    beast::error_code ignored;
+    beast::get_lowest_layer(ws_).socket().shutdown(tcp::socket::shutdown_both,
+                                                   ignored);
+    beast::get_lowest_layer(ws_).socket().close(ignored);
+  }
+
+  void send(std::string text) {
+    if (closing_ || finished_ || !opened_)
+      return;
+    queue_.push_back(std::move(text));
+    if (!writing_)
+      do_write();
+  }
+
+  void close(uint16_t code, std::string reason) {
+    if (closing_ || finished_ || !opened_)
+      return;
+    closing_ = true;
+    close_ = websocket::close_reason{static_cast<websocket::close_code>(code), reason};
+    if (!writing_)
+      do_close();
+  }
+
+  auto executor() {
+    return ws_.get_executor();
+  }
+
+private:
+  void on_accept(beast::error_code e) {
+    if (e) {
+      shutdown();
+      return;
+    }
+    opened_ = true;
+    {
+      std::lock_guard<std::mutex> guard{srv_->mtx};
+      srv_->ws_sessions.emplace(id_, weak_from_this());
+      ++srv_->st.ws_opened;
+    }
+    raw_ = {};
+    if (!srv_->stopped && srv_->ws.on_open)
+      srv_->ws.on_open(id_, req_);
+    do_read();
+  }
+
+  void do_read() {
+    ws_.async_read(buf_, [self = shared_from_this()](beast::error_code e,
+                                                     size_t) {
+      self->on_read(e);
+    });
+  }
+
+  void on_read(beast::error_code e) {
+    if (e) {
+      if (e == websocket::error::closed
+          || (ws_.reason().code != websocket::close_code::none
+              && e != websocket::error::message_too_big))
+        finish(ws_.reason().code, std::string{ws_.reason().reason.c_str()});
+      else if (e == websocket::error::message_too_big) {
+        srv_->count([](server_stats& s) { ++s.ws_too_big; });
+        finish(websocket::close_code::too_big, "message too big");
+      } else if (e == asio::error::operation_aborted && sent_code_ != 0)
+        finish(sent_code_, sent_reason_);
+      else
+        finish(websocket::close_code::abnormal, e.message());
+      return;
+    }
+    if (!ws_.got_text()) {
+      buf_.consume(buf_.size());
+      queue_.clear();
+      close(static_cast<uint16_t>(websocket::close_code::unknown_data),
+            "binary messages are not supported");
+      do_read();
+      return;
+    }
+    auto text = beast::buffers_to_string(buf_.data());
+    buf_.consume(buf_.size());
+    if (!srv_->stopped && srv_->ws.on_text && !closing_)
+      srv_->ws.on_text(id_, std::move(text));
+    do_read();
+  }
+
+  void do_write() {
+    writing_ = true;
+    ws_.text(true);
+    ws_.async_write(asio::buffer(queue_.front()),
+                    [self = shared_from_this()](beast::error_code e, size_t) {
+                      self->on_write(e);
+                    });
+  }
+
+  void on_write(beast::error_code e) {
+    writing_ = false;
+    if (e) {
+      // The pending read fails too (or reads the peer's close frame first);
+      // it reports the close.
+      queue_.clear();
+      return;
+    }
+    queue_.pop_front();
+    if (!queue_.empty())
+      do_write();
+    else if (closing_)
+      do_close();
+  }
+
+  void do_close() {
+    sent_code_ = close_.code;
+    sent_reason_ = std::string{close_.reason.c_str()};
+    ws_.async_close(close_, [self = shared_from_this()](beast::error_code e) {
+      if (e)
+        self->shutdown();
+    });
+  }
+
+  void finish(uint16_t code, std::string reason) {
+    if (finished_)
+      return;
+    finished_ = true;
+    queue_.clear();
+    shutdown();
+    srv_->remove(id_);
+    srv_->count([](server_stats& s) { ++s.ws_closed; });
+    if (opened_ && !srv_->stopped && srv_->ws.on_close)
+      srv_->ws.on_close(id_, code, std::move(reason));
+  }
+
+  std::shared_ptr<server::impl> srv_;
+  websocket::stream<beast::tcp_stream> ws_;
+  http::request<http::string_body> raw_;
+  request req_;
+  conn_id id_;
+  beast::flat_buffer buf_;
+  std::deque<std::string> queue_;
+  websocket::close_reason close_;
+  uint16_t sent_code_ = 0;
+  std::string sent_reason_;
+  bool opened_ = false;
+  bool writing_ = false;
+  bool closing_ = false;
+  bool finished_ = false;
+};
+
+class http_session;
+
+struct http_reply::state {
+  std::shared_ptr<http_session> session;
+  std::atomic<bool> answered{false};
+  ~state();
+};
+
+// -- HTTP session -------------------------------------------------------------
+
+class http_session : public session_base,
+                     public std::enable_shared_from_this<http_session> {
+public:
+  http_session(std::shared_ptr<server::impl> srv, tcp::socket&& socket)
+    : srv_(std::move(srv)), stream_(std::move(socket)) {
+  }
+
+  ~http_session() override {
+    srv_->remove(id_);
+  }
+
+  void start(uint64_t id) {
+    id_ = id;
+    remote_ = remote_of(stream_.socket());
+    read_header(srv_->opts.header_timeout);
+  }
+
+  void shutdown() override {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.socket().close(ignored);
+    disconnected();
+  }
+
+  auto executor() {
+    return stream_.get_executor();
+  }
+
+  std::atomic<bool> alive{true};
+
+  // Called from http_reply (posted to executor()).
+  void respond(response res) {
+    if (!alive)
+      return;
+    write_response(std::move(res), false);
+  }
+
+  void begin_stream(unsigned status, std::string ct, header_map headers) {
+    if (!alive)
+      return;
+    streaming_ = true;
+    std::string head = "HTTP/1.1 " + std::to_string(status) + " "
+                       + std::string{http::obsolete_reason(
+                           static_cast<http::status>(status))}
+                       + "\r\nServer: makima\r\nContent-Type: " + ct
+                       + "\r\nCache-Control: no-cache\r\nConnection: close\r\n";
+    for (auto& [k, v] : headers)
+      head += k + ": " + v + "\r\n";
+    head += "\r\n";
+    stream_.expires_never();
+    stream_write(std::move(head));
+    // Detect the client going away: it sends nothing more, so any read
+    // completion (EOF or error) means disconnect.
+    stream_.async_read_some(
+        asio::buffer(scratch_),
+        [self = shared_from_this()](beast::error_code e, size_t) {
+          self->shutdown();
+        });
+  }
+
+  void stream_write(std::string bytes) {
+    if (!alive || !streaming_ || ending_)
+      return;
+    out_.push_back(std::move(bytes));
+    if (!writing_)
+      do_stream_write();
+  }
+
+  void stream_end() {
+    if (!streaming_ || ending_)
+      return;
+    ending_ = true;
+    if (!writing_)
+      shutdown();
+  }
+
+  void set_on_disconnect(std::function<void()> fn) {
+    if (!alive) {
+      if (fn)
+        fn();
+      return;
+    }
+    on_disconnect_ = std::move(fn);
+  }
+
+private:
+  void disconnected() {
+    if (!alive.exchange(false))
+      return;
+    if (auto fn = std::move(on_disconnect_); fn && !srv_->stopped)
+      fn();
+    on_disconnect_ = nullptr;
+  }
+
+  void do_stream_write() {
+    writing_ = true;
+    asio::async_write(stream_, asio::buffer(out_.front()),
+                      [self = shared_from_this()](beast::error_code e, size_t) {
+                        self->writing_ = false;
+                        if (e) {
+                          self->shutdown();
+                          return;
+                        }
+                        self->out_.pop_front();
+                        if (!self->out_.empty())
+                          self->do_stream_write();
+                        else if (self->ending_)
+                          self->shutdown();
+                      });
+  }
+
+  void read_header(std::chrono::milliseconds timeout) {
+    parser_.emplace();
+    parser_->header_limit(static_cast<uint32_t>(srv_->opts.max_header_bytes));
+    parser_->body_limit(srv_->opts.max_body_bytes);
+    stream_.expires_after(timeout);
+    http::async_read_header(
+        stream_, buf_, *parser_,
+        [self = shared_from_this()](beast::error_code e, size_t) {
+          self->on_header(e);
+        });
+  }
+
+  // Returns true when `e` ended the session.
+  bool failed(beast::error_code e) {
+    if (!e)
+      return false;
+    if (e == http::error::body_limit) {
+      srv_->count([](server_stats& s) { ++s.body_limit; });
+      error_response(413, "payload_too_large", "request body too large");
+    } else if (e == http::error::header_limit) {
+      srv_->count([](server_stats& s) { ++s.header_limit; });
+      error_response(431, "header_too_large", "request headers too large");
+    } else if (e == beast::error::timeout) {
+      if (buf_.size() > 0 || parser_->got_some())
+        srv_->count([](server_stats& s) { ++s.header_timeouts; });
+      shutdown();
+    } else if (e.category() == beast::error_code{http::error::end_of_stream}.category()
+               && e != http::error::end_of_stream
+               && e != http::error::partial_message) {
+      srv_->count([](server_stats& s) { ++s.bad_requests; });
+      error_response(400, "bad_request", "malformed HTTP request");
+    } else {
+      shutdown();
+    }
+    return true;
+  }
+
+  void error_response(unsigned status, const char* code, const char* msg) {
+    response res;
+    res.status = status;
+    res.body = std::string{"{\"error\":{\"code\":\""} + code
+               + "\",\"message\":\"" + msg + "\"}}";
+    write_response(std::move(res), true);
+  }
+
+  void on_header(beast::error_code e) {
+    if (failed(e))
+      return;
+    auto& req = parser_->get();
+    if (websocket::is_upgrade(req)
+        && path_of(req.target()) == srv_->opts.ws_path) {
+      upgrade();
+      return;
+    }
+    stream_.expires_after(srv_->opts.body_timeout);
+    http::async_read(stream_, buf_, *parser_,
+                     [self = shared_from_this()](beast::error_code e, size_t) {
+                       self->on_body(e);
+                     });
+  }
+
+  request make_request(const http::request<http::string_body>& req) {
+    request out;
+    out.method = std::string{req.method_string()};
+    out.target = std::string{req.target()};
+    out.headers = to_headers(req);
+    out.body = req.body();
+    out.remote = remote_;
+    return out;
+  }
+
+  void upgrade() {
+    auto raw = parser_->release();
+    auto req = make_request(raw);
+    if (srv_->stopped) {
+      error_response(503, "unavailable", "server stopping");
+      return;
+    }
+    if (srv_->ws.on_upgrade) {
+      if (auto refused = srv_->ws.on_upgrade(req)) {
+        srv_->count([](server_stats& s) { ++s.ws_refused; });
+        write_response(std::move(*refused), true);
+        return;
+      }
+    }
+    stream_.expires_never();
+    alive = false;
+    auto id = srv_->add({});
+    auto ws = std::make_shared<ws_session>(srv_, stream_.release_socket(),
+                                           std::move(raw), std::move(req), id);
+    {
+      std::lock_guard<std::mutex> guard{srv_->mtx};
+      srv_->sessions[id] = ws;
+    }
+    ws->start();
+  }
+
+  void on_body(beast::error_code e) {
+    if (failed(e))
+      return;
+    stream_.expires_never();
+    auto raw = parser_->release();
+    keep_alive_ = raw.keep_alive();
+    auto req = make_request(raw);
+    srv_->count([](server_stats& s) { ++s.http_requests; });
+    if (srv_->stopped || !srv_->http) {
+      error_response(503, "unavailable", "server stopping");
+      return;
+    }
+    auto st = std::make_shared<http_reply::state>();
+    st->session = shared_from_this();
+    try {
+      srv_->http(std::move(req), http_reply{std::move(st)});
+    } catch (...) {
+      // The reply state's destructor answers 500 if nothing was sent.
+    }
+  }
+
+  void write_response(response res, bool close) {
+    auto r = std::make_shared<http::response<http::string_body>>(
+        static_cast<http::status>(res.status), 11);
+    r->set(http::field::server, "makima");
+    r->set(http::field::content_type, res.content_type);
+    for (auto& [k, v] : res.headers)
+      r->set(k, v);
+    r->body() = std::move(res.body);
+    r->keep_alive(keep_alive_ && !close);
+    r->prepare_payload();
+    stream_.expires_after(srv_->opts.body_timeout);
+    http::async_write(stream_, *r,
+                      [self = shared_from_this(), r](beast::error_code e,
+                                                     size_t) {
+                        if (e || !r->keep_alive()) {
+                          self->shutdown();
+                          return;
+                        }
+                        self->read_header(self->srv_->opts.idle_timeout);
+                      });
+  }
+
+  std::shared_ptr<server::impl> srv_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buf_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  uint64_t id_ = 0;
+  std::string remote_;
+  bool keep_alive_ = false;
+  bool streaming_ = false;
+  bool writing_ = false;
+  bool ending_ = false;
+  std::deque<std::string> out_;
+  std::array<char, 256> scratch_;
+  std::function<void()> on_disconnect_;
+};
+
+// -- http_reply ---------------------------------------------------------------
+
+http_reply::state::~state() {
+  {
+    if (!answered && session) {
+      auto s = session;
+      asio::post(s->executor(), [s] {
+        response res;
+        res.status = 500;
+        res.body = "{\"error\":{\"code\":\"internal\",\"message\":\"no "
+                   "response\"}}";
+        s->respond(std::move(res));
+      });
+    }
+  }
+}
+
+void http_reply::send(response res) const {
+  if (st_->answered.exchange(true))
+    return;
+  auto s = st_->session;
+  asio::post(s->executor(),
+             [s, res = std::move(res)]() mutable { s->respond(std::move(res)); });
+}
+
+void http_reply::begin_stream(unsigned status, std::string content_type,
+                              header_map headers) const {
+  if (st_->answered.exchange(true))
+    return;
+  auto s = st_->session;
+  asio::post(s->executor(), [s, status, ct = std::move(content_type),
+                             h = std::move(headers)]() mutable {
+    s->begin_stream(status, std::move(ct), std::move(h));
+  });
+}
+
+void http_reply::write(std::string bytes) const {
+  auto s = st_->session;
+  asio::post(s->executor(), [s, b = std::move(bytes)]() mutable {
+    s->stream_write(std::move(b));
+  });
+}
+
+void http_reply::end() const {
+  auto s = st_->session;
+  asio::post(s->executor(), [s] { s->stream_end(); });
+}
+
+void http_reply::on_disconnect(std::function<void()> fn) const {
+  auto s = st_->session;
+  asio::post(s->executor(), [s, fn = std::move(fn)]() mutable {
+    s->set_on_disconnect(std::move(fn));
+  });
+}
+
+bool http_reply::open() const {
+  return st_->session->alive;
+}
+
+// -- server -------------------------------------------------------------------
+
+void server::impl::do_accept() {
+  acceptor.async_accept(
+      asio::make_strand(io.get().ioc),
+      [self = shared_from_this()](beast::error_code e, tcp::socket s) {
+        self->on_accept(e, std::move(s));
+      });
+}
+
+void server::impl::on_accept(beast::error_code e, tcp::socket socket) {
+  if (stopped || e == asio::error::operation_aborted)
+    return;
+  if (!e) {
+    auto s = std::make_shared<http_session>(shared_from_this(),
+                                            std::move(socket));
+    auto id = add(s);
+    s->start(id);
+  }
+  do_accept();
+}
+
+server::server(io_thread& io, server_options opts, http_handler http,
+               ws_handler ws)
+  : impl_(std::make_shared<impl>(io, std::move(opts), std::move(http),
+                                 std::move(ws))) {
+}
+
+server::~server() {
+  stop();
+}
+
+caf::expected<uint16_t> server::start() {
+  caf::error err;
+  auto& d = *impl_;
+  run_on(d.io, [&] {
+    beast::error_code e;
+    auto addr = asio::ip::make_address(d.opts.host, e);
+    if (e) {
+      err = make_error(ec::invalid_argument,
+                       "invalid listen address: " + d.opts.host);
+      return;
+    }
+    tcp::endpoint ep{addr, d.opts.port};
+    auto where = d.opts.host + ":" + std::to_string(d.opts.port);
+    d.acceptor.open(ep.protocol(), e);
+    if (!e)
+      d.acceptor.set_option(asio::socket_base::reuse_address(true), e);
+    if (!e)
+      d.acceptor.bind(ep, e);
+    if (!e)
+      d.acceptor.listen(asio::socket_base::max_listen_connections, e);
+    if (e) {
+      err = to_error(e, "cannot listen on " + where);
+      return;
+    }
+    d.port = d.acceptor.local_endpoint(e).port();
+    d.do_accept();
+  });
+  if (err)
+    return err;
+  return d.port.load();
+}
+
+uint16_t server::port() const {
+  return impl_->port;
+}
+
+void server::stop() {
+  auto d = impl_;
+  run_on(d->io, [d] {
+    if (d->stopped)
+      return;
+    d->stopped = true;
+    beast::error_code ignored;
+    d->acceptor.close(ignored);
+    std::vector<std::shared_ptr<session_base>> all;
+    {
+      std::lock_guard<std::mutex> guard{d->mtx};
+      for (auto& [id, w] : d->sessions)
+        if (auto s = w.lock())
+          all.push_back(std::move(s));
+    }
+    for (auto& s : all)
+      s->shutdown();
+  });
+}
+
+void server::send(conn_id id, std::string text) {
+  std::shared_ptr<ws_session> s;
+  {
+    std::lock_guard<std::mutex> guard{impl_->mtx};
+    auto i = impl_->ws_sessions.find(id);
+    if (i != impl_->ws_sessions.end())
+      s = i->second.lock();
+  }
+  if (s)
+    asio::post(s->executor(),
+               [s, t = std::move(text)]() mutable { s->send(std::move(t)); });
+}
+
+void server::close(conn_id id, uint16_t code, std::string reason) {
+  std::shared_ptr<ws_session> s;
+  {
+    std::lock_guard<std::mutex> guard{impl_->mtx};
+    auto i = impl_->ws_sessions.find(id);
+    if (i != impl_->ws_sessions.end())
+      s = i->second.lock();
+  }
+  if (s)
+    asio::post(s->executor(), [s, code, r = std::move(reason)]() mutable {
+      s->close(code, std::move(r));
+    });
+}
+
+server_stats server::stats() const {
+  std::lock_guard<std::mutex> guard{impl_->mtx};
+  return impl_->st;
+}
+
+} // namespace makima::net
