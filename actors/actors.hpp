@@ -6,7 +6,7 @@
 //     ▼                                          │ (each already persisted)
 //   DAEMON (supervisor) ── spawns one per attempt ──▶ TASK
 //     │ one per repository URL                    │ │
-//     prepare/reopen/commit/push ▼                                           │
+//     prepare/reopen/commit/snapshot/push/remove ▼                           │
 //     ▼
 //   REPO (libgit2, detached) ◀────────────────────┘ REPO
 //                                                 │ create/put/output
@@ -72,9 +72,9 @@ using link_actor = caf::typed_actor<
     caf::reacts_to<result_atom, task_record>>;
 
 /// The REPO actor serializes all git work on one repository: a bare mirror
-/// cache (clone, fetch), task worktrees, commits and pushes. Detached
-/// (libgit2 blocks). One per repository URL, spawned by DAEMON; receives
-/// from TASK.
+/// cache (clone, fetch), task worktrees, commits, WIP snapshots, pushes and
+/// cleanup. Detached (libgit2 blocks). One per repository URL, spawned by
+/// DAEMON; receives from TASK.
 using repo_actor = caf::typed_actor<
     // Clones or fetches the mirror, resolves ref (task id, ref, worktree dir)
     // and creates the task's worktree on branch makima/<id>.
@@ -86,8 +86,14 @@ using repo_actor = caf::typed_actor<
     // Commits every change in worktree `dir` with `message`; returns the
     // commit id, or "" when nothing changed.
     caf::replies_to<commit_atom, std::string, std::string>::with<std::string>,
+    // Snapshots worktree `dir` of task `id` to refs/wip/<id>; returns commit.
+    caf::replies_to<snapshot_atom, std::string /*worktree dir*/,
+                    std::string /*task id*/>::with<std::string>,
     // Pushes `branch` to `url`.
-    caf::replies_to<push_atom, std::string, std::string>::with<ok_atom>>;
+    caf::replies_to<push_atom, std::string, std::string>::with<ok_atom>,
+    // Removes task `id`'s worktree (files and metadata) and deletes `branch`.
+    caf::replies_to<remove_atom, std::string /*task id*/,
+                    std::string /*branch*/>::with<ok_atom>>;
 
 /// The TASK actor runs one attempt of one task: a state machine
 /// (preparing → running → publishing → succeeded | failed | cancelled |

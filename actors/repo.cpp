@@ -82,6 +82,21 @@ repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
           return id.error();
         return *id ? **id : std::string{};
       },
+      [self](snapshot_atom, const std::string& dir,
+             const std::string& id) -> caf::result<std::string> {
+        auto& st = self->state;
+        if (auto err = ensure_mirror(st, false))
+          return err;
+        git::signature sig{st.author_name, st.author_email};
+        auto commit =
+            st.mirror->snapshot(dir, "refs/wip/" + id, "makima wip " + id, sig);
+        if (!commit) {
+          log::warn("repo", "cannot snapshot task " + id + ": "
+                                + describe(commit.error()));
+          return commit.error();
+        }
+        return *commit;
+      },
       [self](push_atom, const std::string& branch,
              const std::string& url) -> caf::result<ok_atom> {
         auto& st = self->state;
@@ -89,6 +104,18 @@ repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
           return err;
         if (auto err = st.mirror->push(branch, url))
           return err;
+        return ok_atom::value;
+      },
+      [self](remove_atom, const std::string& id,
+             const std::string& branch) -> caf::result<ok_atom> {
+        auto& st = self->state;
+        if (auto err = ensure_mirror(st, false))
+          return err;
+        if (auto err = st.mirror->remove_worktree(id, branch)) {
+          log::warn("repo", "cannot remove the worktree of task " + id + ": "
+                                + describe(err));
+          return err;
+        }
         return ok_atom::value;
       },
   };

@@ -1,5 +1,6 @@
 // The REPO actor on a generated repository: prepare (mirror + worktree),
-// reopen for a resumed attempt, commit and push, and its errors.
+// reopen for a resumed attempt, commit and push, WIP snapshots, removal, and
+// its errors.
 #include "actors/repo.hpp"
 
 #include "tests/actors/actor_fixture.hpp"
@@ -134,4 +135,58 @@ TEST_F(repo_actor_test, missing_repository_and_bad_ref_are_errors) {
                            std::string::npos);
                });
   EXPECT_FALSE(std::filesystem::exists(dir.path() / "wt/t2"));
+}
+
+TEST_F(repo_actor_test, snapshot_leaves_the_worktree_unchanged) {
+  auto wt = prepare("t1", "");
+  makima::test::write_file(std::filesystem::path{wt.path} / "wip/notes.txt",
+                           "half done\n");
+  auto status = [&] {
+    return git_cli(wt.path, {"--no-optional-locks", "status", "--porcelain"});
+  };
+  auto before = status();
+  std::string commit;
+  (*self)
+      ->request(repo, timeout, snapshot_atom::value, wt.path, std::string{"t1"})
+      .receive([&](std::string& id) { commit = id; },
+               [](caf::error& err) { FAIL() << describe(err); });
+  ASSERT_EQ(commit.size(), 40u);
+  EXPECT_NE(commit, wt.base_commit);
+  EXPECT_EQ(status(), before);
+  EXPECT_EQ(git_cli(wt.path, {"rev-parse", "refs/wip/t1"}), commit);
+  EXPECT_EQ(git_cli(wt.path, {"rev-parse", commit + "^"}), wt.base_commit);
+  EXPECT_EQ(git_cli(wt.path, {"show", commit + ":wip/notes.txt"}), "half done");
+  EXPECT_EQ(git_cli(wt.path, {"log", "-1", "--format=%s", commit}),
+            "makima wip t1");
+  EXPECT_EQ(git_cli(wt.path, {"rev-parse", "HEAD"}), wt.base_commit);
+  // A missing worktree is an error.
+  (*self)
+      ->request(repo, timeout, snapshot_atom::value,
+                (dir.path() / "wt/nope").string(), std::string{"nope"})
+      .receive([](std::string&) { FAIL() << "snapshot of a missing dir"; },
+               [](caf::error& err) {
+                 EXPECT_EQ(code_of(err), ec::worktree_missing);
+               });
+}
+
+TEST_F(repo_actor_test, remove_deletes_the_worktree_and_its_branch) {
+  auto wt = prepare("t1", "");
+  std::filesystem::path common =
+      git_cli(wt.path, {"rev-parse", "--git-common-dir"});
+  auto mirror = common.is_absolute() ? common : wt.path / common;
+  ASSERT_EQ(git_cli(mirror, {"rev-parse", "--is-bare-repository"}), "true");
+  ASSERT_NE(git_cli(mirror, {"for-each-ref", "refs/heads/makima/t1"}), "");
+  makima::test::write_file(std::filesystem::path{wt.path} / "left.txt", "x");
+  for (int i = 0; i < 2; ++i) // idempotent
+    (*self)
+        ->request(repo, timeout, remove_atom::value, std::string{"t1"},
+                  wt.branch)
+        .receive([](ok_atom) {},
+                 [](caf::error& err) { FAIL() << describe(err); });
+  EXPECT_FALSE(std::filesystem::exists(wt.path));
+  EXPECT_EQ(git_cli(mirror, {"for-each-ref", "refs/heads/makima/t1"}), "");
+  EXPECT_EQ(git_cli(mirror, {"worktree", "list", "--porcelain"}).find("/wt/t1"),
+            std::string::npos);
+  // The task id can be prepared again.
+  EXPECT_EQ(prepare("t1", "").base_commit, wt.base_commit);
 }
