@@ -15,10 +15,15 @@ const char* kScript =
     "cat created-by-1.txt; cat \"$MAKIMA_STATE_DIR/mark\"; pwd -P; "
     "echo err2 >&2; exit 7";
 
-// Runs `args` in the background, waits for "ready", SIGKILLs makima.
-void run_and_sigkill(const env& e, const std::vector<std::string>& args) {
+// Runs `args` in the background, waits until makima has shown every one of
+// `needles` (shown = already stored), then SIGKILLs makima. Waiting for the
+// stderr line too matters: stdout and stderr are separate pipes, and bytes
+// still in a pipe when makima dies are lost with it.
+void run_and_sigkill(const env& e, const std::vector<std::string>& args,
+                     const std::vector<std::string>& needles = {"ready"}) {
   test::background bg(e.run_argv(args), e.opts());
-  ASSERT_TRUE(bg.wait_for_output("ready", 15000ms));
+  for (auto& needle : needles)
+    ASSERT_TRUE(bg.wait_for_output(needle, 15000ms)) << needle;
   bg.kill(SIGKILL);
   auto r = bg.wait(10000ms);
   ASSERT_EQ(r.signal, SIGKILL);
@@ -27,7 +32,8 @@ void run_and_sigkill(const env& e, const std::vector<std::string>& args) {
 TEST(Resume, SigkilledTaskIsInterruptedAndResumesAsAttempt2) {
   env e;
   ASSERT_NO_FATAL_FAILURE(
-      run_and_sigkill(e, {"--id", "rs", "--", "sh", "-c", kScript}));
+      run_and_sigkill(e, {"--id", "rs", "--", "sh", "-c", kScript},
+                      {"ready", "err1"}));
 
   auto l = e.list();
   ASSERT_EQ(l.size(), 1u) << l.dump(2);
