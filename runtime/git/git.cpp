@@ -766,6 +766,36 @@ caf::expected<worktree_info> mirror::open_worktree(const std::string& name,
   return worktree_info{dir, branch, base};
 }
 
+namespace {
+
+// Creates a commit of `tree_oid` on `parent` (null: a root commit) by `sig`,
+// moving `update_ref` ("HEAD") to it, or no ref when null.
+caf::expected<git_oid>
+create_commit(git_repository* repo, const git_oid& tree_oid,
+              const git_commit* parent, const signature& sig,
+              const std::string& message, const char* update_ref,
+              const fs::path& dir) {
+  git_tree* traw = nullptr;
+  if (git_tree_lookup(&traw, repo, &tree_oid) != 0)
+    return git_fail(ec::git_error,
+                    "cannot read the tree of worktree " + dir.string());
+  tree_ptr tree{traw};
+  git_signature* sraw = nullptr;
+  if (git_signature_now(&sraw, sig.name.c_str(), sig.email.c_str()) != 0)
+    return git_fail(ec::git_error, "invalid commit signature '" + sig.name
+                                       + " <" + sig.email + ">'");
+  signature_ptr who{sraw};
+  const git_commit* parents[1] = {parent};
+  git_oid out;
+  if (git_commit_create(&out, repo, update_ref, sraw, sraw, nullptr,
+                        message.c_str(), traw, parent ? 1 : 0, parents)
+      != 0)
+    return git_fail(ec::git_error, "cannot commit in worktree " + dir.string());
+  return out;
+}
+
+} // namespace
+
 caf::expected<std::optional<std::string>>
 mirror::commit_all(const fs::path& dir, const std::string& message,
                    const signature& sig) {
@@ -814,23 +844,11 @@ mirror::commit_all(const fs::path& dir, const std::string& message,
     return git_fail(ec::git_error,
                     "cannot read HEAD of worktree " + dir.string());
   }
-  git_tree* traw = nullptr;
-  if (git_tree_lookup(&traw, raw, &tree_oid) != 0)
-    return git_fail(ec::git_error,
-                    "cannot read the tree of worktree " + dir.string());
-  tree_ptr tree{traw};
-  git_signature* sraw = nullptr;
-  if (git_signature_now(&sraw, sig.name.c_str(), sig.email.c_str()) != 0)
-    return git_fail(ec::git_error, "invalid commit signature '" + sig.name
-                                       + " <" + sig.email + ">'");
-  signature_ptr who{sraw};
-  const git_commit* parents[1] = {parent.get()};
-  git_oid out;
-  if (git_commit_create(&out, raw, "HEAD", sraw, sraw, nullptr, message.c_str(),
-                        traw, parent ? 1 : 0, parents)
-      != 0)
-    return git_fail(ec::git_error, "cannot commit in worktree " + dir.string());
-  return std::optional<std::string>{oid_hex(out)};
+  auto out =
+      create_commit(raw, tree_oid, parent.get(), sig, message, "HEAD", dir);
+  if (!out)
+    return out.error();
+  return std::optional<std::string>{oid_hex(*out)};
 }
 
 namespace {
@@ -935,23 +953,12 @@ caf::expected<std::string> mirror::snapshot(const fs::path& dir,
     // Nothing changed: HEAD itself is the snapshot.
     git_oid_cpy(&out, git_commit_id(parent.get()));
   } else {
-    git_tree* traw = nullptr;
-    if (git_tree_lookup(&traw, raw, &tree_oid) != 0)
-      return git_fail(ec::git_error,
-                      "cannot read the tree of worktree " + dir.string());
-    tree_ptr tree{traw};
-    git_signature* sraw = nullptr;
-    if (git_signature_now(&sraw, sig.name.c_str(), sig.email.c_str()) != 0)
-      return git_fail(ec::git_error, "invalid commit signature '" + sig.name
-                                         + " <" + sig.email + ">'");
-    signature_ptr who{sraw};
-    const git_commit* parents[1] = {parent.get()};
     // No ref update: HEAD and the branch stay where they are.
-    if (git_commit_create(&out, raw, nullptr, sraw, sraw, nullptr,
-                          message.c_str(), traw, parent ? 1 : 0, parents)
-        != 0)
-      return git_fail(ec::git_error,
-                      "cannot commit a snapshot of worktree " + dir.string());
+    auto made =
+        create_commit(raw, tree_oid, parent.get(), sig, message, nullptr, dir);
+    if (!made)
+      return made.error();
+    out = *made;
   }
   git_reference* rraw = nullptr;
   if (git_reference_create(&rraw, raw, ref_name.c_str(), &out, 1,
