@@ -768,6 +768,40 @@ caf::expected<worktree_info> mirror::open_worktree(const std::string& name,
 
 namespace {
 
+// Opens the linked worktree at `dir` as a repository of its own.
+caf::expected<repo_ptr> open_worktree_repo(const fs::path& dir) {
+  std::error_code err;
+  if (!fs::is_directory(dir, err))
+    return make_error(ec::worktree_missing,
+                      "worktree " + dir.string() + " is missing");
+  git_repository* raw = nullptr;
+  if (git_repository_open_ext(&raw, dir.c_str(), GIT_REPOSITORY_OPEN_NO_SEARCH,
+                              nullptr)
+      != 0)
+    return git_fail(ec::worktree_missing,
+                    "cannot open worktree " + dir.string());
+  return repo_ptr{raw};
+}
+
+// Returns HEAD's commit of the worktree repository, or null on an unborn
+// branch (no commit yet).
+caf::expected<commit_ptr> head_commit(git_repository* repo,
+                                      const fs::path& dir) {
+  git_reference* href = nullptr;
+  int rc = git_repository_head(&href, repo);
+  if (rc == GIT_EUNBORNBRANCH)
+    return commit_ptr{};
+  if (rc != 0)
+    return git_fail(ec::git_error,
+                    "cannot read HEAD of worktree " + dir.string());
+  ref_ptr head{href};
+  git_object* obj = nullptr;
+  if (git_reference_peel(&obj, href, GIT_OBJECT_COMMIT) != 0)
+    return git_fail(ec::git_error,
+                    "cannot read HEAD of worktree " + dir.string());
+  return commit_ptr{reinterpret_cast<git_commit*>(obj)};
+}
+
 // Creates a commit of `tree_oid` on `parent` (null: a root commit) by `sig`,
 // moving `update_ref` ("HEAD") to it, or no ref when null.
 caf::expected<git_oid>
@@ -799,17 +833,10 @@ create_commit(git_repository* repo, const git_oid& tree_oid,
 caf::expected<std::optional<std::string>>
 mirror::commit_all(const fs::path& dir, const std::string& message,
                    const signature& sig) {
-  std::error_code err;
-  if (!fs::is_directory(dir, err))
-    return make_error(ec::worktree_missing,
-                      "worktree " + dir.string() + " is missing");
-  git_repository* raw = nullptr;
-  if (git_repository_open_ext(&raw, dir.c_str(), GIT_REPOSITORY_OPEN_NO_SEARCH,
-                              nullptr)
-      != 0)
-    return git_fail(ec::worktree_missing,
-                    "cannot open worktree " + dir.string());
-  repo_ptr repo{raw};
+  auto repo = open_worktree_repo(dir);
+  if (!repo)
+    return repo.error();
+  auto raw = repo->get();
   git_index* iraw = nullptr;
   if (git_repository_index(&iraw, raw) != 0)
     return git_fail(ec::git_error,
@@ -827,25 +854,13 @@ mirror::commit_all(const fs::path& dir, const std::string& message,
   if (git_index_write(iraw) != 0)
     return git_fail(ec::git_error,
                     "cannot write the index of worktree " + dir.string());
-  // Parent: HEAD's commit (none on an unborn branch).
-  commit_ptr parent;
-  git_reference* href = nullptr;
-  int rc = git_repository_head(&href, raw);
-  if (rc == 0) {
-    ref_ptr head{href};
-    git_object* obj = nullptr;
-    if (git_reference_peel(&obj, href, GIT_OBJECT_COMMIT) != 0)
-      return git_fail(ec::git_error,
-                      "cannot read HEAD of worktree " + dir.string());
-    parent.reset(reinterpret_cast<git_commit*>(obj));
-    if (git_oid_equal(git_commit_tree_id(parent.get()), &tree_oid))
-      return std::optional<std::string>{};
-  } else if (rc != GIT_EUNBORNBRANCH) {
-    return git_fail(ec::git_error,
-                    "cannot read HEAD of worktree " + dir.string());
-  }
+  auto parent = head_commit(raw, dir);
+  if (!parent)
+    return parent.error();
+  if (*parent && git_oid_equal(git_commit_tree_id(parent->get()), &tree_oid))
+    return std::optional<std::string>{};
   auto out =
-      create_commit(raw, tree_oid, parent.get(), sig, message, "HEAD", dir);
+      create_commit(raw, tree_oid, parent->get(), sig, message, "HEAD", dir);
   if (!out)
     return out.error();
   return std::optional<std::string>{oid_hex(*out)};
@@ -877,28 +892,14 @@ caf::expected<std::string> mirror::snapshot(const fs::path& dir,
       || git_reference_is_valid_name(ref_name.c_str()) == 0)
     return make_error(ec::invalid_argument,
                       "invalid snapshot ref name '" + ref_name + "'");
-  git_repository* raw = nullptr;
-  if (git_repository_open_ext(&raw, dir.c_str(), GIT_REPOSITORY_OPEN_NO_SEARCH,
-                              nullptr)
-      != 0)
-    return git_fail(ec::worktree_missing,
-                    "cannot open worktree " + dir.string());
-  repo_ptr repo{raw};
-  // Parent: HEAD's commit (none on an unborn branch).
-  commit_ptr parent;
-  git_reference* href = nullptr;
-  int rc = git_repository_head(&href, raw);
-  if (rc == 0) {
-    ref_ptr head{href};
-    git_object* obj = nullptr;
-    if (git_reference_peel(&obj, href, GIT_OBJECT_COMMIT) != 0)
-      return git_fail(ec::git_error,
-                      "cannot read HEAD of worktree " + dir.string());
-    parent.reset(reinterpret_cast<git_commit*>(obj));
-  } else if (rc != GIT_EUNBORNBRANCH) {
-    return git_fail(ec::git_error,
-                    "cannot read HEAD of worktree " + dir.string());
-  }
+  auto repo = open_worktree_repo(dir);
+  if (!repo)
+    return repo.error();
+  auto raw = repo->get();
+  auto head = head_commit(raw, dir);
+  if (!head)
+    return head.error();
+  commit_ptr parent = std::move(*head);
   // Stage into a copy of the worktree's index (for a linked worktree it is
   // <mirror>/worktrees/<name>/index), installed as this private repository
   // object's index: the real index file is never opened for writing, and
