@@ -24,8 +24,6 @@ using remove_atom = caf::atom_constant<caf::atom("remove")>;
 using reopen_atom = caf::atom_constant<caf::atom("reopen")>;
 using result_atom = caf::atom_constant<caf::atom("result")>;
 using snapshot_atom = caf::atom_constant<caf::atom("snapshot")>;
-using spawned_atom = caf::atom_constant<caf::atom("spawned")>;
-using start_atom = caf::atom_constant<caf::atom("start")>;
 using state_atom = caf::atom_constant<caf::atom("state")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
 

@@ -50,12 +50,8 @@ class ws_session;
 
 struct server::impl : std::enable_shared_from_this<server::impl> {
   impl(io_thread& io, server_options opts, http_handler http, ws_handler ws)
-    : io(io),
-      opts(std::move(opts)),
-      http(std::move(http)),
-      ws(std::move(ws)),
-      acceptor(asio::make_strand(io.get().ioc)) {
-  }
+      : io(io), opts(std::move(opts)), http(std::move(http)), ws(std::move(ws)),
+        acceptor(asio::make_strand(io.get().ioc)) {}
 
   io_thread& io;
   server_options opts;
@@ -103,24 +99,17 @@ class ws_session : public session_base,
                    public std::enable_shared_from_this<ws_session> {
 public:
   ws_session(std::shared_ptr<server::impl> srv, tcp::socket&& socket,
-             http::request<http::string_body> raw, request req,
-             uint64_t id)
-    : srv_(std::move(srv)),
-      ws_(std::move(socket)),
-      raw_(std::move(raw)),
-      req_(std::move(req)),
-      id_(id) {
-  }
+             http::request<http::string_body> raw, request req, uint64_t id)
+      : srv_(std::move(srv)), ws_(std::move(socket)), raw_(std::move(raw)),
+        req_(std::move(req)), id_(id) {}
 
-  ~ws_session() override {
-    srv_->remove(id_);
-  }
+  ~ws_session() override { srv_->remove(id_); }
 
   void start() {
     ws_.set_option(
         websocket::stream_base::timeout::suggested(beast::role_type::server));
-    ws_.set_option(websocket::stream_base::decorator(
-        [](websocket::response_type& res) {
+    ws_.set_option(
+        websocket::stream_base::decorator([](websocket::response_type& res) {
           res.set(http::field::server, "makima");
         }));
     ws_.read_message_max(srv_->opts.max_frame_bytes);
@@ -148,14 +137,13 @@ public:
     if (closing_ || finished_ || !opened_)
       return;
     closing_ = true;
-    close_ = websocket::close_reason{static_cast<websocket::close_code>(code), reason};
+    close_ = websocket::close_reason{static_cast<websocket::close_code>(code),
+                                     reason};
     if (!writing_)
       do_close();
   }
 
-  auto executor() {
-    return ws_.get_executor();
-  }
+  auto executor() { return ws_.get_executor(); }
 
 private:
   void on_accept(beast::error_code e) {
@@ -176,10 +164,10 @@ private:
   }
 
   void do_read() {
-    ws_.async_read(buf_, [self = shared_from_this()](beast::error_code e,
-                                                     size_t) {
-      self->on_read(e);
-    });
+    ws_.async_read(buf_,
+                   [self = shared_from_this()](beast::error_code e, size_t) {
+                     self->on_read(e);
+                   });
   }
 
   void on_read(beast::error_code e) {
@@ -287,12 +275,9 @@ class http_session : public session_base,
                      public std::enable_shared_from_this<http_session> {
 public:
   http_session(std::shared_ptr<server::impl> srv, tcp::socket&& socket)
-    : srv_(std::move(srv)), stream_(std::move(socket)) {
-  }
+      : srv_(std::move(srv)), stream_(std::move(socket)) {}
 
-  ~http_session() override {
-    srv_->remove(id_);
-  }
+  ~http_session() override { srv_->remove(id_); }
 
   void start(uint64_t id) {
     id_ = id;
@@ -307,9 +292,7 @@ public:
     disconnected();
   }
 
-  auto executor() {
-    return stream_.get_executor();
-  }
+  auto executor() { return stream_.get_executor(); }
 
   std::atomic<bool> alive{true};
 
@@ -324,11 +307,11 @@ public:
     if (!alive)
       return;
     streaming_ = true;
-    std::string head = "HTTP/1.1 " + std::to_string(status) + " "
-                       + std::string{http::obsolete_reason(
-                           static_cast<http::status>(status))}
-                       + "\r\nServer: makima\r\nContent-Type: " + ct
-                       + "\r\nCache-Control: no-cache\r\nConnection: close\r\n";
+    std::string head =
+        "HTTP/1.1 " + std::to_string(status) + " "
+        + std::string{http::obsolete_reason(static_cast<http::status>(status))}
+        + "\r\nServer: makima\r\nContent-Type: " + ct
+        + "\r\nCache-Control: no-cache\r\nConnection: close\r\n";
     for (auto& [k, v] : headers)
       head += k + ": " + v + "\r\n";
     head += "\r\n";
@@ -420,7 +403,8 @@ private:
       if (buf_.size() > 0 || parser_->got_some())
         srv_->count([](server_stats& s) { ++s.header_timeouts; });
       shutdown();
-    } else if (e.category() == beast::error_code{http::error::end_of_stream}.category()
+    } else if (e.category()
+                   == beast::error_code{http::error::end_of_stream}.category()
                && e != http::error::end_of_stream
                && e != http::error::partial_message) {
       srv_->count([](server_stats& s) { ++s.bad_requests; });
@@ -523,15 +507,15 @@ private:
     r->keep_alive(keep_alive_ && !close);
     r->prepare_payload();
     stream_.expires_after(srv_->opts.body_timeout);
-    http::async_write(stream_, *r,
-                      [self = shared_from_this(), r](beast::error_code e,
-                                                     size_t) {
-                        if (e || !r->keep_alive()) {
-                          self->shutdown();
-                          return;
-                        }
-                        self->read_header(self->srv_->opts.idle_timeout);
-                      });
+    http::async_write(
+        stream_, *r,
+        [self = shared_from_this(), r](beast::error_code e, size_t) {
+          if (e || !r->keep_alive()) {
+            self->shutdown();
+            return;
+          }
+          self->read_header(self->srv_->opts.idle_timeout);
+        });
   }
 
   std::shared_ptr<server::impl> srv_;
@@ -570,8 +554,9 @@ void http_reply::send(response res) const {
   if (st_->answered.exchange(true))
     return;
   auto s = st_->session;
-  asio::post(s->executor(),
-             [s, res = std::move(res)]() mutable { s->respond(std::move(res)); });
+  asio::post(s->executor(), [s, res = std::move(res)]() mutable {
+    s->respond(std::move(res));
+  });
 }
 
 void http_reply::begin_stream(unsigned status, std::string content_type,
@@ -622,8 +607,8 @@ void server::impl::on_accept(beast::error_code e, tcp::socket socket) {
   if (stopped || e == asio::error::operation_aborted)
     return;
   if (!e) {
-    auto s = std::make_shared<http_session>(shared_from_this(),
-                                            std::move(socket));
+    auto s =
+        std::make_shared<http_session>(shared_from_this(), std::move(socket));
     auto id = add(s);
     s->start(id);
   }
@@ -632,9 +617,8 @@ void server::impl::on_accept(beast::error_code e, tcp::socket socket) {
 
 server::server(io_thread& io, server_options opts, http_handler http,
                ws_handler ws)
-  : impl_(std::make_shared<impl>(io, std::move(opts), std::move(http),
-                                 std::move(ws))) {
-}
+    : impl_(std::make_shared<impl>(io, std::move(opts), std::move(http),
+                                   std::move(ws))) {}
 
 server::~server() {
   stop();
@@ -696,27 +680,27 @@ void server::stop() {
   });
 }
 
+namespace {
+
+// The live WebSocket session `id` of `impl`, or null when it is gone.
+template <class Impl>
+std::shared_ptr<ws_session> find_session(Impl& impl, conn_id id) {
+  std::lock_guard<std::mutex> guard{impl.mtx};
+  auto i = impl.ws_sessions.find(id);
+  return i != impl.ws_sessions.end() ? i->second.lock() : nullptr;
+}
+
+} // namespace
+
 void server::send(conn_id id, std::string text) {
-  std::shared_ptr<ws_session> s;
-  {
-    std::lock_guard<std::mutex> guard{impl_->mtx};
-    auto i = impl_->ws_sessions.find(id);
-    if (i != impl_->ws_sessions.end())
-      s = i->second.lock();
-  }
+  auto s = find_session(*impl_, id);
   if (s)
     asio::post(s->executor(),
                [s, t = std::move(text)]() mutable { s->send(std::move(t)); });
 }
 
 void server::close(conn_id id, uint16_t code, std::string reason) {
-  std::shared_ptr<ws_session> s;
-  {
-    std::lock_guard<std::mutex> guard{impl_->mtx};
-    auto i = impl_->ws_sessions.find(id);
-    if (i != impl_->ws_sessions.end())
-      s = i->second.lock();
-  }
+  auto s = find_session(*impl_, id);
   if (s)
     asio::post(s->executor(), [s, code, r = std::move(reason)]() mutable {
       s->close(code, std::move(r));
