@@ -19,6 +19,7 @@ constexpr std::pair<task_state, const char*> state_names[] = {
     {task_state::cancelled, "cancelled"},
     {task_state::timed_out, "timed_out"},
     {task_state::interrupted, "interrupted"},
+    {task_state::queued, "queued"},
 };
 
 } // namespace
@@ -79,6 +80,8 @@ std::string to_json(const task_record& x) {
                {"ref", x.spec.ref},         {"env", x.spec.env},
                {"timeout", x.spec.timeout}, {"grace", x.spec.grace},
                {"commit", x.spec.commit},   {"push_url", x.spec.push_url}};
+  if (!x.spec.selector.empty())
+    j["spec"]["selector"] = x.spec.selector;
   // Invalid UTF-8 in argv/env must not make serialization throw.
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
@@ -123,6 +126,7 @@ std::optional<task_record> record_from_json(const std::string& text) {
     x.spec.grace = s.value("grace", 10.0);
     x.spec.commit = s.value("commit", false);
     x.spec.push_url = s.value("push_url", "");
+    x.spec.selector = s.value("selector", std::map<std::string, std::string>{});
     return x;
   } catch (const nlohmann::json::exception&) {
     return std::nullopt;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,6 +33,9 @@ enum class task_state : uint8_t {
   timed_out = 7,
   /// The makima process that ran it died; `task resume` runs it again.
   interrupted = 8,
+  /// Accepted by a server, waiting for a daemon with capacity (network
+  /// mode only; local mode never uses it).
+  queued = 9,
 };
 
 /// Returns the name of `s` ("running").
@@ -64,13 +68,16 @@ struct task_spec {
   std::string push_url;
   /// Milliseconds since the epoch.
   int64_t created_at = 0;
+  /// Labels a daemon must have to run it (network mode); key "pool" matches
+  /// the daemon's pool. Empty = any daemon.
+  std::map<std::string, std::string> selector;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, task_spec& x) {
   return f(caf::meta::type_name("makima::task_spec"), x.id, x.argv, x.repo,
            x.ref, x.env, x.timeout, x.grace, x.commit, x.push_url,
-           x.created_at);
+           x.created_at, x.selector);
 }
 
 /// Everything known about a task: spec plus the status of its latest

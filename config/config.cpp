@@ -54,6 +54,44 @@ setter string_setter(std::string config::*member, std::string key,
   };
 }
 
+std::vector<std::string> split_list(const std::string& v) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= v.size()) {
+    auto comma = v.find(',', start);
+    auto item = v.substr(start, comma == std::string::npos ? std::string::npos
+                                                           : comma - start);
+    if (!item.empty())
+      out.push_back(item);
+    if (comma == std::string::npos)
+      break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+// A comma-separated list of secrets: never echoed in an error.
+setter key_list_setter(std::vector<std::string> config::*member) {
+  return [member](config& c, const std::string& v, const std::string&) {
+    c.*member = split_list(v);
+    return caf::error{};
+  };
+}
+
+setter bytes_setter(uint64_t config::*member, std::string key) {
+  return [=](config& c, const std::string& v,
+             const std::string& origin) -> caf::error {
+    char* end = nullptr;
+    auto n = std::strtoull(v.c_str(), &end, 10);
+    if (v.empty() || v[0] == '-' || *end != '\0' || n < 1024
+        || n > (uint64_t{1} << 30))
+      return bad(key, origin, v,
+                 "must be a number of bytes from 1024 to 1073741824");
+    c.*member = n;
+    return caf::none;
+  };
+}
+
 setter seconds_setter(double config::*member, std::string key,
                       bool allow_zero) {
   return [=](config& c, const std::string& v,
@@ -170,6 +208,61 @@ const std::vector<key_def>& defs() {
         {"MAKIMA_RECONNECT", "MAKIMA_DAEMON_SERVER_RECONNECTINTERVALSECS"},
         "first reconnect delay (s)",
         seconds_setter(&config::reconnect, "server.reconnect", false));
+    add("server.ca_file", {"MAKIMA_CA_FILE"},
+        "CA bundle to verify a wss:// or https:// server",
+        path_setter(&config::ca_file, "server.ca_file"));
+    add("server.listen", {"MAKIMA_SERVER_LISTEN"},
+        "HOST:PORT `makima server` listens on",
+        string_setter(&config::listen, "server.listen", false));
+    add("server.user_keys", {"MAKIMA_SERVER_USER_KEYS"},
+        "keys that submit, read and cancel (comma-separated; never logged)",
+        key_list_setter(&config::user_keys));
+    add("server.daemon_keys", {"MAKIMA_SERVER_DAEMON_KEYS"},
+        "keys daemons connect with (comma-separated; never logged)",
+        key_list_setter(&config::daemon_keys));
+    add("server.lease", {"MAKIMA_SERVER_LEASE"},
+        "silence (s) after which a daemon loses its tasks",
+        seconds_setter(&config::lease, "server.lease", false));
+    add("server.tls_cert", {"MAKIMA_SERVER_TLS_CERT"},
+        "PEM certificate chain of the server",
+        path_setter(&config::tls_cert, "server.tls_cert"));
+    add("server.tls_key", {"MAKIMA_SERVER_TLS_KEY"},
+        "PEM private key of the server",
+        path_setter(&config::tls_key, "server.tls_key"));
+    add("net.max_frame_bytes", {"MAKIMA_MAX_FRAME_BYTES"},
+        "largest WebSocket message accepted",
+        bytes_setter(&config::max_frame_bytes, "net.max_frame_bytes"));
+    add("net.max_body_bytes", {"MAKIMA_MAX_BODY_BYTES"},
+        "largest HTTP request body accepted",
+        bytes_setter(&config::max_body_bytes, "net.max_body_bytes"));
+    add("daemon.name", {"MAKIMA_DAEMON_NAME"}, "daemon name (default hostname)",
+        string_setter(&config::daemon_name, "daemon.name", false));
+    add("daemon.pool", {"MAKIMA_DAEMON_POOL"}, "k8s|cloudflare|local",
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
+          if (v != "k8s" && v != "cloudflare" && v != "local")
+            return bad("daemon.pool", o, v,
+                       "must be one of k8s, cloudflare, local");
+          c.pool = v;
+          return caf::none;
+        });
+    add("daemon.labels", {"MAKIMA_DAEMON_LABELS"},
+        "labels K=V (comma-separated) matched by task selectors",
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
+          std::map<std::string, std::string> labels;
+          for (auto& item : split_list(v)) {
+            auto eq = item.find('=');
+            if (eq == 0 || eq == std::string::npos)
+              return bad("daemon.labels", o, v, "every label must be K=V");
+            labels[item.substr(0, eq)] = item.substr(eq + 1);
+          }
+          c.labels = std::move(labels);
+          return caf::none;
+        });
+    add("daemon.health_listen", {"MAKIMA_DAEMON_HEALTH_LISTEN"},
+        "HOST:PORT of the daemon's /healthz (empty = none)",
+        string_setter(&config::health_listen, "daemon.health_listen"));
     return t;
   }();
   return table;
@@ -202,6 +295,19 @@ std::optional<std::string> leaf_text(const toml::node& n) {
     return std::to_string(f->get());
   if (auto b = n.as_boolean())
     return b->get() ? "true" : "false";
+  if (auto a = n.as_array()) {
+    // A list of strings (keys, labels): the comma-separated form of env.
+    std::string out;
+    for (auto& e : *a) {
+      auto str = e.as_string();
+      if (str == nullptr)
+        return std::nullopt;
+      if (!out.empty())
+        out += ',';
+      out += str->get();
+    }
+    return out;
+  }
   return std::nullopt;
 }
 

@@ -5,6 +5,7 @@
 // where the value came from.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -54,11 +55,36 @@ struct config {
   /// Tasks run at once by one daemon (`daemon.max_tasks`).
   int max_tasks = 4;
 
-  // [server] — the server a `makima daemon` connects to.
+  /// Daemon name (`daemon.name`; empty = hostname).
+  std::string daemon_name;
+  /// `daemon.pool`: k8s, cloudflare or local.
+  std::string pool = "local";
+  /// `daemon.labels`, matched by task selectors.
+  std::map<std::string, std::string> labels;
+  /// HOST:PORT of a daemon's health endpoint (`daemon.health_listen`).
+  std::string health_listen;
+
+  // [server] — client side: the server a daemon or the CLI talks to.
   std::string server_url;
   std::string api_key;
-  double heartbeat = 10;
+  /// Seconds between heartbeats (a server tells its daemons this value).
+  double heartbeat = 5;
   double reconnect = 5;
+  /// CA bundle for wss:// / https:// (`server.ca_file`; empty = system).
+  std::filesystem::path ca_file;
+
+  // [server] — server side (`makima server`).
+  std::string listen = "127.0.0.1:7420";
+  std::vector<std::string> user_keys;
+  std::vector<std::string> daemon_keys;
+  /// Seconds of silence after which a daemon loses its tasks.
+  double lease = 30;
+  std::filesystem::path tls_cert;
+  std::filesystem::path tls_key;
+
+  // [net]
+  uint64_t max_frame_bytes = 1 << 20;
+  uint64_t max_body_bytes = 1 << 20;
 
   /// The file the values came from, if any.
   std::optional<std::filesystem::path> source_file;

@@ -137,6 +137,11 @@ struct server_options {
   std::chrono::milliseconds body_timeout{30000};
   /// An idle keep-alive HTTP connection is closed after this.
   std::chrono::milliseconds idle_timeout{60000};
+  /// PEM certificate chain and private key; both set = TLS on every
+  /// connection (https and wss), both empty = plain TCP. start() fails with
+  /// ec::invalid_config when a file cannot be read or does not match.
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 /// Counters of a server, for /metrics and tests.
@@ -188,6 +193,9 @@ struct ws_client_options {
   size_t max_frame_bytes = 1 << 20;
   /// Resolve + connect + handshake must finish within this.
   std::chrono::milliseconds connect_timeout{10000};
+  /// wss:// only: PEM CA bundle to verify the server with (empty = the
+  /// system store). The host name is always verified.
+  std::string ca_file;
 };
 
 /// A WebSocket client connection (ws:// only for now).
@@ -231,6 +239,8 @@ struct http_client_options {
   /// Deadline of the whole exchange.
   std::chrono::milliseconds timeout{30000};
   size_t max_body_bytes = 64 << 20;
+  /// https:// only: PEM CA bundle (empty = the system store).
+  std::string ca_file;
 };
 
 /// A blocking HTTP/1.1 request to "http://host:port/target" (for the CLI).
@@ -240,6 +250,41 @@ caf::expected<response> http_request(const std::string& method,
                                           const std::string& url,
                                           std::string body = {},
                                           http_client_options opts = {});
+
+/// A blocking streaming request (server-sent events, `task logs -f`):
+/// calls `on_head` once with the status and headers (empty body), then
+/// `on_data` with each piece of the body as it arrives, until the server
+/// ends the response or a callback returns false. `opts.timeout` bounds the
+/// connect and each wait for the next bytes (not the whole stream).
+/// Errors as http_request.
+caf::error http_stream(const std::string& method, const std::string& url,
+                       const http_client_options& opts,
+                       const std::function<bool(const response&)>& on_head,
+                       const std::function<bool(const std::string&)>& on_data);
+
+/// One server-sent event.
+struct sse_event {
+  /// "message" when the stream named none.
+  std::string event = "message";
+  std::string id;
+  /// The data lines joined with "\n".
+  std::string data;
+};
+
+/// Incremental parser of a text/event-stream body (comments and unknown
+/// fields skipped, CRLF / LF / CR line ends).
+class sse_parser {
+public:
+  /// Feeds body bytes; calls `f` for every complete event.
+  void feed(const std::string& bytes,
+            const std::function<void(const sse_event&)>& f);
+
+private:
+  std::string line_;
+  bool after_cr_ = false;
+  sse_event cur_;
+  bool has_data_ = false;
+};
 
 /// Parts of "scheme://host:port/target" (port defaults from the scheme).
 struct url_parts {

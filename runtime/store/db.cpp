@@ -32,10 +32,14 @@ enum cf_index : size_t {
   cf_events,
   cf_output,
   cf_meta,
+  cf_outbox,
   cf_count
 };
 constexpr const char* cf_names[cf_count] = {"tasks", "events", "output",
-                                            "meta"};
+                                            "meta", "outbox"};
+
+// Meta keys of callers live under "k/" so they never meet "schema".
+constexpr std::string_view user_meta_prefix = "k/";
 
 void put_be64(std::string& out, uint64_t n) {
   for (int shift = 56; shift >= 0; shift -= 8)
@@ -248,10 +252,12 @@ descriptors_for(const std::vector<std::string>& names) {
 // -- write_batch --------------------------------------------------------------
 
 struct write_batch::impl {
+  enum class kind { put, del, del_range };
   struct op {
     cf_index cf;
     std::string key;
-    std::string value;
+    std::string value; // the end key for del_range
+    kind what = kind::put;
   };
   std::vector<op> ops;
   // First invalid id seen; write() refuses the whole batch then.
@@ -296,6 +302,49 @@ void write_batch::put_output(std::string_view id, uint64_t seq, uint8_t stream,
   value.push_back(static_cast<char>(stream));
   value.append(bytes.data(), bytes.size());
   impl_->ops.push_back({cf_output, seq_key(id, seq), std::move(value)});
+}
+
+void write_batch::put_meta(std::string_view key, std::string_view value) {
+  std::string k{user_meta_prefix};
+  k.append(key.data(), key.size());
+  impl_->ops.push_back({cf_meta, std::move(k), std::string{value}});
+}
+
+void write_batch::delete_meta(std::string_view key) {
+  std::string k{user_meta_prefix};
+  k.append(key.data(), key.size());
+  impl_->ops.push_back({cf_meta, std::move(k), {}, impl::kind::del});
+}
+
+namespace {
+
+std::string outbox_key(std::string_view task, uint32_t attempt, uint64_t seq) {
+  std::string k{task};
+  k.push_back('\0');
+  put_be64(k, attempt);
+  put_be64(k, seq);
+  return k;
+}
+
+} // namespace
+
+void write_batch::put_outbox(std::string_view task, uint32_t attempt,
+                             uint64_t seq, std::string_view value) {
+  if (!impl_->check(task))
+    return;
+  impl_->ops.push_back(
+      {cf_outbox, outbox_key(task, attempt, seq), std::string{value}});
+}
+
+void write_batch::delete_outbox(std::string_view task, uint32_t attempt,
+                                uint64_t upto) {
+  if (!impl_->check(task))
+    return;
+  auto end = upto == std::numeric_limits<uint64_t>::max()
+                 ? outbox_key(task, attempt + 1, 0)
+                 : outbox_key(task, attempt, upto + 1);
+  impl_->ops.push_back({cf_outbox, outbox_key(task, attempt, 0),
+                        std::move(end), impl::kind::del_range});
 }
 
 size_t write_batch::size() const {
@@ -512,7 +561,22 @@ caf::error db::write(write_batch&& batch) {
   }
   rocksdb::WriteBatch wb;
   for (auto& op : b.ops) {
-    auto s = wb.Put(d.cfs[op.cf], op.key, op.value);
+    if (!d.cfs[op.cf])
+      return make_error(ec::store_error, std::string{"column family "}
+                                             + cf_names[op.cf] + " missing in "
+                                             + d.dir.string());
+    rocksdb::Status s;
+    switch (op.what) {
+    case write_batch::impl::kind::put:
+      s = wb.Put(d.cfs[op.cf], op.key, op.value);
+      break;
+    case write_batch::impl::kind::del:
+      s = wb.Delete(d.cfs[op.cf], op.key);
+      break;
+    case write_batch::impl::kind::del_range:
+      s = wb.DeleteRange(d.cfs[op.cf], op.key, op.value);
+      break;
+    }
     if (!s.ok())
       return map_status(s, "write to", d.dir);
   }
@@ -609,6 +673,71 @@ db::last_output_seq(std::string_view id) {
 
 caf::expected<std::optional<uint64_t>> db::last_event(std::string_view id) {
   return impl_->last(cf_events, id);
+}
+
+caf::expected<std::optional<std::string>>
+db::get_meta(std::string_view key) {
+  auto& d = *impl_;
+  if (!d.cfs[cf_meta])
+    return std::optional<std::string>{};
+  std::string k{user_meta_prefix};
+  k.append(key.data(), key.size());
+  std::string value;
+  auto s = d.rdb->Get(rocksdb::ReadOptions{}, d.cfs[cf_meta], k, &value);
+  if (s.IsNotFound())
+    return std::optional<std::string>{};
+  if (!s.ok())
+    return d.read_error(s);
+  return std::optional<std::string>{std::move(value)};
+}
+
+caf::error db::for_each_meta(
+    std::string_view prefix,
+    const std::function<void(std::string_view, std::string_view)>& f) {
+  auto& d = *impl_;
+  if (!d.cfs[cf_meta])
+    return caf::none;
+  std::string start{user_meta_prefix};
+  start.append(prefix.data(), prefix.size());
+  std::unique_ptr<rocksdb::Iterator> it{
+      d.rdb->NewIterator(rocksdb::ReadOptions{}, d.cfs[cf_meta])};
+  for (it->Seek(start); it->Valid(); it->Next()) {
+    auto k = it->key();
+    std::string_view key{k.data(), k.size()};
+    if (key.substr(0, start.size()) != start)
+      break;
+    auto v = it->value();
+    f(key.substr(user_meta_prefix.size()),
+      std::string_view{v.data(), v.size()});
+  }
+  if (!it->status().ok())
+    return d.read_error(it->status());
+  return caf::none;
+}
+
+caf::error db::for_each_outbox(
+    const std::function<void(std::string_view task, uint32_t attempt,
+                             uint64_t seq, std::string_view value)>& f) {
+  auto& d = *impl_;
+  if (!d.cfs[cf_outbox])
+    return caf::none;
+  std::unique_ptr<rocksdb::Iterator> it{
+      d.rdb->NewIterator(rocksdb::ReadOptions{}, d.cfs[cf_outbox])};
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    auto k = it->key();
+    std::string_view key{k.data(), k.size()};
+    auto nul = key.find('\0');
+    if (nul == std::string_view::npos || key.size() != nul + 17)
+      return make_error(ec::store_corrupt, "malformed outbox key in the "
+                                           "database in "
+                                               + d.dir.string());
+    auto v = it->value();
+    f(key.substr(0, nul), static_cast<uint32_t>(get_be64(key.data() + nul + 1)),
+      get_be64(key.data() + nul + 9), std::string_view{v.data(), v.size()});
+  }
+  if (!it->status().ok())
+    return d.read_error(it->status());
+  return caf::none;
 }
 
 } // namespace makima::store

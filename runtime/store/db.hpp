@@ -7,8 +7,11 @@
 // Column families and keys (`id` is a task id, which never contains '\0'):
 //   tasks  : id                         -> task record (JSON)
 //   events : id '\0' be64(n)            -> state transition (JSON), n = 0,1,…
-//   output : id '\0' be64(seq)          -> 1 byte stream (1=stdout,2=stderr) +
-//   bytes meta   : "schema"                   -> "1"
+//   output : id '\0' be64(seq)          -> 1 byte stream (1=stdout,2=stderr)
+//                                          + bytes
+//   meta   : "schema"                   -> "1"
+//            "k/" key                   -> value (put_meta/get_meta)
+//   outbox : id '\0' be64(attempt) be64(seq) -> event frame (daemon side)
 #pragma once
 
 #include <cstdint>
@@ -67,6 +70,16 @@ public:
   /// Sets the output chunk `seq` of `id`.
   void put_output(std::string_view id, uint64_t seq, uint8_t stream,
                   std::string_view bytes);
+  /// Sets the caller's key `key` (kept apart from the schema key).
+  void put_meta(std::string_view key, std::string_view value);
+  /// Deletes the caller's key `key`.
+  void delete_meta(std::string_view key);
+  /// Sets outbox entry (task, attempt, seq) — a daemon's unacked event.
+  void put_outbox(std::string_view task, uint32_t attempt, uint64_t seq,
+                  std::string_view value);
+  /// Deletes the outbox entries of (task, attempt) with seq <= `upto`
+  /// (UINT64_MAX: all of the attempt).
+  void delete_outbox(std::string_view task, uint32_t attempt, uint64_t upto);
   /// Number of operations in the batch.
   size_t size() const;
 
@@ -112,6 +125,21 @@ public:
 
   /// Returns the highest event number of `id`, or nullopt when it has none.
   caf::expected<std::optional<uint64_t>> last_event(std::string_view id);
+
+  /// Returns the caller's key `key` (see write_batch::put_meta), or nullopt.
+  caf::expected<std::optional<std::string>> get_meta(std::string_view key);
+
+  /// Calls `f(key, value)` for every caller key starting with `prefix`, in
+  /// key order.
+  caf::error for_each_meta(
+      std::string_view prefix,
+      const std::function<void(std::string_view, std::string_view)>& f);
+
+  /// Calls `f(task, attempt, seq, value)` for every outbox entry, ordered by
+  /// task, attempt, seq. ec::store_corrupt on a malformed key.
+  caf::error for_each_outbox(
+      const std::function<void(std::string_view task, uint32_t attempt,
+                               uint64_t seq, std::string_view value)>& f);
 
 private:
   struct impl;

@@ -529,7 +529,7 @@ TEST(store, unknown_schema_version_is_refused) {
     // Rewrite meta/schema with RocksDB directly.
     rocksdb::DBOptions o;
     std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
-    for (auto name : {"default", "tasks", "events", "output", "meta"})
+    for (auto name : {"default", "tasks", "events", "output", "meta", "outbox"})
       cfs.emplace_back(name, rocksdb::ColumnFamilyOptions{});
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* raw = nullptr;
@@ -690,4 +690,85 @@ TEST(store, writes_resume_in_process_after_space_is_freed) {
   auto d2 = open_ok(dir);
   ASSERT_TRUE(d2);
   EXPECT_EQ(d2->get_task("after").value(), std::optional<std::string>{"y"});
+}
+
+// -- meta keys and the outbox (network mode) ----------------------------------
+
+TEST(store, meta_keys_round_trip_survive_reopen_and_stay_apart_from_schema) {
+  test::temp_dir tmp;
+  auto dir = tmp / "data";
+  {
+    auto d = open_ok(dir);
+    ASSERT_TRUE(d);
+    write_batch b;
+    b.put_meta("seq/t1", "7");
+    b.put_meta("seq/t2", "9");
+    b.put_meta("other", "x");
+    b.put_meta("schema", "not the schema");
+    ASSERT_FALSE(d->write(std::move(b)));
+    write_batch del;
+    del.delete_meta("seq/t2");
+    ASSERT_FALSE(d->write(std::move(del)));
+  }
+  auto d = open_ok(dir); // the schema key was not overwritten
+  ASSERT_TRUE(d);
+  auto v = d->get_meta("seq/t1");
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->value_or(""), "7");
+  auto gone = d->get_meta("seq/t2");
+  ASSERT_TRUE(gone);
+  EXPECT_FALSE(gone->has_value());
+  std::vector<std::pair<std::string, std::string>> seen;
+  ASSERT_FALSE(d->for_each_meta("seq/", [&](auto k, auto val) {
+    seen.emplace_back(std::string{k}, std::string{val});
+  }));
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].first, "seq/t1");
+  EXPECT_EQ(seen[0].second, "7");
+}
+
+TEST(store, outbox_entries_are_ordered_and_deleted_by_attempt_range) {
+  test::temp_dir tmp;
+  auto d = open_ok(tmp / "data");
+  ASSERT_TRUE(d);
+  write_batch b;
+  for (uint64_t seq : {3, 1, 2, 300})
+    b.put_outbox("t1", 2, seq, "e" + std::to_string(seq));
+  b.put_outbox("t1", 1, 5, "old");
+  b.put_outbox("t0", 7, 1, "other task");
+  ASSERT_FALSE(d->write(std::move(b)));
+  auto all = [&] {
+    std::vector<std::string> out;
+    auto err = d->for_each_outbox(
+        [&](std::string_view task, uint32_t attempt, uint64_t seq,
+            std::string_view v) {
+          out.push_back(std::string{task} + "/" + std::to_string(attempt) + "/"
+                        + std::to_string(seq) + "=" + std::string{v});
+        });
+    EXPECT_FALSE(err) << describe(err);
+    return out;
+  };
+  EXPECT_EQ(all(), (std::vector<std::string>{"t0/7/1=other task", "t1/1/5=old",
+                                             "t1/2/1=e1", "t1/2/2=e2",
+                                             "t1/2/3=e3", "t1/2/300=e300"}));
+  write_batch ack;
+  ack.delete_outbox("t1", 2, 2); // cumulative ack of seq 2
+  ASSERT_FALSE(d->write(std::move(ack)));
+  EXPECT_EQ(all(), (std::vector<std::string>{"t0/7/1=other task", "t1/1/5=old",
+                                             "t1/2/3=e3", "t1/2/300=e300"}));
+  write_batch fence;
+  fence.delete_outbox("t1", 1, UINT64_MAX); // whole attempt
+  ASSERT_FALSE(d->write(std::move(fence)));
+  EXPECT_EQ(all(), (std::vector<std::string>{"t0/7/1=other task", "t1/2/3=e3",
+                                             "t1/2/300=e300"}));
+}
+
+TEST(store, outbox_with_an_invalid_task_id_refuses_the_batch) {
+  test::temp_dir tmp;
+  auto d = open_ok(tmp / "data");
+  ASSERT_TRUE(d);
+  write_batch b;
+  b.put_outbox(std::string_view{"a\0b", 3}, 1, 1, "x");
+  auto err = d->write(std::move(b));
+  EXPECT_EQ(code_of(err), ec::invalid_argument);
 }

@@ -1,0 +1,164 @@
+// The frames of the daemon <-> server WebSocket protocol (docs/protocol.md,
+// version 1) as plain structs, and their one JSON codec. Both ends use this
+// file: the server's DAEMON-facing code and the daemon's CONNECTION actor.
+// No transport here; `encode` gives the text of a frame, `decode` parses
+// one and says which §9 error (and close code) bad input deserves.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "actors/messages.hpp"
+
+namespace makima::proto {
+
+/// The protocol version this build speaks (`v` of every frame).
+constexpr int version = 1;
+
+/// Raw output bytes in one `event` frame at most (before base64).
+constexpr size_t max_event_output_bytes = 256 << 10;
+
+/// Close codes of docs/protocol.md §9.
+enum close_code : uint16_t {
+  close_normal = 1000,
+  close_going_away = 1001,
+  close_unsupported_data = 1003,
+  close_invalid_payload = 1007,
+  close_policy = 1008,
+  close_too_big = 1009,
+  close_internal = 1011,
+  close_unsupported_version = 4001,
+  close_unknown_type = 4002,
+  close_hello_required = 4003,
+  close_replaced = 4004,
+  close_lease_expired = 4005,
+  close_seq_gap = 4006,
+};
+
+/// (task, attempt, seq): one event's identity, or an ack position.
+struct attempt_seq {
+  std::string task;
+  uint32_t attempt = 0;
+  uint64_t seq = 0;
+  bool operator==(const attempt_seq& o) const {
+    return task == o.task && attempt == o.attempt && seq == o.seq;
+  }
+};
+
+// -- daemon -> server ---------------------------------------------------------
+
+struct hello {
+  std::string daemon_id;
+  std::string name;
+  std::string pool;
+  std::map<std::string, std::string> labels;
+  uint32_t capacity = 1;
+  uint64_t free_disk_bytes = 0;
+  std::vector<std::string> cached_repos;
+  /// Attempts the daemon still knows; `seq` = last event seq in its outbox.
+  std::vector<attempt_seq> running;
+  std::string version;
+};
+
+/// Both directions; the server's has every field 0 (and sends none).
+struct heartbeat {
+  uint32_t running = 0;
+  uint64_t outbox_events = 0;
+  int64_t outbox_oldest_at = 0;
+};
+
+enum class event_kind : uint8_t { output = 1, state = 2, result = 3 };
+
+const char* to_string(event_kind k);
+
+struct event {
+  std::string task;
+  uint32_t attempt = 0;
+  /// 1, 2, … per attempt.
+  uint64_t seq = 0;
+  event_kind kind = event_kind::output;
+  int64_t at = 0;
+  /// kind == output: chunks with their task-wide output seq.
+  std::vector<output_chunk> chunks;
+  /// kind == state | result: the record after the transition.
+  task_record record;
+};
+
+// -- server -> daemon ---------------------------------------------------------
+
+struct welcome {
+  std::string server_version;
+  /// Seconds.
+  double heartbeat = 5;
+  double lease = 30;
+  uint64_t max_frame_bytes = 1 << 20;
+  std::vector<attempt_seq> acked;
+};
+
+struct assign {
+  /// record.attempt is the attempt; record.next_seq the first output seq.
+  task_record record;
+};
+
+struct cancel {
+  std::string task;
+  uint32_t attempt = 0;
+  /// "user", "fenced" or "lease".
+  std::string reason;
+};
+
+struct drain {
+  std::string reason;
+};
+
+struct ack {
+  std::string task;
+  uint32_t attempt = 0;
+  uint64_t seq = 0;
+};
+
+/// An `error` frame (both directions).
+struct error {
+  /// malformed, unsupported_version, unknown_type, hello_required,
+  /// bad_message, seq_gap, stale_attempt, internal.
+  std::string code;
+  std::string message;
+  /// Set when the error concerns an event.
+  std::string task;
+  uint32_t attempt = 0;
+};
+
+using frame = std::variant<hello, heartbeat, event, welcome, assign, cancel,
+                           drain, ack, error>;
+
+/// The JSON text of a frame (with "v" and "type"). Output bytes are base64.
+std::string encode(const frame& f);
+
+/// Why a text could not be decoded: the error frame to answer with and the
+/// close code (docs/protocol.md §9).
+struct decode_failure {
+  std::string code;
+  std::string message;
+  uint16_t close = close_invalid_payload;
+};
+
+/// Parses one frame. Unknown fields are ignored; a missing or mistyped
+/// required field is `malformed` (1007), `v` != 1 `unsupported_version`
+/// (4001), an unknown type `unknown_type` (4002).
+std::variant<frame, decode_failure> decode(std::string_view text);
+
+/// The close code that goes with an error code ("seq_gap" -> 4006); 0 for
+/// `stale_attempt`, which does not close.
+uint16_t close_code_of(std::string_view error_code);
+
+/// RFC 4648 base64 with padding.
+std::string base64_encode(std::string_view bytes);
+/// Decodes base64 (padding required); nullopt when malformed.
+std::optional<std::string> base64_decode(std::string_view text);
+
+} // namespace makima::proto

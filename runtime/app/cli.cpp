@@ -1,0 +1,131 @@
+// Shared pieces of the `makima` subcommands (see cli.hpp).
+#include "runtime/app/cli.hpp"
+
+#include <stdlib.h>
+
+#include <CLI/CLI.hpp>
+
+#include "actors/messages.hpp"
+#include "runtime/error.hpp"
+#include "runtime/log.hpp"
+#include "runtime/store/db.hpp"
+
+namespace makima::app {
+
+[[noreturn]] void fail(int status, std::string message) {
+  throw command_exit{status, std::move(message)};
+}
+
+int status_for(const caf::error& err) {
+  switch (code_of(err)) {
+  case ec::invalid_argument:
+  case ec::invalid_config:
+  case ec::task_exists:
+  case ec::task_not_found:
+  case ec::bad_state:
+    return exit_usage;
+  default:
+    return exit_internal;
+  }
+}
+
+config resolve_config(const common_options& opts,
+                      const std::function<void(config&)>& apply_flags) {
+  auto env = process_env();
+  std::optional<std::filesystem::path> file;
+  if (!opts.config_file.empty())
+    file = opts.config_file;
+  auto cfg = load_config(file, env);
+  if (!cfg)
+    fail(exit_usage, describe(cfg.error()));
+  if (!opts.data_dir.empty()) {
+    cfg->data_dir = opts.data_dir;
+  }
+  if (apply_flags)
+    apply_flags(*cfg);
+  finalize(*cfg, env);
+  log::level lvl = log::level::warn;
+  log::parse_level(cfg->log_level, lvl);
+  log::setup(lvl, cfg->log_format == "json");
+  return std::move(*cfg);
+}
+
+system_config::system_config() {
+  set("scheduler.max-threads", 2);
+  set("logger.verbosity", caf::atom("quiet"));
+  makima::add_message_types(*this);
+}
+
+opened_db::~opened_db() {
+  db.reset();
+  if (!secondary_dir.empty()) {
+    std::error_code err;
+    std::filesystem::remove_all(secondary_dir, err);
+  }
+}
+
+/// Opens the data dir's database read-write; fails when another makima
+/// holds it.
+std::unique_ptr<opened_db> open_primary(const config& cfg) {
+  std::error_code err;
+  std::filesystem::create_directories(cfg.db_dir, err);
+  if (err)
+    fail(exit_internal, "cannot create data dir " + cfg.db_dir.string() + ": "
+                            + err.message());
+  store::db_options opts;
+  opts.mode = store::open_mode::primary;
+  opts.sync = cfg.sync;
+  auto db = store::db::open(cfg.db_dir, opts);
+  if (!db)
+    fail(status_for(db.error()), describe(db.error()));
+  auto out = std::make_unique<opened_db>();
+  out->db = std::shared_ptr<store::db>(std::move(*db));
+  out->primary = true;
+  return out;
+}
+
+/// Opens the database for reading: read-write when free (so interrupted
+/// tasks get detected), else as a secondary next to the running makima.
+/// Returns null when the data dir has no database yet.
+std::unique_ptr<opened_db> open_for_reading(const config& cfg) {
+  std::error_code err;
+  if (!std::filesystem::exists(cfg.db_dir / "CURRENT", err))
+    return nullptr;
+  store::db_options opts;
+  opts.mode = store::open_mode::primary;
+  opts.sync = cfg.sync;
+  auto db = store::db::open(cfg.db_dir, opts);
+  if (db) {
+    auto out = std::make_unique<opened_db>();
+    out->db = std::shared_ptr<store::db>(std::move(*db));
+    out->primary = true;
+    return out;
+  }
+  if (code_of(db.error()) != ec::store_locked)
+    fail(status_for(db.error()), describe(db.error()));
+  char tmpl[] = "/tmp/makima-reader-XXXXXX";
+  if (mkdtemp(tmpl) == nullptr)
+    fail(exit_internal, "cannot create a temporary directory for reading "
+                            + cfg.db_dir.string());
+  opts.mode = store::open_mode::secondary;
+  opts.secondary_dir = tmpl;
+  auto sec = store::db::open(cfg.db_dir, opts);
+  auto out = std::make_unique<opened_db>();
+  out->secondary_dir = tmpl;
+  if (!sec)
+    fail(status_for(sec.error()), describe(sec.error()));
+  out->db = std::shared_ptr<store::db>(std::move(*sec));
+  return out;
+}
+
+
+void add_common(CLI::App* cmd, common_options& o) {
+  cmd->add_option("--data-dir", o.data_dir,
+                  "data dir (default: $MAKIMA_DATA_DIR, else "
+                  "$XDG_DATA_HOME/makima, else ~/.local/share/makima)");
+  cmd->add_option("--config", o.config_file,
+                  "TOML config file (default: $MAKIMA_CONFIG, else "
+                  "~/.config/makima/makima.toml if present)");
+}
+
+} // namespace makima::app
