@@ -17,17 +17,31 @@
 // the LINK only after the write succeeded. It cannot tell whether the LINK
 // is the in-process `local_link` (`makima run`) or, later, a CONNECTION
 // actor speaking WebSocket to a server: both implement `link_actor`.
+//
+// On a server (`makima server`, `makima local`), one SERVER actor (detached,
+// owns the server's RocksDB) holds tasks, daemons and the queue:
+//
+//   net::server (io thread) ── http / ws_open / ws_text / ws_close ──▶ SERVER
+//   SERVER ── welcome / assign / cancel / ack / drain (net::server::send) ──▶
+//     daemons over WebSocket; HTTP replies through net::http_reply
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/replies_to.hpp>
 #include <caf/typed_actor.hpp>
 
 #include "actors/atoms.hpp"
 #include "actors/messages.hpp"
+#include "runtime/net/net.hpp"
+
+// The SERVER actor receives the transport's request and reply handles as
+// they are (local messages only, never serialized).
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(makima::net::request)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(makima::net::http_reply)
 
 namespace makima {
 
@@ -121,5 +135,29 @@ using daemon_actor = caf::typed_actor<
     caf::reacts_to<assign_atom, task_record>,
     // Cancels a queued or running task by id.
     caf::reacts_to<cancel_atom, std::string>>;
+
+/// The SERVER actor is the server side of docs/protocol.md: tasks in the
+/// server's RocksDB, connected daemons, the queue and scheduling, the HTTP
+/// API. Detached (RocksDB writes). Receives from net::server callbacks (io
+/// thread) and from `server_node` (actors/server.hpp).
+using server_actor = caf::typed_actor<
+    // An HTTP request (already authenticated, §2); answered through the
+    // reply handle.
+    caf::reacts_to<http_atom, net::request, net::http_reply>,
+    // A daemon's WebSocket connection opened (its key was checked).
+    caf::reacts_to<ws_open_atom, uint64_t>,
+    // A text frame arrived on a connection.
+    caf::reacts_to<ws_text_atom, uint64_t, std::string>,
+    // A connection is gone (close code).
+    caf::reacts_to<ws_close_atom, uint64_t, uint16_t>,
+    // Timer: deadline for the first frame (`hello`) of a connection.
+    caf::reacts_to<hello_atom, uint64_t>,
+    // Timer: leases and SSE keep-alives.
+    caf::reacts_to<tick_atom>,
+    // Sends the acks accumulated while frames were queued.
+    caf::reacts_to<flush_atom>,
+    // Graceful shutdown: `drain` to every daemon, no more assignments;
+    // replies once no daemon connection is left.
+    caf::replies_to<drain_atom>::with<ok_atom>>;
 
 } // namespace makima

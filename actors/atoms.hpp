@@ -9,9 +9,13 @@ using assign_atom = caf::atom_constant<caf::atom("assign")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
 using commit_atom = caf::atom_constant<caf::atom("commit")>;
 using create_atom = caf::atom_constant<caf::atom("create")>;
+using drain_atom = caf::atom_constant<caf::atom("drain")>;
 using exit_atom = caf::atom_constant<caf::atom("exit")>;
+using flush_atom = caf::atom_constant<caf::atom("flush")>;
 using get_atom = caf::atom_constant<caf::atom("get")>;
+using hello_atom = caf::atom_constant<caf::atom("hello")>;
 using history_atom = caf::atom_constant<caf::atom("history")>;
+using http_atom = caf::atom_constant<caf::atom("http")>;
 using kill_atom = caf::atom_constant<caf::atom("kill")>;
 using list_atom = caf::atom_constant<caf::atom("list")>;
 using ok_atom = caf::atom_constant<caf::atom("ok")>;
@@ -25,6 +29,10 @@ using reopen_atom = caf::atom_constant<caf::atom("reopen")>;
 using result_atom = caf::atom_constant<caf::atom("result")>;
 using snapshot_atom = caf::atom_constant<caf::atom("snapshot")>;
 using state_atom = caf::atom_constant<caf::atom("state")>;
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
+using ws_close_atom = caf::atom_constant<caf::atom("ws_close")>;
+using ws_open_atom = caf::atom_constant<caf::atom("ws_open")>;
+using ws_text_atom = caf::atom_constant<caf::atom("ws_text")>;
 
 } // namespace makima

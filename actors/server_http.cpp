@@ -1,0 +1,601 @@
+// The SERVER actor's HTTP API (docs/protocol.md §10) and /metrics (§11).
+// Requests arrive already authenticated (server.cpp checks the key on the
+// io thread); this file routes them, reads and writes the task state of
+// the actor and answers through net::http_reply.
+#include "actors/server_state.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/error.hpp"
+#include "runtime/git/git.hpp"
+#include "runtime/ids.hpp"
+#include "runtime/log.hpp"
+
+namespace makima::server_detail {
+
+namespace {
+
+using json = nlohmann::json;
+
+struct target {
+  std::vector<std::string> parts; // path segments
+  std::map<std::string, std::string> query;
+};
+
+int hex(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+std::string unescape(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0
+        && hex(s[i + 2]) >= 0) {
+      out += static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2]));
+      i += 2;
+    } else if (s[i] == '+') {
+      out += ' ';
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+target parse_target(const std::string& t) {
+  target out;
+  auto q = t.find('?');
+  std::string path = t.substr(0, q);
+  size_t pos = 0;
+  while (pos < path.size()) {
+    auto next = path.find('/', pos);
+    if (next == std::string::npos)
+      next = path.size();
+    if (next > pos)
+      out.parts.push_back(unescape(path.substr(pos, next - pos)));
+    pos = next + 1;
+  }
+  if (q != std::string::npos) {
+    std::string qs = t.substr(q + 1);
+    std::stringstream ss{qs};
+    std::string kv;
+    while (std::getline(ss, kv, '&')) {
+      auto eq = kv.find('=');
+      if (eq == std::string::npos)
+        out.query[unescape(kv)] = "";
+      else
+        out.query[unescape(kv.substr(0, eq))] = unescape(kv.substr(eq + 1));
+    }
+  }
+  return out;
+}
+
+void respond(self_ptr self, net::http_reply& reply, unsigned status,
+             std::string body, std::string content_type = "application/json",
+             net::header_map headers = {}) {
+  self->state.counters->count(status);
+  net::response res;
+  res.status = status;
+  res.content_type = std::move(content_type);
+  res.headers = std::move(headers);
+  res.body = std::move(body);
+  reply.send(std::move(res));
+}
+
+void respond_error(self_ptr self, net::http_reply& reply, unsigned status,
+                   const std::string& code, const std::string& message,
+                   net::header_map headers = {}) {
+  json j{{"error", {{"code", code}, {"message", message}}}};
+  respond(self, reply, status, j.dump(), "application/json",
+          std::move(headers));
+}
+
+void method_not_allowed(self_ptr self, net::http_reply& reply,
+                        const std::string& allow) {
+  respond_error(self, reply, 405, "method_not_allowed",
+                "allowed: " + allow, {{"Allow", allow}});
+}
+
+std::optional<uint64_t> parse_u64(const std::string& s) {
+  if (s.empty() || s.size() > 19
+      || !std::all_of(s.begin(), s.end(), [](char c) {
+           return c >= '0' && c <= '9';
+         }))
+    return std::nullopt;
+  return std::stoull(s);
+}
+
+std::string record_json(const task_entry& e) {
+  return to_json(e.rec);
+}
+
+// -- POST /api/v1/tasks -------------------------------------------------------
+
+/// Parses a submit body into a spec; returns an error message when bad.
+std::string parse_submit(const std::string& body, task_spec& spec) {
+  auto j = json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return "the body must be a JSON object";
+  auto argv = j.find("argv");
+  if (argv == j.end() || !argv->is_array() || argv->empty())
+    return "argv must be a non-empty array of strings";
+  for (auto& a : *argv) {
+    if (!a.is_string())
+      return "argv must be a non-empty array of strings";
+    spec.argv.push_back(a.get<std::string>());
+  }
+  auto str = [&](const char* k, std::string& out) -> bool {
+    auto it = j.find(k);
+    if (it == j.end() || it->is_null())
+      return true;
+    if (!it->is_string())
+      return false;
+    out = it->get<std::string>();
+    return true;
+  };
+  if (!str("id", spec.id))
+    return "id must be a string";
+  if (!str("repo", spec.repo))
+    return "repo must be a string";
+  if (!str("ref", spec.ref))
+    return "ref must be a string";
+  if (!str("push_url", spec.push_url))
+    return "push_url must be a string";
+  if (auto it = j.find("env"); it != j.end() && !it->is_null()) {
+    if (!it->is_array())
+      return "env must be an array of KEY=VALUE strings";
+    for (auto& kv : *it) {
+      if (!kv.is_string())
+        return "env must be an array of KEY=VALUE strings";
+      auto s = kv.get<std::string>();
+      auto eq = s.find('=');
+      if (eq == std::string::npos || eq == 0)
+        return "env entries must be KEY=VALUE";
+      spec.env.push_back(s);
+    }
+  }
+  for (auto [k, out] : {std::pair<const char*, double*>{"timeout", &spec.timeout},
+                        {"grace", &spec.grace}}) {
+    auto it = j.find(k);
+    if (it == j.end() || it->is_null())
+      continue;
+    if (!it->is_number() || it->get<double>() < 0)
+      return std::string{k} + " must be a number >= 0";
+    *out = it->get<double>();
+  }
+  if (auto it = j.find("commit"); it != j.end() && !it->is_null()) {
+    if (!it->is_boolean())
+      return "commit must be a boolean";
+    spec.commit = it->get<bool>();
+  }
+  if (auto it = j.find("selector"); it != j.end() && !it->is_null()) {
+    if (!it->is_object())
+      return "selector must be an object of strings";
+    for (auto& [k, v] : it->items()) {
+      if (!v.is_string())
+        return "selector must be an object of strings";
+      spec.selector[k] = v.get<std::string>();
+    }
+  }
+  if ((spec.commit || !spec.push_url.empty()) && spec.repo.empty())
+    return "commit and push_url need a repo";
+  return {};
+}
+
+void submit(self_ptr self, net::request& req, net::http_reply& reply) {
+  auto& st = self->state;
+  if (st.draining) {
+    respond_error(self, reply, 503, "unavailable", "the server is draining");
+    return;
+  }
+  task_spec spec;
+  if (auto msg = parse_submit(req.body, spec); !msg.empty()) {
+    respond_error(self, reply, 400, "invalid_argument", msg);
+    return;
+  }
+  if (spec.id.empty())
+    spec.id = make_task_id();
+  if (auto err = validate_task_id(spec.id)) {
+    respond_error(self, reply, 400, "invalid_argument", describe(err));
+    return;
+  }
+  if (st.tasks.count(spec.id)) {
+    respond_error(self, reply, 409, "task_exists",
+                  "a task with id " + spec.id + " exists");
+    return;
+  }
+  if (!spec.repo.empty())
+    spec.repo = git::canonical_url(spec.repo);
+  if (!spec.push_url.empty())
+    spec.push_url = git::canonical_url(spec.push_url);
+  spec.created_at = now_ms();
+  task_entry e;
+  e.rec.spec = spec;
+  e.rec.state = task_state::queued;
+  e.rec.attempt = 0;
+  e.rec.updated_at = spec.created_at;
+  e.queued_at = clock::now();
+  auto id = spec.id;
+  auto& entry = st.tasks.emplace(id, std::move(e)).first->second;
+  if (!persist(self, entry, "submitted")) {
+    st.tasks.erase(id);
+    respond_error(self, reply, 500, "store_error", "could not store the task");
+    return;
+  }
+  st.queue.push_back(id);
+  respond(self, reply, 201, record_json(entry), "application/json",
+          {{"Location", "/api/v1/tasks/" + id}});
+  dispatch(self);
+}
+
+// -- GET /api/v1/tasks --------------------------------------------------------
+
+void list(self_ptr self, const target& t, net::http_reply& reply) {
+  auto& st = self->state;
+  std::optional<task_state> filter;
+  if (auto it = t.query.find("state"); it != t.query.end()) {
+    task_state s;
+    if (!from_string(it->second, s)) {
+      respond_error(self, reply, 400, "invalid_argument",
+                    "unknown state " + it->second);
+      return;
+    }
+    filter = s;
+  }
+  uint64_t limit = 1000;
+  if (auto it = t.query.find("limit"); it != t.query.end()) {
+    auto n = parse_u64(it->second);
+    if (!n || *n == 0 || *n > 10000) {
+      respond_error(self, reply, 400, "invalid_argument",
+                    "limit must be 1..10000");
+      return;
+    }
+    limit = *n;
+  }
+  auto it = st.tasks.begin();
+  if (auto a = t.query.find("after"); a != t.query.end())
+    it = st.tasks.upper_bound(a->second);
+  std::string body = R"({"tasks":[)";
+  uint64_t n = 0;
+  std::string last;
+  bool more = false;
+  for (; it != st.tasks.end(); ++it) {
+    if (filter && it->second.rec.state != *filter)
+      continue;
+    if (n == limit) {
+      more = true;
+      break;
+    }
+    if (n++ > 0)
+      body += ',';
+    body += record_json(it->second);
+    last = it->first;
+  }
+  json next = more ? json(last) : json(nullptr);
+  body += R"(],"next":)" + next.dump() + "}";
+  respond(self, reply, 200, body);
+}
+
+// -- output -------------------------------------------------------------------
+
+json chunk_json(const output_chunk& c) {
+  return json{{"seq", c.seq},
+              {"stream", c.stream},
+              {"data", proto::base64_encode(c.bytes)}};
+}
+
+void output(self_ptr self, task_entry& e, const target& t,
+            net::request& req, net::http_reply& reply) {
+  auto& st = self->state;
+  uint64_t from = 0;
+  uint64_t max_bytes = 1 << 20;
+  if (auto it = t.query.find("from"); it != t.query.end()) {
+    auto n = parse_u64(it->second);
+    if (!n) {
+      respond_error(self, reply, 400, "invalid_argument",
+                    "from must be an integer >= 0");
+      return;
+    }
+    from = *n;
+  }
+  if (auto it = t.query.find("max_bytes"); it != t.query.end()) {
+    auto n = parse_u64(it->second);
+    if (!n || *n == 0) {
+      respond_error(self, reply, 400, "invalid_argument",
+                    "max_bytes must be an integer >= 1");
+      return;
+    }
+    max_bytes = *n;
+  }
+  bool follow = false;
+  if (auto it = t.query.find("follow"); it != t.query.end())
+    follow = it->second == "1" || it->second == "true";
+  auto& id = e.rec.spec.id;
+  if (!follow) {
+    auto chunks = json::array();
+    uint64_t bytes = 0;
+    uint64_t next = from;
+    auto err = st.db->for_each_output(id, from, [&](const store::stored_chunk& c) {
+      if (!chunks.empty() && bytes + c.bytes.size() > max_bytes)
+        return false;
+      bytes += c.bytes.size();
+      chunks.push_back(chunk_json({c.seq, c.stream, c.bytes}));
+      next = c.seq + 1;
+      return true;
+    });
+    if (err) {
+      respond_error(self, reply, 500, to_string(ec::store_error),
+                    describe(err));
+      return;
+    }
+    bool done = is_terminal(e.rec.state) && next >= e.rec.next_seq;
+    json j{{"chunks", std::move(chunks)}, {"next", next}, {"done", done}};
+    respond(self, reply, 200, j.dump());
+    return;
+  }
+  if (auto h = req.headers.find("last-event-id"); h != req.headers.end()) {
+    if (auto n = parse_u64(h->second))
+      from = *n + 1;
+  }
+  st.counters->count(200);
+  reply.begin_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}});
+  auto err = st.db->for_each_output(id, from, [&](const store::stored_chunk& c) {
+    reply.write(sse_output({c.seq, c.stream, c.bytes}));
+    return true;
+  });
+  if (err) {
+    reply.end();
+    return;
+  }
+  if (is_terminal(e.rec.state)) {
+    reply.write(sse_record("end", e.rec));
+    reply.end();
+    return;
+  }
+  e.followers.push_back({reply});
+}
+
+// -- daemons and metrics ------------------------------------------------------
+
+void daemons(self_ptr self, net::http_reply& reply) {
+  auto arr = json::array();
+  for (auto& [id, d] : self->state.daemons)
+    arr.push_back(json{{"id", id},
+                       {"name", d.name},
+                       {"pool", d.pool},
+                       {"labels", d.labels},
+                       {"capacity", d.capacity},
+                       {"running", d.tasks.size()},
+                       {"connected", d.connected},
+                       {"last_seen", d.last_seen},
+                       {"cached_repos", d.cached_repos},
+                       {"outbox_events", d.outbox_events},
+                       {"version", d.version}});
+  respond(self, reply, 200, json{{"daemons", std::move(arr)}}.dump());
+}
+
+std::string label(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"')
+      out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+std::string num(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.9g", v);
+  return buf;
+}
+
+void metrics(self_ptr self, net::http_reply& reply) {
+  auto& st = self->state;
+  std::string o;
+  std::map<task_state, uint64_t> by_state;
+  for (auto& [id, e] : st.tasks)
+    ++by_state[e.rec.state];
+  o += "# HELP makima_tasks Tasks by state.\n# TYPE makima_tasks gauge\n";
+  for (int s = 1; s <= 9; ++s) {
+    auto ts = static_cast<task_state>(s);
+    o += std::string{"makima_tasks{state=\""} + to_string(ts) + "\"} "
+         + std::to_string(by_state[ts]) + "\n";
+  }
+  o += "# HELP makima_queue_depth Tasks waiting for capacity.\n"
+       "# TYPE makima_queue_depth gauge\nmakima_queue_depth "
+       + std::to_string(by_state[task_state::queued]) + "\n";
+  std::map<std::string, uint64_t> pools;
+  for (auto& [id, d] : st.daemons)
+    if (d.connected)
+      ++pools[d.pool];
+  o += "# HELP makima_daemons Connected daemons by pool.\n"
+       "# TYPE makima_daemons gauge\n";
+  for (auto& [pool, n] : pools)
+    o += "makima_daemons{pool=\"" + label(pool) + "\"} " + std::to_string(n)
+         + "\n";
+  o += "# HELP makima_dispatch_latency_seconds Queued to assign sent.\n"
+       "# TYPE makima_dispatch_latency_seconds histogram\n";
+  auto& bounds = latency_bounds();
+  for (size_t i = 0; i < bounds.size(); ++i)
+    o += "makima_dispatch_latency_seconds_bucket{le=\"" + num(bounds[i])
+         + "\"} " + std::to_string(st.latency_counts[i]) + "\n";
+  o += "makima_dispatch_latency_seconds_bucket{le=\"+Inf\"} "
+       + std::to_string(st.latency_count) + "\n";
+  o += "makima_dispatch_latency_seconds_sum " + num(st.latency_sum) + "\n";
+  o += "makima_dispatch_latency_seconds_count "
+       + std::to_string(st.latency_count) + "\n";
+  o += "# HELP makima_outbox_lag_events Unacked events a daemon reported.\n"
+       "# TYPE makima_outbox_lag_events gauge\n";
+  for (auto& [id, d] : st.daemons)
+    if (d.connected)
+      o += "makima_outbox_lag_events{daemon=\"" + label(id) + "\"} "
+           + std::to_string(d.outbox_events) + "\n";
+  auto stats = st.net->stats();
+  o += "# HELP makima_ws_connections_total WebSocket upgrades accepted.\n"
+       "# TYPE makima_ws_connections_total counter\n"
+       "makima_ws_connections_total "
+       + std::to_string(stats.ws_opened) + "\n";
+  o += "# HELP makima_ws_closed_total WebSocket connections closed, by "
+       "code.\n# TYPE makima_ws_closed_total counter\n";
+  for (auto& [code, n] : st.closed)
+    o += "makima_ws_closed_total{code=\"" + std::to_string(code) + "\"} "
+         + std::to_string(n) + "\n";
+  o += "# HELP makima_ws_rejected_total Bad input on /ws/daemon, by reason.\n"
+       "# TYPE makima_ws_rejected_total counter\n";
+  for (auto& [reason, n] : st.rejected)
+    o += "makima_ws_rejected_total{reason=\"" + reason + "\"} "
+         + std::to_string(n) + "\n";
+  std::map<unsigned, uint64_t> codes;
+  uint64_t auth = 0;
+  {
+    std::lock_guard<std::mutex> guard{st.counters->mtx};
+    codes = st.counters->http_codes;
+    auth = st.counters->auth_rejected;
+  }
+  codes[413] += stats.body_limit;
+  codes[431] += stats.header_limit;
+  codes[400] += stats.bad_requests;
+  // This response itself.
+  codes[200] += 1;
+  o += "# HELP makima_http_requests_total HTTP responses by status.\n"
+       "# TYPE makima_http_requests_total counter\n";
+  for (auto& [code, n] : codes)
+    o += "makima_http_requests_total{code=\"" + std::to_string(code) + "\"} "
+         + std::to_string(n) + "\n";
+  o += "# HELP makima_http_rejected_total HTTP requests refused.\n"
+       "# TYPE makima_http_rejected_total counter\n";
+  o += "makima_http_rejected_total{reason=\"header_timeout\"} "
+       + std::to_string(stats.header_timeouts) + "\n";
+  o += "makima_http_rejected_total{reason=\"body_limit\"} "
+       + std::to_string(stats.body_limit) + "\n";
+  o += "makima_http_rejected_total{reason=\"header_limit\"} "
+       + std::to_string(stats.header_limit) + "\n";
+  o += "makima_http_rejected_total{reason=\"bad_request\"} "
+       + std::to_string(stats.bad_requests) + "\n";
+  o += "makima_http_rejected_total{reason=\"auth\"} " + std::to_string(auth)
+       + "\n";
+  respond(self, reply, 200, std::move(o), "text/plain; version=0.0.4");
+}
+
+} // namespace
+
+std::string sse_output(const output_chunk& c) {
+  return "event: output\nid: " + std::to_string(c.seq) + "\ndata: "
+         + chunk_json(c).dump() + "\n\n";
+}
+
+std::string sse_record(const char* event, const task_record& rec) {
+  return std::string{"event: "} + event + "\ndata: " + to_json(rec) + "\n\n";
+}
+
+void notify_output(task_entry& e, const std::vector<output_chunk>& chunks) {
+  for (auto& f : e.followers)
+    for (auto& c : chunks)
+      f.reply.write(sse_output(c));
+}
+
+void notify_state(task_entry& e) {
+  if (e.followers.empty())
+    return;
+  bool end = is_terminal(e.rec.state);
+  for (auto& f : e.followers) {
+    f.reply.write(sse_record(end ? "end" : "state", e.rec));
+    if (end)
+      f.reply.end();
+  }
+  if (end)
+    e.followers.clear();
+}
+
+void handle_http(self_ptr self, net::request& req, net::http_reply& reply) {
+  auto& st = self->state;
+  auto t = parse_target(req.target);
+  auto& p = t.parts;
+  auto& m = req.method;
+  if (p.size() == 1 && (p[0] == "healthz" || p[0] == "readyz"
+                        || p[0] == "metrics")) {
+    if (m != "GET" && m != "HEAD")
+      return method_not_allowed(self, reply, "GET");
+    if (p[0] == "healthz")
+      return respond(self, reply, 200, "ok", "text/plain");
+    if (p[0] == "readyz")
+      return st.draining
+                 ? respond(self, reply, 503, "draining", "text/plain")
+                 : respond(self, reply, 200, "ready", "text/plain");
+    return metrics(self, reply);
+  }
+  if (p.size() < 3 || p[0] != "api" || p[1] != "v1")
+    return respond_error(self, reply, 404, "not_found",
+                         "no such path");
+  if (p[2] == "daemons" && p.size() == 3) {
+    if (m != "GET")
+      return method_not_allowed(self, reply, "GET");
+    return daemons(self, reply);
+  }
+  if (p[2] != "tasks" || p.size() > 5)
+    return respond_error(self, reply, 404, "not_found", "no such path");
+  if (p.size() == 3) {
+    if (m == "POST")
+      return submit(self, req, reply);
+    if (m == "GET")
+      return list(self, t, reply);
+    return method_not_allowed(self, reply, "GET, POST");
+  }
+  auto it = st.tasks.find(p[3]);
+  auto not_found = [&] {
+    respond_error(self, reply, 404, to_string(ec::task_not_found),
+                  "no task " + p[3]);
+  };
+  if (p.size() == 4) {
+    if (m != "GET")
+      return method_not_allowed(self, reply, "GET");
+    if (it == st.tasks.end())
+      return not_found();
+    return respond(self, reply, 200, record_json(it->second));
+  }
+  auto& what = p[4];
+  if (what == "output") {
+    if (m != "GET")
+      return method_not_allowed(self, reply, "GET");
+    if (it == st.tasks.end())
+      return not_found();
+    return output(self, it->second, t, req, reply);
+  }
+  if (what == "cancel") {
+    if (m != "POST")
+      return method_not_allowed(self, reply, "POST");
+    if (it == st.tasks.end())
+      return not_found();
+    auto& e = it->second;
+    if (is_terminal(e.rec.state))
+      return respond_error(self, reply, 409, to_string(ec::bad_state),
+                           "task " + p[3] + " is already "
+                               + to_string(e.rec.state));
+    cancel_task(self, e);
+    return respond(self, reply, 202, record_json(e));
+  }
+  if (what == "checkpoint" || what == "migrate") {
+    if (m != "POST")
+      return method_not_allowed(self, reply, "POST");
+    return respond_error(self, reply, 501, "not_implemented",
+                         what + " is not implemented yet");
+  }
+  respond_error(self, reply, 404, "not_found", "no such path");
+}
+
+} // namespace makima::server_detail

@@ -1,0 +1,171 @@
+// Internals of the SERVER actor shared by actors/server.cpp (daemon
+// protocol, scheduling, leases, server_node) and actors/server_http.cpp
+// (HTTP API, metrics). Not part of the public API: include server.hpp.
+//
+// Server store layout (runtime/store/db.hpp column families):
+//   tasks  : id -> record JSON; `next_seq` is recomputed from output on load
+//   output : (id, output seq) -> chunk
+//   events : (id, n) -> state_change JSON (history)
+//   meta   : "k/task/" id -> {"attempt":A,"seq":S,"daemon":"D"}: the highest
+//            stored event seq of attempt A and the daemon A is assigned to
+//            (written in the batch of the event, so an ack is exact)
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <caf/stateful_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+#include <caf/typed_response_promise.hpp>
+
+#include "actors/actors.hpp"
+#include "actors/protocol.hpp"
+#include "actors/server.hpp"
+#include "runtime/store/db.hpp"
+
+namespace makima::server_detail {
+
+using clock = std::chrono::steady_clock;
+
+/// Counters shared between the io thread (auth refusals) and the actor.
+struct shared_counters {
+  std::mutex mtx;
+  std::map<unsigned, uint64_t> http_codes;
+  uint64_t auth_rejected = 0;
+  void count(unsigned status) {
+    std::lock_guard<std::mutex> guard{mtx};
+    ++http_codes[status];
+  }
+};
+
+/// An open `follow=1` output stream.
+struct follower {
+  net::http_reply reply;
+};
+
+/// A task as the server holds it (the record is authoritative in memory and
+/// written through to RocksDB before anything is reported).
+struct task_entry {
+  /// `next_seq` = the next output seq the server expects.
+  task_record rec;
+  /// Highest stored event seq of rec.attempt.
+  uint64_t acked = 0;
+  /// Daemon rec.attempt is assigned to ("" when queued).
+  std::string daemon;
+  /// Next history event number.
+  uint64_t events = 0;
+  /// When it (re-)entered the queue, for the dispatch latency.
+  clock::time_point queued_at;
+  /// A user cancel that still has to reach the daemon.
+  bool cancel_requested = false;
+  std::vector<follower> followers;
+};
+
+/// A daemon that said hello (or that holds tasks after a server restart).
+struct daemon_entry {
+  std::string id;
+  std::string name;
+  std::string pool;
+  std::string version;
+  std::map<std::string, std::string> labels;
+  uint32_t capacity = 0;
+  std::vector<std::string> cached_repos;
+  uint64_t conn = 0;
+  bool connected = false;
+  /// Wall clock (ms) and steady time of the last frame received.
+  int64_t last_seen = 0;
+  clock::time_point last_frame;
+  /// Non-terminal tasks assigned to it.
+  std::set<std::string> tasks;
+  uint64_t outbox_events = 0;
+};
+
+/// One WebSocket connection.
+struct conn_entry {
+  std::string daemon;
+  bool hello = false;
+  /// Closed by us; frames still queued are ignored.
+  bool closing = false;
+  /// Acks not sent yet: (task, attempt) -> seq.
+  std::map<std::pair<std::string, uint32_t>, uint64_t> pending_acks;
+};
+
+/// Upper bounds (s) of the dispatch latency histogram.
+inline const std::vector<double>& latency_bounds() {
+  static const std::vector<double> b{0.001, 0.0025, 0.005, 0.01, 0.025,
+                                     0.05,  0.1,    0.25,  0.5,  1,
+                                     2.5,   5,      10,    30,   60};
+  return b;
+}
+
+/// What start() loaded from the store.
+struct loaded_state {
+  std::map<std::string, task_entry> tasks;
+  std::deque<std::string> queue;
+  std::map<std::string, daemon_entry> daemons;
+};
+
+struct server_state {
+  static inline const char* name = "server";
+  server_settings settings;
+  std::shared_ptr<store::db> db;
+  std::shared_ptr<net::server> net;
+  std::shared_ptr<shared_counters> counters;
+  std::map<std::string, task_entry> tasks;
+  std::deque<std::string> queue;
+  std::map<std::string, daemon_entry> daemons;
+  std::map<uint64_t, conn_entry> conns;
+  bool draining = false;
+  std::vector<caf::typed_response_promise<ok_atom>> drain_waiters;
+  bool flush_scheduled = false;
+  clock::time_point last_keep_alive;
+  // Metrics.
+  std::map<std::string, uint64_t> rejected;
+  std::map<uint16_t, uint64_t> closed;
+  std::vector<uint64_t> latency_counts;
+  uint64_t latency_count = 0;
+  double latency_sum = 0;
+};
+
+using self_ptr = server_actor::stateful_pointer<server_state>;
+
+/// Loads every task of `db`: queued ones into the queue, assigned
+/// non-terminal ones onto (disconnected) daemon entries.
+caf::expected<loaded_state> load(store::db& db);
+
+/// Answers an HTTP request (server_http.cpp).
+void handle_http(self_ptr self, net::request& req, net::http_reply& reply);
+
+/// Writes `rec` of `e` with a history entry and the task's meta key;
+/// false (logged) when the store failed.
+bool persist(self_ptr self, task_entry& e, const std::string& detail);
+
+/// Assigns queued tasks to daemons with free capacity.
+void dispatch(self_ptr self);
+
+/// Cancels task `e` (HTTP): queued -> cancelled now; assigned -> `cancel`
+/// frame with reason user.
+void cancel_task(self_ptr self, task_entry& e);
+
+/// Sends the record's state (and `end` when terminal) to SSE followers.
+void notify_state(task_entry& e);
+
+/// Sends output chunks to SSE followers.
+void notify_output(task_entry& e, const std::vector<output_chunk>& chunks);
+
+/// SSE text of one output chunk / a record event.
+std::string sse_output(const output_chunk& c);
+std::string sse_record(const char* event, const task_record& rec);
+
+/// The JSON of the meta key of a task.
+std::string meta_json(uint32_t attempt, uint64_t seq,
+                      const std::string& daemon);
+
+} // namespace makima::server_detail
