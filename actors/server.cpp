@@ -520,8 +520,10 @@ bool persist(self_ptr self, task_entry& e, const std::string& detail) {
 
 void dispatch(self_ptr self) {
   auto& st = self->state;
-  if (st.draining)
+  if (st.draining || st.queue.empty())
     return;
+  // Acks of the frames handled so far go out before any assignment.
+  flush_acks(self);
   for (auto it = st.queue.begin(); it != st.queue.end();) {
     auto t = st.tasks.find(*it);
     if (t == st.tasks.end() || t->second.rec.state != task_state::queued) {
@@ -634,6 +636,13 @@ server_actor::behavior_type server_fn(self_ptr self, server_settings settings,
   st.latency_counts.assign(latency_bounds().size(), 0);
   st.last_keep_alive = clock::now();
   self->delayed_send(self, tick_interval(st.settings), tick_atom::value);
+  self->set_exit_handler([self](caf::exit_msg& msg) {
+    // Stopping: a pending drain is over too.
+    for (auto& p : self->state.drain_waiters)
+      p.deliver(ok_atom::value);
+    self->state.drain_waiters.clear();
+    self->quit(msg.reason);
+  });
   return {
     [=](http_atom, net::request& req, net::http_reply& reply) {
       handle_http(self, req, reply);
@@ -778,6 +787,8 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
   auto p = std::make_unique<impl>();
   p->sys = &sys;
   p->settings = settings;
+  std::error_code dir_err;
+  std::filesystem::create_directories(settings.db_dir, dir_err);
   store::db_options dbo;
   dbo.sync = settings.sync;
   auto db = store::db::open(settings.db_dir, dbo);

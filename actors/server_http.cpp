@@ -194,10 +194,6 @@ std::string parse_submit(const std::string& body, task_spec& spec) {
 
 void submit(self_ptr self, net::request& req, net::http_reply& reply) {
   auto& st = self->state;
-  if (st.draining) {
-    respond_error(self, reply, 503, "unavailable", "the server is draining");
-    return;
-  }
   task_spec spec;
   if (auto msg = parse_submit(req.body, spec); !msg.empty()) {
     respond_error(self, reply, 400, "invalid_argument", msg);
@@ -348,7 +344,8 @@ void output(self_ptr self, task_entry& e, const target& t,
       from = *n + 1;
   }
   st.counters->count(200);
-  reply.begin_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}});
+  // net adds Cache-Control: no-cache and Connection: close.
+  reply.begin_stream(200, "text/event-stream");
   auto err = st.db->for_each_output(id, from, [&](const store::stored_chunk& c) {
     reply.write(sse_output({c.seq, c.stream, c.bytes}));
     return true;

@@ -2,12 +2,201 @@
 // scheduling (server), plus a daemon in the same process (local).
 #include "runtime/app/cli.hpp"
 
+#include <signal.h>
+#include <time.h>
+
+#include <chrono>
+#include <cstdio>
+#include <future>
+
 #include <CLI/CLI.hpp>
+#include <caf/actor_system.hpp>
+
+#include "actors/server.hpp"
+#include "runtime/error.hpp"
+#include "runtime/log.hpp"
+
+#ifndef MAKIMA_VERSION
+#define MAKIMA_VERSION "0.0.0"
+#endif
 
 namespace makima::app {
 
-void add_server_commands(CLI::App&, command_table&) {
-  // Not implemented yet (issue 3).
+namespace {
+
+/// How long a graceful shutdown waits for daemons to finish and close.
+constexpr std::chrono::seconds drain_bound{30};
+
+/// Splits "HOST:PORT" ("[::1]:PORT" for IPv6); leaves on a bad value.
+std::pair<std::string, uint16_t> split_listen(const std::string& listen) {
+  auto colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    fail(exit_usage, "--listen expects HOST:PORT, got '" + listen + "'");
+  auto host = listen.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  auto port_text = listen.substr(colon + 1);
+  unsigned long port = 0;
+  try {
+    size_t used = 0;
+    port = std::stoul(port_text, &used);
+    if (used != port_text.size() || port > 65535)
+      throw std::invalid_argument{"port"};
+  } catch (const std::exception&) {
+    fail(exit_usage, "--listen: bad port '" + port_text + "'");
+  }
+  return {host, static_cast<uint16_t>(port)};
+}
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+struct server_options {
+  common_options common;
+  std::string listen;
+  std::string tls_cert;
+  std::string tls_key;
+  double lease = -1;
+  std::vector<std::string> user_keys;
+  std::vector<std::string> daemon_keys;
+  bool no_auth = false;
+};
+
+/// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread by run_cli);
+/// returns the signal, or 0 after `timeout` (negative: no timeout).
+int wait_signal(std::chrono::milliseconds timeout) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP})
+    sigaddset(&set, s);
+  if (timeout.count() < 0) {
+    int sig = 0;
+    while (sigwait(&set, &sig) != 0) {
+    }
+    return sig;
+  }
+  timespec ts{static_cast<time_t>(timeout.count() / 1000),
+              static_cast<long>(timeout.count() % 1000) * 1000000L};
+  int sig = sigtimedwait(&set, nullptr, &ts);
+  return sig > 0 ? sig : 0;
+}
+
+int cmd_server(server_options& o) {
+  auto cfg = resolve_config(o.common, [&](config& c) {
+    if (!o.listen.empty())
+      c.listen = o.listen;
+    if (!o.tls_cert.empty())
+      c.tls_cert = o.tls_cert;
+    if (!o.tls_key.empty())
+      c.tls_key = o.tls_key;
+    if (o.lease >= 0)
+      c.lease = o.lease;
+    if (!o.user_keys.empty())
+      c.user_keys = o.user_keys;
+    if (!o.daemon_keys.empty())
+      c.daemon_keys = o.daemon_keys;
+  });
+  auto [host, port] = split_listen(cfg.listen);
+  if (cfg.lease <= 0)
+    fail(exit_usage, "--lease must be > 0");
+  if (cfg.tls_cert.empty() != cfg.tls_key.empty())
+    fail(exit_usage, "--tls-cert and --tls-key go together");
+  if (o.no_auth) {
+    if (!is_loopback(host))
+      fail(exit_usage, "--no-auth listens only on loopback (127.0.0.1, ::1, "
+                       "localhost), not on '"
+                           + host + "'");
+  } else if (cfg.user_keys.empty() && cfg.daemon_keys.empty()) {
+    fail(exit_usage,
+         "the server needs user keys and daemon keys (--user-key, "
+         "--daemon-key, MAKIMA_SERVER_USER_KEYS, MAKIMA_SERVER_DAEMON_KEYS or "
+         "server.user_keys/daemon_keys), or --no-auth on loopback");
+  }
+  if (!o.no_auth && (cfg.user_keys.empty() || cfg.daemon_keys.empty()))
+    log::warn("server", cfg.user_keys.empty()
+                            ? "no user keys: the HTTP API refuses everyone"
+                            : "no daemon keys: no daemon can connect");
+  std::error_code ec_dir;
+  std::filesystem::create_directories(cfg.db_dir, ec_dir);
+  if (ec_dir)
+    fail(exit_internal, "cannot create data dir " + cfg.db_dir.string() + ": "
+                            + ec_dir.message());
+  server_settings s;
+  s.host = host;
+  s.port = port;
+  s.db_dir = cfg.db_dir;
+  s.sync = cfg.sync;
+  s.user_keys = cfg.user_keys;
+  s.daemon_keys = cfg.daemon_keys;
+  s.no_auth = o.no_auth;
+  s.lease = cfg.lease;
+  s.heartbeat = cfg.heartbeat;
+  s.max_frame_bytes = cfg.max_frame_bytes;
+  s.max_body_bytes = cfg.max_body_bytes;
+  s.tls_cert = cfg.tls_cert.string();
+  s.tls_key = cfg.tls_key.string();
+  s.version = MAKIMA_VERSION;
+  system_config sys_cfg;
+  caf::actor_system sys{sys_cfg};
+  auto node = server_node::start(sys, s);
+  if (!node)
+    fail(status_for(node.error()), describe(node.error()));
+  std::fprintf(stderr, "makima: listening on %s\n", (*node)->url().c_str());
+  std::fflush(stderr);
+  int sig = wait_signal(std::chrono::milliseconds{-1});
+  std::fprintf(stderr, "makima: %s: draining (again to stop now)\n",
+               strsignal(sig));
+  auto drained = std::async(std::launch::async, [&] {
+    return (*node)->drain(drain_bound);
+  });
+  while (drained.wait_for(std::chrono::seconds(0))
+         != std::future_status::ready) {
+    if (wait_signal(std::chrono::milliseconds{100}) != 0) {
+      std::fprintf(stderr, "makima: stopping now\n");
+      break;
+    }
+  }
+  // The drain request ends at the latest after drain_bound.
+  if (drained.wait_for(std::chrono::seconds(0)) == std::future_status::ready
+      && !drained.get())
+    log::warn("server", "daemons still connected after the drain bound");
+  (*node)->stop();
+  if (drained.valid())
+    drained.wait();
+  return exit_ok;
+}
+
+} // namespace
+
+void add_server_commands(CLI::App& app, command_table& out) {
+  static server_options o;
+  auto cmd = app.add_subcommand(
+      "server", "serve the HTTP API and /ws/daemon; schedule tasks on daemons");
+  add_common(cmd, o.common);
+  cmd->add_option("--listen", o.listen,
+                  "HOST:PORT to listen on (default 127.0.0.1:7420; port 0 = "
+                  "any free port)");
+  cmd->add_option("--tls-cert", o.tls_cert, "PEM certificate chain (TLS)");
+  cmd->add_option("--tls-key", o.tls_key, "PEM private key (TLS)");
+  cmd->add_option("--lease", o.lease,
+                  "seconds of silence after which a daemon loses its tasks")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--user-key", o.user_keys,
+                  "key for the HTTP API (repeatable; never logged)")
+      ->type_size(1)
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--daemon-key", o.daemon_keys,
+                  "key daemons connect with (repeatable; never logged)")
+      ->type_size(1)
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_flag("--no-auth", o.no_auth,
+                "accept requests without a key (loopback only)");
+  out.emplace_back(cmd, [] { return cmd_server(o); });
+
+  // `makima local` (server + daemon in one process) registers here.
 }
 
 } // namespace makima::app

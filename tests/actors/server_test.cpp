@@ -1,0 +1,1001 @@
+// The server side of docs/protocol.md on real loopback sockets: a real
+// server_node (SERVER actor, RocksDB in a temp dir, net::server on
+// 127.0.0.1 port 0); the tests play the daemon with net::ws_client speaking
+// the protocol (proto::encode/decode) and the user with net::http_request.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <sstream>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <variant>
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "actors/messages.hpp"
+#include "actors/protocol.hpp"
+#include "actors/server.hpp"
+#include "runtime/error.hpp"
+#include "runtime/net/net.hpp"
+#include "tests/fixtures/temp_dir.hpp"
+
+namespace makima {
+namespace {
+
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+
+const std::string user_key = "user-key-1";
+const std::string daemon_key = "daemon-key-1";
+
+/// A scripted daemon: a ws_client whose received frames are decoded and
+/// queued for the test.
+class fake_daemon {
+public:
+  explicit fake_daemon(net::io_thread& io, std::string key = daemon_key,
+                       size_t max_frame = 4 << 20) {
+    net::ws_client_options opts;
+    if (!key.empty())
+      opts.headers.push_back({"Authorization", "Bearer " + key});
+    opts.max_frame_bytes = max_frame;
+    net::ws_client::handlers h;
+    h.on_open = [this] {
+      std::lock_guard<std::mutex> g{mtx_};
+      open_ = true;
+      cv_.notify_all();
+    };
+    h.on_text = [this](std::string text) {
+      std::lock_guard<std::mutex> g{mtx_};
+      auto d = proto::decode(text);
+      if (auto f = std::get_if<proto::frame>(&d))
+        frames_.push_back(std::move(*f));
+      else
+        undecodable_.push_back(text);
+      cv_.notify_all();
+    };
+    h.on_close = [this](uint16_t code, std::string, unsigned status) {
+      std::lock_guard<std::mutex> g{mtx_};
+      closed_ = true;
+      close_code_ = code;
+      http_status_ = status;
+      cv_.notify_all();
+    };
+    client_ = std::make_unique<net::ws_client>(io, std::move(h), opts);
+  }
+
+  /// Connects; true once open (false when refused or timed out).
+  bool connect(const std::string& url) {
+    if (client_->connect(url))
+      return false;
+    std::unique_lock<std::mutex> g{mtx_};
+    cv_.wait_for(g, 5s, [&] { return open_ || closed_; });
+    return open_ && !closed_;
+  }
+
+  void send(const proto::frame& f) { client_->send(proto::encode(f)); }
+  void send_raw(std::string text) { client_->send(std::move(text)); }
+  void close(uint16_t code = 1000) { client_->close(code); }
+
+  /// The next frame (skipping server heartbeats unless asked); fails the
+  /// test when none arrives in `timeout`.
+  std::optional<proto::frame> next(std::chrono::milliseconds timeout = 5s) {
+    std::unique_lock<std::mutex> g{mtx_};
+    if (!cv_.wait_for(g, timeout, [&] { return !frames_.empty(); }))
+      return std::nullopt;
+    auto f = std::move(frames_.front());
+    frames_.pop_front();
+    return f;
+  }
+
+  /// The next frame, which must be a T.
+  template <class T>
+  T expect(std::chrono::milliseconds timeout = 5s) {
+    auto f = next(timeout);
+    if (!f) {
+      ADD_FAILURE() << "no frame within " << timeout.count() << " ms";
+      return T{};
+    }
+    if (!std::holds_alternative<T>(*f)) {
+      ADD_FAILURE() << "unexpected frame: " << proto::encode(*f);
+      return T{};
+    }
+    return std::get<T>(*f);
+  }
+
+  /// Acks until one for (task, attempt) reaches `seq`; other frames fail.
+  void expect_ack(const std::string& task, uint32_t attempt, uint64_t seq) {
+    for (;;) {
+      auto a = expect<proto::ack>();
+      if (a.task.empty())
+        return;
+      EXPECT_EQ(a.task, task);
+      EXPECT_EQ(a.attempt, attempt);
+      EXPECT_LE(a.seq, seq);
+      if (a.seq >= seq)
+        return;
+    }
+  }
+
+  /// Whether nothing arrives within `d`.
+  bool quiet_for(std::chrono::milliseconds d) {
+    std::unique_lock<std::mutex> g{mtx_};
+    return !cv_.wait_for(g, d, [&] { return !frames_.empty(); });
+  }
+
+  /// Waits for the close; returns its code (0 when still open).
+  uint16_t wait_closed(std::chrono::milliseconds timeout = 5s) {
+    std::unique_lock<std::mutex> g{mtx_};
+    cv_.wait_for(g, timeout, [&] { return closed_; });
+    return closed_ ? close_code_ : 0;
+  }
+  unsigned http_status() {
+    std::lock_guard<std::mutex> g{mtx_};
+    return http_status_;
+  }
+
+  /// Sends hello and returns the welcome.
+  proto::welcome hello(const std::string& id, uint32_t capacity = 2,
+                       std::string pool = "local",
+                       std::map<std::string, std::string> labels = {},
+                       std::vector<proto::attempt_seq> running = {},
+                       std::vector<std::string> repos = {}) {
+    proto::hello h;
+    h.daemon_id = id;
+    h.name = id;
+    h.pool = std::move(pool);
+    h.labels = std::move(labels);
+    h.capacity = capacity;
+    h.running = std::move(running);
+    h.cached_repos = std::move(repos);
+    h.version = "test";
+    send(h);
+    return expect<proto::welcome>();
+  }
+
+  /// An event of (task, attempt, seq).
+  static proto::event event(const std::string& task, uint32_t attempt,
+                            uint64_t seq, proto::event_kind kind) {
+    proto::event ev;
+    ev.task = task;
+    ev.attempt = attempt;
+    ev.seq = seq;
+    ev.kind = kind;
+    ev.at = 1764331200000 + static_cast<int64_t>(seq);
+    return ev;
+  }
+  static proto::event output(const std::string& task, uint32_t attempt,
+                             uint64_t seq,
+                             std::vector<output_chunk> chunks) {
+    auto ev = event(task, attempt, seq, proto::event_kind::output);
+    ev.chunks = std::move(chunks);
+    return ev;
+  }
+  static proto::event state(const task_record& assigned, uint64_t seq,
+                            task_state s, int exit_code = -1) {
+    auto kind = is_terminal(s) ? proto::event_kind::result
+                               : proto::event_kind::state;
+    auto ev = event(assigned.spec.id, assigned.attempt, seq, kind);
+    ev.record = assigned;
+    ev.record.state = s;
+    ev.record.exit_code = exit_code;
+    return ev;
+  }
+
+private:
+  std::mutex mtx_;
+  std::condition_variable cv_;
+  std::deque<proto::frame> frames_;
+  std::vector<std::string> undecodable_;
+  bool open_ = false;
+  bool closed_ = false;
+  uint16_t close_code_ = 0;
+  unsigned http_status_ = 0;
+  std::unique_ptr<net::ws_client> client_;
+};
+
+struct test_config : caf::actor_system_config {
+  test_config() {
+    set("scheduler.max-threads", 2);
+    set("logger.verbosity", caf::atom("quiet"));
+    makima::add_message_types(*this);
+  }
+};
+
+class server_test : public ::testing::Test {
+protected:
+  server_test() : sys(cfg) {
+    settings.db_dir = dir / "db";
+    settings.user_keys = {user_key, "user-key-2"};
+    settings.daemon_keys = {daemon_key};
+    settings.hello_timeout = 500ms;
+  }
+  ~server_test() override {
+    daemons.clear();
+    if (node)
+      node->stop();
+  }
+
+  void start() {
+    auto n = server_node::start(sys, settings);
+    ASSERT_TRUE(n) << describe(n.error());
+    node = std::move(*n);
+  }
+
+  void restart() {
+    node->stop();
+    node.reset();
+    settings.port = 0;
+    start();
+  }
+
+  fake_daemon& daemon(std::string key = daemon_key) {
+    daemons.push_back(std::make_unique<fake_daemon>(io, key));
+    EXPECT_TRUE(daemons.back()->connect(node->ws_url()) || !key.empty());
+    return *daemons.back();
+  }
+
+  net::response http(const std::string& method, const std::string& target,
+                     std::string body = {}, std::string key = user_key,
+                     std::vector<std::pair<std::string, std::string>> extra =
+                         {}) {
+    net::http_client_options opts;
+    if (!key.empty())
+      opts.headers.push_back({"Authorization", "Bearer " + key});
+    for (auto& h : extra)
+      opts.headers.push_back(h);
+    opts.timeout = 5s;
+    auto res = net::http_request(method, node->url() + target, std::move(body),
+                                 opts);
+    if (!res) {
+      ADD_FAILURE() << describe(res.error());
+      return {};
+    }
+    return *res;
+  }
+
+  /// Submits a task; returns its record.
+  json submit(const std::string& id, json extra = json::object()) {
+    extra["id"] = id;
+    if (!extra.contains("argv"))
+      extra["argv"] = {"echo", "hi"};
+    auto res = http("POST", "/api/v1/tasks", extra.dump());
+    EXPECT_EQ(res.status, 201u) << res.body;
+    return json::parse(res.body, nullptr, false);
+  }
+
+  json get(const std::string& target) {
+    auto res = http("GET", target);
+    EXPECT_EQ(res.status, 200u) << target << ": " << res.body;
+    return json::parse(res.body, nullptr, false);
+  }
+
+  std::string metrics() {
+    auto res = http("GET", "/metrics", {}, "");
+    EXPECT_EQ(res.status, 200u);
+    return res.body;
+  }
+
+  /// The value of one metric line ("name{labels}"), -1 when absent.
+  double metric(const std::string& line) {
+    auto text = metrics();
+    auto pos = text.find("\n" + line + " ");
+    if (pos == std::string::npos)
+      return -1;
+    return std::stod(text.substr(pos + line.size() + 2));
+  }
+
+  /// Polls the task's record until it is in `state` (bounded).
+  bool wait_state(const std::string& id, const std::string& state,
+                  std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (get("/api/v1/tasks/" + id)["state"] == state)
+        return true;
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  }
+
+  /// The whole output of a task, decoded.
+  std::string output_of(const std::string& id, uint64_t from = 0) {
+    auto j = get("/api/v1/tasks/" + id + "/output?from="
+                 + std::to_string(from));
+    std::string out;
+    for (auto& c : j["chunks"])
+      out += *proto::base64_decode(c["data"].get<std::string>());
+    return out;
+  }
+
+  /// Runs a task through `d`: state running, one output, result.
+  void finish(fake_daemon& d, const task_record& a, uint64_t first_seq,
+              task_state s = task_state::succeeded) {
+    d.send(fake_daemon::state(a, first_seq, task_state::running));
+    d.send(fake_daemon::state(a, first_seq + 1, s, 0));
+    d.expect_ack(a.spec.id, a.attempt, first_seq + 1);
+  }
+
+  test::temp_dir dir;
+  test_config cfg;
+  caf::actor_system sys;
+  net::io_thread io;
+  server_settings settings;
+  std::unique_ptr<server_node> node;
+  std::vector<std::unique_ptr<fake_daemon>> daemons;
+};
+
+// -- the happy path -----------------------------------------------------------
+
+TEST_F(server_test, submit_assign_events_result_and_read_back_byte_exact) {
+  start();
+  auto rec = submit("t-1", {{"argv", {"sh", "-c", "echo hi"}},
+                            {"env", {"A=1"}},
+                            {"timeout", 5}});
+  EXPECT_EQ(rec["state"], "queued");
+  EXPECT_EQ(rec["attempt"], 0);
+  auto& d = daemon();
+  auto w = d.hello("d-1");
+  EXPECT_EQ(w.lease, settings.lease);
+  EXPECT_EQ(w.max_frame_bytes, settings.max_frame_bytes);
+  auto a = d.expect<proto::assign>();
+  EXPECT_EQ(a.record.spec.id, "t-1");
+  EXPECT_EQ(a.record.attempt, 1u);
+  EXPECT_EQ(a.record.next_seq, 0u);
+  EXPECT_EQ(a.record.spec.argv,
+            (std::vector<std::string>{"sh", "-c", "echo hi"}));
+  EXPECT_EQ(a.record.spec.env, std::vector<std::string>{"A=1"});
+  std::string binary{"\0\xff\x80 bytes\n", 10};
+  d.send(fake_daemon::state(a.record, 1, task_state::running));
+  d.send(fake_daemon::output("t-1", 1, 2,
+                             {{0, 1, "hello\n"}, {1, 2, binary}}));
+  d.send(fake_daemon::state(a.record, 3, task_state::succeeded, 0));
+  d.expect_ack("t-1", 1, 3);
+  auto got = get("/api/v1/tasks/t-1");
+  EXPECT_EQ(got["state"], "succeeded");
+  EXPECT_EQ(got["attempt"], 1);
+  EXPECT_EQ(got["exit_code"], 0);
+  EXPECT_EQ(got["next_seq"], 2);
+  EXPECT_EQ(output_of("t-1"), "hello\n" + binary);
+  auto out = get("/api/v1/tasks/t-1/output?from=1");
+  ASSERT_EQ(out["chunks"].size(), 1u);
+  EXPECT_EQ(out["chunks"][0]["stream"], 2);
+  EXPECT_EQ(out["next"], 2);
+  EXPECT_EQ(out["done"], true);
+  // max_bytes: at least one chunk, then stop.
+  auto first = get("/api/v1/tasks/t-1/output?max_bytes=1");
+  EXPECT_EQ(first["chunks"].size(), 1u);
+  EXPECT_EQ(first["next"], 1);
+  EXPECT_EQ(first["done"], false);
+  auto list = get("/api/v1/tasks?state=succeeded");
+  ASSERT_EQ(list["tasks"].size(), 1u);
+  EXPECT_TRUE(list["next"].is_null());
+  EXPECT_EQ(metric("makima_dispatch_latency_seconds_count"), 1);
+  EXPECT_EQ(metric("makima_tasks{state=\"succeeded\"}"), 1);
+  auto ds = get("/api/v1/daemons");
+  ASSERT_EQ(ds["daemons"].size(), 1u);
+  EXPECT_EQ(ds["daemons"][0]["id"], "d-1");
+  EXPECT_EQ(ds["daemons"][0]["running"], 0);
+  EXPECT_EQ(ds["daemons"][0]["connected"], true);
+}
+
+TEST_F(server_test, heartbeat_is_answered) {
+  start();
+  auto& d = daemon();
+  d.hello("d-1");
+  d.send(proto::heartbeat{0, 7, 0});
+  d.expect<proto::heartbeat>();
+  EXPECT_EQ(get("/api/v1/daemons")["daemons"][0]["outbox_events"], 7);
+  EXPECT_EQ(metric("makima_outbox_lag_events{daemon=\"d-1\"}"), 7);
+}
+
+TEST_F(server_test, duplicate_events_are_reacked_without_duplication) {
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1");
+  auto a = d.expect<proto::assign>();
+  auto ev = fake_daemon::output("t-1", 1, 1, {{0, 1, "once\n"}});
+  d.send(ev);
+  d.expect_ack("t-1", 1, 1);
+  d.send(ev);
+  d.expect_ack("t-1", 1, 1);
+  d.send(ev);
+  d.expect_ack("t-1", 1, 1);
+  EXPECT_EQ(output_of("t-1"), "once\n");
+  EXPECT_EQ(get("/api/v1/tasks/t-1")["next_seq"], 1);
+  finish(d, a.record, 2);
+  EXPECT_EQ(output_of("t-1"), "once\n");
+}
+
+TEST_F(server_test, seq_gap_is_an_error_and_closes_4006) {
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1");
+  auto a = d.expect<proto::assign>();
+  d.send(fake_daemon::state(a.record, 2, task_state::running));
+  auto err = d.expect<proto::error>();
+  EXPECT_EQ(err.code, "seq_gap");
+  EXPECT_EQ(err.task, "t-1");
+  EXPECT_EQ(d.wait_closed(), proto::close_seq_gap);
+  EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"seq_gap\"}"), 1);
+  EXPECT_EQ(metric("makima_ws_closed_total{code=\"4006\"}"), 1);
+  // The daemon keeps its task and replays from welcome.
+  auto& d2 = daemon();
+  auto w = d2.hello("d-1", 2, "local", {}, {{"t-1", 1, 2}});
+  ASSERT_EQ(w.acked.size(), 1u);
+  EXPECT_EQ(w.acked[0].seq, 0u);
+  finish(d2, a.record, 1);
+  EXPECT_EQ(get("/api/v1/tasks/t-1")["state"], "succeeded");
+}
+
+// -- leases, fencing, replacement ---------------------------------------------
+
+TEST_F(server_test, lease_expiry_requeues_to_another_daemon_and_fences) {
+  settings.lease = 0.4;
+  start();
+  submit("t-1");
+  auto& a = daemon();
+  a.hello("d-a", 1);
+  auto first = a.expect<proto::assign>();
+  EXPECT_EQ(first.record.attempt, 1u);
+  a.send(fake_daemon::output("t-1", 1, 1, {{0, 1, "from a\n"}}));
+  a.expect_ack("t-1", 1, 1);
+  // d-a goes silent: the lease ends, its connection is closed with 4005.
+  EXPECT_EQ(a.wait_closed(3s), proto::close_lease_expired);
+  EXPECT_EQ(get("/api/v1/tasks/t-1")["state"], "queued");
+  auto& b = daemon();
+  b.hello("d-b", 1);
+  auto second = b.expect<proto::assign>();
+  EXPECT_EQ(second.record.attempt, 2u);
+  EXPECT_EQ(second.record.next_seq, 1u); // continues after a's output
+  // d-a comes back: its attempt is fenced.
+  auto& a2 = daemon();
+  auto w = a2.hello("d-a", 1, "local", {}, {{"t-1", 1, 2}});
+  ASSERT_EQ(w.acked.size(), 1u);
+  auto c = a2.expect<proto::cancel>();
+  EXPECT_EQ(c.reason, "fenced");
+  EXPECT_EQ(c.attempt, 1u);
+  // An event of the stale attempt: error (connection stays), ack, cancel.
+  a2.send(fake_daemon::output("t-1", 1, 2, {{1, 1, "stale\n"}}));
+  auto err = a2.expect<proto::error>();
+  EXPECT_EQ(err.code, "stale_attempt");
+  auto ack = a2.expect<proto::ack>();
+  EXPECT_EQ(ack.seq, 2u);
+  EXPECT_EQ(a2.expect<proto::cancel>().reason, "fenced");
+  a2.send(proto::heartbeat{});
+  a2.expect<proto::heartbeat>(); // still open
+  // b's attempt is the one that counts; keep b alive while it works.
+  b.send(fake_daemon::output("t-1", 2, 1, {{1, 1, "from b\n"}}));
+  b.expect_ack("t-1", 2, 1);
+  finish(b, second.record, 2);
+  EXPECT_EQ(output_of("t-1"), "from a\nfrom b\n");
+  auto rec = get("/api/v1/tasks/t-1");
+  EXPECT_EQ(rec["state"], "succeeded");
+  EXPECT_EQ(rec["attempt"], 2);
+  EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"stale_attempt\"}"), 1);
+}
+
+TEST_F(server_test, same_daemon_id_replaces_the_old_connection_and_keeps_tasks) {
+  start();
+  submit("t-1");
+  auto& a = daemon();
+  a.hello("d-1", 1);
+  auto as = a.expect<proto::assign>();
+  a.send(fake_daemon::state(as.record, 1, task_state::running));
+  a.expect_ack("t-1", 1, 1);
+  auto& a2 = daemon();
+  auto w = a2.hello("d-1", 1, "local", {}, {{"t-1", 1, 1}});
+  EXPECT_EQ(a.wait_closed(), proto::close_replaced);
+  ASSERT_EQ(w.acked.size(), 1u);
+  EXPECT_EQ(w.acked[0].seq, 1u);
+  EXPECT_TRUE(a2.quiet_for(200ms)); // no cancel, no re-assign
+  a2.send(fake_daemon::state(as.record, 2, task_state::succeeded, 0));
+  a2.expect_ack("t-1", 1, 2);
+  auto rec = get("/api/v1/tasks/t-1");
+  EXPECT_EQ(rec["state"], "succeeded");
+  EXPECT_EQ(rec["attempt"], 1);
+}
+
+TEST_F(server_test, interrupted_result_requeues_as_next_attempt) {
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  auto a = d.expect<proto::assign>();
+  d.send(fake_daemon::output("t-1", 1, 1, {{0, 1, "x"}}));
+  d.send(fake_daemon::state(a.record, 2, task_state::interrupted));
+  d.expect_ack("t-1", 1, 2);
+  auto again = d.expect<proto::assign>();
+  EXPECT_EQ(again.record.attempt, 2u);
+  EXPECT_EQ(again.record.next_seq, 1u);
+  finish(d, again.record, 1);
+  EXPECT_EQ(get("/api/v1/tasks/t-1")["state"], "succeeded");
+}
+
+TEST_F(server_test, unknown_assigned_attempt_in_hello_is_requeued) {
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  d.expect<proto::assign>();
+  d.close();
+  d.wait_closed();
+  // The daemon restarted without knowing the attempt: it runs again.
+  auto& d2 = daemon();
+  d2.hello("d-1", 1);
+  auto a = d2.expect<proto::assign>();
+  EXPECT_EQ(a.record.attempt, 2u);
+}
+
+// -- scheduling -----------------------------------------------------------------
+
+TEST_F(server_test, selectors_route_and_tasks_queue_until_capacity) {
+  start();
+  auto& k8s = daemon();
+  k8s.hello("d-k8s", 1, "k8s");
+  auto& gpu = daemon();
+  gpu.hello("d-gpu", 1, "cloudflare", {{"gpu", "1"}});
+  submit("t-k1", {{"selector", {{"pool", "k8s"}}}});
+  submit("t-g", {{"selector", {{"gpu", "1"}}}});
+  submit("t-k2", {{"selector", {{"pool", "k8s"}}}});
+  submit("t-none", {{"selector", {{"pool", "nowhere"}}}});
+  auto a1 = k8s.expect<proto::assign>();
+  EXPECT_EQ(a1.record.spec.id, "t-k1");
+  EXPECT_EQ(gpu.expect<proto::assign>().record.spec.id, "t-g");
+  EXPECT_TRUE(k8s.quiet_for(200ms)); // capacity 1
+  EXPECT_EQ(metric("makima_queue_depth"), 2);
+  EXPECT_EQ(metric("makima_daemons{pool=\"k8s\"}"), 1);
+  finish(k8s, a1.record, 1);
+  auto a2 = k8s.expect<proto::assign>();
+  EXPECT_EQ(a2.record.spec.id, "t-k2");
+  EXPECT_EQ(get("/api/v1/tasks/t-none")["state"], "queued");
+  // A daemon of the right pool joins: the last one runs.
+  auto& late = daemon();
+  late.hello("d-late", 1, "nowhere");
+  EXPECT_EQ(late.expect<proto::assign>().record.spec.id, "t-none");
+}
+
+TEST_F(server_test, prefers_cached_repo_then_least_loaded) {
+  start();
+  auto& plain = daemon();
+  plain.hello("d-a", 4);
+  auto& cached = daemon();
+  cached.hello("d-b", 4, "local", {}, {}, {"https://git.example/r.git"});
+  submit("t-r", {{"repo", "https://git.example/r.git"}});
+  EXPECT_EQ(cached.expect<proto::assign>().record.spec.id, "t-r");
+  // Without a repo: the least loaded (d-a has 0 of 4, d-b 1 of 4).
+  submit("t-x");
+  EXPECT_EQ(plain.expect<proto::assign>().record.spec.id, "t-x");
+}
+
+// -- restart --------------------------------------------------------------------
+
+TEST_F(server_test, restart_keeps_tasks_output_and_acks) {
+  start();
+  submit("t-run");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  auto a = d.expect<proto::assign>();
+  d.send(fake_daemon::state(a.record, 1, task_state::running));
+  d.send(fake_daemon::output("t-run", 1, 2, {{0, 1, "before\n"}}));
+  d.expect_ack("t-run", 1, 2);
+  submit("t-queued"); // no capacity: stays queued
+  restart();
+  EXPECT_EQ(d.wait_closed(), 1006); // stop() closes without a handshake
+  auto rec = get("/api/v1/tasks/t-run");
+  EXPECT_EQ(rec["state"], "running");
+  EXPECT_EQ(rec["next_seq"], 1);
+  EXPECT_EQ(output_of("t-run"), "before\n");
+  EXPECT_EQ(get("/api/v1/tasks/t-queued")["state"], "queued");
+  auto& d2 = daemon();
+  auto w = d2.hello("d-1", 1, "local", {}, {{"t-run", 1, 3}});
+  ASSERT_EQ(w.acked.size(), 1u);
+  EXPECT_EQ(w.acked[0].seq, 2u);
+  d2.send(fake_daemon::output("t-run", 1, 3, {{1, 1, "after\n"}}));
+  d2.send(fake_daemon::state(a.record, 4, task_state::succeeded, 0));
+  d2.expect_ack("t-run", 1, 4);
+  EXPECT_EQ(output_of("t-run"), "before\nafter\n");
+  // Capacity is free again: the queued task is assigned.
+  EXPECT_EQ(d2.expect<proto::assign>().record.spec.id, "t-queued");
+}
+
+TEST_F(server_test, restart_requeues_when_the_daemon_does_not_return) {
+  settings.lease = 0.3;
+  start();
+  submit("t-1");
+  {
+    auto& d = daemon();
+    d.hello("d-gone", 1);
+    d.expect<proto::assign>();
+  }
+  restart();
+  // The lease (counted from the restart) ends: the task is queued again.
+  EXPECT_EQ(get("/api/v1/tasks/t-1")["state"], "preparing");
+  EXPECT_TRUE(wait_state("t-1", "queued", 3s));
+  auto& other = daemon();
+  other.hello("d-other", 1);
+  auto a = other.expect<proto::assign>();
+  EXPECT_EQ(a.record.spec.id, "t-1");
+  EXPECT_EQ(a.record.attempt, 2u);
+}
+
+// -- bad input on the WebSocket (§9) -------------------------------------------
+
+TEST_F(server_test, bad_frames_get_their_error_and_close_code) {
+  settings.max_frame_bytes = 64 << 10;
+  start();
+  struct bad_case {
+    std::string text;
+    bool hello_first;
+    std::string code;
+    uint16_t close;
+  };
+  std::string hello =
+      proto::encode(proto::hello{"d-x", "x", "local", {}, 1, 0, {}, {}, "t"});
+  std::vector<bad_case> cases{
+      {"{not json", false, "malformed", proto::close_invalid_payload},
+      {"[1,2]", false, "malformed", proto::close_invalid_payload},
+      {R"({"v":2,"type":"heartbeat"})", false, "unsupported_version",
+       proto::close_unsupported_version},
+      {R"({"type":"heartbeat"})", false, "unsupported_version",
+       proto::close_unsupported_version},
+      {R"({"v":1,"type":"gossip"})", false, "unknown_type",
+       proto::close_unknown_type},
+      {R"({"v":1,"type":"heartbeat"})", false, "hello_required",
+       proto::close_hello_required},
+      {hello, true, "bad_message", proto::close_policy}, // second hello
+      {R"({"v":1,"type":"event","task":"nope","attempt":1,"seq":1,)"
+       R"("kind":"output","at":1,"chunks":[]})",
+       true, "bad_message", proto::close_policy},
+      {R"({"v":1,"type":"welcome","server_version":"x","heartbeat":5,)"
+       R"("lease":30,"max_frame_bytes":1,"acked":[]})",
+       true, "bad_message", proto::close_policy},
+  };
+  for (auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    auto& d = daemon();
+    if (c.hello_first)
+      d.hello("d-x");
+    d.send_raw(c.text);
+    auto err = d.expect<proto::error>();
+    EXPECT_EQ(err.code, c.code);
+    EXPECT_EQ(d.wait_closed(), c.close);
+  }
+  // Too big: closed by the transport with 1009, no error frame.
+  auto& big = daemon();
+  big.hello("d-big");
+  big.send_raw(R"({"v":1,"type":"heartbeat","pad":")"
+               + std::string(100 << 10, 'x') + "\"}");
+  EXPECT_EQ(big.wait_closed(), proto::close_too_big);
+  // No hello in time.
+  auto& slow = daemon();
+  EXPECT_EQ(slow.expect<proto::error>(2s).code, "hello_required");
+  EXPECT_EQ(slow.wait_closed(), proto::close_hello_required);
+  // The server still serves.
+  auto& good = daemon();
+  good.hello("d-good");
+  good.send(proto::heartbeat{});
+  good.expect<proto::heartbeat>();
+  EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"malformed\"}"), 2);
+  EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"unsupported_version\"}"),
+            2);
+  EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"unknown_type\"}"), 1);
+  EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"hello_required\"}"), 2);
+  EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"bad_message\"}"), 3);
+  EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"too_big\"}"), 1);
+  EXPECT_EQ(metric("makima_ws_closed_total{code=\"1009\"}"), 1);
+  EXPECT_EQ(metric("makima_ws_closed_total{code=\"1007\"}"), 2);
+  EXPECT_EQ(metric("makima_ws_connections_total"), 12);
+}
+
+TEST_F(server_test, events_of_attempts_never_assigned_are_bad_messages) {
+  start();
+  submit("t-1");
+  auto& owner = daemon();
+  owner.hello("d-owner", 1);
+  auto a = owner.expect<proto::assign>();
+  auto& other = daemon();
+  other.hello("d-other", 1);
+  other.send(fake_daemon::state(a.record, 1, task_state::running));
+  EXPECT_EQ(other.expect<proto::error>().code, "bad_message");
+  EXPECT_EQ(other.wait_closed(), proto::close_policy);
+  // A future attempt from the owner is a violation too.
+  auto future = a.record;
+  future.attempt = 5;
+  owner.send(fake_daemon::state(future, 1, task_state::running));
+  EXPECT_EQ(owner.expect<proto::error>().code, "bad_message");
+  EXPECT_EQ(owner.wait_closed(), proto::close_policy);
+}
+
+// -- authentication (§2) ----------------------------------------------------------
+
+TEST_F(server_test, keys_are_checked_with_401_and_403) {
+  start();
+  auto none = http("GET", "/api/v1/tasks", {}, "");
+  EXPECT_EQ(none.status, 401u);
+  EXPECT_EQ(none.headers["www-authenticate"], "Bearer");
+  EXPECT_EQ(json::parse(none.body)["error"]["code"], "unauthorized");
+  EXPECT_EQ(http("GET", "/api/v1/tasks", {}, "wrong").status, 401u);
+  auto wrong_kind = http("GET", "/api/v1/tasks", {}, daemon_key);
+  EXPECT_EQ(wrong_kind.status, 403u);
+  EXPECT_EQ(json::parse(wrong_kind.body)["error"]["code"], "forbidden");
+  EXPECT_EQ(http("GET", "/api/v1/tasks", {}, "user-key-2").status, 200u);
+  EXPECT_EQ(http("GET", "/healthz", {}, "").status, 200u);
+  EXPECT_EQ(http("GET", "/readyz", {}, "").body, "ready");
+  // The daemon endpoint: a user key is the wrong kind, no key is unknown.
+  auto& as_user = daemon(user_key);
+  EXPECT_NE(as_user.wait_closed(), 0);
+  EXPECT_EQ(as_user.http_status(), 403u);
+  auto& wrong = daemon("nope");
+  EXPECT_NE(wrong.wait_closed(), 0);
+  EXPECT_EQ(wrong.http_status(), 401u);
+  EXPECT_EQ(metric("makima_http_rejected_total{reason=\"auth\"}"), 5);
+  // No key text in any response.
+  EXPECT_EQ(none.body.find(user_key), std::string::npos);
+}
+
+TEST_F(server_test, no_auth_accepts_requests_without_a_key) {
+  settings.no_auth = true;
+  settings.user_keys.clear();
+  settings.daemon_keys.clear();
+  start();
+  EXPECT_EQ(http("GET", "/api/v1/tasks", {}, "").status, 200u);
+  auto& d = daemon("");
+  d.hello("d-1");
+}
+
+// -- HTTP API (§10) -------------------------------------------------------------
+
+TEST_F(server_test, bad_requests_get_their_status) {
+  settings.max_body_bytes = 1024;
+  start();
+  auto big = http("POST", "/api/v1/tasks",
+                  R"({"argv":["x"],"pad":")" + std::string(4096, 'x') + "\"}");
+  EXPECT_EQ(big.status, 413u);
+  for (auto body : {"{", "[]", R"({"argv":[]})", R"({"argv":"ls"})",
+                    R"({"argv":["ls"],"id":"bad id/x"})",
+                    R"({"argv":["ls"],"env":["NOEQUALS"]})",
+                    R"({"argv":["ls"],"timeout":-1})",
+                    R"({"argv":["ls"],"selector":{"pool":1}})",
+                    R"({"argv":["ls"],"commit":true})"}) {
+    auto res = http("POST", "/api/v1/tasks", body);
+    EXPECT_EQ(res.status, 400u) << body;
+    EXPECT_EQ(json::parse(res.body)["error"]["code"], "invalid_argument");
+  }
+  submit("t-1");
+  auto dup = http("POST", "/api/v1/tasks", R"({"id":"t-1","argv":["ls"]})");
+  EXPECT_EQ(dup.status, 409u);
+  EXPECT_EQ(json::parse(dup.body)["error"]["code"], "task_exists");
+  auto missing = http("GET", "/api/v1/tasks/t-9");
+  EXPECT_EQ(missing.status, 404u);
+  EXPECT_EQ(json::parse(missing.body)["error"]["code"], "task_not_found");
+  EXPECT_EQ(http("GET", "/api/v1/tasks/t-9/output").status, 404u);
+  EXPECT_EQ(http("GET", "/api/v1/nothing").status, 404u);
+  EXPECT_EQ(http("GET", "/elsewhere", {}, "").status, 404u);
+  auto wrong = http("DELETE", "/api/v1/tasks");
+  EXPECT_EQ(wrong.status, 405u);
+  EXPECT_EQ(wrong.headers["allow"], "GET, POST");
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/checkpoint").status, 501u);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/migrate").status, 501u);
+  EXPECT_EQ(http("GET", "/api/v1/tasks?limit=0").status, 400u);
+  EXPECT_EQ(http("GET", "/api/v1/tasks?state=bogus").status, 400u);
+  EXPECT_EQ(http("GET", "/api/v1/tasks/t-1/output?from=x").status, 400u);
+  EXPECT_EQ(metric("makima_http_requests_total{code=\"413\"}"), 1);
+  EXPECT_EQ(metric("makima_http_rejected_total{reason=\"body_limit\"}"), 1);
+}
+
+TEST_F(server_test, list_pages_by_id) {
+  start();
+  for (auto id : {"a-1", "a-2", "a-3"})
+    submit(id);
+  auto p1 = get("/api/v1/tasks?limit=2");
+  ASSERT_EQ(p1["tasks"].size(), 2u);
+  EXPECT_EQ(p1["next"], "a-2");
+  auto p2 = get("/api/v1/tasks?limit=2&after=a-2");
+  ASSERT_EQ(p2["tasks"].size(), 1u);
+  EXPECT_EQ(p2["tasks"][0]["id"], "a-3");
+  EXPECT_TRUE(p2["next"].is_null());
+}
+
+TEST_F(server_test, cancel_queued_and_running_tasks) {
+  start();
+  submit("t-q", {{"selector", {{"pool", "none"}}}});
+  auto res = http("POST", "/api/v1/tasks/t-q/cancel");
+  EXPECT_EQ(res.status, 202u);
+  EXPECT_EQ(json::parse(res.body)["state"], "cancelled");
+  auto again = http("POST", "/api/v1/tasks/t-q/cancel");
+  EXPECT_EQ(again.status, 409u);
+  EXPECT_EQ(json::parse(again.body)["error"]["code"], "bad_state");
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-9/cancel").status, 404u);
+  submit("t-r");
+  auto& d = daemon();
+  d.hello("d-1");
+  auto a = d.expect<proto::assign>();
+  d.send(fake_daemon::state(a.record, 1, task_state::running));
+  d.expect_ack("t-r", 1, 1);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-r/cancel").status, 202u);
+  auto c = d.expect<proto::cancel>();
+  EXPECT_EQ(c.task, "t-r");
+  EXPECT_EQ(c.attempt, 1u);
+  EXPECT_EQ(c.reason, "user");
+  d.send(fake_daemon::state(a.record, 2, task_state::cancelled));
+  d.expect_ack("t-r", 1, 2);
+  EXPECT_EQ(get("/api/v1/tasks/t-r")["state"], "cancelled");
+}
+
+/// One server-sent event.
+struct sse_event {
+  std::string event;
+  std::string id;
+  std::string data;
+};
+
+/// A minimal SSE client on a raw loopback socket (the test's own, so it
+/// checks the bytes the server sends): GET, then events until EOF.
+class sse_reader {
+public:
+  sse_reader(uint16_t port, const std::string& target,
+             std::vector<std::string> headers) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+      ADD_FAILURE() << "connect failed";
+    std::string req = "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    for (auto& h : headers)
+      req += h + "\r\n";
+    req += "\r\n";
+    EXPECT_EQ(::send(fd_, req.data(), req.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(req.size()));
+  }
+  ~sse_reader() { ::close(fd_); }
+
+  /// Reads until `pred(raw)` holds or EOF or the deadline; returns pred.
+  bool read_until(const std::function<bool()>& pred,
+                  std::chrono::milliseconds timeout = 5s) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!pred()) {
+      if (eof)
+        return false;
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0)
+        return false;
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0)
+        continue;
+      char buf[4096];
+      auto n = ::recv(fd_, buf, sizeof(buf), 0);
+      if (n <= 0) {
+        eof = true;
+        continue;
+      }
+      raw.append(buf, static_cast<size_t>(n));
+      parse();
+    }
+    return true;
+  }
+
+  std::string raw;
+  std::string head;
+  std::vector<sse_event> events;
+  bool eof = false;
+
+private:
+  void parse() {
+    if (head.empty()) {
+      auto end = raw.find("\r\n\r\n");
+      if (end == std::string::npos)
+        return;
+      head = raw.substr(0, end + 4);
+      pos_ = end + 4;
+    }
+    for (;;) {
+      auto end = raw.find("\n\n", pos_);
+      if (end == std::string::npos)
+        return;
+      std::string block = raw.substr(pos_, end - pos_);
+      pos_ = end + 2;
+      sse_event ev;
+      std::stringstream ss{block};
+      std::string line;
+      bool any = false;
+      while (std::getline(ss, line)) {
+        if (line.rfind("event: ", 0) == 0)
+          ev.event = line.substr(7), any = true;
+        else if (line.rfind("id: ", 0) == 0)
+          ev.id = line.substr(4);
+        else if (line.rfind("data: ", 0) == 0)
+          ev.data = line.substr(6), any = true;
+      }
+      if (any)
+        events.push_back(ev);
+    }
+  }
+  int fd_ = -1;
+  size_t pos_ = 0;
+};
+
+TEST_F(server_test, follow_streams_output_then_end) {
+  settings.keep_alive = 100ms;
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1");
+  auto a = d.expect<proto::assign>();
+  d.send(fake_daemon::output("t-1", 1, 1, {{0, 1, "one\n"}}));
+  d.expect_ack("t-1", 1, 1);
+  sse_reader r{node->port(), "/api/v1/tasks/t-1/output?follow=1",
+               {"Authorization: Bearer " + user_key}};
+  ASSERT_TRUE(r.read_until([&] { return r.events.size() >= 1; }));
+  EXPECT_EQ(r.head.rfind("HTTP/1.1 200", 0), 0u) << r.head;
+  EXPECT_NE(r.head.find("Content-Type: text/event-stream"), std::string::npos);
+  EXPECT_NE(r.head.find("Cache-Control: no-cache"), std::string::npos);
+  d.send(fake_daemon::state(a.record, 2, task_state::running));
+  d.send(fake_daemon::output("t-1", 1, 3, {{1, 2, "two\n"}}));
+  // A keep-alive comment arrives while the stream is idle.
+  EXPECT_TRUE(r.read_until(
+      [&] { return r.raw.find(": keep-alive\n\n") != std::string::npos; }));
+  d.send(fake_daemon::state(a.record, 4, task_state::succeeded, 0));
+  ASSERT_TRUE(r.read_until([&] { return r.events.size() >= 4; }));
+  EXPECT_TRUE(r.read_until([&] { return r.eof; })); // closed after `end`
+  auto& events = r.events;
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_EQ(events[0].event, "output");
+  EXPECT_EQ(events[0].id, "0");
+  EXPECT_EQ(events[1].event, "state");
+  EXPECT_EQ(json::parse(events[1].data)["state"], "running");
+  EXPECT_EQ(events[2].event, "output");
+  EXPECT_EQ(events[2].id, "1");
+  auto chunk = json::parse(events[2].data);
+  EXPECT_EQ(chunk["stream"], 2);
+  EXPECT_EQ(*proto::base64_decode(chunk["data"].get<std::string>()), "two\n");
+  EXPECT_EQ(events[3].event, "end");
+  EXPECT_EQ(json::parse(events[3].data)["state"], "succeeded");
+  // Reconnecting with Last-Event-ID continues after it, then ends.
+  sse_reader again{node->port(), "/api/v1/tasks/t-1/output?follow=1&from=0",
+                   {"Authorization: Bearer " + user_key, "Last-Event-ID: 0"}};
+  ASSERT_TRUE(again.read_until([&] { return again.eof; }));
+  ASSERT_EQ(again.events.size(), 2u);
+  EXPECT_EQ(again.events[0].id, "1");
+  EXPECT_EQ(again.events[1].event, "end");
+}
+
+TEST_F(server_test, drain_tells_daemons_and_waits_for_them) {
+  start();
+  auto& d = daemon();
+  d.hello("d-1");
+  std::atomic<bool> done{false};
+  bool drained = false;
+  std::thread t([&] {
+    drained = node->drain(5s);
+    done = true;
+  });
+  EXPECT_EQ(d.expect<proto::drain>().reason, "shutdown");
+  EXPECT_FALSE(done);
+  EXPECT_EQ(http("GET", "/readyz", {}, "").status, 503u);
+  // Submissions are kept queued; nothing is assigned while draining.
+  EXPECT_EQ(submit("t-1")["state"], "queued");
+  EXPECT_TRUE(d.quiet_for(200ms));
+  d.close(1000);
+  t.join();
+  EXPECT_TRUE(drained);
+}
+
+} // namespace
+} // namespace makima
