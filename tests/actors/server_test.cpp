@@ -701,6 +701,67 @@ TEST_F(server_test, bad_frames_get_their_error_and_close_code) {
   EXPECT_EQ(metric("makima_ws_connections_total"), 12);
 }
 
+TEST_F(server_test, binary_frame_is_closed_with_1003) {
+  start();
+  // A raw WebSocket client: ws_client sends text only.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(node->port());
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)),
+            0);
+  std::string up = "GET /ws/daemon HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\n"
+                   "Authorization: Bearer "
+                   + daemon_key + "\r\n\r\n";
+  ::send(fd, up.data(), up.size(), MSG_NOSIGNAL);
+  std::string raw;
+  auto read_more = [&] {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 5000) <= 0)
+      return false;
+    char buf[1024];
+    auto n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0)
+      return false;
+    raw.append(buf, static_cast<size_t>(n));
+    return true;
+  };
+  while (raw.find("\r\n\r\n") == std::string::npos)
+    ASSERT_TRUE(read_more()) << raw;
+  ASSERT_EQ(raw.rfind("HTTP/1.1 101", 0), 0u) << raw;
+  raw.erase(0, raw.find("\r\n\r\n") + 4);
+  // FIN + binary, masked, 3 bytes.
+  unsigned char frame[] = {0x82, 0x83, 1, 2, 3, 4, 'a' ^ 1, 'b' ^ 2, 'c' ^ 3};
+  ::send(fd, frame, sizeof(frame), MSG_NOSIGNAL);
+  while (raw.size() < 4)
+    ASSERT_TRUE(read_more()) << "no close frame";
+  // Answer the close handshake (masked close frame echoing 1003), then EOF.
+  unsigned char reply[] = {0x88, 0x82, 0, 0, 0, 0, 0x03, 0xeb};
+  ::send(fd, reply, sizeof(reply), MSG_NOSIGNAL);
+  std::string rest;
+  std::swap(rest, raw);
+  while (read_more()) {
+  }
+  std::swap(rest, raw);
+  ::close(fd);
+  EXPECT_EQ(static_cast<unsigned char>(raw[0]), 0x88); // FIN + close
+  auto code = static_cast<unsigned>(static_cast<unsigned char>(raw[2])) << 8
+              | static_cast<unsigned char>(raw[3]);
+  EXPECT_EQ(code, proto::close_unsupported_data);
+  // The close reaches the actor asynchronously: wait for the counter.
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (metric("makima_ws_rejected_total{reason=\"binary\"}") != 1
+         && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"binary\"}"), 1)
+      << metrics();
+  EXPECT_EQ(metric("makima_ws_closed_total{code=\"1003\"}"), 1);
+}
+
 TEST_F(server_test, events_of_attempts_never_assigned_are_bad_messages) {
   start();
   submit("t-1");
