@@ -74,6 +74,20 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
     admit(self);
   });
   return {
+      [self](cancel_atom, const std::string& id, kill_atom) {
+        auto& st = self->state;
+        if (auto i = st.running.find(id); i != st.running.end()) {
+          self->send(i->second, cancel_atom::value, kill_atom::value);
+          return;
+        }
+        // A queued attempt never started: dropping it is the whole kill.
+        for (auto i = st.queue.begin(); i != st.queue.end(); ++i) {
+          if (i->spec.id == id) {
+            st.queue.erase(i);
+            return;
+          }
+        }
+      },
       [self](assign_atom, task_record& rec) {
         auto& st = self->state;
         if (st.running.count(rec.spec.id) > 0) {
