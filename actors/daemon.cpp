@@ -73,6 +73,13 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
     st.ids.erase(i);
     admit(self);
   });
+  // Stopping the node stops its attempts too (the actor system would
+  // otherwise wait for their children).
+  self->set_exit_handler([self](const caf::exit_msg& msg) {
+    for (auto& [id, handle] : self->state.running)
+      self->send_exit(handle, msg.reason);
+    self->quit(msg.reason);
+  });
   return {
       [self](cancel_atom, const std::string& id, kill_atom) {
         auto& st = self->state;
