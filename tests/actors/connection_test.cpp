@@ -383,6 +383,28 @@ TEST_F(connection_test, MalformedFramesCloseTheConnectionNotTheDaemon) {
   ASSERT_TRUE(code);
   EXPECT_EQ(*code, proto::close_unknown_type);
 
+  // A wrong version, and a frame other than welcome before the welcome.
+  auto id4 = srv.wait_open(5s);
+  ASSERT_TRUE(id4);
+  ASSERT_TRUE(srv.wait_frame<proto::hello>(5s));
+  srv.send_raw(*id4, "{\"v\":2,\"type\":\"heartbeat\"}");
+  err = srv.wait_frame<proto::error>(5s);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(err->second.code, "unsupported_version");
+  code = srv.wait_close(*id4, 5s);
+  ASSERT_TRUE(code);
+  EXPECT_EQ(*code, proto::close_unsupported_version);
+  auto id5 = srv.wait_open(5s);
+  ASSERT_TRUE(id5);
+  ASSERT_TRUE(srv.wait_frame<proto::hello>(5s));
+  srv.send(*id5, proto::ack{"x", 1, 1});
+  err = srv.wait_frame<proto::error>(5s);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(err->second.code, "bad_message");
+  code = srv.wait_close(*id5, 5s);
+  ASSERT_TRUE(code);
+  EXPECT_EQ(*code, proto::close_policy);
+
   // Still a working daemon.
   auto [id3, hello3] = accept(srv);
   srv.send(id3, assign(record("t7", {"echo", "alive"})));
@@ -423,6 +445,20 @@ TEST_F(connection_test, WindowHoldsOutputUntilAcks) {
   while (auto e = srv.wait_frame<proto::event>(800ms))
     got.push_back(e->second);
   EXPECT_EQ(got.size(), 3u) << "the daemon sent past its window";
+  // Backpressure: the held `ok`s stop the TASK reading its child (8
+  // unacked chunks at most), so the outbox stays small and the task
+  // cannot finish while nothing is acked.
+  EXPECT_LE(outbox().events.size(), 3u + 8u + 1u);
+  {
+    caf::scoped_actor self{*sys};
+    self->request(persist, 10s, get_atom::value, std::string{"t8"})
+        .receive(
+            [&](task_record& rec) {
+              EXPECT_EQ(rec.state, task_state::running);
+              EXPECT_LT(rec.next_seq, 200u);
+            },
+            [](caf::error& e) { FAIL() << describe(e); });
+  }
   // Acking everything sent lets the rest through, in order, to the end.
   std::string out;
   uint64_t next_chunk = 0;
