@@ -69,7 +69,24 @@ using persistence_actor = caf::typed_actor<
     caf::replies_to<history_atom, std::string>::with<std::vector<state_change>>,
     // Marks every task left non-terminal by a dead process as interrupted;
     // returns their ids. Only on a primary (locked) database.
-    caf::replies_to<recover_atom>::with<std::vector<std::string>>>;
+    caf::replies_to<recover_atom>::with<std::vector<std::string>>,
+    // Returns the node's meta value `key`, storing `fallback` first when the
+    // key is missing (the daemon id is generated once this way).
+    caf::replies_to<meta_atom, std::string, std::string>::with<std::string>,
+    // Daemon outbox (network mode, from CONNECTION): stores event `seq` of
+    // attempt (task, attempt) with its frame and records `seq` as the
+    // attempt's last event seq (`finished`: the event is the result), in
+    // one batch.
+    caf::replies_to<outbox_atom, std::string, uint32_t, uint64_t, std::string,
+                    bool>::with<ok_atom>,
+    // Deletes the attempt's outbox entries with seq <= `seq` (server ack);
+    // `forget`: also its last-seq key (its result is acked).
+    caf::replies_to<ack_atom, std::string, uint32_t, uint64_t,
+                    bool>::with<ok_atom>,
+    // Deletes every outbox entry of an attempt and its last-seq key (fenced).
+    caf::replies_to<drop_atom, std::string, uint32_t>::with<ok_atom>,
+    // Returns the whole outbox (at daemon start).
+    caf::replies_to<outbox_atom>::with<outbox_contents>>;
 
 /// The LINK is the server side as seen from a node: it hands out work and
 /// receives what tasks did. `local_link` serves it in-process for `makima
@@ -118,6 +135,8 @@ using task_actor = caf::typed_actor<
     // Cancels the attempt: SIGTERM to the group, SIGKILL after the grace
     // period (a second cancel kills at once).
     caf::reacts_to<cancel_atom>,
+    // Kills the attempt at once: SIGKILL to the group, no grace (fenced).
+    caf::reacts_to<cancel_atom, kill_atom>,
     // From the reactor: a chunk of the child's output (stream, bytes).
     caf::reacts_to<output_atom, uint8_t, std::string>,
     // From the reactor: the child ended (shell-style code, signal).
@@ -134,7 +153,36 @@ using daemon_actor = caf::typed_actor<
     // Runs the attempt described by the record (its `attempt` field).
     caf::reacts_to<assign_atom, task_record>,
     // Cancels a queued or running task by id.
-    caf::reacts_to<cancel_atom, std::string>>;
+    caf::reacts_to<cancel_atom, std::string>,
+    // Kills a queued or running task by id at once (no grace): the server
+    // fenced its attempt.
+    caf::reacts_to<cancel_atom, std::string, kill_atom>>;
+
+/// The CONNECTION actor is the LINK of a networked daemon (`makima
+/// daemon`): it writes every event of its TASK actors to the outbox
+/// (PERSISTENCE) and sends it to the server over WebSocket
+/// (docs/protocol.md), replays unacked events after reconnects and
+/// restarts, and turns the server's assign/cancel into DAEMON messages.
+/// Receives from TASK (as a LINK), from its net::ws_client callbacks (I/O
+/// thread, anon_send) and from its own timers.
+using connection_actor = link_actor::extend<
+    // Starts the actor: recovery, outbox load, then connecting. The DAEMON
+    // is spawned with the connection as its LINK, so it arrives here.
+    caf::reacts_to<start_atom, daemon_actor>,
+    // From ws_client: connection `generation` is open.
+    caf::reacts_to<ws_open_atom, uint64_t>,
+    // From ws_client: a text frame of connection `generation`.
+    caf::reacts_to<ws_text_atom, uint64_t, std::string>,
+    // From ws_client: connection `generation` ended (close code, reason,
+    // HTTP status of a refused upgrade or 0).
+    caf::reacts_to<ws_close_atom, uint64_t, uint16_t, std::string, uint32_t>,
+    // Timer: reconnect after the backoff (generation it belongs to).
+    caf::reacts_to<connect_atom, uint64_t>,
+    // Timer: heartbeat and liveness check of connection `generation`.
+    caf::reacts_to<tick_atom, uint64_t>,
+    // Stops: closes the connection (1001) and quits; running attempts are
+    // not cancelled (their events stay in the outbox).
+    caf::reacts_to<stop_atom>>;
 
 /// The SERVER actor is the server side of docs/protocol.md: tasks in the
 /// server's RocksDB, connected daemons, the queue and scheduling, the HTTP

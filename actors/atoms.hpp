@@ -5,11 +5,14 @@
 
 namespace makima {
 
+using ack_atom = caf::atom_constant<caf::atom("ack")>;
 using assign_atom = caf::atom_constant<caf::atom("assign")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
 using commit_atom = caf::atom_constant<caf::atom("commit")>;
+using connect_atom = caf::atom_constant<caf::atom("connect")>;
 using create_atom = caf::atom_constant<caf::atom("create")>;
 using drain_atom = caf::atom_constant<caf::atom("drain")>;
+using drop_atom = caf::atom_constant<caf::atom("drop")>;
 using exit_atom = caf::atom_constant<caf::atom("exit")>;
 using flush_atom = caf::atom_constant<caf::atom("flush")>;
 using get_atom = caf::atom_constant<caf::atom("get")>;
@@ -18,7 +21,9 @@ using history_atom = caf::atom_constant<caf::atom("history")>;
 using http_atom = caf::atom_constant<caf::atom("http")>;
 using kill_atom = caf::atom_constant<caf::atom("kill")>;
 using list_atom = caf::atom_constant<caf::atom("list")>;
+using meta_atom = caf::atom_constant<caf::atom("meta")>;
 using ok_atom = caf::atom_constant<caf::atom("ok")>;
+using outbox_atom = caf::atom_constant<caf::atom("outbox")>;
 using output_atom = caf::atom_constant<caf::atom("output")>;
 using prepare_atom = caf::atom_constant<caf::atom("prepare")>;
 using push_atom = caf::atom_constant<caf::atom("push")>;
@@ -28,7 +33,9 @@ using remove_atom = caf::atom_constant<caf::atom("remove")>;
 using reopen_atom = caf::atom_constant<caf::atom("reopen")>;
 using result_atom = caf::atom_constant<caf::atom("result")>;
 using snapshot_atom = caf::atom_constant<caf::atom("snapshot")>;
+using start_atom = caf::atom_constant<caf::atom("start")>;
 using state_atom = caf::atom_constant<caf::atom("state")>;
+using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
 using ws_close_atom = caf::atom_constant<caf::atom("ws_close")>;

@@ -73,7 +73,28 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
     st.ids.erase(i);
     admit(self);
   });
+  // Stopping the node stops its attempts too (the actor system would
+  // otherwise wait for their children).
+  self->set_exit_handler([self](const caf::exit_msg& msg) {
+    for (auto& [id, handle] : self->state.running)
+      self->send_exit(handle, msg.reason);
+    self->quit(msg.reason);
+  });
   return {
+      [self](cancel_atom, const std::string& id, kill_atom) {
+        auto& st = self->state;
+        if (auto i = st.running.find(id); i != st.running.end()) {
+          self->send(i->second, cancel_atom::value, kill_atom::value);
+          return;
+        }
+        // A queued attempt never started: dropping it is the whole kill.
+        for (auto i = st.queue.begin(); i != st.queue.end(); ++i) {
+          if (i->spec.id == id) {
+            st.queue.erase(i);
+            return;
+          }
+        }
+      },
       [self](assign_atom, task_record& rec) {
         auto& st = self->state;
         if (st.running.count(rec.spec.id) > 0) {

@@ -194,6 +194,13 @@ void add_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<state_change>>(
       "std::vector<makima::state_change>");
   cfg.add_message_type<worktree>("makima::worktree");
+  cfg.add_message_type<outbox_entry>("makima::outbox_entry");
+  cfg.add_message_type<std::vector<outbox_entry>>(
+      "std::vector<makima::outbox_entry>");
+  cfg.add_message_type<outbox_attempt>("makima::outbox_attempt");
+  cfg.add_message_type<std::vector<outbox_attempt>>(
+      "std::vector<makima::outbox_attempt>");
+  cfg.add_message_type<outbox_contents>("makima::outbox_contents");
 }
 
 } // namespace makima

@@ -163,6 +163,49 @@ typename Inspector::result_type inspect(Inspector& f, worktree& x) {
            x.base_commit);
 }
 
+/// One event of a daemon's outbox (network mode): an attempt's event
+/// `seq` and its encoded `event` frame (docs/protocol.md §6).
+struct outbox_entry {
+  std::string task;
+  uint32_t attempt = 0;
+  uint64_t seq = 0;
+  std::string frame;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, outbox_entry& x) {
+  return f(caf::meta::type_name("makima::outbox_entry"), x.task, x.attempt,
+           x.seq, x.frame);
+}
+
+/// What a daemon's outbox remembers about one attempt: the last event seq
+/// it wrote, and whether that event was the attempt's result.
+struct outbox_attempt {
+  std::string task;
+  uint32_t attempt = 0;
+  uint64_t last_seq = 0;
+  bool finished = false;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, outbox_attempt& x) {
+  return f(caf::meta::type_name("makima::outbox_attempt"), x.task, x.attempt,
+           x.last_seq, x.finished);
+}
+
+/// A daemon's whole outbox as loaded at start: the attempts it knows and
+/// their unacked events in (task, attempt, seq) order.
+struct outbox_contents {
+  std::vector<outbox_attempt> attempts;
+  std::vector<outbox_entry> events;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, outbox_contents& x) {
+  return f(caf::meta::type_name("makima::outbox_contents"), x.attempts,
+           x.events);
+}
+
 /// JSON text of a record (the RocksDB and `task show --json` form).
 std::string to_json(const task_record& x);
 

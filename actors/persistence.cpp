@@ -82,6 +82,37 @@ std::string detail_of(const task_record& rec) {
   return {};
 }
 
+// Meta key holding the last event seq of an attempt's outbox:
+// "outbox/<task>/<attempt>" -> "<seq>" or "<seq> result".
+std::string outbox_key(const std::string& task, uint32_t attempt) {
+  return "outbox/" + task + "/" + std::to_string(attempt);
+}
+
+constexpr std::string_view outbox_prefix = "outbox/";
+
+// Parses an outbox meta key and value; false when malformed.
+bool parse_outbox_meta(std::string_view key, std::string_view value,
+                       outbox_attempt& out) {
+  if (key.substr(0, outbox_prefix.size()) != outbox_prefix)
+    return false;
+  key.remove_prefix(outbox_prefix.size());
+  auto slash = key.rfind('/');
+  if (slash == std::string_view::npos || slash == 0)
+    return false;
+  try {
+    out.task = std::string{key.substr(0, slash)};
+    out.attempt =
+        static_cast<uint32_t>(std::stoul(std::string{key.substr(slash + 1)}));
+    std::string v{value};
+    size_t used = 0;
+    out.last_seq = std::stoull(v, &used);
+    out.finished = v.substr(used) == " result";
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
+}
+
 } // namespace
 
 persistence_actor::behavior_type
@@ -214,6 +245,76 @@ persistence(persistence_actor::stateful_pointer<persistence_state> self,
           ids.push_back(rec.spec.id);
         }
         return ids;
+      },
+      [self](meta_atom, const std::string& key,
+             const std::string& fallback) -> caf::result<std::string> {
+        auto& db = *self->state.db;
+        auto value = db.get_meta(key);
+        if (!value)
+          return value.error();
+        if (*value)
+          return std::move(**value);
+        store::write_batch batch;
+        batch.put_meta(key, fallback);
+        if (auto err = db.write(std::move(batch)))
+          return err;
+        return fallback;
+      },
+      [self](outbox_atom, const std::string& task, uint32_t attempt,
+             uint64_t seq, const std::string& frame,
+             bool finished) -> caf::result<ok_atom> {
+        store::write_batch batch;
+        batch.put_outbox(task, attempt, seq, frame);
+        batch.put_meta(outbox_key(task, attempt),
+                       std::to_string(seq) + (finished ? " result" : ""));
+        if (auto err = self->state.db->write(std::move(batch))) {
+          log::error("persistence", "outbox write for task " + task
+                                        + " failed: " + describe(err));
+          return err;
+        }
+        return ok_atom::value;
+      },
+      [self](ack_atom, const std::string& task, uint32_t attempt, uint64_t seq,
+             bool forget) -> caf::result<ok_atom> {
+        store::write_batch batch;
+        batch.delete_outbox(task, attempt, seq);
+        if (forget)
+          batch.delete_meta(outbox_key(task, attempt));
+        if (auto err = self->state.db->write(std::move(batch)))
+          return err;
+        return ok_atom::value;
+      },
+      [self](drop_atom, const std::string& task,
+             uint32_t attempt) -> caf::result<ok_atom> {
+        store::write_batch batch;
+        batch.delete_outbox(task, attempt, UINT64_MAX);
+        batch.delete_meta(outbox_key(task, attempt));
+        if (auto err = self->state.db->write(std::move(batch)))
+          return err;
+        return ok_atom::value;
+      },
+      [self](outbox_atom) -> caf::result<outbox_contents> {
+        auto& db = *self->state.db;
+        outbox_contents out;
+        auto err = db.for_each_meta(
+            outbox_prefix, [&](std::string_view key, std::string_view value) {
+              outbox_attempt a;
+              if (parse_outbox_meta(key, value, a))
+                out.attempts.push_back(std::move(a));
+              else
+                log::warn("persistence", "skipping malformed outbox key "
+                                             + std::string{key});
+            });
+        if (err)
+          return err;
+        err = db.for_each_outbox([&](std::string_view task, uint32_t attempt,
+                                     uint64_t seq, std::string_view frame) {
+          out.events.push_back(outbox_entry{std::string{task}, attempt, seq,
+                                            std::string{frame}});
+        });
+        if (err)
+          return err;
+        return out;
       },
   };
 }

@@ -420,6 +420,13 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
         st.cancel_requested = true;
         terminate_child(self);
       },
+      [self](cancel_atom, kill_atom) {
+        auto& st = self->state;
+        if (st.finishing)
+          return;
+        st.cancel_requested = true;
+        kill_child(self);
+      },
       [self](output_atom, uint8_t stream, std::string& bytes) {
         auto& st = self->state;
         st.pending.push_back(

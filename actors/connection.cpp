@@ -1,0 +1,799 @@
+// The CONNECTION actor (docs/protocol.md, daemon side):
+//
+//   start → load outbox, recover (interrupted attempts get a `result`
+//         event) → connect → hello → welcome: drop what is acked, replay
+//         the rest in seq order → stream new events, heartbeats
+//         → connection lost: reconnect with full-jitter backoff
+//
+// Every event is written to the outbox (PERSISTENCE) before it is sent;
+// an output batch's `ok` goes back to the TASK only after that write, and
+// is held while the outbox is over the window (backpressure).
+#include "actors/connection.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <system_error>
+
+#include <caf/actor_system.hpp>
+#include <caf/stateful_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include "actors/protocol.hpp"
+#include "runtime/error.hpp"
+#include "runtime/ids.hpp"
+#include "runtime/log.hpp"
+#include "runtime/net/net.hpp"
+
+namespace makima {
+
+namespace {
+
+using conn_ptr = connection_actor::stateful_pointer<connection_state>;
+using attempt_key = connection_state::attempt_key;
+using phase = connection_state::phase;
+
+constexpr const char* component = "connection";
+
+std::string describe_key(const attempt_key& key) {
+  return key.first + "#" + std::to_string(key.second);
+}
+
+std::chrono::milliseconds seconds_to_ms(double s) {
+  return std::chrono::milliseconds{static_cast<int64_t>(s * 1000)};
+}
+
+// Sends one frame on the current connection.
+void send_frame(conn_ptr self, const proto::frame& f) {
+  auto& st = self->state;
+  if (!st.client)
+    return;
+  st.client->send(proto::encode(f));
+  st.last_sent = now_ms();
+}
+
+// Sends an error frame and closes the connection with the code that goes
+// with it (§9); the close callback then reconnects.
+void protocol_error(conn_ptr self, const std::string& code,
+                    const std::string& message, uint16_t close) {
+  auto& st = self->state;
+  log::warn(component, "bad frame from the server (" + code + "): " + message);
+  if (!st.client || st.ph == phase::closing)
+    return;
+  send_frame(self, proto::error{code, message, {}, 0});
+  st.client->close(close, code);
+  st.ph = phase::closing;
+}
+
+bool under_window(const connection_state& st) {
+  return st.unacked_events <= st.opts.window_events
+         && st.unacked_bytes <= st.opts.window_bytes;
+}
+
+// Hands held output `ok`s back to TASK actors while under the window.
+void release_held(conn_ptr self) {
+  auto& st = self->state;
+  while (!st.held.empty() && under_window(st)) {
+    st.held.front().deliver(ok_atom::value);
+    st.held.pop_front();
+  }
+}
+
+void finish(conn_ptr self, int status);
+
+// Closes with 1000 once a drain is complete: nothing running, nothing
+// unacked.
+void check_drained(conn_ptr self) {
+  auto& st = self->state;
+  if (!st.draining || st.ph != phase::welcomed || st.pending_writes > 0)
+    return;
+  for (auto& [key, a] : st.attempts)
+    if (a.active || !a.frames.empty())
+      return;
+  log::info(component, "drained: every attempt finished and acked");
+  st.client->close(proto::close_normal, "drained");
+  st.ph = phase::closing;
+  st.drain_closed = true;
+}
+
+// Sends the persisted events each attempt has beyond what was sent, in seq
+// order, within the window.
+void pump(conn_ptr self) {
+  auto& st = self->state;
+  if (st.ph != phase::welcomed)
+    return;
+  for (auto& [key, a] : st.attempts) {
+    for (auto i = a.frames.upper_bound(a.sent); i != a.frames.end(); ++i) {
+      if (st.inflight_events >= st.opts.window_events
+          || st.inflight_bytes >= st.opts.window_bytes)
+        return;
+      if (i->first != a.sent + 1)
+        break; // a gap: the missing event is still being written
+      st.client->send(i->second.first);
+      st.last_sent = now_ms();
+      a.sent = i->first;
+      st.inflight_events += 1;
+      st.inflight_bytes += i->second.first.size();
+    }
+  }
+}
+
+// Writes event `ev` of `key` to the outbox (assigning its seq) and queues
+// it for sending; `done` runs after the write.
+void write_event(conn_ptr self, const attempt_key& key, proto::event ev,
+                 std::function<void()> done = {}) {
+  auto& st = self->state;
+  auto& a = st.attempts[key];
+  ev.task = key.first;
+  ev.attempt = key.second;
+  ev.seq = ++a.last_seq;
+  ev.at = now_ms();
+  bool finished = ev.kind == proto::event_kind::result;
+  if (finished) {
+    a.finished = true;
+    a.active = false;
+  }
+  auto frame = proto::encode(ev);
+  auto seq = ev.seq;
+  auto at = ev.at;
+  st.pending_writes += 1;
+  auto stored = [self, key, seq, at, done](std::string frame) {
+    auto& st = self->state;
+    st.pending_writes -= 1;
+    auto i = st.attempts.find(key);
+    if (i != st.attempts.end() && st.fenced.count(key) == 0
+        && seq > i->second.acked) {
+      st.unacked_events += 1;
+      st.unacked_bytes += frame.size();
+      i->second.frames.emplace(seq, std::make_pair(std::move(frame), at));
+      pump(self);
+    }
+    if (done)
+      done();
+    check_drained(self);
+  };
+  self->request(st.persistence, caf::infinite, outbox_atom::value, key.first,
+                key.second, seq, frame, finished)
+      .then([stored, frame](ok_atom) mutable { stored(std::move(frame)); },
+            [stored, frame, key](caf::error& err) mutable {
+              // Sending it anyway beats a seq gap; it is only not durable.
+              log::error(component, "cannot write event of "
+                                        + describe_key(key)
+                                        + " to the outbox: " + describe(err));
+              stored(std::move(frame));
+            });
+}
+
+// Applies a cumulative ack of `key` up to `seq`.
+void apply_ack(conn_ptr self, const attempt_key& key, uint64_t seq) {
+  auto& st = self->state;
+  auto i = st.attempts.find(key);
+  if (i == st.attempts.end())
+    return;
+  auto& a = i->second;
+  if (seq > a.last_seq) {
+    log::warn(component, "server acked seq " + std::to_string(seq) + " of "
+                             + describe_key(key) + ", which has only "
+                             + std::to_string(a.last_seq) + " events");
+    seq = a.last_seq;
+  }
+  if (seq <= a.acked)
+    return;
+  for (auto f = a.frames.begin(); f != a.frames.end() && f->first <= seq;) {
+    st.unacked_events -= 1;
+    st.unacked_bytes -= f->second.first.size();
+    if (f->first <= a.sent && st.ph == phase::welcomed) {
+      st.inflight_events -= 1;
+      st.inflight_bytes -= f->second.first.size();
+    }
+    f = a.frames.erase(f);
+  }
+  a.acked = seq;
+  a.sent = std::max(a.sent, seq);
+  bool forget = a.finished && a.acked >= a.last_seq;
+  self->request(st.persistence, caf::infinite, ack_atom::value, key.first,
+                key.second, seq, forget)
+      .then([](ok_atom) {},
+            [key](caf::error& err) {
+              log::error(component, "cannot delete acked events of "
+                                        + describe_key(key) + ": "
+                                        + describe(err));
+            });
+  if (forget) {
+    st.attempts.erase(i);
+    st.done.insert(key);
+  }
+  release_held(self);
+  pump(self);
+  check_drained(self);
+}
+
+// Forgets everything of a fenced attempt and kills it at once.
+void fence(conn_ptr self, const attempt_key& key, const std::string& why) {
+  auto& st = self->state;
+  st.fenced.insert(key);
+  auto i = st.attempts.find(key);
+  if (i != st.attempts.end()) {
+    auto& a = i->second;
+    if (a.active && st.daemon)
+      self->send(st.daemon, cancel_atom::value, key.first, kill_atom::value);
+    for (auto& [seq, f] : a.frames) {
+      st.unacked_events -= 1;
+      st.unacked_bytes -= f.first.size();
+      if (seq <= a.sent && st.ph == phase::welcomed) {
+        st.inflight_events -= 1;
+        st.inflight_bytes -= f.first.size();
+      }
+    }
+    st.attempts.erase(i);
+  }
+  log::warn(component, "attempt " + describe_key(key) + " " + why
+                           + ": killed, its unsent events dropped");
+  self->request(st.persistence, caf::infinite, drop_atom::value, key.first,
+                key.second)
+      .then([](ok_atom) {},
+            [key](caf::error& err) {
+              log::error(component, "cannot drop the outbox of "
+                                        + describe_key(key) + ": "
+                                        + describe(err));
+            });
+  release_held(self);
+  pump(self);
+  check_drained(self);
+}
+
+proto::hello make_hello(conn_ptr self) {
+  auto& st = self->state;
+  proto::hello h;
+  h.daemon_id = st.daemon_id;
+  h.name = st.opts.name;
+  h.pool = st.opts.pool;
+  h.labels = st.opts.labels;
+  h.capacity = st.opts.capacity;
+  std::error_code err;
+  auto space = std::filesystem::space(st.opts.data_dir, err);
+  h.free_disk_bytes = err ? 0 : space.available;
+  h.cached_repos = cached_repos(st.opts.repos_dir);
+  for (auto& [key, a] : st.attempts)
+    h.running.push_back(proto::attempt_seq{key.first, key.second, a.last_seq});
+  h.version = st.opts.version;
+  return h;
+}
+
+void schedule_reconnect(conn_ptr self);
+
+// Forgets the current connection (what was sent but not acked is sent
+// again on the next one).
+void disconnected(conn_ptr self) {
+  auto& st = self->state;
+  st.client.reset();
+  if (st.hooks.ready)
+    *st.hooks.ready = false;
+  for (auto& [key, a] : st.attempts)
+    a.sent = a.acked;
+  st.inflight_events = 0;
+  st.inflight_bytes = 0;
+  st.ph = phase::waiting;
+}
+
+void tick(conn_ptr self) {
+  auto& st = self->state;
+  auto interval = std::clamp(st.heartbeat / 4, 0.02, 1.0);
+  self->delayed_send(self, seconds_to_ms(interval), tick_atom::value,
+                     st.generation);
+}
+
+void connect(conn_ptr self) {
+  auto& st = self->state;
+  auto gen = ++st.generation;
+  auto me = caf::actor_cast<connection_actor>(self);
+  net::ws_client::handlers h;
+  h.on_open = [me, gen] { caf::anon_send(me, ws_open_atom::value, gen); };
+  h.on_text = [me, gen](std::string text) {
+    caf::anon_send(me, ws_text_atom::value, gen, std::move(text));
+  };
+  h.on_close = [me, gen](uint16_t code, std::string reason, unsigned status) {
+    caf::anon_send(me, ws_close_atom::value, gen, code, std::move(reason),
+                   static_cast<uint32_t>(status));
+  };
+  net::ws_client_options opts;
+  if (!st.opts.api_key.empty())
+    opts.headers.emplace_back("Authorization", "Bearer " + st.opts.api_key);
+  opts.max_frame_bytes = st.opts.max_frame_bytes;
+  opts.ca_file = st.opts.ca_file;
+  st.client = std::make_unique<net::ws_client>(*st.io, std::move(h), opts);
+  st.ph = phase::connecting;
+  st.last_received = now_ms();
+  if (auto err = st.client->connect(st.opts.url)) {
+    log::error(component, "cannot connect: " + describe(err));
+    st.client.reset();
+    st.ph = phase::waiting;
+    schedule_reconnect(self);
+    return;
+  }
+  tick(self);
+}
+
+void schedule_reconnect(conn_ptr self) {
+  auto& st = self->state;
+  if (st.stopping)
+    return;
+  auto limit = std::min(st.opts.backoff_cap,
+                        st.opts.backoff_base
+                            * std::pow(2.0, std::min<uint32_t>(st.failures,
+                                                               30)));
+  std::uniform_real_distribution<double> dist(0, limit);
+  auto delay = dist(st.rng);
+  st.failures += 1;
+  log::debug(component, "reconnecting in " + std::to_string(delay) + " s");
+  self->delayed_send(self, seconds_to_ms(delay), connect_atom::value,
+                     st.generation);
+}
+
+void finish(conn_ptr self, int status) {
+  auto& st = self->state;
+  if (st.ph == phase::stopped)
+    return;
+  st.ph = phase::stopped;
+  st.client.reset();
+  if (st.hooks.ready)
+    *st.hooks.ready = false;
+  if (st.hooks.on_exit)
+    st.hooks.on_exit(status);
+  self->quit();
+}
+
+void on_welcome(conn_ptr self, proto::welcome& w) {
+  auto& st = self->state;
+  st.ph = phase::welcomed;
+  st.failures = 0;
+  if (w.heartbeat > 0)
+    st.heartbeat = w.heartbeat;
+  if (st.hooks.ready)
+    *st.hooks.ready = true;
+  if (st.hooks.on_welcome)
+    st.hooks.on_welcome(log::redact(st.opts.url));
+  for (auto& a : w.acked)
+    apply_ack(self, {a.task, a.attempt}, a.seq);
+  pump(self);
+  check_drained(self);
+}
+
+void on_assign(conn_ptr self, task_record& rec) {
+  auto& st = self->state;
+  attempt_key key{rec.spec.id, rec.attempt};
+  if (st.draining) {
+    log::warn(component, "draining: ignoring assignment of "
+                             + describe_key(key));
+    return;
+  }
+  if (st.attempts.count(key) > 0 || st.fenced.count(key) > 0
+      || st.done.count(key) > 0) {
+    log::warn(component, "ignoring duplicate assignment of "
+                             + describe_key(key));
+    return;
+  }
+  st.attempts[key].active = true;
+  rec.state = task_state::preparing;
+  rec.updated_at = now_ms();
+  // The local record follows the server's: an attempt n+1 of a task this
+  // node ran before replaces it (put, not create).
+  self->request(st.persistence, caf::infinite, put_atom::value, rec)
+      .then(
+          [self, rec](ok_atom) mutable {
+            self->send(self->state.daemon, assign_atom::value, std::move(rec));
+          },
+          [self, rec](caf::error& err) mutable {
+            log::error(component, "cannot store assignment of " + rec.spec.id
+                                      + ": " + describe(err));
+            self->send(self->state.daemon, assign_atom::value, std::move(rec));
+          });
+}
+
+void on_frame(conn_ptr self, std::string& text) {
+  auto& st = self->state;
+  st.last_received = now_ms();
+  auto decoded = proto::decode(text);
+  if (auto* bad = std::get_if<proto::decode_failure>(&decoded)) {
+    protocol_error(self, bad->code, bad->message, bad->close);
+    return;
+  }
+  auto& f = std::get<proto::frame>(decoded);
+  if (st.ph == phase::hello_sent) {
+    if (auto* w = std::get_if<proto::welcome>(&f)) {
+      on_welcome(self, *w);
+      return;
+    }
+    if (auto* e = std::get_if<proto::error>(&f)) {
+      log::error(component, "server error before welcome (" + e->code
+                                + "): " + e->message);
+      return;
+    }
+    protocol_error(self, "bad_message", "expected welcome",
+                   proto::close_policy);
+    return;
+  }
+  if (st.ph != phase::welcomed)
+    return; // closing: the rest is moot
+  std::visit(
+      [&](auto& m) {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, proto::assign>) {
+          on_assign(self, m.record);
+        } else if constexpr (std::is_same_v<T, proto::cancel>) {
+          attempt_key key{m.task, m.attempt};
+          if (m.reason == "fenced" || m.reason == "lease") {
+            fence(self, key, "fenced by the server (" + m.reason + ")");
+          } else {
+            auto i = st.attempts.find(key);
+            if (i != st.attempts.end() && i->second.active)
+              self->send(st.daemon, cancel_atom::value, m.task);
+            else
+              log::info(component, "cancel of " + describe_key(key)
+                                       + ", which does not run here");
+          }
+        } else if constexpr (std::is_same_v<T, proto::drain>) {
+          log::warn(component, "server asked to drain (" + m.reason
+                                   + "): taking no new work");
+          st.draining = true;
+          check_drained(self);
+        } else if constexpr (std::is_same_v<T, proto::ack>) {
+          apply_ack(self, {m.task, m.attempt}, m.seq);
+        } else if constexpr (std::is_same_v<T, proto::heartbeat>) {
+          // Liveness only (last_received is set above).
+        } else if constexpr (std::is_same_v<T, proto::error>) {
+          log::warn(component, "server error (" + m.code + "): " + m.message);
+        } else if constexpr (std::is_same_v<T, proto::welcome>) {
+          protocol_error(self, "bad_message", "second welcome",
+                         proto::close_policy);
+        } else {
+          protocol_error(self, "bad_message",
+                         "a daemon-to-server frame from the server",
+                         proto::close_policy);
+        }
+      },
+      f);
+}
+
+// Output chunks grouped so that one event carries at most
+// proto::max_event_output_bytes raw bytes (a larger chunk goes alone: the
+// reactor reads 64 KiB at most, and a chunk's seq cannot be split).
+std::vector<std::vector<output_chunk>>
+split_output(std::vector<output_chunk>& chunks) {
+  std::vector<std::vector<output_chunk>> out;
+  size_t bytes = 0;
+  for (auto& c : chunks) {
+    if (out.empty()
+        || (bytes + c.bytes.size() > proto::max_event_output_bytes
+            && !out.back().empty())) {
+      out.emplace_back();
+      bytes = 0;
+    }
+    bytes += c.bytes.size();
+    out.back().push_back(std::move(c));
+  }
+  return out;
+}
+
+// Start: emits `result` events for attempts a dead process left behind,
+// then connects.
+void recover_then_connect(conn_ptr self) {
+  auto& st = self->state;
+  self->request(st.persistence, caf::infinite, recover_atom::value)
+      .then(
+          [self](std::vector<std::string>& interrupted) {
+            std::set<std::string> ids(interrupted.begin(), interrupted.end());
+            for (auto& [key, a] : self->state.attempts)
+              if (!a.finished)
+                ids.insert(key.first);
+            if (ids.empty()) {
+              connect(self);
+              return;
+            }
+            self->request(self->state.persistence, caf::infinite,
+                          list_atom::value)
+                .then(
+                    [self, ids](std::vector<task_record>& records) {
+                      auto& st = self->state;
+                      for (auto& rec : records) {
+                        if (ids.count(rec.spec.id) == 0
+                            || !is_terminal(rec.state))
+                          continue;
+                        attempt_key key{rec.spec.id, rec.attempt};
+                        auto i = st.attempts.find(key);
+                        if (i != st.attempts.end() && i->second.finished)
+                          continue;
+                        log::warn(component,
+                                  "attempt " + describe_key(key) + " ended ("
+                                      + to_string(rec.state)
+                                      + ") while no makima reported it; "
+                                        "sending its result");
+                        proto::event ev;
+                        ev.kind = proto::event_kind::result;
+                        ev.record = rec;
+                        write_event(self, key, std::move(ev));
+                      }
+                      connect(self);
+                    },
+                    [self](caf::error& err) {
+                      log::error(component, "cannot list tasks: "
+                                                + describe(err));
+                      connect(self);
+                    });
+          },
+          [self](caf::error& err) {
+            log::error(component, "recovery failed: " + describe(err));
+            connect(self);
+          });
+}
+
+void start(conn_ptr self) {
+  auto& st = self->state;
+  auto fallback = "d-" + make_task_id();
+  self->request(st.persistence, caf::infinite, meta_atom::value,
+                std::string{"daemon_id"}, fallback)
+      .then(
+          [self](std::string& id) {
+            self->state.daemon_id = std::move(id);
+            self->request(self->state.persistence, caf::infinite,
+                          outbox_atom::value)
+                .then(
+                    [self](outbox_contents& box) {
+                      auto& st = self->state;
+                      for (auto& a : box.attempts) {
+                        auto& o = st.attempts[{a.task, a.attempt}];
+                        o.last_seq = a.last_seq;
+                        o.acked = a.last_seq;
+                        o.finished = a.finished;
+                      }
+                      for (auto& e : box.events) {
+                        auto& o = st.attempts[{e.task, e.attempt}];
+                        o.last_seq = std::max(o.last_seq, e.seq);
+                        if (o.frames.empty())
+                          o.acked = e.seq - 1;
+                        st.unacked_events += 1;
+                        st.unacked_bytes += e.frame.size();
+                        o.frames.emplace(e.seq,
+                                         std::make_pair(std::move(e.frame),
+                                                        now_ms()));
+                      }
+                      for (auto& [key, o] : st.attempts)
+                        o.sent = o.acked;
+                      if (!st.attempts.empty())
+                        log::info(component,
+                                  "outbox: " + std::to_string(
+                                      st.attempts.size())
+                                      + " attempt(s), "
+                                      + std::to_string(st.unacked_events)
+                                      + " unacked event(s)");
+                      recover_then_connect(self);
+                    },
+                    [self](caf::error& err) {
+                      log::error(component, "cannot load the outbox: "
+                                                + describe(err));
+                      finish(self, 1);
+                    });
+          },
+          [self](caf::error& err) {
+            log::error(component, "cannot read the daemon id: "
+                                      + describe(err));
+            finish(self, 1);
+          });
+}
+
+} // namespace
+
+std::vector<std::string> cached_repos(const std::filesystem::path& repos_dir) {
+  std::vector<std::string> out;
+  std::error_code err;
+  for (auto it = std::filesystem::directory_iterator(repos_dir, err);
+       !err && it != std::filesystem::directory_iterator();
+       it.increment(err)) {
+    // A bare mirror's config names its origin:
+    // [remote "origin"]\n\turl = <canonical url>
+    std::ifstream in(it->path() / "config");
+    std::string line;
+    bool origin = false;
+    while (std::getline(in, line)) {
+      auto s = line.find_first_not_of(" \t");
+      if (s == std::string::npos)
+        continue;
+      line = line.substr(s);
+      if (line.front() == '[') {
+        origin = line.rfind("[remote \"origin\"]", 0) == 0;
+        continue;
+      }
+      if (origin && line.rfind("url", 0) == 0) {
+        auto eq = line.find('=');
+        if (eq == std::string::npos)
+          continue;
+        auto v = line.substr(eq + 1);
+        v.erase(0, v.find_first_not_of(" \t"));
+        out.push_back(v);
+        break;
+      }
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+connection_actor::behavior_type
+connection(connection_actor::stateful_pointer<connection_state> self,
+           connection_options opts, connection_hooks hooks,
+           persistence_actor persistence, std::shared_ptr<net::io_thread> io) {
+  auto& st = self->state;
+  st.opts = std::move(opts);
+  st.hooks = std::move(hooks);
+  st.persistence = std::move(persistence);
+  st.io = std::move(io);
+  st.heartbeat = st.opts.heartbeat;
+  return {
+      // -- LINK: what TASK actors did, already in the local DB --
+      [self](output_atom, const std::string& id, uint32_t attempt,
+             std::vector<output_chunk>& chunks) -> caf::result<ok_atom> {
+        auto& st = self->state;
+        attempt_key key{id, attempt};
+        if (st.fenced.count(key) > 0 || chunks.empty())
+          return ok_atom::value;
+        auto rp = self->make_response_promise<ok_atom>();
+        auto groups = split_output(chunks);
+        auto remaining = std::make_shared<size_t>(groups.size());
+        for (auto& g : groups) {
+          proto::event ev;
+          ev.kind = proto::event_kind::output;
+          ev.chunks = std::move(g);
+          write_event(self, key, std::move(ev), [self, rp, remaining]() mutable {
+            if (--*remaining > 0)
+              return;
+            auto& st = self->state;
+            if (under_window(st) && st.held.empty())
+              rp.deliver(ok_atom::value);
+            else
+              st.held.push_back(rp);
+          });
+        }
+        return rp;
+      },
+      [self](state_atom, task_record& rec) {
+        attempt_key key{rec.spec.id, rec.attempt};
+        if (self->state.fenced.count(key) > 0)
+          return;
+        proto::event ev;
+        ev.kind = proto::event_kind::state;
+        ev.record = std::move(rec);
+        write_event(self, key, std::move(ev));
+      },
+      [self](result_atom, task_record& rec) {
+        attempt_key key{rec.spec.id, rec.attempt};
+        if (self->state.fenced.count(key) > 0)
+          return;
+        proto::event ev;
+        ev.kind = proto::event_kind::result;
+        ev.record = std::move(rec);
+        write_event(self, key, std::move(ev));
+      },
+      // -- wiring and transport --
+      [self](start_atom, daemon_actor daemon) {
+        self->state.daemon = std::move(daemon);
+        start(self);
+      },
+      [self](ws_open_atom, uint64_t gen) {
+        auto& st = self->state;
+        if (gen != st.generation || st.ph != phase::connecting)
+          return;
+        st.ph = phase::hello_sent;
+        st.last_received = now_ms();
+        send_frame(self, make_hello(self));
+      },
+      [self](ws_text_atom, uint64_t gen, std::string& text) {
+        if (gen != self->state.generation)
+          return;
+        on_frame(self, text);
+      },
+      [self](ws_close_atom, uint64_t gen, uint16_t code, std::string& reason,
+             uint32_t http_status) {
+        auto& st = self->state;
+        if (gen != st.generation || st.ph == phase::stopped)
+          return;
+        bool was_draining = st.drain_closed;
+        bool was_welcomed = st.ph == phase::welcomed;
+        disconnected(self);
+        if (st.stopping) {
+          finish(self, 1);
+          return;
+        }
+        if (was_draining) {
+          finish(self, 0);
+          return;
+        }
+        if (http_status == 401 || http_status == 403) {
+          if (!st.auth_error_logged)
+            log::error(component,
+                       "the server refused the daemon key (HTTP "
+                           + std::to_string(http_status)
+                           + "); retrying with backoff");
+          st.auth_error_logged = true;
+        } else if (was_welcomed || code != 1006) {
+          log::warn(component, "disconnected from "
+                                   + log::redact(st.opts.url) + " (code "
+                                   + std::to_string(code) + " " + reason
+                                   + ")");
+        } else {
+          log::debug(component, "cannot connect: " + reason);
+        }
+        schedule_reconnect(self);
+      },
+      [self](connect_atom, uint64_t gen) {
+        auto& st = self->state;
+        if (gen != st.generation || st.ph != phase::waiting || st.stopping)
+          return;
+        connect(self);
+      },
+      [self](tick_atom, uint64_t gen) {
+        auto& st = self->state;
+        if (gen != st.generation || st.client == nullptr)
+          return;
+        tick(self);
+        auto now = now_ms();
+        if ((st.ph == phase::hello_sent || st.ph == phase::welcomed
+             || st.ph == phase::closing)
+            && now - st.last_received > st.heartbeat * 3000) {
+          log::warn(component, "nothing from the server for "
+                                   + std::to_string(now - st.last_received)
+                                   + " ms; reconnecting");
+          disconnected(self);
+          if (st.stopping)
+            finish(self, 1);
+          else
+            schedule_reconnect(self);
+          return;
+        }
+        if (st.ph == phase::welcomed
+            && now - st.last_sent >= st.heartbeat * 1000) {
+          proto::heartbeat hb;
+          int64_t oldest = 0;
+          for (auto& [key, a] : st.attempts) {
+            if (a.active)
+              hb.running += 1;
+            if (!a.frames.empty()) {
+              auto at = a.frames.begin()->second.second;
+              oldest = oldest == 0 ? at : std::min(oldest, at);
+            }
+          }
+          hb.outbox_events = st.unacked_events;
+          hb.outbox_oldest_at = oldest;
+          send_frame(self, hb);
+        }
+      },
+      [self](stop_atom) {
+        auto& st = self->state;
+        if (st.stopping) {
+          finish(self, 1); // the close did not complete in time
+          return;
+        }
+        st.stopping = true;
+        if (st.client && (st.ph == phase::welcomed
+                          || st.ph == phase::hello_sent)) {
+          st.client->close(proto::close_going_away, "daemon stopping");
+          st.ph = phase::closing;
+          self->delayed_send(self, std::chrono::seconds(2), stop_atom::value);
+          return;
+        }
+        finish(self, 1);
+      },
+  };
+}
+
+connection_actor spawn_connection(caf::actor_system& sys,
+                                  connection_options opts,
+                                  connection_hooks hooks,
+                                  persistence_actor persistence,
+                                  std::shared_ptr<net::io_thread> io) {
+  return sys.spawn<caf::detached>(connection, std::move(opts),
+                                  std::move(hooks), std::move(persistence),
+                                  std::move(io));
+}
+
+} // namespace makima
