@@ -1,0 +1,223 @@
+// The frame codec of docs/protocol.md: every frame type round-trips, output
+// bytes stay byte-exact through base64, and each kind of bad input maps to
+// the error code and close code of §9.
+#include "actors/protocol.hpp"
+
+#include <random>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+using namespace makima;
+using namespace makima::proto;
+
+namespace {
+
+template <class T>
+T round_trip(const T& x) {
+  auto text = encode(frame{x});
+  auto r = decode(text);
+  if (auto* fail = std::get_if<decode_failure>(&r)) {
+    ADD_FAILURE() << fail->code << ": " << fail->message << " in " << text;
+    return T{};
+  }
+  auto* f = std::get_if<T>(&std::get<frame>(r));
+  EXPECT_NE(f, nullptr) << "decoded to another type: " << text;
+  return f ? *f : T{};
+}
+
+decode_failure failure(const std::string& text) {
+  auto r = decode(text);
+  auto* fail = std::get_if<decode_failure>(&r);
+  EXPECT_NE(fail, nullptr) << "accepted: " << text;
+  return fail ? *fail : decode_failure{};
+}
+
+task_record sample_record(task_state st) {
+  task_record rec;
+  rec.spec.id = "t-0001";
+  rec.spec.argv = {"sh", "-c", "echo hi"};
+  rec.spec.selector = {{"pool", "k8s"}, {"gpu", "1"}};
+  rec.state = st;
+  rec.attempt = 2;
+  rec.next_seq = 17;
+  rec.exit_code = is_terminal(st) ? 3 : -1;
+  return rec;
+}
+
+} // namespace
+
+TEST(protocol, base64_round_trips_every_byte_and_length) {
+  std::mt19937 rng{42};
+  for (size_t n = 0; n < 70; ++n) {
+    std::string bytes(n, '\0');
+    for (auto& c : bytes)
+      c = static_cast<char>(rng());
+    auto enc = base64_encode(bytes);
+    EXPECT_EQ(enc.size() % 4, 0u);
+    auto dec = base64_decode(enc);
+    ASSERT_TRUE(dec) << n;
+    EXPECT_EQ(*dec, bytes) << n;
+  }
+  EXPECT_EQ(base64_encode("hello\n"), "aGVsbG8K");
+}
+
+TEST(protocol, base64_rejects_malformed_text) {
+  for (auto bad : {"aGVsbG8", "aGV*bG8K", "a=GVsbG8", "aGVsb=8K", "====",
+                   "aG=s"})
+    EXPECT_FALSE(base64_decode(bad)) << bad;
+}
+
+TEST(protocol, hello_round_trips_with_running_attempts) {
+  hello h;
+  h.daemon_id = "d-7f3a";
+  h.name = "node-1";
+  h.pool = "k8s";
+  h.labels = {{"arch", "amd64"}};
+  h.capacity = 4;
+  h.free_disk_bytes = 51234567890;
+  h.cached_repos = {"https://git.example/r.git"};
+  h.running = {{"t-0001", 2, 41}};
+  h.version = "0.2.0";
+  auto text = encode(frame{h});
+  auto j = nlohmann::json::parse(text);
+  EXPECT_EQ(j["v"], 1);
+  EXPECT_EQ(j["type"], "hello");
+  EXPECT_EQ(j["running"][0]["last_seq"], 41); // the field name of §4
+  auto back = round_trip(h);
+  EXPECT_EQ(back.daemon_id, "d-7f3a");
+  EXPECT_EQ(back.labels, h.labels);
+  EXPECT_EQ(back.capacity, 4u);
+  EXPECT_EQ(back.free_disk_bytes, 51234567890u);
+  EXPECT_EQ(back.cached_repos, h.cached_repos);
+  ASSERT_EQ(back.running.size(), 1u);
+  EXPECT_EQ(back.running[0], (attempt_seq{"t-0001", 2, 41}));
+}
+
+TEST(protocol, output_event_is_byte_exact_including_nul_and_invalid_utf8) {
+  event e;
+  e.task = "t-0001";
+  e.attempt = 2;
+  e.seq = 7;
+  e.kind = event_kind::output;
+  e.at = 1764331201300;
+  e.chunks = {{17, 1, std::string("a\0b\xff\xfe", 5)}, {18, 2, "warn\n"}};
+  auto back = round_trip(e);
+  EXPECT_EQ(back.task, "t-0001");
+  EXPECT_EQ(back.attempt, 2u);
+  EXPECT_EQ(back.seq, 7u);
+  EXPECT_EQ(back.at, 1764331201300);
+  ASSERT_EQ(back.chunks.size(), 2u);
+  EXPECT_EQ(back.chunks[0].bytes, std::string("a\0b\xff\xfe", 5));
+  EXPECT_EQ(back.chunks[0].seq, 17u);
+  EXPECT_EQ(back.chunks[1].stream, 2);
+}
+
+TEST(protocol, state_and_result_events_carry_the_record_with_selector) {
+  event e;
+  e.task = "t-0001";
+  e.attempt = 2;
+  e.seq = 9;
+  e.kind = event_kind::result;
+  e.record = sample_record(task_state::failed);
+  auto back = round_trip(e);
+  EXPECT_EQ(back.kind, event_kind::result);
+  EXPECT_EQ(back.record.state, task_state::failed);
+  EXPECT_EQ(back.record.exit_code, 3);
+  EXPECT_EQ(back.record.spec.selector, e.record.spec.selector);
+  EXPECT_EQ(back.record.spec.argv, e.record.spec.argv);
+}
+
+TEST(protocol, server_frames_round_trip) {
+  welcome w;
+  w.server_version = "0.2.0";
+  w.heartbeat = 5;
+  w.lease = 30;
+  w.acked = {{"t-0001", 2, 39}};
+  auto wb = round_trip(w);
+  EXPECT_EQ(wb.acked, w.acked);
+  EXPECT_EQ(wb.lease, 30);
+
+  assign a;
+  a.record = sample_record(task_state::queued);
+  a.record.attempt = 3;
+  auto ab = round_trip(a);
+  EXPECT_EQ(ab.record.attempt, 3u);
+  EXPECT_EQ(ab.record.state, task_state::queued);
+  EXPECT_EQ(ab.record.next_seq, 17u);
+
+  auto cb = round_trip(cancel{"t-0001", 3, "fenced"});
+  EXPECT_EQ(cb.reason, "fenced");
+  EXPECT_EQ(round_trip(drain{"shutdown"}).reason, "shutdown");
+  auto kb = round_trip(ack{"t-0001", 2, 41});
+  EXPECT_EQ(kb.seq, 41u);
+  auto eb = round_trip(error{"stale_attempt", "superseded", "t-0001", 2});
+  EXPECT_EQ(eb.code, "stale_attempt");
+  EXPECT_EQ(eb.attempt, 2u);
+  EXPECT_EQ(encode(frame{heartbeat{}}), R"({"type":"heartbeat","v":1})");
+  EXPECT_EQ(round_trip(heartbeat{2, 5, 77}).outbox_events, 5u);
+}
+
+TEST(protocol, bad_input_maps_to_the_codes_of_section_9) {
+  auto f = failure("not json");
+  EXPECT_EQ(f.code, "malformed");
+  EXPECT_EQ(f.close, close_invalid_payload);
+  EXPECT_EQ(failure("[1,2]").code, "malformed");
+  EXPECT_EQ(failure(R"({"type":"heartbeat"})").code, "unsupported_version");
+  EXPECT_EQ(failure(R"({"v":2,"type":"heartbeat"})").close,
+            close_unsupported_version);
+  EXPECT_EQ(failure(R"({"v":"1","type":"heartbeat"})").code,
+            "unsupported_version");
+  auto u = failure(R"({"v":1,"type":"teleport"})");
+  EXPECT_EQ(u.code, "unknown_type");
+  EXPECT_EQ(u.close, close_unknown_type);
+  EXPECT_EQ(failure(R"({"v":1})").code, "malformed");
+  // Missing and mistyped required fields.
+  EXPECT_EQ(failure(R"({"v":1,"type":"hello","capacity":1})").code,
+            "malformed");
+  EXPECT_EQ(failure(R"({"v":1,"type":"hello","daemon_id":"d","capacity":-1})")
+                .code,
+            "malformed");
+  EXPECT_EQ(failure(R"({"v":1,"type":"ack","task":"t","attempt":1})").code,
+            "malformed");
+  EXPECT_EQ(failure(R"({"v":1,"type":"event","task":"t","attempt":1,"seq":1,)"
+                    R"("kind":"output","chunks":[{"seq":0,"stream":1,)"
+                    R"("data":"!!"}]})")
+                .message.find("base64")
+                != std::string::npos,
+            true);
+  EXPECT_EQ(failure(R"({"v":1,"type":"event","task":"t","attempt":1,"seq":1,)"
+                    R"("kind":"telepathy"})")
+                .code,
+            "malformed");
+  EXPECT_EQ(failure(R"({"v":1,"type":"cancel","task":"t","attempt":1,)"
+                    R"("reason":"whim"})")
+                .code,
+            "malformed");
+  // A result must be terminal and match the event's task and attempt.
+  event e;
+  e.task = "t-0001";
+  e.attempt = 2;
+  e.seq = 3;
+  e.kind = event_kind::result;
+  e.record = sample_record(task_state::running);
+  EXPECT_EQ(failure(encode(frame{e})).code, "malformed");
+  e.record = sample_record(task_state::succeeded);
+  e.task = "t-0002";
+  EXPECT_EQ(failure(encode(frame{e})).code, "malformed");
+}
+
+TEST(protocol, unknown_fields_are_ignored) {
+  auto r = decode(R"({"v":1,"type":"ack","task":"t","attempt":1,"seq":2,)"
+                  R"("future":{"x":1}})");
+  ASSERT_TRUE(std::holds_alternative<frame>(r));
+  EXPECT_EQ(std::get<ack>(std::get<frame>(r)).seq, 2u);
+}
+
+TEST(protocol, close_codes_of_error_codes) {
+  EXPECT_EQ(close_code_of("seq_gap"), close_seq_gap);
+  EXPECT_EQ(close_code_of("hello_required"), close_hello_required);
+  EXPECT_EQ(close_code_of("bad_message"), close_policy);
+  EXPECT_EQ(close_code_of("internal"), close_internal);
+  EXPECT_EQ(close_code_of("stale_attempt"), 0);
+}
