@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +25,11 @@ class App;
 namespace makima::store {
 class db;
 } // namespace makima::store
+
+namespace makima {
+struct task_record;
+struct state_change;
+} // namespace makima
 
 namespace makima::app {
 
@@ -86,8 +92,62 @@ void add_server_commands(CLI::App& app, command_table& out);
 /// `makima daemon` (daemon_cmd.cpp).
 void add_daemon_command(CLI::App& app, command_table& out);
 
+/// Subcommands whose trailing words are a command line (`run`, `task
+/// submit`): run_cli takes everything after "--" or from the first word
+/// that is no option out of the arguments into the vector before CLI11
+/// parses them.
+using trailing_table =
+    std::vector<std::pair<CLI::App*, std::vector<std::string>*>>;
+
 /// `makima task submit|cancel|wait` (client_cmd.cpp); `task` is the
 /// `task` subcommand.
-void add_client_commands(CLI::App& task, command_table& out);
+void add_client_commands(CLI::App& task, command_table& out,
+                         trailing_table& trailing);
+
+/// Prints tasks as `task list` does: a table, or a JSON array of records.
+void print_task_list(const std::vector<task_record>& records, bool json);
+
+/// Prints one task as `task show` does (with "exit_status" in JSON);
+/// `history` is null when unknown (a server's record).
+void print_task(const task_record& rec,
+                const std::vector<state_change>* history, bool json);
+
+/// --server, --api-key and --ca-file of the commands that talk to a
+/// server (each also from the environment and the config file:
+/// MAKIMA_SERVER / server.url, MAKIMA_API_KEY / server.api_key,
+/// MAKIMA_CA_FILE / server.ca_file).
+struct server_flags {
+  std::string url;
+  std::string api_key;
+  std::string ca_file;
+};
+
+/// Adds --server, --api-key and --ca-file to `cmd`.
+void add_server_flags(CLI::App* cmd, server_flags& o);
+
+/// A server the CLI talks to over the HTTP API (docs/protocol.md §10).
+struct server_target {
+  /// "http[s]://host:port" (a ws[s]://…/ws/daemon URL mapped to it).
+  std::string base;
+  std::string api_key;
+  std::string ca_file;
+};
+
+/// The server of a client command: --server, else MAKIMA_SERVER or
+/// server.url — unless `required` is false and --data-dir was given (then
+/// a local command stays local). nullopt when there is none and not
+/// `required`; leaves with exit_usage when required and missing or bad.
+std::optional<server_target> resolve_server(const common_options& common,
+                                            const server_flags& flags,
+                                            bool required);
+
+/// `task list|show|logs` against a server (client_cmd.cpp).
+int remote_list(const server_target& target, bool json);
+int remote_show(const server_target& target, const std::string& id,
+                bool json);
+/// Without `follow`: prints the output so far; with it: follows the event
+/// stream until the task ends and returns its exit status.
+int remote_logs(const server_target& target, const std::string& id,
+                bool follow);
 
 } // namespace makima::app

@@ -1,12 +1,529 @@
-// `makima task submit|cancel|wait|... --server URL`: the HTTP API client.
+// `makima task submit|cancel|wait --server URL` and the server side of
+// `task list|show|logs` (with --server or MAKIMA_SERVER): a client of the
+// HTTP API of docs/protocol.md §10 over the blocking net::http_request and
+// net::http_stream (server-sent events for `logs -f` and `wait`).
 #include "runtime/app/cli.hpp"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/messages.hpp"
+#include "actors/protocol.hpp"
+#include "runtime/error.hpp"
+#include "runtime/git/git.hpp"
+#include "runtime/ids.hpp"
+#include "runtime/log.hpp"
+#include "runtime/net/net.hpp"
 
 namespace makima::app {
 
-void add_client_commands(CLI::App&, command_table&) {
-  // Not implemented yet (issue 3).
+using json = nlohmann::json;
+
+namespace {
+
+/// The http(s) base URL of a server URL: ws(s)://HOST:PORT/ws/daemon maps
+/// to http(s)://HOST:PORT; a path (behind a proxy) is kept. nullopt when it
+/// is no http, https, ws or wss URL.
+std::optional<std::string> base_of(const std::string& url) {
+  auto u = net::parse_url(url);
+  if (!u)
+    return std::nullopt;
+  bool ws = u->scheme == "ws" || u->scheme == "wss";
+  auto scheme = u->scheme == "ws"    ? std::string{"http"}
+                : u->scheme == "wss" ? std::string{"https"}
+                                     : u->scheme;
+  auto host = u->host.find(':') != std::string::npos ? "[" + u->host + "]"
+                                                     : u->host;
+  auto path = u->target.substr(0, u->target.find('?'));
+  const std::string daemon_path = "/ws/daemon";
+  if (ws && path.size() >= daemon_path.size()
+      && path.compare(path.size() - daemon_path.size(), daemon_path.size(),
+                      daemon_path)
+             == 0)
+    path.resize(path.size() - daemon_path.size());
+  while (!path.empty() && path.back() == '/')
+    path.pop_back();
+  return scheme + "://" + host + ":" + std::to_string(u->port) + path;
+}
+
+/// Percent-encodes `s` for a path segment or a query value.
+std::string encode(const std::string& s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  return out;
+}
+
+/// Writes all of `bytes` to `fd`; false when the reader is gone.
+bool write_all(int fd, const std::string& bytes) {
+  size_t off = 0;
+  while (off < bytes.size()) {
+    auto n = ::write(fd, bytes.data() + off, bytes.size() - off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return false;
+    off += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+/// One output chunk of the API ({"seq","stream","data"}) written to stdout
+/// or stderr; returns its seq. Leaves when it is malformed.
+uint64_t write_chunk(const json& c, bool& writable) {
+  if (!c.is_object() || !c.contains("seq") || !c["seq"].is_number_unsigned()
+      || !c.contains("data") || !c["data"].is_string())
+    fail(exit_internal, "the server sent a malformed output chunk");
+  auto bytes = proto::base64_decode(c["data"].get<std::string>());
+  if (!bytes)
+    fail(exit_internal, "the server sent output that is not base64");
+  int stream = c.value("stream", 1);
+  if (writable)
+    writable = write_all(stream == 2 ? STDERR_FILENO : STDOUT_FILENO, *bytes);
+  return c["seq"].get<uint64_t>();
+}
+
+/// A task record sent by the server; leaves when it is malformed.
+task_record parse_record(const std::string& text) {
+  auto rec = record_from_json(text);
+  if (!rec)
+    fail(exit_internal, "the server sent a malformed task record");
+  return std::move(*rec);
+}
+
+/// Requests to one server, with its key and CA file. Every failure leaves
+/// the command with the exit status of the issue: 125 when the server
+/// cannot be reached, 2 when it refuses the key or does not know the task.
+class api_client {
+public:
+  explicit api_client(server_target t) : t_(std::move(t)) {
+    opts_.ca_file = t_.ca_file;
+    opts_.timeout = std::chrono::seconds(30);
+    if (!t_.api_key.empty())
+      opts_.headers.emplace_back("Authorization", "Bearer " + t_.api_key);
+  }
+
+  const std::string& base() const { return t_.base; }
+
+  std::string url(const std::string& path) const { return t_.base + path; }
+
+  const net::http_client_options& options() const { return opts_; }
+
+  /// Sends a request and returns a response with a status < 400. `id`:
+  /// the task the request is about (a 404 means there is no such task).
+  net::response call(const std::string& method, const std::string& path,
+                     std::string body = {}, const std::string& id = {}) {
+    auto res = net::http_request(method, url(path), std::move(body), opts_);
+    if (!res)
+      unreachable(res.error());
+    if (res->status >= 400)
+      refused(*res, id);
+    return std::move(*res);
+  }
+
+  /// Leaves after a transport failure.
+  [[noreturn]] void unreachable(const caf::error& err) const {
+    auto code = code_of(err);
+    if (code == ec::invalid_config || code == ec::invalid_argument)
+      fail(exit_usage, describe(err));
+    fail(exit_internal,
+         "cannot reach the server at " + t_.base + ": " + describe(err));
+  }
+
+  /// Leaves with the error of a response whose status is >= 400.
+  [[noreturn]] void refused(const net::response& res,
+                            const std::string& id) const {
+    if (res.status == 401 || res.status == 403)
+      fail(exit_usage, t_.api_key.empty()
+                           ? "the server refused the request: it needs an "
+                             "API key (--api-key or MAKIMA_API_KEY)"
+                           : "the server refused the API key");
+    std::string code;
+    std::string message;
+    try {
+      auto j = json::parse(res.body);
+      auto& e = j.at("error");
+      code = e.value("code", "");
+      message = e.value("message", "");
+    } catch (const std::exception&) {
+    }
+    if (res.status == 404 && !id.empty()
+        && (code.empty() || code == "task_not_found" || code == "not_found"))
+      fail(exit_usage, "no task " + id);
+    if (message.empty())
+      message = "the server answered " + std::to_string(res.status)
+                + (code.empty() ? "" : " (" + code + ")");
+    fail(res.status < 500 ? exit_usage : exit_internal, message);
+  }
+
+private:
+  server_target t_;
+  net::http_client_options opts_;
+};
+
+/// Pages GET /output until the task is done or nothing more is there yet
+/// (the output so far of a running task).
+void print_output(api_client& api, const std::string& id) {
+  uint64_t from = 0;
+  bool writable = true;
+  for (;;) {
+    auto res = api.call("GET",
+                        "/api/v1/tasks/" + encode(id)
+                            + "/output?from=" + std::to_string(from),
+                        {}, id);
+    json page;
+    try {
+      page = json::parse(res.body);
+    } catch (const std::exception&) {
+      fail(exit_internal, "the server sent malformed output of task " + id);
+    }
+    if (!page.is_object() || !page.contains("chunks")
+        || !page["chunks"].is_array())
+      fail(exit_internal, "the server sent malformed output of task " + id);
+    auto& chunks = page["chunks"];
+    for (auto& c : chunks)
+      from = write_chunk(c, writable) + 1;
+    if (page.value("next", json()).is_number_unsigned())
+      from = std::max(from, page["next"].get<uint64_t>());
+    if (page.value("done", false) || chunks.empty() || !writable)
+      return;
+  }
+}
+
+/// Follows the task's event stream (§10, follow=1) from output seq `from`
+/// until its `end` event and returns the task's exit status; writes the
+/// output when `print`. Reconnects with Last-Event-ID when the stream
+/// drops; gives up after ~30 s without getting through.
+int follow(api_client& api, const std::string& id, uint64_t from,
+           bool print) {
+  std::string last_id;
+  bool writable = print;
+  bool connected_once = false;
+  int failures = 0;
+  for (;;) {
+    auto opts = api.options();
+    // The server sends a keep-alive comment every 15 s.
+    opts.timeout = std::chrono::seconds(45);
+    if (!last_id.empty())
+      opts.headers.emplace_back("Last-Event-ID", last_id);
+    net::response head;
+    std::string error_body;
+    std::optional<task_record> end;
+    bool progressed = false;
+    net::sse_parser parser;
+    auto on_event = [&](const net::sse_event& e) {
+      if (end)
+        return;
+      progressed = true;
+      if (e.event == "output") {
+        json c;
+        try {
+          c = json::parse(e.data);
+        } catch (const std::exception&) {
+          fail(exit_internal, "the server sent a malformed output event");
+        }
+        last_id = std::to_string(write_chunk(c, writable));
+      } else if (e.event == "end") {
+        end = parse_record(e.data);
+      }
+    };
+    auto err = net::http_stream(
+        "GET",
+        api.url("/api/v1/tasks/" + encode(id)
+                + "/output?follow=1&from=" + std::to_string(from)),
+        opts,
+        [&](const net::response& r) {
+          head = r;
+          connected_once = true;
+          return true;
+        },
+        [&](const std::string& bytes) {
+          if (head.status != 200) {
+            error_body += bytes;
+            return error_body.size() < (1u << 20);
+          }
+          parser.feed(bytes, on_event);
+          return !end;
+        });
+    if (end)
+      return exit_status_of(*end);
+    if (head.status >= 400) {
+      head.body = std::move(error_body);
+      api.refused(head, id);
+    }
+    if (err && !connected_once)
+      api.unreachable(err);
+    if (progressed)
+      failures = 0;
+    if (++failures > 8) {
+      if (err)
+        api.unreachable(err);
+      fail(exit_internal,
+           "the output stream of task " + id + " ended without its end event");
+    }
+    auto delay = std::min(5000, 125 << std::min(failures, 6));
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+  }
+}
+
+// --- commands ---------------------------------------------------------------
+
+struct submit_options {
+  common_options common;
+  server_flags server;
+  std::string repo;
+  std::string ref;
+  std::string id;
+  bool id_given = false;
+  double timeout = -1;
+  double grace = -1;
+  std::vector<std::string> env;
+  std::vector<std::string> selector;
+  bool commit = false;
+  std::string push;
+  std::vector<std::string> command;
+};
+
+int cmd_submit(submit_options& o) {
+  if (o.command.empty())
+    fail(exit_usage, "submit: no command given (usage: makima task submit "
+                     "--server URL [OPTIONS] -- COMMAND [ARGS...])");
+  json body;
+  body["argv"] = o.command;
+  if (o.id_given) {
+    if (o.id.empty())
+      fail(exit_usage, "--id must not be empty");
+    if (auto err = validate_task_id(o.id))
+      fail(exit_usage, describe(err));
+    body["id"] = o.id;
+  }
+  for (auto& kv : o.env) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      fail(exit_usage, "--env expects KEY=VALUE, got '" + kv + "'");
+  }
+  auto selector = json::object();
+  for (auto& kv : o.selector) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      fail(exit_usage, "--selector expects KEY=VALUE, got '" + kv + "'");
+    selector[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  if (!o.push.empty() && o.repo.empty())
+    fail(exit_usage, "--push needs --repo");
+  if (o.commit && o.repo.empty())
+    fail(exit_usage, "--commit needs --repo");
+  if (!o.repo.empty())
+    body["repo"] = git::canonical_url(o.repo);
+  if (!o.ref.empty())
+    body["ref"] = o.ref;
+  if (!o.env.empty())
+    body["env"] = o.env;
+  if (o.timeout >= 0)
+    body["timeout"] = o.timeout;
+  if (o.grace >= 0)
+    body["grace"] = o.grace;
+  if (o.commit)
+    body["commit"] = true;
+  if (!o.push.empty())
+    body["push_url"] = git::canonical_url(o.push);
+  if (!selector.empty())
+    body["selector"] = selector;
+  api_client api{*resolve_server(o.common, o.server, true)};
+  auto res = api.call("POST", "/api/v1/tasks", body.dump());
+  auto rec = parse_record(res.body);
+  std::printf("%s\n", rec.spec.id.c_str());
+  return exit_ok;
+}
+
+int cmd_cancel(const common_options& common, const server_flags& flags,
+               const std::string& id) {
+  api_client api{*resolve_server(common, flags, true)};
+  api.call("POST", "/api/v1/tasks/" + encode(id) + "/cancel", {}, id);
+  std::fprintf(stderr, "makima: cancelling task %s\n", id.c_str());
+  return exit_ok;
+}
+
+int cmd_wait(const common_options& common, const server_flags& flags,
+             const std::string& id) {
+  api_client api{*resolve_server(common, flags, true)};
+  auto res = api.call("GET", "/api/v1/tasks/" + encode(id), {}, id);
+  auto rec = parse_record(res.body);
+  if (is_terminal(rec.state) && rec.state != task_state::interrupted)
+    return exit_status_of(rec);
+  // Only the end matters: skip the output there is so far.
+  return follow(api, id, rec.next_seq, false);
+}
+
+} // namespace
+
+void add_server_flags(CLI::App* cmd, server_flags& o) {
+  cmd->add_option("--server", o.url,
+                  "server URL, http[s]://HOST:PORT (or its ws[s]:// daemon "
+                  "URL; default: $MAKIMA_SERVER, config server.url)");
+  cmd->add_option("--api-key", o.api_key,
+                  "user key sent as a bearer token (default: "
+                  "$MAKIMA_API_KEY, config server.api_key)");
+  cmd->add_option("--ca-file", o.ca_file,
+                  "CA bundle to verify an https server (default: "
+                  "$MAKIMA_CA_FILE, config server.ca_file, else the system's)");
+}
+
+std::optional<server_target> resolve_server(const common_options& common,
+                                            const server_flags& flags,
+                                            bool required) {
+  if (!required && flags.url.empty() && !common.data_dir.empty())
+    return std::nullopt;
+  auto cfg = resolve_config(common, [&](config& c) {
+    if (!flags.url.empty())
+      c.server_url = flags.url;
+    if (!flags.api_key.empty())
+      c.api_key = flags.api_key;
+    if (!flags.ca_file.empty())
+      c.ca_file = flags.ca_file;
+  });
+  if (cfg.server_url.empty()) {
+    if (required)
+      fail(exit_usage, "no server given: use --server URL or MAKIMA_SERVER");
+    return std::nullopt;
+  }
+  auto base = base_of(cfg.server_url);
+  if (!base)
+    fail(exit_usage, "the server URL must be http[s]://HOST:PORT or "
+                     "ws[s]://HOST:PORT/ws/daemon, got '"
+                         + log::redact(cfg.server_url) + "'");
+  return server_target{*base, cfg.api_key, cfg.ca_file.string()};
+}
+
+int remote_list(const server_target& target, bool json_out) {
+  api_client api{target};
+  std::vector<task_record> records;
+  std::string after;
+  for (;;) {
+    auto path = std::string{"/api/v1/tasks?limit=1000"};
+    if (!after.empty())
+      path += "&after=" + encode(after);
+    auto res = api.call("GET", path);
+    json page;
+    try {
+      page = json::parse(res.body);
+    } catch (const std::exception&) {
+      fail(exit_internal, "the server sent a malformed task list");
+    }
+    if (!page.is_object() || !page.contains("tasks")
+        || !page["tasks"].is_array())
+      fail(exit_internal, "the server sent a malformed task list");
+    for (auto& t : page["tasks"])
+      records.push_back(parse_record(t.dump()));
+    auto next = page.value("next", json());
+    if (!next.is_string() || next.get<std::string>().empty()
+        || next.get<std::string>() == after)
+      break;
+    after = next.get<std::string>();
+  }
+  print_task_list(records, json_out);
+  return exit_ok;
+}
+
+int remote_show(const server_target& target, const std::string& id,
+                bool json_out) {
+  api_client api{target};
+  auto res = api.call("GET", "/api/v1/tasks/" + encode(id), {}, id);
+  print_task(parse_record(res.body), nullptr, json_out);
+  return exit_ok;
+}
+
+int remote_logs(const server_target& target, const std::string& id,
+                bool follow_output) {
+  api_client api{target};
+  if (!follow_output) {
+    print_output(api, id);
+    return exit_ok;
+  }
+  return follow(api, id, 0, true);
+}
+
+void add_client_commands(CLI::App& task, command_table& out,
+                         trailing_table& trailing) {
+  auto so = std::make_shared<submit_options>();
+  auto submit = task.add_subcommand(
+      "submit", "submit a task to a server; prints its id");
+  submit->add_option("--config", so->common.config_file,
+                     "TOML config file (default: $MAKIMA_CONFIG, else "
+                     "~/.config/makima/makima.toml if present)");
+  add_server_flags(submit, so->server);
+  submit->add_option("--repo", so->repo, "git repository (URL or path)");
+  submit->add_option("--ref", so->ref,
+                     "branch, tag or commit (default: the remote's HEAD)");
+  auto id_opt =
+      submit->add_option("--id", so->id, "task id (default: generated)");
+  submit->add_option("--selector", so->selector,
+                     "K=V a daemon must have as a label (pool=NAME: its "
+                     "pool); repeatable")
+      ->type_size(1)
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  submit->add_option("--timeout", so->timeout,
+                     "seconds until SIGTERM (0 = none)")
+      ->check(CLI::NonNegativeNumber);
+  submit->add_option("--grace", so->grace,
+                     "seconds from SIGTERM to SIGKILL")
+      ->check(CLI::NonNegativeNumber);
+  submit->add_option("--env", so->env, "KEY=VALUE for the child (repeatable)")
+      ->type_size(1)
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  submit->add_flag("--commit", so->commit,
+                   "commit every change on the task branch at the end");
+  submit->add_option("--push", so->push, "push the task branch to URL");
+  submit->footer("Usage: makima task submit --server URL [OPTIONS] -- COMMAND "
+                 "[ARGS...]\nPrints the task id on stdout.");
+  trailing.emplace_back(submit, &so->command);
+  out.emplace_back(submit, [so, id_opt] {
+    so->id_given = id_opt->count() > 0;
+    return cmd_submit(*so);
+  });
+
+  struct id_options {
+    common_options common;
+    server_flags server;
+    std::string id;
+  };
+  auto add_id_command = [&](const char* name, const char* help,
+                            int (*run)(const common_options&,
+                                       const server_flags&,
+                                       const std::string&)) {
+    auto o = std::make_shared<id_options>();
+    auto cmd = task.add_subcommand(name, help);
+    cmd->add_option("--config", o->common.config_file,
+                    "TOML config file (default: $MAKIMA_CONFIG)");
+    add_server_flags(cmd, o->server);
+    cmd->add_option("id", o->id, "task id")->required();
+    out.emplace_back(cmd, [o, run] { return run(o->common, o->server, o->id); });
+    return cmd;
+  };
+  add_id_command("cancel", "cancel a task on a server", cmd_cancel);
+  add_id_command("wait",
+                 "wait until a task on a server ends; exits with its exit "
+                 "status (as `makima run`)",
+                 cmd_wait);
 }
 
 } // namespace makima::app

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <future>
@@ -308,27 +309,15 @@ std::string command_line(const task_spec& spec) {
   return out;
 }
 
-int cmd_list(const common_options& common, bool json) {
-  auto cfg = resolve_config(common);
-  auto db = open_for_reading(cfg);
-  std::vector<task_record> records;
-  if (db) {
-    bool primary = db->primary;
-    local_node node{std::move(db)};
-    caf::scoped_actor self{node.sys};
-    if (primary)
-      recover(self, node.persist);
-    self->request(node.persist, caf::infinite, list_atom::value)
-        .receive(
-            [&](std::vector<task_record>& v) { records = std::move(v); },
-            [&](caf::error& err) { fail(status_for(err), describe(err)); });
-  }
+} // namespace
+
+void print_task_list(const std::vector<task_record>& records, bool json) {
   if (json) {
     auto arr = nlohmann::json::array();
     for (auto& r : records)
       arr.push_back(nlohmann::json::parse(to_json(r)));
     std::cout << arr.dump(2) << "\n";
-    return exit_ok;
+    return;
   }
   std::printf("%-28s %-12s %-7s %-5s %-24s %s\n", "ID", "STATE", "ATTEMPT",
               "EXIT", "CREATED", "COMMAND");
@@ -338,40 +327,24 @@ int cmd_list(const common_options& common, bool json) {
                 r.exit_code < 0 ? "-" : std::to_string(r.exit_code).c_str(),
                 format_time(r.spec.created_at).c_str(),
                 shorten(command_line(r.spec), 60).c_str());
-  return exit_ok;
 }
 
-int cmd_show(const common_options& common, const std::string& id, bool json) {
-  auto cfg = resolve_config(common);
-  auto db = open_for_reading(cfg);
-  if (!db)
-    fail(exit_usage, "no task with id '" + id + "'");
-  task_record rec;
-  std::vector<state_change> history;
-  {
-    bool primary = db->primary;
-    local_node node{std::move(db)};
-    caf::scoped_actor self{node.sys};
-    if (primary)
-      recover(self, node.persist);
-    rec = get_record(self, node.persist, id);
-    self->request(node.persist, caf::infinite, history_atom::value, id)
-        .receive(
-            [&](std::vector<state_change>& h) { history = std::move(h); },
-            [&](caf::error& err) { fail(status_for(err), describe(err)); });
-  }
-  auto j = nlohmann::json::parse(to_json(rec));
-  j["exit_status"] =
-      is_terminal(rec.state) && rec.state != task_state::interrupted
-          ? nlohmann::json(exit_status_of(rec))
-          : nlohmann::json();
-  auto hist = nlohmann::json::array();
-  for (auto& h : history)
-    hist.push_back(nlohmann::json::parse(to_json(h)));
-  j["history"] = hist;
+void print_task(const task_record& rec,
+                const std::vector<state_change>* history, bool json) {
   if (json) {
+    auto j = nlohmann::json::parse(to_json(rec));
+    j["exit_status"] =
+        is_terminal(rec.state) && rec.state != task_state::interrupted
+            ? nlohmann::json(exit_status_of(rec))
+            : nlohmann::json();
+    if (history) {
+      auto hist = nlohmann::json::array();
+      for (auto& h : *history)
+        hist.push_back(nlohmann::json::parse(to_json(h)));
+      j["history"] = hist;
+    }
     std::cout << j.dump(2) << "\n";
-    return exit_ok;
+    return;
   }
   auto line = [](const char* k, const std::string& v) {
     std::printf("%-12s %s\n", k, v.c_str());
@@ -396,10 +369,55 @@ int cmd_show(const common_options& common, const std::string& id, bool json) {
   if (!rec.error.empty())
     line("error:", rec.error);
   line("output:", std::to_string(rec.next_seq) + " chunks");
+  if (!history)
+    return;
   std::printf("history:\n");
-  for (auto& h : history)
+  for (auto& h : *history)
     std::printf("  %s  #%u %-12s %s\n", format_time(h.at).c_str(), h.attempt,
                 to_string(h.state), h.detail.c_str());
+}
+
+namespace {
+
+int cmd_list(const common_options& common, bool json) {
+  auto cfg = resolve_config(common);
+  auto db = open_for_reading(cfg);
+  std::vector<task_record> records;
+  if (db) {
+    bool primary = db->primary;
+    local_node node{std::move(db)};
+    caf::scoped_actor self{node.sys};
+    if (primary)
+      recover(self, node.persist);
+    self->request(node.persist, caf::infinite, list_atom::value)
+        .receive(
+            [&](std::vector<task_record>& v) { records = std::move(v); },
+            [&](caf::error& err) { fail(status_for(err), describe(err)); });
+  }
+  print_task_list(records, json);
+  return exit_ok;
+}
+
+int cmd_show(const common_options& common, const std::string& id, bool json) {
+  auto cfg = resolve_config(common);
+  auto db = open_for_reading(cfg);
+  if (!db)
+    fail(exit_usage, "no task with id '" + id + "'");
+  task_record rec;
+  std::vector<state_change> history;
+  {
+    bool primary = db->primary;
+    local_node node{std::move(db)};
+    caf::scoped_actor self{node.sys};
+    if (primary)
+      recover(self, node.persist);
+    rec = get_record(self, node.persist, id);
+    self->request(node.persist, caf::infinite, history_atom::value, id)
+        .receive(
+            [&](std::vector<state_change>& h) { history = std::move(h); },
+            [&](caf::error& err) { fail(status_for(err), describe(err)); });
+  }
+  print_task(rec, &history, json);
   return exit_ok;
 }
 
@@ -495,24 +513,34 @@ int run_cli(int argc, char** argv) {
   auto task = app.add_subcommand("task", "inspect and resume tasks");
   task->require_subcommand(1);
   common_options list_opts;
+  server_flags list_server;
   bool list_json = false;
   auto list = task->add_subcommand("list", "list tasks");
   add_common(list, list_opts);
+  add_server_flags(list, list_server);
   list->add_flag("--json", list_json, "JSON output");
 
   common_options show_opts;
+  server_flags show_server;
   std::string show_id;
   bool show_json = false;
   auto show = task->add_subcommand("show", "show one task");
   add_common(show, show_opts);
+  add_server_flags(show, show_server);
   show->add_option("id", show_id, "task id")->required();
   show->add_flag("--json", show_json, "JSON output");
 
   common_options logs_opts;
+  server_flags logs_server;
   std::string logs_id;
+  bool logs_follow = false;
   auto logs = task->add_subcommand("logs", "print a task's whole output");
   add_common(logs, logs_opts);
+  add_server_flags(logs, logs_server);
   logs->add_option("id", logs_id, "task id")->required();
+  logs->add_flag("-f,--follow", logs_follow,
+                 "follow the output until the task ends (with --server); "
+                 "exits with the task's exit status");
 
   common_options resume_opts;
   std::string resume_id;
@@ -522,34 +550,44 @@ int run_cli(int argc, char** argv) {
   resume->add_option("id", resume_id, "task id")->required();
 
   command_table network;
-  add_client_commands(*task, network);
+  trailing_table trailing{{run, &run_opts.command}};
+  add_client_commands(*task, network, trailing);
   add_server_commands(app, network);
   add_daemon_command(app, network);
 
-  // `makima run [OPTIONS] [--] COMMAND [ARGS...]`: everything from the
-  // first word that is not an option of `run` (or after "--") is the
-  // command, passed to CLI11 untouched by option parsing.
+  // `makima run [OPTIONS] [--] COMMAND [ARGS...]` (and `task submit`):
+  // everything from the first word that is not an option of the
+  // subcommand (or after "--") is the command, passed to CLI11 untouched
+  // by option parsing.
   std::vector<std::string> args(argv + 1, argv + argc);
-  if (!args.empty() && args.front() == "run") {
-    size_t i = 1;
+  for (auto& [cmd, out] : trailing) {
+    // The words naming `cmd`, e.g. {"task", "submit"}.
+    std::vector<std::string> path;
+    for (auto* c = cmd; c != nullptr && c->get_parent() != nullptr;
+         c = c->get_parent())
+      path.insert(path.begin(), c->get_name());
+    if (args.size() < path.size()
+        || !std::equal(path.begin(), path.end(), args.begin()))
+      continue;
+    size_t i = path.size();
     while (i < args.size()) {
       auto& a = args[i];
       if (a == "--") {
-        run_opts.command.assign(args.begin() + static_cast<long>(i) + 1,
-                                args.end());
+        out->assign(args.begin() + static_cast<long>(i) + 1, args.end());
         break;
       }
       if (a.size() > 1 && a[0] == '-') {
-        auto opt = run->get_option_no_throw(a.substr(0, a.find('=')));
+        auto opt = cmd->get_option_no_throw(a.substr(0, a.find('=')));
         bool takes_value = opt != nullptr && opt->get_expected_max() != 0
                            && a.find('=') == std::string::npos;
         i += takes_value ? 2 : 1;
         continue;
       }
-      run_opts.command.assign(args.begin() + static_cast<long>(i), args.end());
+      out->assign(args.begin() + static_cast<long>(i), args.end());
       break;
     }
     args.resize(std::min(i, args.size()));
+    break;
   }
   try {
     std::vector<std::string> reversed(args.rbegin(), args.rend());
@@ -563,12 +601,25 @@ int run_cli(int argc, char** argv) {
       run_opts.id_given = id_opt->count() > 0;
       return cmd_run(run_opts);
     }
-    if (*list)
+    if (*list) {
+      if (auto target = resolve_server(list_opts, list_server, false))
+        return remote_list(*target, list_json);
       return cmd_list(list_opts, list_json);
-    if (*show)
+    }
+    if (*show) {
+      if (auto target = resolve_server(show_opts, show_server, false))
+        return remote_show(*target, show_id, show_json);
       return cmd_show(show_opts, show_id, show_json);
-    if (*logs)
+    }
+    if (*logs) {
+      if (auto target = resolve_server(logs_opts, logs_server, false))
+        return remote_logs(*target, logs_id, logs_follow);
+      if (logs_follow)
+        fail(exit_usage, "task logs -f needs a server (--server URL or "
+                         "MAKIMA_SERVER); a local task's output is complete "
+                         "once `makima run` returned");
       return cmd_logs(logs_opts, logs_id);
+    }
     if (*resume)
       return cmd_resume(resume_opts, resume_id);
     for (auto& [cmd, fn] : network)

@@ -5,9 +5,12 @@
 #include <thread>
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 
 #include "runtime/error.hpp"
 #include "runtime/net/net.hpp"
@@ -18,7 +21,10 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 namespace websocket = beast::websocket;
+namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
+/// A TLS connection (https, wss) over a Beast TCP stream.
+using tls_stream = beast::ssl_stream<beast::tcp_stream>;
 
 struct io_thread::impl {
   asio::io_context ioc{1};
@@ -41,5 +47,31 @@ inline caf::error to_error(const beast::error_code& e, const std::string& what) 
     return make_error(ec::protocol_error, what + ": " + e.message());
   return make_error(ec::net_error, what + ": " + e.message());
 }
+
+// -- TLS (tls.cpp) ---------------------------------------------------------
+
+/// A server context with the PEM certificate chain and key; ec::invalid_config
+/// naming the file when one cannot be read or they do not match. Messages
+/// never contain key material.
+caf::expected<std::shared_ptr<ssl::context>>
+make_server_tls(const std::string& cert_file, const std::string& key_file);
+
+/// A client context that verifies the peer against `ca_file` (PEM bundle;
+/// empty = the system's default paths); ec::invalid_config when unreadable.
+caf::expected<std::shared_ptr<ssl::context>>
+make_client_tls(const std::string& ca_file);
+
+/// Before the client handshake: sends SNI (for names, not IP addresses)
+/// and makes OpenSSL check that the certificate matches `host`.
+caf::error set_peer_name(tls_stream& s, const std::string& host);
+
+/// The error of a failed TLS handshake with `where`, naming the
+/// certificate verification failure when there was one (ec::net_error).
+caf::error tls_error(const beast::error_code& e, tls_stream& s,
+                     const std::string& where);
+
+/// Whether `e` ends a TLS stream without close_notify (the server closed
+/// an event stream): read as the end of the body.
+bool is_truncation(const beast::error_code& e);
 
 } // namespace makima::net

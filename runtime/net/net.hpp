@@ -156,9 +156,11 @@ struct server_stats {
   uint64_t ws_closed = 0;
   uint64_t ws_too_big = 0;      // closed with 1009
   uint64_t connections = 0;     // currently open (HTTP + WebSocket)
+  uint64_t tls_failures = 0;    // TLS handshakes that failed (plain HTTP…)
 };
 
-/// An HTTP/1.1 + WebSocket server (plain TCP).
+/// An HTTP/1.1 + WebSocket server (plain TCP, or TLS when
+/// server_options has a certificate and key).
 class server {
 public:
   server(io_thread& io, server_options opts, http_handler http, ws_handler ws);
@@ -198,7 +200,7 @@ struct ws_client_options {
   std::string ca_file;
 };
 
-/// A WebSocket client connection (ws:// only for now).
+/// A WebSocket client connection (ws:// or wss://).
 class ws_client {
 public:
   struct handlers {
@@ -218,8 +220,10 @@ public:
   ws_client(const ws_client&) = delete;
   ws_client& operator=(const ws_client&) = delete;
 
-  /// Starts connecting to "ws://host:port/path"; the outcome arrives as
-  /// on_open or on_close. Call once. A malformed URL is returned at once.
+  /// Starts connecting to "ws[s]://host:port/path"; the outcome arrives as
+  /// on_open or on_close. Call once. A malformed URL, or an unreadable
+  /// ca_file for wss (ec::invalid_config), is returned at once. A failed
+  /// certificate check is an on_close(1006) whose reason says so.
   caf::error connect(const std::string& url);
   /// Queues a text message (dropped unless open).
   void send(std::string text);
@@ -243,8 +247,9 @@ struct http_client_options {
   std::string ca_file;
 };
 
-/// A blocking HTTP/1.1 request to "http://host:port/target" (for the CLI).
-/// Errors: ec::invalid_argument (URL), ec::net_error, ec::net_timeout,
+/// A blocking HTTP/1.1 request to "http[s]://host:port/target" (for the
+/// CLI). Errors: ec::invalid_argument (URL), ec::invalid_config (ca_file),
+/// ec::net_error (also a failed certificate check), ec::net_timeout,
 /// ec::protocol_error. Any status code is a response, not an error.
 caf::expected<response> http_request(const std::string& method,
                                           const std::string& url,
@@ -266,6 +271,8 @@ caf::error http_stream(const std::string& method, const std::string& url,
 struct sse_event {
   /// "message" when the stream named none.
   std::string event = "message";
+  /// The last event id the stream set (it persists across events, as in
+  /// the HTML standard; the reconnect point for Last-Event-ID).
   std::string id;
   /// The data lines joined with "\n".
   std::string data;

@@ -1,11 +1,13 @@
 // net::server: HTTP/1.1 sessions (with an optional streaming response for
-// server-sent events) and WebSocket sessions on one listener. One of the two
-// Beast translation units (see beast.hpp).
+// server-sent events) and WebSocket sessions on one listener, over plain TCP
+// or TLS (the sessions are templates on the stream type). One of the Beast
+// translation units (see beast.hpp).
 #include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <deque>
 #include <mutex>
+#include <type_traits>
 #include <unordered_map>
 
 #include "runtime/net/beast.hpp"
@@ -46,7 +48,25 @@ struct session_base {
   virtual void shutdown() = 0;
 };
 
-class ws_session;
+/// What server::send/close reach of a WebSocket session.
+struct ws_session_base : session_base {
+  /// Runs on executor(), like every member below.
+  virtual void send(std::string text) = 0;
+  virtual void close(uint16_t code, std::string reason) = 0;
+  virtual asio::any_io_executor executor() = 0;
+};
+
+/// What an http_reply reaches of an HTTP session.
+struct http_session_base : session_base {
+  std::atomic<bool> alive{true};
+  virtual void respond(response res) = 0;
+  virtual void begin_stream(unsigned status, std::string ct,
+                            header_map headers) = 0;
+  virtual void stream_write(std::string bytes) = 0;
+  virtual void stream_end() = 0;
+  virtual void set_on_disconnect(std::function<void()> fn) = 0;
+  virtual asio::any_io_executor executor() = 0;
+};
 
 struct server::impl : std::enable_shared_from_this<server::impl> {
   impl(io_thread& io, server_options opts, http_handler http, ws_handler ws)
@@ -58,13 +78,15 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
   http_handler http;
   ws_handler ws;
   tcp::acceptor acceptor;
+  /// Set by start() when TLS is configured.
+  std::shared_ptr<ssl::context> tls;
   std::atomic<uint16_t> port{0};
   /// Set on the I/O thread by stop(); no callback runs afterwards.
   bool stopped = false;
 
   mutable std::mutex mtx;
   std::unordered_map<uint64_t, std::weak_ptr<session_base>> sessions;
-  std::unordered_map<conn_id, std::weak_ptr<ws_session>> ws_sessions;
+  std::unordered_map<conn_id, std::weak_ptr<ws_session_base>> ws_sessions;
   uint64_t next_id = 1;
   server_stats st;
 
@@ -95,13 +117,17 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
 
 // -- WebSocket session --------------------------------------------------------
 
-class ws_session : public session_base,
-                   public std::enable_shared_from_this<ws_session> {
+template <class Stream>
+class ws_session : public ws_session_base,
+                   public std::enable_shared_from_this<ws_session<Stream>> {
 public:
-  ws_session(std::shared_ptr<server::impl> srv, tcp::socket&& socket,
+  ws_session(std::shared_ptr<server::impl> srv, Stream&& stream,
              http::request<http::string_body> raw, request req, uint64_t id)
-      : srv_(std::move(srv)), ws_(std::move(socket)), raw_(std::move(raw)),
+      : srv_(std::move(srv)), ws_(std::move(stream)), raw_(std::move(raw)),
         req_(std::move(req)), id_(id) {}
+
+  using std::enable_shared_from_this<ws_session<Stream>>::shared_from_this;
+  using std::enable_shared_from_this<ws_session<Stream>>::weak_from_this;
 
   ~ws_session() override { srv_->remove(id_); }
 
@@ -125,7 +151,7 @@ public:
     beast::get_lowest_layer(ws_).socket().close(ignored);
   }
 
-  void send(std::string text) {
+  void send(std::string text) override {
     if (closing_ || finished_ || !opened_)
       return;
     queue_.push_back(std::move(text));
@@ -133,7 +159,7 @@ public:
       do_write();
   }
 
-  void close(uint16_t code, std::string reason) {
+  void close(uint16_t code, std::string reason) override {
     if (closing_ || finished_ || !opened_)
       return;
     closing_ = true;
@@ -143,7 +169,7 @@ public:
       do_close();
   }
 
-  auto executor() { return ws_.get_executor(); }
+  asio::any_io_executor executor() override { return ws_.get_executor(); }
 
 private:
   void on_accept(beast::error_code e) {
@@ -246,7 +272,7 @@ private:
   }
 
   std::shared_ptr<server::impl> srv_;
-  websocket::stream<beast::tcp_stream> ws_;
+  websocket::stream<Stream> ws_;
   http::request<http::string_body> raw_;
   request req_;
   conn_id id_;
@@ -261,49 +287,91 @@ private:
   bool finished_ = false;
 };
 
-class http_session;
-
 struct http_reply::state {
-  std::shared_ptr<http_session> session;
+  std::shared_ptr<http_session_base> session;
   std::atomic<bool> answered{false};
   ~state();
 };
 
 // -- HTTP session -------------------------------------------------------------
 
-class http_session : public session_base,
-                     public std::enable_shared_from_this<http_session> {
+/// A TCP stream, or a TLS stream over it when `tls` is set.
+template <class Stream>
+Stream make_stream(tcp::socket&& socket, ssl::context* tls);
+
+template <>
+beast::tcp_stream make_stream<beast::tcp_stream>(tcp::socket&& socket,
+                                                 ssl::context*) {
+  return beast::tcp_stream{std::move(socket)};
+}
+
+template <>
+tls_stream make_stream<tls_stream>(tcp::socket&& socket, ssl::context* tls) {
+  return tls_stream{std::move(socket), *tls};
+}
+
+/// Runs the server side of the TLS handshake (TLS streams only).
+template <class Stream, class F>
+void handshake(Stream&, F&& done) {
+  done(beast::error_code{});
+}
+
+template <class F>
+void handshake(tls_stream& s, F&& done) {
+  s.async_handshake(ssl::stream_base::server, std::forward<F>(done));
+}
+
+template <class Stream>
+class http_session : public http_session_base,
+                     public std::enable_shared_from_this<http_session<Stream>> {
 public:
   http_session(std::shared_ptr<server::impl> srv, tcp::socket&& socket)
-      : srv_(std::move(srv)), stream_(std::move(socket)) {}
+      : srv_(std::move(srv)),
+        stream_(make_stream<Stream>(std::move(socket), srv_->tls.get())) {}
+
+  using std::enable_shared_from_this<http_session<Stream>>::shared_from_this;
 
   ~http_session() override { srv_->remove(id_); }
 
   void start(uint64_t id) {
     id_ = id;
-    remote_ = remote_of(stream_.socket());
-    read_header(srv_->opts.header_timeout);
+    remote_ = remote_of(tcp().socket());
+    if (!std::is_same_v<Stream, tls_stream>) {
+      read_header(srv_->opts.header_timeout);
+      return;
+    }
+    // The handshake counts against the header timeout.
+    tcp().expires_after(srv_->opts.header_timeout);
+    handshake(stream_, [self = shared_from_this()](beast::error_code e) {
+      if (e) {
+        self->srv_->count([](server_stats& s) { ++s.tls_failures; });
+        self->shutdown();
+        return;
+      }
+      self->read_header(self->srv_->opts.header_timeout);
+    });
   }
 
   void shutdown() override {
+    if (upgraded_)
+      return;
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
-    stream_.socket().close(ignored);
+    tcp().socket().shutdown(tcp::socket::shutdown_both, ignored);
+    tcp().socket().close(ignored);
     disconnected();
   }
 
-  auto executor() { return stream_.get_executor(); }
-
-  std::atomic<bool> alive{true};
+  asio::any_io_executor executor() override { return stream_.get_executor(); }
 
   // Called from http_reply (posted to executor()).
-  void respond(response res) {
+  void respond(response res) override {
     if (!alive)
       return;
     write_response(std::move(res), false);
   }
 
-  void begin_stream(unsigned status, std::string ct, header_map headers) {
+  void begin_stream(unsigned status, std::string ct,
+                    header_map headers) override {
     if (!alive)
       return;
     streaming_ = true;
@@ -315,7 +383,7 @@ public:
     for (auto& [k, v] : headers)
       head += k + ": " + v + "\r\n";
     head += "\r\n";
-    stream_.expires_never();
+    tcp().expires_never();
     stream_write(std::move(head));
     // Detect the client going away: it sends nothing more, so any read
     // completion (EOF or error) means disconnect.
@@ -326,7 +394,7 @@ public:
         });
   }
 
-  void stream_write(std::string bytes) {
+  void stream_write(std::string bytes) override {
     if (!alive || !streaming_ || ending_)
       return;
     out_.push_back(std::move(bytes));
@@ -334,7 +402,7 @@ public:
       do_stream_write();
   }
 
-  void stream_end() {
+  void stream_end() override {
     if (!streaming_ || ending_)
       return;
     ending_ = true;
@@ -342,7 +410,7 @@ public:
       shutdown();
   }
 
-  void set_on_disconnect(std::function<void()> fn) {
+  void set_on_disconnect(std::function<void()> fn) override {
     if (!alive) {
       if (fn)
         fn();
@@ -352,6 +420,8 @@ public:
   }
 
 private:
+  beast::tcp_stream& tcp() { return beast::get_lowest_layer(stream_); }
+
   void disconnected() {
     if (!alive.exchange(false))
       return;
@@ -381,7 +451,7 @@ private:
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(srv_->opts.max_header_bytes));
     parser_->body_limit(srv_->opts.max_body_bytes);
-    stream_.expires_after(timeout);
+    tcp().expires_after(timeout);
     http::async_read_header(
         stream_, buf_, *parser_,
         [self = shared_from_this()](beast::error_code e, size_t) {
@@ -432,7 +502,7 @@ private:
       upgrade();
       return;
     }
-    stream_.expires_after(srv_->opts.body_timeout);
+    tcp().expires_after(srv_->opts.body_timeout);
     http::async_read(stream_, buf_, *parser_,
                      [self = shared_from_this()](beast::error_code e, size_t) {
                        self->on_body(e);
@@ -463,11 +533,12 @@ private:
         return;
       }
     }
-    stream_.expires_never();
+    tcp().expires_never();
     alive = false;
+    upgraded_ = true;
     auto id = srv_->add({});
-    auto ws = std::make_shared<ws_session>(srv_, stream_.release_socket(),
-                                           std::move(raw), std::move(req), id);
+    auto ws = std::make_shared<ws_session<Stream>>(
+        srv_, std::move(stream_), std::move(raw), std::move(req), id);
     {
       std::lock_guard<std::mutex> guard{srv_->mtx};
       srv_->sessions[id] = ws;
@@ -478,7 +549,7 @@ private:
   void on_body(beast::error_code e) {
     if (failed(e))
       return;
-    stream_.expires_never();
+    tcp().expires_never();
     auto raw = parser_->release();
     keep_alive_ = raw.keep_alive();
     auto req = make_request(raw);
@@ -506,7 +577,7 @@ private:
     r->body() = std::move(res.body);
     r->keep_alive(keep_alive_ && !close);
     r->prepare_payload();
-    stream_.expires_after(srv_->opts.body_timeout);
+    tcp().expires_after(srv_->opts.body_timeout);
     http::async_write(
         stream_, *r,
         [self = shared_from_this(), r](beast::error_code e, size_t) {
@@ -519,7 +590,7 @@ private:
   }
 
   std::shared_ptr<server::impl> srv_;
-  beast::tcp_stream stream_;
+  Stream stream_;
   beast::flat_buffer buf_;
   std::optional<http::request_parser<http::string_body>> parser_;
   uint64_t id_ = 0;
@@ -528,6 +599,8 @@ private:
   bool streaming_ = false;
   bool writing_ = false;
   bool ending_ = false;
+  /// The stream moved into a ws_session.
+  bool upgraded_ = false;
   std::deque<std::string> out_;
   std::array<char, 256> scratch_;
   std::function<void()> on_disconnect_;
@@ -607,10 +680,15 @@ void server::impl::on_accept(beast::error_code e, tcp::socket socket) {
   if (stopped || e == asio::error::operation_aborted)
     return;
   if (!e) {
-    auto s =
-        std::make_shared<http_session>(shared_from_this(), std::move(socket));
-    auto id = add(s);
-    s->start(id);
+    if (tls) {
+      auto s = std::make_shared<http_session<tls_stream>>(shared_from_this(),
+                                                          std::move(socket));
+      s->start(add(s));
+    } else {
+      auto s = std::make_shared<http_session<beast::tcp_stream>>(
+          shared_from_this(), std::move(socket));
+      s->start(add(s));
+    }
   }
   do_accept();
 }
@@ -627,6 +705,12 @@ server::~server() {
 caf::expected<uint16_t> server::start() {
   caf::error err;
   auto& d = *impl_;
+  if (!d.opts.tls_cert_file.empty() || !d.opts.tls_key_file.empty()) {
+    auto ctx = make_server_tls(d.opts.tls_cert_file, d.opts.tls_key_file);
+    if (!ctx)
+      return ctx.error();
+    d.tls = std::move(*ctx);
+  }
   run_on(d.io, [&] {
     beast::error_code e;
     auto addr = asio::ip::make_address(d.opts.host, e);
@@ -684,7 +768,7 @@ namespace {
 
 // The live WebSocket session `id` of `impl`, or null when it is gone.
 template <class Impl>
-std::shared_ptr<ws_session> find_session(Impl& impl, conn_id id) {
+std::shared_ptr<ws_session_base> find_session(Impl& impl, conn_id id) {
   std::lock_guard<std::mutex> guard{impl.mtx};
   auto i = impl.ws_sessions.find(id);
   return i != impl.ws_sessions.end() ? i->second.lock() : nullptr;

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -19,6 +20,8 @@
 
 #include "runtime/error.hpp"
 #include "runtime/net/net.hpp"
+#include "tests/fixtures/command.hpp"
+#include "tests/fixtures/temp_dir.hpp"
 
 using namespace makima;
 using namespace std::chrono_literals;
@@ -506,4 +509,459 @@ TEST_F(fixture, third_party_node_ws_client) {
   EXPECT_EQ(srv->stats().ws_too_big, 1u);
   EXPECT_EQ(srv->stats().ws_refused, 1u);
   expect_serving();
+}
+
+// -- TLS ----------------------------------------------------------------------
+
+namespace {
+
+// A throwaway CA and certificates made with the openssl CLI: ca.pem signs
+// server.pem (127.0.0.1 and localhost) and wrong-name.pem (only
+// other.example); other-ca.pem is an unrelated CA.
+struct tls_files {
+  test::temp_dir dir{"makima-tls"};
+  std::string ca, other_ca, cert, key, wrong_cert, wrong_key;
+
+  tls_files() {
+    auto d = dir.path().string();
+    std::string script =
+        "set -e; cd '" + d + "'\n"
+        "mk_ca() { openssl req -x509 -newkey ec -pkeyopt "
+        "ec_paramgen_curve:prime256v1 -nodes -keyout $1.key -out $1.pem "
+        "-days 2 -subj \"/CN=$1\" 2>/dev/null; }\n"
+        "mk_cert() { openssl req -newkey ec -pkeyopt "
+        "ec_paramgen_curve:prime256v1 -nodes -keyout $1.key -out $1.csr "
+        "-subj /CN=$1 2>/dev/null\n"
+        "  printf 'subjectAltName=%s\\nbasicConstraints=CA:FALSE\\n"
+        "extendedKeyUsage=serverAuth\\n' \"$2\" > $1.ext\n"
+        "  openssl x509 -req -in $1.csr -CA ca.pem -CAkey ca.key "
+        "-CAcreateserial -out $1.pem -days 2 -extfile $1.ext 2>/dev/null; }\n"
+        "mk_ca ca; mk_ca other-ca\n"
+        "mk_cert server 'IP:127.0.0.1,DNS:localhost'\n"
+        "mk_cert wrong-name 'DNS:other.example'\n";
+    auto r = test::sh(script);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    ca = d + "/ca.pem";
+    other_ca = d + "/other-ca.pem";
+    cert = d + "/server.pem";
+    key = d + "/server.key";
+    wrong_cert = d + "/wrong-name.pem";
+    wrong_key = d + "/wrong-name.key";
+  }
+
+  net::server_options server(std::string c = {}, std::string k = {}) const {
+    net::server_options o;
+    o.tls_cert_file = c.empty() ? cert : c;
+    o.tls_key_file = k.empty() ? key : k;
+    o.header_timeout = 3s;
+    return o;
+  }
+
+  net::http_client_options client(const std::string& ca_file) const {
+    net::http_client_options o;
+    o.ca_file = ca_file;
+    o.timeout = 5s;
+    return o;
+  }
+};
+
+std::string https(uint16_t port, const std::string& host = "127.0.0.1") {
+  return "https://" + host + ":" + std::to_string(port);
+}
+
+} // namespace
+
+struct tls_fixture : fixture {
+  tls_files files;
+};
+
+TEST_F(tls_fixture, https_get_and_post_with_the_right_ca) {
+  start(files.server());
+  for (auto host : {"127.0.0.1", "localhost"}) {
+    auto res = net::http_request("GET", https(port, host) + "/hello", {},
+                                 files.client(files.ca));
+    ASSERT_TRUE(res) << host << ": " << describe(res.error());
+    EXPECT_EQ(res->status, 200u);
+    EXPECT_EQ(res->body, "hello");
+  }
+  std::string body(200000, 'y');
+  auto res = net::http_request("POST", https(port) + "/echo", body,
+                               files.client(files.ca));
+  ASSERT_TRUE(res) << describe(res.error());
+  EXPECT_EQ(res->body, body);
+  // An event stream the server ends by closing the TLS connection.
+  res = net::http_request("GET", https(port) + "/sse", {},
+                          files.client(files.ca));
+  ASSERT_TRUE(res) << describe(res.error());
+  EXPECT_EQ(res->body, "data: 0\n\ndata: 1\n\ndata: 2\n\n");
+}
+
+TEST_F(tls_fixture, wss_round_trip_with_the_right_ca) {
+  start(files.server());
+  net::ws_client_options o;
+  o.ca_file = files.ca;
+  client c{io, o};
+  ASSERT_FALSE(c.ws->connect("wss://localhost:" + std::to_string(port)
+                             + "/ws/daemon"));
+  ASSERT_TRUE(wait_until([&] { return c.open || c.done; })) << "no open";
+  ASSERT_TRUE(c.open) << c.reason;
+  c.ws->send("over tls");
+  ASSERT_TRUE(wait_until([&] { return c.received() == 1; }));
+  {
+    std::lock_guard<std::mutex> guard{c.mtx};
+    EXPECT_EQ(c.texts[0], "over tls");
+  }
+  c.ws->close(1000, "bye");
+  ASSERT_TRUE(wait_until([&] { return c.done.load(); }));
+  EXPECT_EQ(c.code, 1000);
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard<std::mutex> guard{mtx};
+    return closed.size() == 1;
+  }));
+}
+
+TEST_F(tls_fixture, wrong_ca_fails_certificate_verification) {
+  start(files.server());
+  auto res = net::http_request("GET", https(port) + "/hello", {},
+                               files.client(files.other_ca));
+  ASSERT_FALSE(res);
+  EXPECT_EQ(code_of(res.error()), ec::net_error);
+  EXPECT_NE(describe(res.error()).find("certificate verification failed"),
+            std::string::npos)
+      << describe(res.error());
+  net::ws_client_options o;
+  o.ca_file = files.other_ca;
+  client c{io, o};
+  ASSERT_FALSE(c.ws->connect("wss://127.0.0.1:" + std::to_string(port)
+                             + "/ws/daemon"));
+  ASSERT_TRUE(wait_until([&] { return c.done.load(); }));
+  EXPECT_FALSE(c.open);
+  EXPECT_EQ(c.code, 1006);
+  EXPECT_NE(c.reason.find("certificate verification failed"),
+            std::string::npos)
+      << c.reason;
+  // The server is unharmed.
+  auto ok = net::http_request("GET", https(port) + "/hello", {},
+                              files.client(files.ca));
+  ASSERT_TRUE(ok) << describe(ok.error());
+}
+
+TEST_F(tls_fixture, host_name_mismatch_fails) {
+  start(files.server(files.wrong_cert, files.wrong_key));
+  auto res = net::http_request("GET", https(port) + "/hello", {},
+                               files.client(files.ca));
+  ASSERT_FALSE(res);
+  EXPECT_NE(describe(res.error()).find("certificate verification failed"),
+            std::string::npos)
+      << describe(res.error());
+  EXPECT_NE(describe(res.error()).find("mismatch"), std::string::npos)
+      << describe(res.error());
+}
+
+TEST_F(tls_fixture, plain_client_to_tls_server_fails_cleanly) {
+  start(files.server());
+  net::http_client_options o;
+  o.timeout = 5s;
+  auto t0 = std::chrono::steady_clock::now();
+  auto res = net::http_request("GET", base(port) + "/hello", {}, o);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s);
+  ASSERT_FALSE(res);
+  EXPECT_NE(code_of(res.error()), ec::net_timeout) << describe(res.error());
+  EXPECT_TRUE(wait_until([&] { return srv->stats().tls_failures == 1; }));
+  EXPECT_TRUE(wait_until([&] { return srv->stats().connections == 0; }));
+  // Raw garbage too.
+  raw_socket raw{port};
+  raw.write("\x16\x03\x01garbage that is no client hello\r\n\r\n");
+  auto [got, eof] = raw.read_to_end();
+  EXPECT_TRUE(eof);
+  auto ok = net::http_request("GET", https(port) + "/hello", {},
+                              files.client(files.ca));
+  ASSERT_TRUE(ok) << describe(ok.error());
+  EXPECT_EQ(ok->body, "hello");
+}
+
+TEST_F(tls_fixture, tls_client_to_plain_server_fails_cleanly) {
+  start();
+  auto t0 = std::chrono::steady_clock::now();
+  auto res = net::http_request("GET", https(port) + "/hello", {},
+                               files.client(files.ca));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s);
+  ASSERT_FALSE(res);
+  EXPECT_EQ(code_of(res.error()), ec::net_error) << describe(res.error());
+  EXPECT_NE(describe(res.error()).find("TLS handshake"), std::string::npos)
+      << describe(res.error());
+  net::ws_client_options wo;
+  wo.ca_file = files.ca;
+  client c{io, wo};
+  ASSERT_FALSE(c.ws->connect("wss://127.0.0.1:" + std::to_string(port)
+                             + "/ws/daemon"));
+  ASSERT_TRUE(wait_until([&] { return c.done.load(); }));
+  EXPECT_FALSE(c.open);
+  EXPECT_EQ(c.code, 1006);
+  expect_serving();
+}
+
+TEST_F(tls_fixture, bad_certificate_or_key_files_are_invalid_config) {
+  auto try_start = [&](net::server_options o) {
+    net::server s{io, o, {}, {}};
+    auto p = s.start();
+    EXPECT_FALSE(p);
+    return p ? caf::error{} : p.error();
+  };
+  auto key_bytes = test::read_file(files.key);
+  auto check = [&](const caf::error& err, const std::string& names) {
+    EXPECT_EQ(code_of(err), ec::invalid_config) << describe(err);
+    EXPECT_NE(describe(err).find(names), std::string::npos) << describe(err);
+    EXPECT_EQ(describe(err).find("PRIVATE KEY"), std::string::npos);
+    // No line of the key file appears in the message.
+    std::istringstream lines{key_bytes};
+    for (std::string line; std::getline(lines, line);)
+      if (line.size() > 8 && line.find("-----") == std::string::npos)
+        EXPECT_EQ(describe(err).find(line), std::string::npos);
+  };
+  auto missing = (files.dir.path() / "missing.pem").string();
+  check(try_start(files.server(missing, files.key)), missing);
+  check(try_start(files.server(files.cert, missing)), missing);
+  // A key is not a certificate, and garbage is no key.
+  check(try_start(files.server(files.key, files.key)), files.key);
+  auto garbage = (files.dir.path() / "garbage.pem").string();
+  test::write_file(garbage, "not pem at all\n");
+  check(try_start(files.server(files.cert, garbage)), garbage);
+  // A key of another certificate.
+  check(try_start(files.server(files.cert, files.wrong_key)),
+        files.wrong_key);
+  // Only one of the two.
+  net::server_options half;
+  half.tls_cert_file = files.cert;
+  EXPECT_EQ(code_of(try_start(half)), ec::invalid_config);
+  // A client with an unreadable CA file.
+  auto res = net::http_request("GET", "https://127.0.0.1:1/", {},
+                               files.client(missing));
+  ASSERT_FALSE(res);
+  EXPECT_EQ(code_of(res.error()), ec::invalid_config);
+  net::ws_client_options wo;
+  wo.ca_file = missing;
+  client c{io, wo};
+  auto err = c.ws->connect("wss://127.0.0.1:1/ws/daemon");
+  EXPECT_EQ(code_of(err), ec::invalid_config);
+}
+
+// -- server-sent events ---------------------------------------------------------
+
+namespace {
+
+std::vector<net::sse_event> parse_sse(const std::vector<std::string>& pieces) {
+  net::sse_parser p;
+  std::vector<net::sse_event> out;
+  for (auto& piece : pieces)
+    p.feed(piece, [&](const net::sse_event& e) { out.push_back(e); });
+  return out;
+}
+
+std::string dump(const std::vector<net::sse_event>& events) {
+  std::string out;
+  for (auto& e : events)
+    out += "[" + e.event + "|" + e.id + "|" + e.data + "]";
+  return out;
+}
+
+} // namespace
+
+TEST(sse_parser, events_fields_comments_and_line_ends) {
+  std::string stream = ": keep-alive\r\n"
+                       "event: output\r\n"
+                       "id: 17\r\n"
+                       "data: {\"seq\":17}\r\n"
+                       "\r\n"
+                       "data:first\n"
+                       "data:  second\n"
+                       "data\n"
+                       "retry: 100\n"
+                       "unknown: x\n"
+                       "\n"
+                       "event: end\r"
+                       "data: bye\r"
+                       "\r"
+                       "event: lonely\n"
+                       "\n" // no data: not dispatched
+                       "id\n"
+                       "data: x\n"
+                       "\n"
+                       "data: partial";
+  auto want = std::string{"[output|17|{\"seq\":17}]"}
+              + "[message|17|first\n second\n]" + "[end|17|bye]"
+              + "[message||x]";
+  EXPECT_EQ(dump(parse_sse({stream})), want);
+  // Split at every byte boundary, and byte by byte.
+  for (size_t i = 0; i <= stream.size(); ++i)
+    EXPECT_EQ(dump(parse_sse({stream.substr(0, i), stream.substr(i)})), want)
+        << "split at " << i;
+  std::vector<std::string> bytes;
+  for (char c : stream)
+    bytes.emplace_back(1, c);
+  EXPECT_EQ(dump(parse_sse(bytes)), want);
+}
+
+TEST(sse_parser, crlf_split_between_feeds_is_one_line_end) {
+  // "\r" then "\n" in the next feed must not produce an empty line that
+  // dispatches early.
+  auto events = parse_sse({"data: a\r", "\ndata: b\r", "\n\r", "\n"});
+  EXPECT_EQ(dump(events), "[message||a\nb]");
+  // Empty data line is an event with empty data.
+  EXPECT_EQ(dump(parse_sse({"data:\n\n"})), "[message||]");
+  EXPECT_EQ(dump(parse_sse({"event:\ndata: z\n\n"})), "[message||z]");
+}
+
+namespace {
+
+// A server streaming `pieces` as an event stream on GET /events, with the
+// Last-Event-ID it got.
+struct sse_server {
+  net::io_thread io;
+  std::unique_ptr<net::server> srv;
+  uint16_t port = 0;
+  std::mutex mtx;
+  std::string last_event_id;
+
+  sse_server(std::vector<std::string> pieces, net::server_options o = {}) {
+    auto http = [this, pieces](net::request req, net::http_reply reply) {
+      if (req.target != "/events") {
+        net::response res;
+        res.status = 404;
+        res.body = "{}";
+        reply.send(res);
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> guard{mtx};
+        auto i = req.headers.find("last-event-id");
+        last_event_id = i == req.headers.end() ? "" : i->second;
+      }
+      reply.begin_stream(200, "text/event-stream");
+      for (auto& p : pieces)
+        reply.write(p);
+      reply.end();
+    };
+    srv = std::make_unique<net::server>(io, o, http, net::ws_handler{});
+    auto p = srv->start();
+    EXPECT_TRUE(p);
+    port = p ? *p : 0;
+  }
+};
+
+} // namespace
+
+TEST(http_stream, reads_an_event_stream_until_the_server_ends_it) {
+  std::vector<std::string> pieces;
+  std::string all;
+  for (int i = 0; i < 200; ++i) {
+    pieces.push_back("id: " + std::to_string(i) + "\nevent: output\ndata: "
+                     + std::string(1000, 'a' + i % 26) + "\n\n");
+    all += pieces.back();
+  }
+  sse_server s{pieces};
+  net::http_client_options o;
+  o.timeout = 5s;
+  o.headers = {{"Last-Event-ID", "41"}};
+  net::response head;
+  std::string body;
+  net::sse_parser parser;
+  std::vector<net::sse_event> events;
+  auto err = net::http_stream(
+      "GET", base(s.port) + "/events", o,
+      [&](const net::response& r) {
+        head = r;
+        return true;
+      },
+      [&](const std::string& bytes) {
+        body += bytes;
+        parser.feed(bytes,
+                    [&](const net::sse_event& e) { events.push_back(e); });
+        return true;
+      });
+  ASSERT_FALSE(err) << describe(err);
+  EXPECT_EQ(head.status, 200u);
+  EXPECT_EQ(head.content_type, "text/event-stream");
+  EXPECT_EQ(body, all);
+  ASSERT_EQ(events.size(), 200u);
+  EXPECT_EQ(events[199].id, "199");
+  EXPECT_EQ(events[5].data, std::string(1000, 'f'));
+  std::lock_guard<std::mutex> guard{s.mtx};
+  EXPECT_EQ(s.last_event_id, "41");
+}
+
+TEST(http_stream, stops_when_a_callback_returns_false) {
+  sse_server s{{"data: 1\n\n", "data: 2\n\n"}};
+  net::http_client_options o;
+  o.timeout = 5s;
+  int heads = 0;
+  int datas = 0;
+  auto err = net::http_stream(
+      "GET", base(s.port) + "/nope", o,
+      [&](const net::response& r) {
+        ++heads;
+        EXPECT_EQ(r.status, 404u);
+        return false;
+      },
+      [&](const std::string&) {
+        ++datas;
+        return true;
+      });
+  EXPECT_FALSE(err) << describe(err);
+  EXPECT_EQ(heads, 1);
+  EXPECT_EQ(datas, 0);
+}
+
+TEST(http_stream, errors_and_a_silent_server_time_out) {
+  net::http_client_options o;
+  o.timeout = 1s;
+  auto none = [](const auto&) { return true; };
+  auto err = net::http_stream("GET", "ftp://x/", o, none, none);
+  EXPECT_EQ(code_of(err), ec::invalid_argument);
+  // A server that sends the head and then nothing: each wait is bounded.
+  net::io_thread io;
+  net::server srv{io, {},
+                  [](net::request, net::http_reply reply) {
+                    reply.begin_stream(200, "text/event-stream");
+                    reply.write(": hi\n\n");
+                  },
+                  {}};
+  auto p = srv.start();
+  ASSERT_TRUE(p);
+  auto t0 = std::chrono::steady_clock::now();
+  std::string got;
+  err = net::http_stream("GET", base(*p) + "/x", o, none,
+                         [&](const std::string& b) {
+                           got += b;
+                           return true;
+                         });
+  EXPECT_EQ(code_of(err), ec::net_timeout) << describe(err);
+  EXPECT_EQ(got, ": hi\n\n");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  srv.stop();
+  // Nothing listens any more.
+  err = net::http_stream("GET", base(*p) + "/x", o, none, none);
+  EXPECT_EQ(code_of(err), ec::net_error) << describe(err);
+}
+
+TEST_F(tls_fixture, https_event_stream) {
+  sse_server s{{"id: 1\ndata: over tls\n\n"}, files.server()};
+  std::string body;
+  auto err = net::http_stream(
+      "GET", https(s.port) + "/events", files.client(files.ca),
+      [](const net::response& r) { return r.status == 200; },
+      [&](const std::string& b) {
+        body += b;
+        return true;
+      });
+  ASSERT_FALSE(err) << describe(err);
+  EXPECT_EQ(body, "id: 1\ndata: over tls\n\n");
+  // Wrong CA on the stream client too.
+  err = net::http_stream(
+      "GET", https(s.port) + "/events", files.client(files.other_ca),
+      [](const net::response&) { return true; },
+      [](const std::string&) { return true; });
+  EXPECT_NE(describe(err).find("certificate verification failed"),
+            std::string::npos)
+      << describe(err);
 }
