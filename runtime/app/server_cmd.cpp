@@ -5,14 +5,21 @@
 #include <signal.h>
 #include <time.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <future>
+#include <mutex>
+#include <random>
 
 #include <CLI/CLI.hpp>
 #include <caf/actor_system.hpp>
+#include <caf/send.hpp>
 
+#include "actors/persistence.hpp"
 #include "actors/server.hpp"
+#include "runtime/app/daemon_node.hpp"
+#include "runtime/net/net.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 
@@ -50,6 +57,13 @@ std::pair<std::string, uint16_t> split_listen(const std::string& listen) {
 
 bool is_loopback(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+/// The heartbeat interval told to daemons: the configured one, but at most
+/// a third of the lease, so that an idle daemon never loses its lease
+/// between two heartbeats.
+double heartbeat_for(const config& cfg) {
+  return std::min(cfg.heartbeat, cfg.lease / 3);
 }
 
 struct server_options {
@@ -131,7 +145,7 @@ int cmd_server(server_options& o) {
   s.daemon_keys = cfg.daemon_keys;
   s.no_auth = o.no_auth;
   s.lease = cfg.lease;
-  s.heartbeat = cfg.heartbeat;
+  s.heartbeat = heartbeat_for(cfg);
   s.max_frame_bytes = cfg.max_frame_bytes;
   s.max_body_bytes = cfg.max_body_bytes;
   s.tls_cert = cfg.tls_cert.string();
@@ -167,6 +181,104 @@ int cmd_server(server_options& o) {
   return exit_ok;
 }
 
+struct local_options {
+  common_options common;
+  std::string listen;
+  int max_tasks = 0;
+};
+
+/// A key for the in-process daemon of `makima local`: random, never shown.
+std::string random_key() {
+  std::random_device rd;
+  std::string out;
+  static constexpr char hex[] = "0123456789abcdef";
+  for (int i = 0; i < 32; ++i) {
+    auto b = rd();
+    out.push_back(hex[b & 0xf]);
+    out.push_back(hex[(b >> 4) & 0xf]);
+  }
+  return out;
+}
+
+/// `makima local`: a server and one daemon in this process, the daemon
+/// connected over loopback WebSocket exactly like a remote one (same code
+/// paths, same outbox and replay). Data: DATA/server (the server's RocksDB)
+/// and the usual DATA/db, repos, worktrees, state of the daemon, so `task
+/// list --data-dir DATA` shows what ran here.
+int cmd_local(local_options& o) {
+  auto cfg = resolve_config(o.common, [&](config& c) {
+    if (!o.listen.empty())
+      c.listen = o.listen;
+    if (o.max_tasks > 0)
+      if (auto err = set_config_value(c, "daemon.max_tasks",
+                                      std::to_string(o.max_tasks),
+                                      "--max-tasks"))
+        fail(exit_usage, describe(err));
+  });
+  auto [host, port] = split_listen(cfg.listen);
+  bool loopback = is_loopback(host);
+  if (!loopback && cfg.user_keys.empty())
+    fail(exit_usage, "makima local on '" + host
+                         + "' (not loopback) needs user keys "
+                           "(MAKIMA_SERVER_USER_KEYS or server.user_keys)");
+  server_settings s;
+  s.host = host;
+  s.port = port;
+  s.db_dir = cfg.data_dir / "server";
+  s.sync = cfg.sync;
+  s.user_keys = cfg.user_keys;
+  auto daemon_key = random_key();
+  s.daemon_keys = {daemon_key};
+  s.no_auth = loopback && cfg.user_keys.empty();
+  s.lease = cfg.lease;
+  s.heartbeat = heartbeat_for(cfg);
+  s.max_frame_bytes = cfg.max_frame_bytes;
+  s.max_body_bytes = cfg.max_body_bytes;
+  s.version = MAKIMA_VERSION;
+  std::error_code ec_dir;
+  std::filesystem::create_directories(s.db_dir, ec_dir);
+  if (ec_dir)
+    fail(exit_internal, "cannot create data dir " + s.db_dir.string() + ": "
+                            + ec_dir.message());
+  auto opened = open_primary(cfg); // the daemon's database
+  system_config sys_cfg;
+  caf::actor_system sys{sys_cfg};
+  auto server = server_node::start(sys, s);
+  if (!server)
+    fail(status_for(server.error()), describe(server.error()));
+  auto persist = spawn_persistence(sys, opened->db);
+  auto io = std::make_shared<net::io_thread>();
+  auto opts = daemon_connection_options(cfg);
+  opts.url = (*server)->ws_url();
+  opts.api_key = daemon_key;
+  opts.name = "local";
+  auto welcomed = std::make_shared<std::promise<void>>();
+  auto first_welcome = welcomed->get_future();
+  auto once = std::make_shared<std::once_flag>();
+  connection_hooks hooks;
+  hooks.on_welcome = [welcomed, once](const std::string&) {
+    std::call_once(*once, [&] { welcomed->set_value(); });
+  };
+  auto node = daemon_node::start(sys, cfg, opts, persist, io, hooks);
+  if (first_welcome.wait_for(std::chrono::seconds(30))
+      != std::future_status::ready)
+    log::warn("local", "the in-process daemon has not connected yet");
+  std::fprintf(stderr, "makima: listening on %s\n", (*server)->url().c_str());
+  std::fflush(stderr);
+  int sig = wait_signal(std::chrono::milliseconds{-1});
+  std::fprintf(stderr,
+               "makima: %s: stopping; running tasks are re-run at the next "
+               "start\n",
+               strsignal(sig));
+  node->stop();
+  node.reset();
+  (*server)->stop();
+  caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+  persist = persistence_actor{};
+  io->stop();
+  return exit_ok;
+}
+
 } // namespace
 
 void add_server_commands(CLI::App& app, command_table& out) {
@@ -196,7 +308,16 @@ void add_server_commands(CLI::App& app, command_table& out) {
                 "accept requests without a key (loopback only)");
   out.emplace_back(cmd, [] { return cmd_server(o); });
 
-  // `makima local` (server + daemon in one process) registers here.
+  static local_options lo;
+  auto local = app.add_subcommand(
+      "local", "a server and one daemon in this process (a one-node fleet)");
+  add_common(local, lo.common);
+  local->add_option("--listen", lo.listen,
+                    "HOST:PORT of the HTTP API (default 127.0.0.1:7420; port "
+                    "0 = any free port)");
+  local->add_option("--max-tasks", lo.max_tasks, "tasks run at once")
+      ->check(CLI::Range(1, 4096));
+  out.emplace_back(local, [] { return cmd_local(lo); });
 }
 
 } // namespace makima::app
