@@ -202,6 +202,9 @@ struct ws_client::impl : std::enable_shared_from_this<ws_client::impl> {
     if (e)
       return finish(websocket::close_code::abnormal,
                     describe(to_error(e, "cannot connect to " + where())), 0);
+    // Small frames (events, acks) must not wait for Nagle + delayed ACK.
+    beast::error_code ignored;
+    transport()->socket().set_option(tcp::no_delay(true), ignored);
     if (!tls_ws)
       return ws_handshake();
     if (auto err = set_peer_name(tls_ws->next_layer(), url.host))
@@ -494,6 +497,8 @@ struct client_conn {
     e = run([&](auto h) { transport().async_connect(results, h); });
     if (e)
       return to_error(e, "cannot connect to " + where);
+    beast::error_code ignored;
+    transport().socket().set_option(tcp::no_delay(true), ignored);
     if (!tls)
       return {};
     if (auto err = set_peer_name(*tls, url.host))

@@ -680,6 +680,9 @@ void server::impl::on_accept(beast::error_code e, tcp::socket socket) {
   if (stopped || e == asio::error::operation_aborted)
     return;
   if (!e) {
+    // Responses and frames are small and latency-bound: no Nagle.
+    beast::error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
     if (tls) {
       auto s = std::make_shared<http_session<tls_stream>>(shared_from_this(),
                                                           std::move(socket));
