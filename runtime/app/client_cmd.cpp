@@ -4,6 +4,7 @@
 // net::http_stream (server-sent events for `logs -f` and `wait`).
 #include "runtime/app/cli.hpp"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -108,12 +109,24 @@ task_record parse_record(const std::string& text) {
   return std::move(*rec);
 }
 
+/// run_cli blocks SIGINT, SIGTERM and SIGHUP for the watcher of a local
+/// task; a client command has nothing to clean up, so they end it at once
+/// again (`task logs -f` / `wait` stopped with Ctrl-C).
+void default_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP})
+    sigaddset(&set, s);
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+}
+
 /// Requests to one server, with its key and CA file. Every failure leaves
 /// the command with the exit status of the issue: 125 when the server
 /// cannot be reached, 2 when it refuses the key or does not know the task.
 class api_client {
 public:
   explicit api_client(server_target t) : t_(std::move(t)) {
+    default_signals();
     opts_.ca_file = t_.ca_file;
     opts_.timeout = std::chrono::seconds(30);
     if (!t_.api_key.empty())

@@ -624,7 +624,7 @@ caf::error http_stream(const std::string& method, const std::string& url,
     body.size = chunk.size();
     c.transport().expires_after(opts.timeout);
     e = c.with([&](auto& s) {
-      return c.run([&](auto h) { http::async_read(s, buf, parser, h); });
+      return c.run([&](auto h) { http::async_read_some(s, buf, parser, h); });
     });
     auto n = chunk.size() - parser.get().body().size;
     if (n > 0 && !on_data(std::string(chunk.data(), n)))

@@ -22,6 +22,7 @@
 #include "runtime/net/net.hpp"
 #include "tests/fixtures/command.hpp"
 #include "tests/fixtures/temp_dir.hpp"
+#include "tests/fixtures/tls_certs.hpp"
 
 using namespace makima;
 using namespace std::chrono_literals;
@@ -515,40 +516,8 @@ TEST_F(fixture, third_party_node_ws_client) {
 
 namespace {
 
-// A throwaway CA and certificates made with the openssl CLI: ca.pem signs
-// server.pem (127.0.0.1 and localhost) and wrong-name.pem (only
-// other.example); other-ca.pem is an unrelated CA.
-struct tls_files {
-  test::temp_dir dir{"makima-tls"};
-  std::string ca, other_ca, cert, key, wrong_cert, wrong_key;
-
-  tls_files() {
-    auto d = dir.path().string();
-    std::string script =
-        "set -e; cd '" + d + "'\n"
-        "mk_ca() { openssl req -x509 -newkey ec -pkeyopt "
-        "ec_paramgen_curve:prime256v1 -nodes -keyout $1.key -out $1.pem "
-        "-days 2 -subj \"/CN=$1\" 2>/dev/null; }\n"
-        "mk_cert() { openssl req -newkey ec -pkeyopt "
-        "ec_paramgen_curve:prime256v1 -nodes -keyout $1.key -out $1.csr "
-        "-subj /CN=$1 2>/dev/null\n"
-        "  printf 'subjectAltName=%s\\nbasicConstraints=CA:FALSE\\n"
-        "extendedKeyUsage=serverAuth\\n' \"$2\" > $1.ext\n"
-        "  openssl x509 -req -in $1.csr -CA ca.pem -CAkey ca.key "
-        "-CAcreateserial -out $1.pem -days 2 -extfile $1.ext 2>/dev/null; }\n"
-        "mk_ca ca; mk_ca other-ca\n"
-        "mk_cert server 'IP:127.0.0.1,DNS:localhost'\n"
-        "mk_cert wrong-name 'DNS:other.example'\n";
-    auto r = test::sh(script);
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    ca = d + "/ca.pem";
-    other_ca = d + "/other-ca.pem";
-    cert = d + "/server.pem";
-    key = d + "/server.key";
-    wrong_cert = d + "/wrong-name.pem";
-    wrong_key = d + "/wrong-name.key";
-  }
-
+// Certificates (tests/fixtures/tls_certs.hpp) and options using them.
+struct tls_files : test::tls_certs {
   net::server_options server(std::string c = {}, std::string k = {}) const {
     net::server_options o;
     o.tls_cert_file = c.empty() ? cert : c;
@@ -716,8 +685,9 @@ TEST_F(tls_fixture, bad_certificate_or_key_files_are_invalid_config) {
     // No line of the key file appears in the message.
     std::istringstream lines{key_bytes};
     for (std::string line; std::getline(lines, line);)
-      if (line.size() > 8 && line.find("-----") == std::string::npos)
+      if (line.size() > 8 && line.find("-----") == std::string::npos) {
         EXPECT_EQ(describe(err).find(line), std::string::npos);
+      }
   };
   auto missing = (files.dir.path() / "missing.pem").string();
   check(try_start(files.server(missing, files.key)), missing);
@@ -936,6 +906,19 @@ TEST(http_stream, errors_and_a_silent_server_time_out) {
                            return true;
                          });
   EXPECT_EQ(code_of(err), ec::net_timeout) << describe(err);
+  EXPECT_EQ(got, ": hi\n\n");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  // Bytes are handed over as they arrive, not when a buffer is full or the
+  // stream ended.
+  o.timeout = 10s;
+  got.clear();
+  t0 = std::chrono::steady_clock::now();
+  err = net::http_stream("GET", base(*p) + "/x", o, none,
+                         [&](const std::string& b) {
+                           got += b;
+                           return false;
+                         });
+  EXPECT_FALSE(err) << describe(err);
   EXPECT_EQ(got, ": hi\n\n");
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
   srv.stop();
