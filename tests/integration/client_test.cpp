@@ -103,7 +103,9 @@ public:
   ~scripted_server() { srv_->stop(); }
 
   uint16_t port() const { return port_; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string url() const {
+    return "http://127.0.0.1:" + std::to_string(port_);
+  }
 
   std::vector<net::request> requests() {
     std::lock_guard<std::mutex> guard{mtx_};
@@ -143,9 +145,8 @@ private:
 
   static std::string chunk_json(uint64_t seq, int stream,
                                 const std::string& bytes) {
-    return json{{"seq", seq},
-                {"stream", stream},
-                {"data", proto::base64_encode(bytes)}}
+    return json{
+        {"seq", seq}, {"stream", stream}, {"data", proto::base64_encode(bytes)}}
         .dump();
   }
 
@@ -157,7 +158,8 @@ private:
       net::response res;
       res.status = 401;
       res.headers["WWW-Authenticate"] = "Bearer";
-      res.body = error_body("unauthorized", "missing or unknown API key").dump();
+      res.body =
+          error_body("unauthorized", "missing or unknown API key").dump();
       reply.send(std::move(res));
       return;
     }
@@ -184,9 +186,8 @@ private:
     if (sub == "cancel" && req.method == "POST") {
       if (is_terminal(task.now.state))
         return send(reply, 409,
-                    error_body("bad_state",
-                               "task " + id + " is already "
-                                   + to_string(task.now.state)));
+                    error_body("bad_state", "task " + id + " is already "
+                                                + to_string(task.now.state)));
       return send(reply, 202, json::parse(to_json(task.now)));
     }
     if (sub == "output" && req.method == "GET") {
@@ -253,8 +254,8 @@ private:
     ++task.streams;
     for (auto seq = from; seq < task.output.size(); ++seq) {
       auto& [stream, bytes] = task.output[seq];
-      reply.write("event: output\nid: " + std::to_string(seq) + "\ndata: "
-                  + chunk_json(seq, stream, bytes) + "\n\n");
+      reply.write("event: output\nid: " + std::to_string(seq)
+                  + "\ndata: " + chunk_json(seq, stream, bytes) + "\n\n");
       if (drop) {
         reply.end(); // the connection breaks: no end event
         return;
@@ -293,20 +294,41 @@ struct client_fixture : ::testing::Test {
   /// `makima task <sub> <args...> --server URL --api-key KEY`
   run_result task(const std::string& sub, std::vector<std::string> args,
                   const std::string& key = user_key) {
-    std::vector<std::string> argv{MAKIMA_BINARY, "task", sub, "--server",
-                                  server.url(), "--api-key", key};
+    std::vector<std::string> argv{MAKIMA_BINARY, "task",      sub, "--server",
+                                  server.url(),  "--api-key", key};
     argv.insert(argv.end(), args.begin(), args.end());
     return test::run(argv, opts());
   }
 };
 
 TEST_F(client_fixture, submit_posts_the_spec_and_prints_only_the_id) {
-  auto r = task("submit",
-                {"--repo", "https://git.example/r.git", "--ref", "main", "--id",
-                 "build-1", "--selector", "pool=k8s", "--selector", "gpu=1",
-                 "--timeout", "60", "--grace", "5", "--env", "A=1", "--env",
-                 "B=x=y", "--commit", "--push", "https://git.example/p.git",
-                 "--", "sh", "-c", "echo --id", "--", "--timeout"});
+  auto r = task("submit", {"--repo",
+                           "https://git.example/r.git",
+                           "--ref",
+                           "main",
+                           "--id",
+                           "build-1",
+                           "--selector",
+                           "pool=k8s",
+                           "--selector",
+                           "gpu=1",
+                           "--timeout",
+                           "60",
+                           "--grace",
+                           "5",
+                           "--env",
+                           "A=1",
+                           "--env",
+                           "B=x=y",
+                           "--commit",
+                           "--push",
+                           "https://git.example/p.git",
+                           "--",
+                           "sh",
+                           "-c",
+                           "echo --id",
+                           "--",
+                           "--timeout"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "build-1\n");
   auto posts = server.requests("POST", "/api/v1/tasks");
@@ -361,8 +383,8 @@ TEST_F(client_fixture, submit_bad_input_is_exit_2) {
   EXPECT_EQ(r.out, "");
   EXPECT_NE(r.err.find("task t-ok already exists"), std::string::npos) << r.err;
   // No server at all.
-  auto argv = std::vector<std::string>{MAKIMA_BINARY, "task", "submit", "--",
-                                       "true"};
+  auto argv =
+      std::vector<std::string>{MAKIMA_BINARY, "task", "submit", "--", "true"};
   r = test::run(argv, opts());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("no server given"), std::string::npos) << r.err;
@@ -511,10 +533,14 @@ TEST_F(client_fixture, cancel_posts_and_reports_a_finished_task) {
 
 TEST_F(client_fixture, a_refused_key_is_exit_2_and_never_echoed) {
   const std::string wrong = "wrong-k3y-do-not-print";
-  for (auto args : std::vector<std::vector<std::string>>{
-           {"list"}, {"show", "t-ok"}, {"logs", "t-ok"},
-           {"logs", "t-ok", "-f"}, {"wait", "t-fail3"},
-           {"cancel", "t-fail3"}, {"submit", "--", "true"}}) {
+  for (auto args :
+       std::vector<std::vector<std::string>>{{"list"},
+                                             {"show", "t-ok"},
+                                             {"logs", "t-ok"},
+                                             {"logs", "t-ok", "-f"},
+                                             {"wait", "t-fail3"},
+                                             {"cancel", "t-fail3"},
+                                             {"submit", "--", "true"}}) {
     auto sub = args.front();
     args.erase(args.begin());
     auto r = task(sub, args, wrong);
@@ -530,15 +556,14 @@ TEST_F(client_fixture, a_refused_key_is_exit_2_and_never_echoed) {
   EXPECT_EQ(all.back().headers["authorization"], "Bearer " + wrong);
   // Without any key.
   auto o = opts();
-  auto r = test::run({MAKIMA_BINARY, "task", "list", "--server", server.url()},
-                     o);
+  auto r =
+      test::run({MAKIMA_BINARY, "task", "list", "--server", server.url()}, o);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("needs an API key"), std::string::npos) << r.err;
   // From the environment.
   o.env["MAKIMA_API_KEY"] = wrong;
-  r = test::run({MAKIMA_BINARY, "task", "show", "t-ok", "--server",
-                 server.url()},
-                o);
+  r = test::run(
+      {MAKIMA_BINARY, "task", "show", "t-ok", "--server", server.url()}, o);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(r.err.find(wrong), std::string::npos) << r.err;
 }
@@ -579,13 +604,17 @@ TEST_F(client_fixture, unreachable_server_is_exit_125) {
     dead = *p;
   }
   auto url = "http://127.0.0.1:" + std::to_string(dead);
-  for (auto args : std::vector<std::vector<std::string>>{
-           {"list"}, {"show", "t"}, {"logs", "t", "-f"}, {"wait", "t"},
-           {"cancel", "t"}, {"submit", "--", "true"}}) {
+  for (auto args :
+       std::vector<std::vector<std::string>>{{"list"},
+                                             {"show", "t"},
+                                             {"logs", "t", "-f"},
+                                             {"wait", "t"},
+                                             {"cancel", "t"},
+                                             {"submit", "--", "true"}}) {
     auto sub = args.front();
     args.erase(args.begin());
-    std::vector<std::string> argv{MAKIMA_BINARY, "task", sub, "--server", url,
-                                  "--api-key", user_key};
+    std::vector<std::string> argv{MAKIMA_BINARY, "task",  sub, "--server", url,
+                                  "--api-key",   user_key};
     argv.insert(argv.end(), args.begin(), args.end());
     auto r = test::run(argv, opts());
     EXPECT_EQ(r.exit_code, 125) << sub << r.err;
@@ -598,17 +627,16 @@ TEST_F(client_fixture, unreachable_server_is_exit_125) {
 
 TEST_F(client_fixture, ctrl_c_stops_logs_follow_and_wait) {
   for (auto sub : {"logs", "wait"}) {
-    std::vector<std::string> argv{MAKIMA_BINARY, "task", sub, "t-hang",
-                                  "--server", server.url(), "--api-key",
-                                  user_key};
+    std::vector<std::string> argv{MAKIMA_BINARY, "task",     sub,
+                                  "t-hang",      "--server", server.url(),
+                                  "--api-key",   user_key};
     if (std::string{sub} == "logs")
       argv.push_back("-f");
     test::background bg{argv, opts()};
     // Connected and waiting for more.
     ASSERT_TRUE(eventually(
         [&] {
-          return !server.requests("GET", "/api/v1/tasks/t-hang/output")
-                      .empty();
+          return !server.requests("GET", "/api/v1/tasks/t-hang/output").empty();
         },
         10s));
     if (std::string{sub} == "logs") {
@@ -677,14 +705,13 @@ TEST_F(tls_client_fixture, wrong_ca_is_unreachable_with_the_reason) {
   EXPECT_EQ(r.err.find(user_key), std::string::npos);
   // A plain client on the TLS port fails too, without hanging.
   auto plain = "http://127.0.0.1:" + std::to_string(server->port());
-  r = test::run({MAKIMA_BINARY, "task", "list", "--server", plain,
-                 "--api-key", user_key},
-                opts());
+  r = test::run(
+      {MAKIMA_BINARY, "task", "list", "--server", plain, "--api-key", user_key},
+      opts());
   EXPECT_EQ(r.exit_code, 125) << r.err;
   // A CA file that does not exist is a usage error.
-  r = test::run({MAKIMA_BINARY, "task", "list", "--server", url(),
-                 "--api-key", user_key, "--ca-file",
-                 (e.root() / "nope.pem").string()},
+  r = test::run({MAKIMA_BINARY, "task", "list", "--server", url(), "--api-key",
+                 user_key, "--ca-file", (e.root() / "nope.pem").string()},
                 opts());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("nope.pem"), std::string::npos) << r.err;
