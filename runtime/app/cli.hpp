@@ -143,8 +143,7 @@ std::optional<server_target> resolve_server(const common_options& common,
 
 /// `task list|show|logs` against a server (client_cmd.cpp).
 int remote_list(const server_target& target, bool json);
-int remote_show(const server_target& target, const std::string& id,
-                bool json);
+int remote_show(const server_target& target, const std::string& id, bool json);
 /// Without `follow`: prints the output so far; with it: follows the event
 /// stream until the task ends and returns its exit status.
 int remote_logs(const server_target& target, const std::string& id,

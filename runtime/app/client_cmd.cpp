@@ -4,6 +4,7 @@
 // net::http_stream (server-sent events for `logs -f` and `wait`).
 #include "runtime/app/cli.hpp"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,8 +42,8 @@ std::optional<std::string> base_of(const std::string& url) {
   auto scheme = u->scheme == "ws"    ? std::string{"http"}
                 : u->scheme == "wss" ? std::string{"https"}
                                      : u->scheme;
-  auto host = u->host.find(':') != std::string::npos ? "[" + u->host + "]"
-                                                     : u->host;
+  auto host =
+      u->host.find(':') != std::string::npos ? "[" + u->host + "]" : u->host;
   auto path = u->target.substr(0, u->target.find('?'));
   const std::string daemon_path = "/ws/daemon";
   if (ws && path.size() >= daemon_path.size()
@@ -108,12 +109,24 @@ task_record parse_record(const std::string& text) {
   return std::move(*rec);
 }
 
+/// run_cli blocks SIGINT, SIGTERM and SIGHUP for the watcher of a local
+/// task; a client command has nothing to clean up, so they end it at once
+/// again (`task logs -f` / `wait` stopped with Ctrl-C).
+void default_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP})
+    sigaddset(&set, s);
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+}
+
 /// Requests to one server, with its key and CA file. Every failure leaves
 /// the command with the exit status of the issue: 125 when the server
 /// cannot be reached, 2 when it refuses the key or does not know the task.
 class api_client {
 public:
   explicit api_client(server_target t) : t_(std::move(t)) {
+    default_signals();
     opts_.ca_file = t_.ca_file;
     opts_.timeout = std::chrono::seconds(30);
     if (!t_.api_key.empty())
@@ -211,8 +224,7 @@ void print_output(api_client& api, const std::string& id) {
 /// until its `end` event and returns the task's exit status; writes the
 /// output when `print`. Reconnects with Last-Event-ID when the stream
 /// drops; gives up after ~30 s without getting through.
-int follow(api_client& api, const std::string& id, uint64_t from,
-           bool print) {
+int follow(api_client& api, const std::string& id, uint64_t from, bool print) {
   std::string last_id;
   bool writable = print;
   bool connected_once = false;
@@ -463,8 +475,8 @@ int remote_logs(const server_target& target, const std::string& id,
 void add_client_commands(CLI::App& task, command_table& out,
                          trailing_table& trailing) {
   auto so = std::make_shared<submit_options>();
-  auto submit = task.add_subcommand(
-      "submit", "submit a task to a server; prints its id");
+  auto submit =
+      task.add_subcommand("submit", "submit a task to a server; prints its id");
   submit->add_option("--config", so->common.config_file,
                      "TOML config file (default: $MAKIMA_CONFIG, else "
                      "~/.config/makima/makima.toml if present)");
@@ -474,17 +486,17 @@ void add_client_commands(CLI::App& task, command_table& out,
                      "branch, tag or commit (default: the remote's HEAD)");
   auto id_opt =
       submit->add_option("--id", so->id, "task id (default: generated)");
-  submit->add_option("--selector", so->selector,
-                     "K=V a daemon must have as a label (pool=NAME: its "
-                     "pool); repeatable")
+  submit
+      ->add_option("--selector", so->selector,
+                   "K=V a daemon must have as a label (pool=NAME: its "
+                   "pool); repeatable")
       ->type_size(1)
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  submit->add_option("--timeout", so->timeout,
-                     "seconds until SIGTERM (0 = none)")
+  submit
+      ->add_option("--timeout", so->timeout, "seconds until SIGTERM (0 = none)")
       ->check(CLI::NonNegativeNumber);
-  submit->add_option("--grace", so->grace,
-                     "seconds from SIGTERM to SIGKILL")
+  submit->add_option("--grace", so->grace, "seconds from SIGTERM to SIGKILL")
       ->check(CLI::NonNegativeNumber);
   submit->add_option("--env", so->env, "KEY=VALUE for the child (repeatable)")
       ->type_size(1)
@@ -516,7 +528,8 @@ void add_client_commands(CLI::App& task, command_table& out,
                     "TOML config file (default: $MAKIMA_CONFIG)");
     add_server_flags(cmd, o->server);
     cmd->add_option("id", o->id, "task id")->required();
-    out.emplace_back(cmd, [o, run] { return run(o->common, o->server, o->id); });
+    out.emplace_back(cmd,
+                     [o, run] { return run(o->common, o->server, o->id); });
     return cmd;
   };
   add_id_command("cancel", "cancel a task on a server", cmd_cancel);

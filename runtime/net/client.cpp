@@ -127,11 +127,8 @@ std::optional<url_parts> parse_url(const std::string& url) {
 
 struct ws_client::impl : std::enable_shared_from_this<ws_client::impl> {
   impl(io_thread& io, handlers h, ws_client_options opts)
-    : io(io),
-      h(std::move(h)),
-      opts(std::move(opts)),
-      resolver(asio::make_strand(io.get().ioc)) {
-  }
+      : io(io), h(std::move(h)), opts(std::move(opts)),
+        resolver(asio::make_strand(io.get().ioc)) {}
 
   io_thread& io;
   handlers h;
@@ -191,11 +188,11 @@ struct ws_client::impl : std::enable_shared_from_this<ws_client::impl> {
       return finish(websocket::close_code::abnormal,
                     "cannot resolve " + url.host + ": " + e.message(), 0);
     transport()->expires_after(opts.connect_timeout);
-    transport()->async_connect(results, [self = shared_from_this()](
-                                      beast::error_code e,
-                                      const tcp::endpoint&) {
-      self->on_connect(e);
-    });
+    transport()->async_connect(
+        results,
+        [self = shared_from_this()](beast::error_code e, const tcp::endpoint&) {
+          self->on_connect(e);
+        });
   }
 
   void on_connect(beast::error_code e) {
@@ -215,8 +212,8 @@ struct ws_client::impl : std::enable_shared_from_this<ws_client::impl> {
           if (e)
             return self->finish(
                 websocket::close_code::abnormal,
-                describe(tls_error(e, self->tls_ws->next_layer(),
-                                   self->where())),
+                describe(
+                    tls_error(e, self->tls_ws->next_layer(), self->where())),
                 0);
           self->ws_handshake();
         });
@@ -261,10 +258,10 @@ struct ws_client::impl : std::enable_shared_from_this<ws_client::impl> {
 
   void do_read() {
     with_ws([&](auto& ws) {
-      ws.async_read(buf, [self = shared_from_this()](beast::error_code e,
-                                                     size_t) {
-        self->on_read(e);
-      });
+      ws.async_read(buf,
+                    [self = shared_from_this()](beast::error_code e, size_t) {
+                      self->on_read(e);
+                    });
     });
   }
 
@@ -368,8 +365,7 @@ struct ws_client::impl : std::enable_shared_from_this<ws_client::impl> {
 };
 
 ws_client::ws_client(io_thread& io, handlers h, ws_client_options opts)
-  : impl_(std::make_shared<impl>(io, std::move(h), std::move(opts))) {
-}
+    : impl_(std::make_shared<impl>(io, std::move(h), std::move(opts))) {}
 
 ws_client::~ws_client() {
   auto d = impl_;
@@ -629,7 +625,7 @@ caf::error http_stream(const std::string& method, const std::string& url,
     body.size = chunk.size();
     c.transport().expires_after(opts.timeout);
     e = c.with([&](auto& s) {
-      return c.run([&](auto h) { http::async_read(s, buf, parser, h); });
+      return c.run([&](auto h) { http::async_read_some(s, buf, parser, h); });
     });
     auto n = chunk.size() - parser.get().body().size;
     if (n > 0 && !on_data(std::string(chunk.data(), n)))

@@ -85,8 +85,8 @@ make_client_tls(const std::string& ca_file) {
     return err;
   ctx->load_verify_file(ca_file, e);
   if (e)
-    return make_error(ec::invalid_config, "cannot use CA file " + ca_file
-                                              + ": " + openssl_reason(e));
+    return make_error(ec::invalid_config, "cannot use CA file " + ca_file + ": "
+                                              + openssl_reason(e));
   return ctx;
 }
 

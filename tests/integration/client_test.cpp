@@ -13,6 +13,7 @@
 #include "actors/protocol.hpp"
 #include "runtime/error.hpp"
 #include "runtime/net/net.hpp"
+#include "tests/fixtures/tls_certs.hpp"
 #include "tests/integration/helpers.hpp"
 
 namespace makima::it {
@@ -28,6 +29,8 @@ struct canned {
   std::vector<std::pair<int, std::string>> output; // stream, bytes
   /// The event stream drops after the first chunk on its first request.
   bool drop_once = false;
+  /// The event stream stays open after the output (no end event).
+  bool hang = false;
   int streams = 0;
 };
 
@@ -83,6 +86,9 @@ public:
         {{1, "first\n"}, {1, "second\n"}, {2, "third\n"}});
     tasks_["t-drop"].drop_once = true;
     add("t-idle", make_record("t-idle", task_state::queued), {}, {});
+    add("t-hang", make_record("t-hang", task_state::running), {},
+        {{1, "still running\n"}});
+    tasks_["t-hang"].hang = true;
     srv_ = std::make_unique<net::server>(
         io_, opts,
         [this](net::request req, net::http_reply reply) {
@@ -97,7 +103,9 @@ public:
   ~scripted_server() { srv_->stop(); }
 
   uint16_t port() const { return port_; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string url() const {
+    return "http://127.0.0.1:" + std::to_string(port_);
+  }
 
   std::vector<net::request> requests() {
     std::lock_guard<std::mutex> guard{mtx_};
@@ -137,9 +145,8 @@ private:
 
   static std::string chunk_json(uint64_t seq, int stream,
                                 const std::string& bytes) {
-    return json{{"seq", seq},
-                {"stream", stream},
-                {"data", proto::base64_encode(bytes)}}
+    return json{
+        {"seq", seq}, {"stream", stream}, {"data", proto::base64_encode(bytes)}}
         .dump();
   }
 
@@ -151,7 +158,8 @@ private:
       net::response res;
       res.status = 401;
       res.headers["WWW-Authenticate"] = "Bearer";
-      res.body = error_body("unauthorized", "missing or unknown API key").dump();
+      res.body =
+          error_body("unauthorized", "missing or unknown API key").dump();
       reply.send(std::move(res));
       return;
     }
@@ -178,9 +186,8 @@ private:
     if (sub == "cancel" && req.method == "POST") {
       if (is_terminal(task.now.state))
         return send(reply, 409,
-                    error_body("bad_state",
-                               "task " + id + " is already "
-                                   + to_string(task.now.state)));
+                    error_body("bad_state", "task " + id + " is already "
+                                                + to_string(task.now.state)));
       return send(reply, 202, json::parse(to_json(task.now)));
     }
     if (sub == "output" && req.method == "GET") {
@@ -247,12 +254,16 @@ private:
     ++task.streams;
     for (auto seq = from; seq < task.output.size(); ++seq) {
       auto& [stream, bytes] = task.output[seq];
-      reply.write("event: output\nid: " + std::to_string(seq) + "\ndata: "
-                  + chunk_json(seq, stream, bytes) + "\n\n");
+      reply.write("event: output\nid: " + std::to_string(seq)
+                  + "\ndata: " + chunk_json(seq, stream, bytes) + "\n\n");
       if (drop) {
         reply.end(); // the connection breaks: no end event
         return;
       }
+    }
+    if (task.hang) {
+      hanging_.push_back(reply); // kept open until the server stops
+      return;
     }
     reply.write("event: state\ndata: " + to_json(task.now) + "\n\n");
     reply.write("event: end\ndata: " + to_json(task.final) + "\n\n");
@@ -265,6 +276,7 @@ private:
   std::mutex mtx_;
   std::vector<net::request> requests_;
   std::map<std::string, canned> tasks_;
+  std::vector<net::http_reply> hanging_;
 };
 
 struct client_fixture : ::testing::Test {
@@ -282,20 +294,41 @@ struct client_fixture : ::testing::Test {
   /// `makima task <sub> <args...> --server URL --api-key KEY`
   run_result task(const std::string& sub, std::vector<std::string> args,
                   const std::string& key = user_key) {
-    std::vector<std::string> argv{MAKIMA_BINARY, "task", sub, "--server",
-                                  server.url(), "--api-key", key};
+    std::vector<std::string> argv{MAKIMA_BINARY, "task",      sub, "--server",
+                                  server.url(),  "--api-key", key};
     argv.insert(argv.end(), args.begin(), args.end());
     return test::run(argv, opts());
   }
 };
 
 TEST_F(client_fixture, submit_posts_the_spec_and_prints_only_the_id) {
-  auto r = task("submit",
-                {"--repo", "https://git.example/r.git", "--ref", "main", "--id",
-                 "build-1", "--selector", "pool=k8s", "--selector", "gpu=1",
-                 "--timeout", "60", "--grace", "5", "--env", "A=1", "--env",
-                 "B=x=y", "--commit", "--push", "https://git.example/p.git",
-                 "--", "sh", "-c", "echo --id", "--", "--timeout"});
+  auto r = task("submit", {"--repo",
+                           "https://git.example/r.git",
+                           "--ref",
+                           "main",
+                           "--id",
+                           "build-1",
+                           "--selector",
+                           "pool=k8s",
+                           "--selector",
+                           "gpu=1",
+                           "--timeout",
+                           "60",
+                           "--grace",
+                           "5",
+                           "--env",
+                           "A=1",
+                           "--env",
+                           "B=x=y",
+                           "--commit",
+                           "--push",
+                           "https://git.example/p.git",
+                           "--",
+                           "sh",
+                           "-c",
+                           "echo --id",
+                           "--",
+                           "--timeout"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "build-1\n");
   auto posts = server.requests("POST", "/api/v1/tasks");
@@ -350,8 +383,8 @@ TEST_F(client_fixture, submit_bad_input_is_exit_2) {
   EXPECT_EQ(r.out, "");
   EXPECT_NE(r.err.find("task t-ok already exists"), std::string::npos) << r.err;
   // No server at all.
-  auto argv = std::vector<std::string>{MAKIMA_BINARY, "task", "submit", "--",
-                                       "true"};
+  auto argv =
+      std::vector<std::string>{MAKIMA_BINARY, "task", "submit", "--", "true"};
   r = test::run(argv, opts());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("no server given"), std::string::npos) << r.err;
@@ -372,12 +405,14 @@ TEST_F(client_fixture, list_pages_and_show_use_the_shared_formatting) {
   for (auto& t : arr)
     ids.push_back(t["id"]);
   EXPECT_EQ(ids, (std::vector<std::string>{"t-cancel", "t-drop", "t-fail3",
-                                           "t-idle", "t-ok"}));
+                                           "t-hang", "t-idle", "t-ok"}));
   // Pages of two: after= follows `next`.
   auto gets = server.requests("GET", "/api/v1/tasks?");
   ASSERT_EQ(gets.size(), 3u);
   EXPECT_NE(gets[1].target.find("after=t-drop"), std::string::npos)
       << gets[1].target;
+  EXPECT_NE(gets[2].target.find("after=t-hang"), std::string::npos)
+      << gets[2].target;
   r = task("list", {});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("ID"), std::string::npos);
@@ -498,10 +533,14 @@ TEST_F(client_fixture, cancel_posts_and_reports_a_finished_task) {
 
 TEST_F(client_fixture, a_refused_key_is_exit_2_and_never_echoed) {
   const std::string wrong = "wrong-k3y-do-not-print";
-  for (auto args : std::vector<std::vector<std::string>>{
-           {"list"}, {"show", "t-ok"}, {"logs", "t-ok"},
-           {"logs", "t-ok", "-f"}, {"wait", "t-fail3"},
-           {"cancel", "t-fail3"}, {"submit", "--", "true"}}) {
+  for (auto args :
+       std::vector<std::vector<std::string>>{{"list"},
+                                             {"show", "t-ok"},
+                                             {"logs", "t-ok"},
+                                             {"logs", "t-ok", "-f"},
+                                             {"wait", "t-fail3"},
+                                             {"cancel", "t-fail3"},
+                                             {"submit", "--", "true"}}) {
     auto sub = args.front();
     args.erase(args.begin());
     auto r = task(sub, args, wrong);
@@ -517,15 +556,14 @@ TEST_F(client_fixture, a_refused_key_is_exit_2_and_never_echoed) {
   EXPECT_EQ(all.back().headers["authorization"], "Bearer " + wrong);
   // Without any key.
   auto o = opts();
-  auto r = test::run({MAKIMA_BINARY, "task", "list", "--server", server.url()},
-                     o);
+  auto r =
+      test::run({MAKIMA_BINARY, "task", "list", "--server", server.url()}, o);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("needs an API key"), std::string::npos) << r.err;
   // From the environment.
   o.env["MAKIMA_API_KEY"] = wrong;
-  r = test::run({MAKIMA_BINARY, "task", "show", "t-ok", "--server",
-                 server.url()},
-                o);
+  r = test::run(
+      {MAKIMA_BINARY, "task", "show", "t-ok", "--server", server.url()}, o);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(r.err.find(wrong), std::string::npos) << r.err;
 }
@@ -566,13 +604,17 @@ TEST_F(client_fixture, unreachable_server_is_exit_125) {
     dead = *p;
   }
   auto url = "http://127.0.0.1:" + std::to_string(dead);
-  for (auto args : std::vector<std::vector<std::string>>{
-           {"list"}, {"show", "t"}, {"logs", "t", "-f"}, {"wait", "t"},
-           {"cancel", "t"}, {"submit", "--", "true"}}) {
+  for (auto args :
+       std::vector<std::vector<std::string>>{{"list"},
+                                             {"show", "t"},
+                                             {"logs", "t", "-f"},
+                                             {"wait", "t"},
+                                             {"cancel", "t"},
+                                             {"submit", "--", "true"}}) {
     auto sub = args.front();
     args.erase(args.begin());
-    std::vector<std::string> argv{MAKIMA_BINARY, "task", sub, "--server", url,
-                                  "--api-key", user_key};
+    std::vector<std::string> argv{MAKIMA_BINARY, "task",  sub, "--server", url,
+                                  "--api-key",   user_key};
     argv.insert(argv.end(), args.begin(), args.end());
     auto r = test::run(argv, opts());
     EXPECT_EQ(r.exit_code, 125) << sub << r.err;
@@ -581,6 +623,98 @@ TEST_F(client_fixture, unreachable_server_is_exit_125) {
         << sub << ": " << r.err;
     EXPECT_EQ(r.err.find(user_key), std::string::npos) << r.err;
   }
+}
+
+TEST_F(client_fixture, ctrl_c_stops_logs_follow_and_wait) {
+  for (auto sub : {"logs", "wait"}) {
+    std::vector<std::string> argv{MAKIMA_BINARY, "task",     sub,
+                                  "t-hang",      "--server", server.url(),
+                                  "--api-key",   user_key};
+    if (std::string{sub} == "logs")
+      argv.push_back("-f");
+    test::background bg{argv, opts()};
+    // Connected and waiting for more.
+    ASSERT_TRUE(eventually(
+        [&] {
+          return !server.requests("GET", "/api/v1/tasks/t-hang/output").empty();
+        },
+        10s));
+    if (std::string{sub} == "logs") {
+      ASSERT_TRUE(bg.wait_for_output("still running", 10s));
+    }
+    bg.kill(SIGINT);
+    auto r = bg.wait(10s);
+    EXPECT_FALSE(r.timed_out) << sub;
+    EXPECT_EQ(r.signal, SIGINT) << sub << " exit " << r.exit_code;
+  }
+}
+
+/// The scripted server over TLS (certificates of tests/fixtures).
+struct tls_client_fixture : ::testing::Test {
+  env e;
+  test::tls_certs certs;
+  std::unique_ptr<scripted_server> server;
+
+  void SetUp() override {
+    net::server_options o;
+    o.tls_cert_file = certs.cert;
+    o.tls_key_file = certs.key;
+    server = std::make_unique<scripted_server>(o);
+  }
+
+  std::string url() const {
+    return "https://localhost:" + std::to_string(server->port());
+  }
+
+  test::run_options opts() const {
+    auto o = e.opts(30000ms);
+    for (auto k : {"MAKIMA_SERVER", "MAKIMA_API_KEY", "MAKIMA_CA_FILE"})
+      o.unset_env.push_back(k);
+    return o;
+  }
+};
+
+TEST_F(tls_client_fixture, https_with_the_ca_file_flag_or_environment) {
+  auto r = test::run({MAKIMA_BINARY, "task", "logs", "t-ok", "-f", "--server",
+                      url(), "--api-key", user_key, "--ca-file", certs.ca},
+                     opts());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "hello\nbye\n");
+  auto o = opts();
+  o.env["MAKIMA_SERVER"] =
+      "wss://127.0.0.1:" + std::to_string(server->port()) + "/ws/daemon";
+  o.env["MAKIMA_API_KEY"] = user_key;
+  o.env["MAKIMA_CA_FILE"] = certs.ca;
+  r = test::run({MAKIMA_BINARY, "task", "submit", "--", "true"}, o);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.substr(0, 4), "gen-");
+  r = test::run({MAKIMA_BINARY, "task", "wait", "t-fail3"}, o);
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+}
+
+TEST_F(tls_client_fixture, wrong_ca_is_unreachable_with_the_reason) {
+  auto r = test::run({MAKIMA_BINARY, "task", "list", "--server", url(),
+                      "--api-key", user_key, "--ca-file", certs.other_ca},
+                     opts());
+  EXPECT_EQ(r.exit_code, 125);
+  EXPECT_NE(r.err.find("cannot reach the server at " + url()),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("certificate verification failed"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find(user_key), std::string::npos);
+  // A plain client on the TLS port fails too, without hanging.
+  auto plain = "http://127.0.0.1:" + std::to_string(server->port());
+  r = test::run(
+      {MAKIMA_BINARY, "task", "list", "--server", plain, "--api-key", user_key},
+      opts());
+  EXPECT_EQ(r.exit_code, 125) << r.err;
+  // A CA file that does not exist is a usage error.
+  r = test::run({MAKIMA_BINARY, "task", "list", "--server", url(), "--api-key",
+                 user_key, "--ca-file", (e.root() / "nope.pem").string()},
+                opts());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("nope.pem"), std::string::npos) << r.err;
 }
 
 } // namespace

@@ -22,6 +22,7 @@
 #include "runtime/net/net.hpp"
 #include "tests/fixtures/command.hpp"
 #include "tests/fixtures/temp_dir.hpp"
+#include "tests/fixtures/tls_certs.hpp"
 
 using namespace makima;
 using namespace std::chrono_literals;
@@ -97,8 +98,8 @@ struct fixture : ::testing::Test {
 
   void start(net::server_options opts = {}, bool require_key = false) {
     net::ws_handler ws;
-    ws.on_upgrade = [require_key](const net::request& req)
-        -> std::optional<net::response> {
+    ws.on_upgrade =
+        [require_key](const net::request& req) -> std::optional<net::response> {
       if (!require_key)
         return std::nullopt;
       auto i = req.headers.find("authorization");
@@ -279,8 +280,8 @@ TEST_F(fixture, oversize_body_is_413_and_server_keeps_serving) {
   net::server_options o;
   o.max_body_bytes = 1024;
   start(o);
-  auto res = net::http_request("POST", base(port) + "/echo",
-                               std::string(4096, 'y'));
+  auto res =
+      net::http_request("POST", base(port) + "/echo", std::string(4096, 'y'));
   if (res)
     EXPECT_EQ(res->status, 413u);
   else
@@ -405,9 +406,10 @@ TEST_F(fixture, binary_frames_are_refused_with_1003) {
   start();
   raw_socket s{port, 1}; // the server waits for our close reply: don't
   ASSERT_GE(s.fd, 0);
-  s.write("GET /ws/daemon HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-          "Sec-WebSocket-Version: 13\r\n\r\n");
+  s.write(
+      "GET /ws/daemon HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+      "Sec-WebSocket-Version: 13\r\n\r\n");
   // Clients send frames only after the 101 (RFC 6455 4.1).
   std::string head;
   char ch;
@@ -415,8 +417,8 @@ TEST_F(fixture, binary_frames_are_refused_with_1003) {
          && ::recv(s.fd, &ch, 1, 0) == 1)
     head += ch;
   ASSERT_EQ(head.rfind("HTTP/1.1 101", 0), 0u) << head;
-  std::string frame = {char(0x82), char(0x83), 1, 2, 3, 4, 'a' ^ 1, 'b' ^ 2,
-                       'c' ^ 3};
+  std::string frame = {char(0x82), char(0x83), 1,       2,      3,
+                       4,          'a' ^ 1,    'b' ^ 2, 'c' ^ 3};
   s.write(frame);
   auto [got, closed] = s.read_to_end();
   // The close frame carries 1003 (0x03EB).
@@ -515,40 +517,8 @@ TEST_F(fixture, third_party_node_ws_client) {
 
 namespace {
 
-// A throwaway CA and certificates made with the openssl CLI: ca.pem signs
-// server.pem (127.0.0.1 and localhost) and wrong-name.pem (only
-// other.example); other-ca.pem is an unrelated CA.
-struct tls_files {
-  test::temp_dir dir{"makima-tls"};
-  std::string ca, other_ca, cert, key, wrong_cert, wrong_key;
-
-  tls_files() {
-    auto d = dir.path().string();
-    std::string script =
-        "set -e; cd '" + d + "'\n"
-        "mk_ca() { openssl req -x509 -newkey ec -pkeyopt "
-        "ec_paramgen_curve:prime256v1 -nodes -keyout $1.key -out $1.pem "
-        "-days 2 -subj \"/CN=$1\" 2>/dev/null; }\n"
-        "mk_cert() { openssl req -newkey ec -pkeyopt "
-        "ec_paramgen_curve:prime256v1 -nodes -keyout $1.key -out $1.csr "
-        "-subj /CN=$1 2>/dev/null\n"
-        "  printf 'subjectAltName=%s\\nbasicConstraints=CA:FALSE\\n"
-        "extendedKeyUsage=serverAuth\\n' \"$2\" > $1.ext\n"
-        "  openssl x509 -req -in $1.csr -CA ca.pem -CAkey ca.key "
-        "-CAcreateserial -out $1.pem -days 2 -extfile $1.ext 2>/dev/null; }\n"
-        "mk_ca ca; mk_ca other-ca\n"
-        "mk_cert server 'IP:127.0.0.1,DNS:localhost'\n"
-        "mk_cert wrong-name 'DNS:other.example'\n";
-    auto r = test::sh(script);
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    ca = d + "/ca.pem";
-    other_ca = d + "/other-ca.pem";
-    cert = d + "/server.pem";
-    key = d + "/server.key";
-    wrong_cert = d + "/wrong-name.pem";
-    wrong_key = d + "/wrong-name.key";
-  }
-
+// Certificates (tests/fixtures/tls_certs.hpp) and options using them.
+struct tls_files : test::tls_certs {
   net::server_options server(std::string c = {}, std::string k = {}) const {
     net::server_options o;
     o.tls_cert_file = c.empty() ? cert : c;
@@ -601,8 +571,8 @@ TEST_F(tls_fixture, wss_round_trip_with_the_right_ca) {
   net::ws_client_options o;
   o.ca_file = files.ca;
   client c{io, o};
-  ASSERT_FALSE(c.ws->connect("wss://localhost:" + std::to_string(port)
-                             + "/ws/daemon"));
+  ASSERT_FALSE(
+      c.ws->connect("wss://localhost:" + std::to_string(port) + "/ws/daemon"));
   ASSERT_TRUE(wait_until([&] { return c.open || c.done; })) << "no open";
   ASSERT_TRUE(c.open) << c.reason;
   c.ws->send("over tls");
@@ -632,13 +602,12 @@ TEST_F(tls_fixture, wrong_ca_fails_certificate_verification) {
   net::ws_client_options o;
   o.ca_file = files.other_ca;
   client c{io, o};
-  ASSERT_FALSE(c.ws->connect("wss://127.0.0.1:" + std::to_string(port)
-                             + "/ws/daemon"));
+  ASSERT_FALSE(
+      c.ws->connect("wss://127.0.0.1:" + std::to_string(port) + "/ws/daemon"));
   ASSERT_TRUE(wait_until([&] { return c.done.load(); }));
   EXPECT_FALSE(c.open);
   EXPECT_EQ(c.code, 1006);
-  EXPECT_NE(c.reason.find("certificate verification failed"),
-            std::string::npos)
+  EXPECT_NE(c.reason.find("certificate verification failed"), std::string::npos)
       << c.reason;
   // The server is unharmed.
   auto ok = net::http_request("GET", https(port) + "/hello", {},
@@ -693,8 +662,8 @@ TEST_F(tls_fixture, tls_client_to_plain_server_fails_cleanly) {
   net::ws_client_options wo;
   wo.ca_file = files.ca;
   client c{io, wo};
-  ASSERT_FALSE(c.ws->connect("wss://127.0.0.1:" + std::to_string(port)
-                             + "/ws/daemon"));
+  ASSERT_FALSE(
+      c.ws->connect("wss://127.0.0.1:" + std::to_string(port) + "/ws/daemon"));
   ASSERT_TRUE(wait_until([&] { return c.done.load(); }));
   EXPECT_FALSE(c.open);
   EXPECT_EQ(c.code, 1006);
@@ -716,8 +685,9 @@ TEST_F(tls_fixture, bad_certificate_or_key_files_are_invalid_config) {
     // No line of the key file appears in the message.
     std::istringstream lines{key_bytes};
     for (std::string line; std::getline(lines, line);)
-      if (line.size() > 8 && line.find("-----") == std::string::npos)
+      if (line.size() > 8 && line.find("-----") == std::string::npos) {
         EXPECT_EQ(describe(err).find(line), std::string::npos);
+      }
   };
   auto missing = (files.dir.path() / "missing.pem").string();
   check(try_start(files.server(missing, files.key)), missing);
@@ -728,8 +698,7 @@ TEST_F(tls_fixture, bad_certificate_or_key_files_are_invalid_config) {
   test::write_file(garbage, "not pem at all\n");
   check(try_start(files.server(files.cert, garbage)), garbage);
   // A key of another certificate.
-  check(try_start(files.server(files.cert, files.wrong_key)),
-        files.wrong_key);
+  check(try_start(files.server(files.cert, files.wrong_key)), files.wrong_key);
   // Only one of the two.
   net::server_options half;
   half.tls_cert_file = files.cert;
@@ -746,7 +715,8 @@ TEST_F(tls_fixture, bad_certificate_or_key_files_are_invalid_config) {
   EXPECT_EQ(code_of(err), ec::invalid_config);
 }
 
-// -- server-sent events ---------------------------------------------------------
+// -- server-sent events
+// ---------------------------------------------------------
 
 namespace {
 
@@ -920,7 +890,8 @@ TEST(http_stream, errors_and_a_silent_server_time_out) {
   EXPECT_EQ(code_of(err), ec::invalid_argument);
   // A server that sends the head and then nothing: each wait is bounded.
   net::io_thread io;
-  net::server srv{io, {},
+  net::server srv{io,
+                  {},
                   [](net::request, net::http_reply reply) {
                     reply.begin_stream(200, "text/event-stream");
                     reply.write(": hi\n\n");
@@ -936,6 +907,19 @@ TEST(http_stream, errors_and_a_silent_server_time_out) {
                            return true;
                          });
   EXPECT_EQ(code_of(err), ec::net_timeout) << describe(err);
+  EXPECT_EQ(got, ": hi\n\n");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  // Bytes are handed over as they arrive, not when a buffer is full or the
+  // stream ended.
+  o.timeout = 10s;
+  got.clear();
+  t0 = std::chrono::steady_clock::now();
+  err = net::http_stream("GET", base(*p) + "/x", o, none,
+                         [&](const std::string& b) {
+                           got += b;
+                           return false;
+                         });
+  EXPECT_FALSE(err) << describe(err);
   EXPECT_EQ(got, ": hi\n\n");
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
   srv.stop();
