@@ -164,8 +164,8 @@ int cmd_daemon(daemon_options& o) {
             else if (path == "/readyz")
               reply.send(n->ready()
                              ? net::response{200, "text/plain", {}, "ready\n"}
-                             : net::response{503, "text/plain", {},
-                                             "not connected\n"});
+                             : net::response{
+                                 503, "text/plain", {}, "not connected\n"});
             else
               reply.send({404, "text/plain", {}, "not found\n"});
           },
@@ -231,11 +231,10 @@ connection_options daemon_connection_options(const config& cfg) {
 std::unique_ptr<daemon_node>
 daemon_node::start(caf::actor_system& sys, const config& cfg,
                    connection_options opts, persistence_actor persist,
-                   std::shared_ptr<net::io_thread> io,
-                   connection_hooks hooks) {
+                   std::shared_ptr<net::io_thread> io, connection_hooks hooks) {
   std::unique_ptr<daemon_node> node{new daemon_node};
-  node->ready_ = hooks.ready ? hooks.ready
-                             : std::make_shared<std::atomic<bool>>(false);
+  node->ready_ =
+      hooks.ready ? hooks.ready : std::make_shared<std::atomic<bool>>(false);
   hooks.ready = node->ready_;
   node->reactor_ = std::make_shared<process::reactor>();
   // The DAEMON takes its LINK at spawn, so the CONNECTION comes first and

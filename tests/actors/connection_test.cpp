@@ -127,8 +127,8 @@ protected:
   }
 
   static task_record record(const std::string& id,
-                            std::vector<std::string> argv,
-                            uint32_t attempt = 1, uint64_t next_seq = 0) {
+                            std::vector<std::string> argv, uint32_t attempt = 1,
+                            uint64_t next_seq = 0) {
     task_record rec;
     rec.spec.id = id;
     rec.spec.argv = std::move(argv);
@@ -184,8 +184,8 @@ TEST_F(connection_test, HelloThenEventsInSeqOrderWithExactOutput) {
   EXPECT_EQ(hello.daemon_id.rfind("d-", 0), 0u) << hello.daemon_id;
   EXPECT_EQ(hello.name, "node-1");
   EXPECT_EQ(hello.pool, "k8s");
-  EXPECT_EQ(hello.labels, (std::map<std::string, std::string>{
-                              {"arch", "amd64"}}));
+  EXPECT_EQ(hello.labels,
+            (std::map<std::string, std::string>{{"arch", "amd64"}}));
   EXPECT_EQ(hello.capacity, 2u);
   EXPECT_GT(hello.free_disk_bytes, 0u);
   EXPECT_TRUE(hello.running.empty());
@@ -193,12 +193,11 @@ TEST_F(connection_test, HelloThenEventsInSeqOrderWithExactOutput) {
 
   // 600 000 bytes of stdout force several events; stderr and a NUL byte
   // check that output is byte-exact.
-  srv.send(id, assign(record(
-                   "t1",
-                   {"sh", "-c",
-                    "printf 'a\\000b'; printf warn >&2; "
-                    "head -c 600000 /dev/zero | tr '\\000' x"},
-                   1, 17)));
+  srv.send(id, assign(record("t1",
+                             {"sh", "-c",
+                              "printf 'a\\000b'; printf warn >&2; "
+                              "head -c 600000 /dev/zero | tr '\\000' x"},
+                             1, 17)));
   auto events = test::collect_attempt(srv, "t1", 1, 20s);
   ASSERT_FALSE(events.empty());
   ASSERT_EQ(events.back().kind, proto::event_kind::result);
@@ -317,11 +316,10 @@ TEST_F(connection_test, FencedCancelKillsAtOnceAndSendsNothingMore) {
   EXPECT_TRUE(gone) << "the fenced attempt's process still runs";
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
   // Its result (cancelled locally) is not sent, and its outbox is gone.
-  auto more = srv.wait_frame<proto::event>(700ms, [](const proto::event& e) {
-    return e.task == "t4";
-  });
+  auto more = srv.wait_frame<proto::event>(
+      700ms, [](const proto::event& e) { return e.task == "t4"; });
   EXPECT_FALSE(more) << "an event of a fenced attempt was sent: "
-                      << (more ? proto::encode(more->second) : "");
+                     << (more ? proto::encode(more->second) : "");
   auto box = outbox();
   EXPECT_TRUE(box.events.empty());
   EXPECT_TRUE(box.attempts.empty());
@@ -436,10 +434,10 @@ TEST_F(connection_test, WindowHoldsOutputUntilAcks) {
   start_node(o);
   auto [id, hello] = accept(srv);
   // 200 lines in separate writes: many more events than the window.
-  srv.send(id, assign(record(
-                   "t8", {"sh", "-c",
-                          "i=0; while [ $i -lt 200 ]; do echo line$i; "
-                          "i=$((i+1)); sleep 0.001; done"})));
+  srv.send(id,
+           assign(record("t8", {"sh", "-c",
+                                "i=0; while [ $i -lt 200 ]; do echo line$i; "
+                                "i=$((i+1)); sleep 0.001; done"})));
   // Without acks, at most 3 events are in flight.
   std::vector<proto::event> got;
   while (auto e = srv.wait_frame<proto::event>(800ms))

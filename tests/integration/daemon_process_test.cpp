@@ -18,10 +18,9 @@ using test::fake_server;
 
 std::vector<std::string> daemon_argv(const env& e, const fake_server& srv,
                                      std::vector<std::string> extra = {}) {
-  std::vector<std::string> argv{MAKIMA_BINARY, "daemon",      "--server",
-                                srv.url(),     "--data-dir",  e.data().string(),
-                                "--name",      "it-daemon",   "--heartbeat",
-                                "1"};
+  std::vector<std::string> argv{
+      MAKIMA_BINARY,     "daemon", "--server",  srv.url(),     "--data-dir",
+      e.data().string(), "--name", "it-daemon", "--heartbeat", "1"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
 }
@@ -73,9 +72,9 @@ TEST(Daemon, SigkilledMidTaskRestartsReplaysAndReportsInterrupted) {
     auto [id, hello] = accept(srv);
     daemon_id = hello.daemon_id;
     ASSERT_TRUE(d.wait_for_output("makima: connected to " + srv.url(), 10s));
-    srv.send(id, assignment("k1",
-                            {"sh", "-c", "echo one; echo two >&2; sleep 60"},
-                            3, 40));
+    srv.send(id,
+             assignment("k1", {"sh", "-c", "echo one; echo two >&2; sleep 60"},
+                        3, 40));
     // States (preparing, running) and both outputs, never acked.
     std::string seen;
     while (seen.size() < 8) {
@@ -170,8 +169,7 @@ TEST(Daemon, RefusedKeyIsRetriedAndNeverLogged) {
   // Logged as an error once, not per retry.
   auto first = r.err.find("refused the daemon key");
   ASSERT_NE(first, std::string::npos) << r.err;
-  EXPECT_EQ(r.err.find("refused the daemon key", first + 1),
-            std::string::npos)
+  EXPECT_EQ(r.err.find("refused the daemon key", first + 1), std::string::npos)
       << r.err;
 }
 
@@ -206,8 +204,7 @@ TEST(Daemon, HealthEndpointReportsReadiness) {
 
 TEST(Daemon, BadFlagsAreUsageErrors) {
   env e;
-  auto r = test::run({MAKIMA_BINARY, "daemon", "--data-dir",
-                      e.data().string()},
+  auto r = test::run({MAKIMA_BINARY, "daemon", "--data-dir", e.data().string()},
                      e.opts());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("no server given"), std::string::npos) << r.err;
