@@ -350,7 +350,7 @@ void on_welcome(conn_ptr self, proto::welcome& w) {
   if (w.heartbeat > 0)
     st.heartbeat = w.heartbeat;
   if (st.hooks.ready)
-    *st.hooks.ready = true;
+    *st.hooks.ready = !st.draining;
   if (st.hooks.on_welcome)
     st.hooks.on_welcome(log::redact(st.opts.url));
   for (auto& a : w.acked)
@@ -436,6 +436,8 @@ void on_frame(conn_ptr self, std::string& text) {
           log::warn(component, "server asked to drain (" + m.reason
                                    + "): taking no new work");
           st.draining = true;
+          if (st.hooks.ready)
+            *st.hooks.ready = false;
           check_drained(self);
         } else if constexpr (std::is_same_v<T, proto::ack>) {
           apply_ack(self, {m.task, m.attempt}, m.seq);

@@ -179,6 +179,11 @@ void check_attempt(const std::vector<proto::event>& events,
 TEST_F(connection_test, HelloThenEventsInSeqOrderWithExactOutput) {
   fake_server srv;
   ASSERT_NE(srv.port(), 0);
+  // A bare mirror in the repos dir is reported by its origin URL.
+  std::filesystem::create_directories(dir.path() / "repos" / "r-0123.git");
+  std::ofstream(dir.path() / "repos" / "r-0123.git" / "config")
+      << "[core]\n\tbare = true\n[remote \"origin\"]\n"
+         "\turl = https://git.example/r.git\n\tfetch = +refs/*:refs/*\n";
   start_node(options(srv));
   auto [id, hello] = accept(srv);
   EXPECT_EQ(hello.daemon_id.rfind("d-", 0), 0u) << hello.daemon_id;
@@ -190,6 +195,8 @@ TEST_F(connection_test, HelloThenEventsInSeqOrderWithExactOutput) {
   EXPECT_GT(hello.free_disk_bytes, 0u);
   EXPECT_TRUE(hello.running.empty());
   EXPECT_EQ(hello.version, "test");
+  EXPECT_EQ(hello.cached_repos,
+            std::vector<std::string>{"https://git.example/r.git"});
 
   // 600 000 bytes of stdout force several events; stderr and a NUL byte
   // check that output is byte-exact.
