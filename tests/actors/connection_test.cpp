@@ -271,6 +271,30 @@ TEST_F(connection_test, ReconnectReplaysExactlyTheUnackedEvents) {
   EXPECT_FALSE(none) << "an acked event was sent again";
 }
 
+TEST_F(connection_test, DuplicateAssignmentsAreIgnored) {
+  fake_server srv;
+  start_node(options(srv));
+  auto [id, hello] = accept(srv);
+  auto rec = record("t9", {"sh", "-c", "echo once"});
+  srv.send(id, assign(rec));
+  srv.send(id, assign(rec));
+  auto events = test::collect_attempt(srv, "t9", 1, 10s);
+  ASSERT_FALSE(events.empty());
+  ASSERT_EQ(events.back().kind, proto::event_kind::result);
+  srv.send(id, proto::ack{"t9", 1, events.back().seq});
+  // Also after it finished and was acked.
+  srv.send(id, assign(rec));
+  // A lease cancel of an attempt this daemon never ran changes nothing.
+  srv.send(id, proto::cancel{"zz", 4, "lease"});
+  auto again = srv.wait_frame<proto::event>(
+      700ms, [](const proto::event& e) { return e.task == "t9"; });
+  EXPECT_FALSE(again) << "a duplicate assignment ran: "
+                      << (again ? proto::encode(again->second) : "");
+  std::string out, err;
+  check_attempt(events, 0, out, err);
+  EXPECT_EQ(out, "once\n");
+}
+
 TEST_F(connection_test, UserCancelEndsWithCancelledResult) {
   fake_server srv;
   start_node(options(srv));
