@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <future>
 
 #include <CLI/CLI.hpp>
@@ -121,6 +122,12 @@ int cmd_daemon(daemon_options& o) {
   if (!url || (url->scheme != "ws" && url->scheme != "wss"))
     fail(exit_usage, "daemon: --server must be a ws:// or wss:// URL, got '"
                          + log::redact(cfg.server_url) + "'");
+  if (!cfg.ca_file.empty()) {
+    std::error_code err;
+    if (!std::filesystem::is_regular_file(cfg.ca_file, err))
+      fail(exit_usage, "daemon: CA file " + cfg.ca_file.string()
+                           + " (server.ca_file) is not a readable file");
+  }
   std::string health_host;
   uint16_t health_port = 0;
   if (!cfg.health_listen.empty()

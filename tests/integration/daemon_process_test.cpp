@@ -223,6 +223,18 @@ TEST(Daemon, BadFlagsAreUsageErrors) {
                  "--data-dir", e.data().string()},
                 e.opts());
   EXPECT_EQ(r.exit_code, 2);
+  r = test::run({MAKIMA_BINARY, "daemon", "--server",
+                 "wss://127.0.0.1:1/ws/daemon", "--ca-file",
+                 (e.root() / "missing.pem").string(), "--data-dir",
+                 e.data().string()},
+                e.opts());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("CA file"), std::string::npos) << r.err;
+  r = test::run({MAKIMA_BINARY, "daemon", "--server",
+                 "ws://127.0.0.1:1/ws/daemon", "--health-listen", "nonsense",
+                 "--data-dir", e.data().string()},
+                e.opts());
+  EXPECT_EQ(r.exit_code, 2);
 }
 
 } // namespace
