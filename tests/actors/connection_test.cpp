@@ -383,12 +383,19 @@ TEST_F(connection_test, RefusedKeyIsRetriedWithBackoff) {
   fake_server srv{401};
   auto o = options(srv);
   o.api_key = "k-secret-123";
+  o.backoff_base = 0.1;
+  o.backoff_cap = 0.4;
   start_node(o);
-  ASSERT_TRUE(srv.wait_upgrades(3, 10s)) << "the daemon gave up after a 401";
+  ASSERT_TRUE(srv.wait_upgrades(6, 10s)) << "the daemon gave up after a 401";
   auto auth = srv.auth_headers();
-  ASSERT_GE(auth.size(), 3u);
+  ASSERT_GE(auth.size(), 6u);
   EXPECT_EQ(auth[0], "Bearer k-secret-123");
   EXPECT_FALSE(ready->load());
+  // Full jitter under the cap: no wait is longer than 0.4 s (plus the
+  // refused round trip).
+  auto times = srv.upgrade_times();
+  for (size_t i = 1; i < times.size(); ++i)
+    EXPECT_LT(times[i] - times[i - 1], 700ms) << "retry " << i;
 }
 
 TEST_F(connection_test, MalformedFramesCloseTheConnectionNotTheDaemon) {
