@@ -133,6 +133,49 @@ TEST(Daemon, SigkilledMidTaskRestartsReplaysAndReportsInterrupted) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
+TEST(Daemon, SigtermStopsAtOnceAndTheRunningAttemptIsInterrupted) {
+  env e;
+  fake_server srv;
+  auto pidfile = e.root() / "child.pid";
+  {
+    test::background d(daemon_argv(e, srv), e.opts());
+    auto [id, hello] = accept(srv);
+    srv.send(id, assignment("k3", {"sh", "-c",
+                                   "echo $$ > " + pidfile.string()
+                                       + "; echo up; exec sleep 60"}));
+    ASSERT_TRUE(srv.wait_frame<proto::event>(10s, [](const proto::event& ev) {
+      return ev.kind == proto::event_kind::output;
+    }));
+    d.kill(SIGTERM);
+    auto r = d.wait(10s);
+    EXPECT_FALSE(r.timed_out) << "the daemon did not stop on SIGTERM";
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("stopping the daemon"), std::string::npos) << r.err;
+  }
+  // The child went with the daemon.
+  pid_t pid = 0;
+  std::ifstream(pidfile) >> pid;
+  ASSERT_GT(pid, 0);
+  bool gone = false;
+  for (int i = 0; i < 200 && !gone; ++i) {
+    gone = ::kill(pid, 0) != 0;
+    if (!gone)
+      std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(gone) << "the task's child outlived the daemon";
+  // The next start reports the attempt as interrupted.
+  test::background d(daemon_argv(e, srv), e.opts());
+  auto [id, hello] = accept(srv, {});
+  ASSERT_EQ(hello.running.size(), 1u);
+  EXPECT_EQ(hello.running[0].task, "k3");
+  auto result = srv.wait_frame<proto::event>(10s, [](const proto::event& ev) {
+    return ev.task == "k3" && ev.kind == proto::event_kind::result;
+  });
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->second.record.state, task_state::interrupted);
+  EXPECT_EQ(result->second.seq, hello.running[0].seq);
+}
+
 TEST(Daemon, DrainExitsZeroOnceEverythingIsAcked) {
   env e;
   fake_server srv;
