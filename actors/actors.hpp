@@ -15,8 +15,10 @@
 //
 // The TASK actor writes every fact to PERSISTENCE first and reports it to
 // the LINK only after the write succeeded. It cannot tell whether the LINK
-// is the in-process `local_link` (`makima run`) or, later, a CONNECTION
-// actor speaking WebSocket to a server: both implement `link_actor`.
+// is the in-process `local_link` (`makima run`) or the CONNECTION actor of
+// `makima daemon` (actors/connection.hpp), which writes each event to the
+// outbox (PERSISTENCE) and sends it to a server over WebSocket: both
+// implement `link_actor`.
 //
 // On a server (`makima server`, `makima local`), one SERVER actor (detached,
 // owns the server's RocksDB) holds tasks, daemons and the queue:

@@ -158,8 +158,7 @@ void write_event(conn_ptr self, const attempt_key& key, proto::event ev,
       .then([stored, frame](ok_atom) mutable { stored(std::move(frame)); },
             [stored, frame, key](caf::error& err) mutable {
               // Sending it anyway beats a seq gap; it is only not durable.
-              log::error(component, "cannot write event of "
-                                        + describe_key(key)
+              log::error(component, "cannot write event of " + describe_key(key)
                                         + " to the outbox: " + describe(err));
               stored(std::move(frame));
             });
@@ -319,10 +318,10 @@ void schedule_reconnect(conn_ptr self) {
   auto& st = self->state;
   if (st.stopping)
     return;
-  auto limit = std::min(st.opts.backoff_cap,
-                        st.opts.backoff_base
-                            * std::pow(2.0, std::min<uint32_t>(st.failures,
-                                                               30)));
+  auto limit =
+      std::min(st.opts.backoff_cap,
+               st.opts.backoff_base
+                   * std::pow(2.0, std::min<uint32_t>(st.failures, 30)));
   std::uniform_real_distribution<double> dist(0, limit);
   auto delay = dist(st.rng);
   st.failures += 1;
@@ -351,7 +350,7 @@ void on_welcome(conn_ptr self, proto::welcome& w) {
   if (w.heartbeat > 0)
     st.heartbeat = w.heartbeat;
   if (st.hooks.ready)
-    *st.hooks.ready = true;
+    *st.hooks.ready = !st.draining;
   if (st.hooks.on_welcome)
     st.hooks.on_welcome(log::redact(st.opts.url));
   for (auto& a : w.acked)
@@ -364,14 +363,14 @@ void on_assign(conn_ptr self, task_record& rec) {
   auto& st = self->state;
   attempt_key key{rec.spec.id, rec.attempt};
   if (st.draining) {
-    log::warn(component, "draining: ignoring assignment of "
-                             + describe_key(key));
+    log::warn(component,
+              "draining: ignoring assignment of " + describe_key(key));
     return;
   }
   if (st.attempts.count(key) > 0 || st.fenced.count(key) > 0
       || st.done.count(key) > 0) {
-    log::warn(component, "ignoring duplicate assignment of "
-                             + describe_key(key));
+    log::warn(component,
+              "ignoring duplicate assignment of " + describe_key(key));
     return;
   }
   st.attempts[key].active = true;
@@ -437,6 +436,8 @@ void on_frame(conn_ptr self, std::string& text) {
           log::warn(component, "server asked to drain (" + m.reason
                                    + "): taking no new work");
           st.draining = true;
+          if (st.hooks.ready)
+            *st.hooks.ready = false;
           check_drained(self);
         } else if constexpr (std::is_same_v<T, proto::ack>) {
           apply_ack(self, {m.task, m.attempt}, m.seq);
@@ -517,8 +518,8 @@ void recover_then_connect(conn_ptr self) {
                       connect(self);
                     },
                     [self](caf::error& err) {
-                      log::error(component, "cannot list tasks: "
-                                                + describe(err));
+                      log::error(component,
+                                 "cannot list tasks: " + describe(err));
                       connect(self);
                     });
           },
@@ -554,30 +555,30 @@ void start(conn_ptr self) {
                           o.acked = e.seq - 1;
                         st.unacked_events += 1;
                         st.unacked_bytes += e.frame.size();
-                        o.frames.emplace(e.seq,
-                                         std::make_pair(std::move(e.frame),
-                                                        now_ms()));
+                        o.frames.emplace(
+                            e.seq,
+                            std::make_pair(std::move(e.frame), now_ms()));
                       }
                       for (auto& [key, o] : st.attempts)
                         o.sent = o.acked;
                       if (!st.attempts.empty())
                         log::info(component,
-                                  "outbox: " + std::to_string(
-                                      st.attempts.size())
+                                  "outbox: "
+                                      + std::to_string(st.attempts.size())
                                       + " attempt(s), "
                                       + std::to_string(st.unacked_events)
                                       + " unacked event(s)");
                       recover_then_connect(self);
                     },
                     [self](caf::error& err) {
-                      log::error(component, "cannot load the outbox: "
-                                                + describe(err));
+                      log::error(component,
+                                 "cannot load the outbox: " + describe(err));
                       finish(self, 1);
                     });
           },
           [self](caf::error& err) {
-            log::error(component, "cannot read the daemon id: "
-                                      + describe(err));
+            log::error(component,
+                       "cannot read the daemon id: " + describe(err));
             finish(self, 1);
           });
 }
@@ -588,8 +589,7 @@ std::vector<std::string> cached_repos(const std::filesystem::path& repos_dir) {
   std::vector<std::string> out;
   std::error_code err;
   for (auto it = std::filesystem::directory_iterator(repos_dir, err);
-       !err && it != std::filesystem::directory_iterator();
-       it.increment(err)) {
+       !err && it != std::filesystem::directory_iterator(); it.increment(err)) {
     // A bare mirror's config names its origin:
     // [remote "origin"]\n\turl = <canonical url>
     std::ifstream in(it->path() / "config");
@@ -644,15 +644,16 @@ connection(connection_actor::stateful_pointer<connection_state> self,
           proto::event ev;
           ev.kind = proto::event_kind::output;
           ev.chunks = std::move(g);
-          write_event(self, key, std::move(ev), [self, rp, remaining]() mutable {
-            if (--*remaining > 0)
-              return;
-            auto& st = self->state;
-            if (under_window(st) && st.held.empty())
-              rp.deliver(ok_atom::value);
-            else
-              st.held.push_back(rp);
-          });
+          write_event(self, key, std::move(ev),
+                      [self, rp, remaining]() mutable {
+                        if (--*remaining > 0)
+                          return;
+                        auto& st = self->state;
+                        if (under_window(st) && st.held.empty())
+                          rp.deliver(ok_atom::value);
+                        else
+                          st.held.push_back(rp);
+                      });
         }
         return rp;
       },
@@ -710,16 +711,14 @@ connection(connection_actor::stateful_pointer<connection_state> self,
         }
         if (http_status == 401 || http_status == 403) {
           if (!st.auth_error_logged)
-            log::error(component,
-                       "the server refused the daemon key (HTTP "
-                           + std::to_string(http_status)
-                           + "); retrying with backoff");
+            log::error(component, "the server refused the daemon key (HTTP "
+                                      + std::to_string(http_status)
+                                      + "); retrying with backoff");
           st.auth_error_logged = true;
         } else if (was_welcomed || code != 1006) {
-          log::warn(component, "disconnected from "
-                                   + log::redact(st.opts.url) + " (code "
-                                   + std::to_string(code) + " " + reason
-                                   + ")");
+          log::warn(component, "disconnected from " + log::redact(st.opts.url)
+                                   + " (code " + std::to_string(code) + " "
+                                   + reason + ")");
         } else {
           log::debug(component, "cannot connect: " + reason);
         }
@@ -774,8 +773,8 @@ connection(connection_actor::stateful_pointer<connection_state> self,
           return;
         }
         st.stopping = true;
-        if (st.client && (st.ph == phase::welcomed
-                          || st.ph == phase::hello_sent)) {
+        if (st.client
+            && (st.ph == phase::welcomed || st.ph == phase::hello_sent)) {
           st.client->close(proto::close_going_away, "daemon stopping");
           st.ph = phase::closing;
           self->delayed_send(self, std::chrono::seconds(2), stop_atom::value);
@@ -791,9 +790,8 @@ connection_actor spawn_connection(caf::actor_system& sys,
                                   connection_hooks hooks,
                                   persistence_actor persistence,
                                   std::shared_ptr<net::io_thread> io) {
-  return sys.spawn<caf::detached>(connection, std::move(opts),
-                                  std::move(hooks), std::move(persistence),
-                                  std::move(io));
+  return sys.spawn<caf::detached>(connection, std::move(opts), std::move(hooks),
+                                  std::move(persistence), std::move(io));
 }
 
 } // namespace makima

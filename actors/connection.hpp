@@ -98,8 +98,15 @@ struct attempt_outbox {
 /// a ws_client waits for the I/O thread.
 struct connection_state {
   using attempt_key = std::pair<std::string, uint32_t>;
-  enum class phase { starting, waiting, connecting, hello_sent, welcomed,
-                     closing, stopped };
+  enum class phase {
+    starting,
+    waiting,
+    connecting,
+    hello_sent,
+    welcomed,
+    closing,
+    stopped
+  };
 
   connection_options opts;
   connection_hooks hooks;

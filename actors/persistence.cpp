@@ -302,8 +302,8 @@ persistence(persistence_actor::stateful_pointer<persistence_state> self,
               if (parse_outbox_meta(key, value, a))
                 out.attempts.push_back(std::move(a));
               else
-                log::warn("persistence", "skipping malformed outbox key "
-                                             + std::string{key});
+                log::warn("persistence",
+                          "skipping malformed outbox key " + std::string{key});
             });
         if (err)
           return err;

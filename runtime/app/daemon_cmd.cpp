@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <future>
 
 #include <CLI/CLI.hpp>
@@ -121,6 +122,12 @@ int cmd_daemon(daemon_options& o) {
   if (!url || (url->scheme != "ws" && url->scheme != "wss"))
     fail(exit_usage, "daemon: --server must be a ws:// or wss:// URL, got '"
                          + log::redact(cfg.server_url) + "'");
+  if (!cfg.ca_file.empty()) {
+    std::error_code err;
+    if (!std::filesystem::is_regular_file(cfg.ca_file, err))
+      fail(exit_usage, "daemon: CA file " + cfg.ca_file.string()
+                           + " (server.ca_file) is not a readable file");
+  }
   std::string health_host;
   uint16_t health_port = 0;
   if (!cfg.health_listen.empty()
@@ -128,12 +135,10 @@ int cmd_daemon(daemon_options& o) {
     fail(exit_usage, "daemon: --health-listen expects HOST:PORT, got '"
                          + cfg.health_listen + "'");
 
-  auto opened = open_primary(cfg);
   system_config sys_cfg;
   int status = exit_ok;
   {
     caf::actor_system sys{sys_cfg};
-    auto persist = spawn_persistence(sys, opened->db);
     auto io = std::make_shared<net::io_thread>();
     auto exited = std::make_shared<std::promise<int>>();
     auto exit_status = exited->get_future();
@@ -142,8 +147,8 @@ int cmd_daemon(daemon_options& o) {
       std::fprintf(stderr, "makima: connected to %s\n", where.c_str());
     };
     hooks.on_exit = [exited](int s) { exited->set_value(s); };
-    auto node = daemon_node::start(sys, cfg, daemon_connection_options(cfg),
-                                   persist, io, hooks);
+    auto node = daemon_node::start_with_store(
+        sys, cfg, daemon_connection_options(cfg), io, hooks);
     std::unique_ptr<net::server> health;
     if (health_port != 0 || !health_host.empty()) {
       net::server_options so;
@@ -164,8 +169,8 @@ int cmd_daemon(daemon_options& o) {
             else if (path == "/readyz")
               reply.send(n->ready()
                              ? net::response{200, "text/plain", {}, "ready\n"}
-                             : net::response{503, "text/plain", {},
-                                             "not connected\n"});
+                             : net::response{
+                                 503, "text/plain", {}, "not connected\n"});
             else
               reply.send({404, "text/plain", {}, "not found\n"});
           },
@@ -173,7 +178,6 @@ int cmd_daemon(daemon_options& o) {
       auto port = health->start();
       if (!port) {
         node->stop();
-        caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
         fail(exit_internal, "daemon: cannot listen on " + cfg.health_listen
                                 + ": " + describe(port.error()));
       }
@@ -202,8 +206,6 @@ int cmd_daemon(daemon_options& o) {
     if (health)
       health->stop();
     node.reset();
-    caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
-    persist = persistence_actor{};
     io->stop();
   }
   return status;
@@ -231,11 +233,10 @@ connection_options daemon_connection_options(const config& cfg) {
 std::unique_ptr<daemon_node>
 daemon_node::start(caf::actor_system& sys, const config& cfg,
                    connection_options opts, persistence_actor persist,
-                   std::shared_ptr<net::io_thread> io,
-                   connection_hooks hooks) {
+                   std::shared_ptr<net::io_thread> io, connection_hooks hooks) {
   std::unique_ptr<daemon_node> node{new daemon_node};
-  node->ready_ = hooks.ready ? hooks.ready
-                             : std::make_shared<std::atomic<bool>>(false);
+  node->ready_ =
+      hooks.ready ? hooks.ready : std::make_shared<std::atomic<bool>>(false);
   hooks.ready = node->ready_;
   node->reactor_ = std::make_shared<process::reactor>();
   // The DAEMON takes its LINK at spawn, so the CONNECTION comes first and
@@ -249,6 +250,18 @@ daemon_node::start(caf::actor_system& sys, const config& cfg,
                      cfg.max_tasks,     environment_strings()};
   node->daemon_ = spawn_daemon(sys, std::move(ctx));
   caf::anon_send(node->connection_, start_atom::value, node->daemon_);
+  return node;
+}
+
+std::unique_ptr<daemon_node> daemon_node::start_with_store(
+    caf::actor_system& sys, const config& cfg, connection_options opts,
+    std::shared_ptr<net::io_thread> io, connection_hooks hooks) {
+  std::shared_ptr<opened_db> opened = open_primary(cfg);
+  auto persist = spawn_persistence(sys, opened->db);
+  auto node = start(sys, cfg, std::move(opts), persist, std::move(io),
+                    std::move(hooks));
+  node->store_ = opened;
+  node->own_persistence_ = persist;
   return node;
 }
 
@@ -266,6 +279,10 @@ bool daemon_node::ready() const {
 
 daemon_node::~daemon_node() {
   stop();
+  // An owned PERSISTENCE goes last, once the caller saw the connection end
+  // (hooks.on_exit): writes of CONNECTION may still be in its mailbox.
+  if (own_persistence_)
+    caf::anon_send_exit(own_persistence_, caf::exit_reason::user_shutdown);
 }
 
 void add_daemon_command(CLI::App& app, command_table& out) {

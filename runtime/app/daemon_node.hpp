@@ -31,7 +31,9 @@ namespace makima::app {
 /// net.max_frame_bytes, the data and repos dirs.
 connection_options daemon_connection_options(const config& cfg);
 
-/// A running daemon node. Destroying it stops it (like `stop()`).
+/// A running daemon node. Destroying it stops it (like `stop()`) and, for
+/// start_with_store, its PERSISTENCE; destroy it after `hooks.on_exit` ran
+/// (or the actor system shuts down) so that no outbox write is cut off.
 class daemon_node {
 public:
   ~daemon_node();
@@ -47,6 +49,17 @@ public:
   start(caf::actor_system& sys, const config& cfg, connection_options opts,
         persistence_actor persist, std::shared_ptr<net::io_thread> io,
         connection_hooks hooks);
+
+  /// Like `start`, over a PERSISTENCE of its own: opens `cfg.db_dir` as
+  /// the primary database (leaves through `fail` when another process
+  /// holds it) and stops that PERSISTENCE with the node. What `makima
+  /// daemon` runs; `makima local` calls it with a config whose data dir is
+  /// the daemon's own (e.g. DATA/daemon, paths finalized), since the
+  /// server's database is locked by the server.
+  static std::unique_ptr<daemon_node>
+  start_with_store(caf::actor_system& sys, const config& cfg,
+                   connection_options opts, std::shared_ptr<net::io_thread> io,
+                   connection_hooks hooks);
 
   /// Closes the connection (1001) and stops DAEMON and its TASK actors.
   /// Running children are killed when the reactor goes (with this node);
@@ -67,6 +80,9 @@ private:
   connection_actor connection_;
   daemon_actor daemon_;
   bool stopped_ = false;
+  /// Set by start_with_store: the database and PERSISTENCE the node owns.
+  std::shared_ptr<void> store_;
+  persistence_actor own_persistence_;
 };
 
 } // namespace makima::app

@@ -127,8 +127,8 @@ protected:
   }
 
   static task_record record(const std::string& id,
-                            std::vector<std::string> argv,
-                            uint32_t attempt = 1, uint64_t next_seq = 0) {
+                            std::vector<std::string> argv, uint32_t attempt = 1,
+                            uint64_t next_seq = 0) {
     task_record rec;
     rec.spec.id = id;
     rec.spec.argv = std::move(argv);
@@ -179,26 +179,32 @@ void check_attempt(const std::vector<proto::event>& events,
 TEST_F(connection_test, HelloThenEventsInSeqOrderWithExactOutput) {
   fake_server srv;
   ASSERT_NE(srv.port(), 0);
+  // A bare mirror in the repos dir is reported by its origin URL.
+  std::filesystem::create_directories(dir.path() / "repos" / "r-0123.git");
+  std::ofstream(dir.path() / "repos" / "r-0123.git" / "config")
+      << "[core]\n\tbare = true\n[remote \"origin\"]\n"
+         "\turl = https://git.example/r.git\n\tfetch = +refs/*:refs/*\n";
   start_node(options(srv));
   auto [id, hello] = accept(srv);
   EXPECT_EQ(hello.daemon_id.rfind("d-", 0), 0u) << hello.daemon_id;
   EXPECT_EQ(hello.name, "node-1");
   EXPECT_EQ(hello.pool, "k8s");
-  EXPECT_EQ(hello.labels, (std::map<std::string, std::string>{
-                              {"arch", "amd64"}}));
+  EXPECT_EQ(hello.labels,
+            (std::map<std::string, std::string>{{"arch", "amd64"}}));
   EXPECT_EQ(hello.capacity, 2u);
   EXPECT_GT(hello.free_disk_bytes, 0u);
   EXPECT_TRUE(hello.running.empty());
   EXPECT_EQ(hello.version, "test");
+  EXPECT_EQ(hello.cached_repos,
+            std::vector<std::string>{"https://git.example/r.git"});
 
   // 600 000 bytes of stdout force several events; stderr and a NUL byte
   // check that output is byte-exact.
-  srv.send(id, assign(record(
-                   "t1",
-                   {"sh", "-c",
-                    "printf 'a\\000b'; printf warn >&2; "
-                    "head -c 600000 /dev/zero | tr '\\000' x"},
-                   1, 17)));
+  srv.send(id, assign(record("t1",
+                             {"sh", "-c",
+                              "printf 'a\\000b'; printf warn >&2; "
+                              "head -c 600000 /dev/zero | tr '\\000' x"},
+                             1, 17)));
   auto events = test::collect_attempt(srv, "t1", 1, 20s);
   ASSERT_FALSE(events.empty());
   ASSERT_EQ(events.back().kind, proto::event_kind::result);
@@ -265,6 +271,30 @@ TEST_F(connection_test, ReconnectReplaysExactlyTheUnackedEvents) {
   EXPECT_FALSE(none) << "an acked event was sent again";
 }
 
+TEST_F(connection_test, DuplicateAssignmentsAreIgnored) {
+  fake_server srv;
+  start_node(options(srv));
+  auto [id, hello] = accept(srv);
+  auto rec = record("t9", {"sh", "-c", "echo once"});
+  srv.send(id, assign(rec));
+  srv.send(id, assign(rec));
+  auto events = test::collect_attempt(srv, "t9", 1, 10s);
+  ASSERT_FALSE(events.empty());
+  ASSERT_EQ(events.back().kind, proto::event_kind::result);
+  srv.send(id, proto::ack{"t9", 1, events.back().seq});
+  // Also after it finished and was acked.
+  srv.send(id, assign(rec));
+  // A lease cancel of an attempt this daemon never ran changes nothing.
+  srv.send(id, proto::cancel{"zz", 4, "lease"});
+  auto again = srv.wait_frame<proto::event>(
+      700ms, [](const proto::event& e) { return e.task == "t9"; });
+  EXPECT_FALSE(again) << "a duplicate assignment ran: "
+                      << (again ? proto::encode(again->second) : "");
+  std::string out, err;
+  check_attempt(events, 0, out, err);
+  EXPECT_EQ(out, "once\n");
+}
+
 TEST_F(connection_test, UserCancelEndsWithCancelledResult) {
   fake_server srv;
   start_node(options(srv));
@@ -317,11 +347,10 @@ TEST_F(connection_test, FencedCancelKillsAtOnceAndSendsNothingMore) {
   EXPECT_TRUE(gone) << "the fenced attempt's process still runs";
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
   // Its result (cancelled locally) is not sent, and its outbox is gone.
-  auto more = srv.wait_frame<proto::event>(700ms, [](const proto::event& e) {
-    return e.task == "t4";
-  });
+  auto more = srv.wait_frame<proto::event>(
+      700ms, [](const proto::event& e) { return e.task == "t4"; });
   EXPECT_FALSE(more) << "an event of a fenced attempt was sent: "
-                      << (more ? proto::encode(more->second) : "");
+                     << (more ? proto::encode(more->second) : "");
   auto box = outbox();
   EXPECT_TRUE(box.events.empty());
   EXPECT_TRUE(box.attempts.empty());
@@ -354,12 +383,19 @@ TEST_F(connection_test, RefusedKeyIsRetriedWithBackoff) {
   fake_server srv{401};
   auto o = options(srv);
   o.api_key = "k-secret-123";
+  o.backoff_base = 0.1;
+  o.backoff_cap = 0.4;
   start_node(o);
-  ASSERT_TRUE(srv.wait_upgrades(3, 10s)) << "the daemon gave up after a 401";
+  ASSERT_TRUE(srv.wait_upgrades(6, 10s)) << "the daemon gave up after a 401";
   auto auth = srv.auth_headers();
-  ASSERT_GE(auth.size(), 3u);
+  ASSERT_GE(auth.size(), 6u);
   EXPECT_EQ(auth[0], "Bearer k-secret-123");
   EXPECT_FALSE(ready->load());
+  // Full jitter under the cap: no wait is longer than 0.4 s (plus the
+  // refused round trip).
+  auto times = srv.upgrade_times();
+  for (size_t i = 1; i < times.size(); ++i)
+    EXPECT_LT(times[i] - times[i - 1], 700ms) << "retry " << i;
 }
 
 TEST_F(connection_test, MalformedFramesCloseTheConnectionNotTheDaemon) {
@@ -436,10 +472,10 @@ TEST_F(connection_test, WindowHoldsOutputUntilAcks) {
   start_node(o);
   auto [id, hello] = accept(srv);
   // 200 lines in separate writes: many more events than the window.
-  srv.send(id, assign(record(
-                   "t8", {"sh", "-c",
-                          "i=0; while [ $i -lt 200 ]; do echo line$i; "
-                          "i=$((i+1)); sleep 0.001; done"})));
+  srv.send(id,
+           assign(record("t8", {"sh", "-c",
+                                "i=0; while [ $i -lt 200 ]; do echo line$i; "
+                                "i=$((i+1)); sleep 0.001; done"})));
   // Without acks, at most 3 events are in flight.
   std::vector<proto::event> got;
   while (auto e = srv.wait_frame<proto::event>(800ms))

@@ -18,10 +18,9 @@ using test::fake_server;
 
 std::vector<std::string> daemon_argv(const env& e, const fake_server& srv,
                                      std::vector<std::string> extra = {}) {
-  std::vector<std::string> argv{MAKIMA_BINARY, "daemon",      "--server",
-                                srv.url(),     "--data-dir",  e.data().string(),
-                                "--name",      "it-daemon",   "--heartbeat",
-                                "1"};
+  std::vector<std::string> argv{
+      MAKIMA_BINARY,     "daemon", "--server",  srv.url(),     "--data-dir",
+      e.data().string(), "--name", "it-daemon", "--heartbeat", "1"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
 }
@@ -73,9 +72,9 @@ TEST(Daemon, SigkilledMidTaskRestartsReplaysAndReportsInterrupted) {
     auto [id, hello] = accept(srv);
     daemon_id = hello.daemon_id;
     ASSERT_TRUE(d.wait_for_output("makima: connected to " + srv.url(), 10s));
-    srv.send(id, assignment("k1",
-                            {"sh", "-c", "echo one; echo two >&2; sleep 60"},
-                            3, 40));
+    srv.send(id,
+             assignment("k1", {"sh", "-c", "echo one; echo two >&2; sleep 60"},
+                        3, 40));
     // States (preparing, running) and both outputs, never acked.
     std::string seen;
     while (seen.size() < 8) {
@@ -134,6 +133,49 @@ TEST(Daemon, SigkilledMidTaskRestartsReplaysAndReportsInterrupted) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
+TEST(Daemon, SigtermStopsAtOnceAndTheRunningAttemptIsInterrupted) {
+  env e;
+  fake_server srv;
+  auto pidfile = e.root() / "child.pid";
+  {
+    test::background d(daemon_argv(e, srv), e.opts());
+    auto [id, hello] = accept(srv);
+    srv.send(id, assignment("k3", {"sh", "-c",
+                                   "echo $$ > " + pidfile.string()
+                                       + "; echo up; exec sleep 60"}));
+    ASSERT_TRUE(srv.wait_frame<proto::event>(10s, [](const proto::event& ev) {
+      return ev.kind == proto::event_kind::output;
+    }));
+    d.kill(SIGTERM);
+    auto r = d.wait(10s);
+    EXPECT_FALSE(r.timed_out) << "the daemon did not stop on SIGTERM";
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("stopping the daemon"), std::string::npos) << r.err;
+  }
+  // The child went with the daemon.
+  pid_t pid = 0;
+  std::ifstream(pidfile) >> pid;
+  ASSERT_GT(pid, 0);
+  bool gone = false;
+  for (int i = 0; i < 200 && !gone; ++i) {
+    gone = ::kill(pid, 0) != 0;
+    if (!gone)
+      std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(gone) << "the task's child outlived the daemon";
+  // The next start reports the attempt as interrupted.
+  test::background d(daemon_argv(e, srv), e.opts());
+  auto [id, hello] = accept(srv, {});
+  ASSERT_EQ(hello.running.size(), 1u);
+  EXPECT_EQ(hello.running[0].task, "k3");
+  auto result = srv.wait_frame<proto::event>(10s, [](const proto::event& ev) {
+    return ev.task == "k3" && ev.kind == proto::event_kind::result;
+  });
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->second.record.state, task_state::interrupted);
+  EXPECT_EQ(result->second.seq, hello.running[0].seq);
+}
+
 TEST(Daemon, DrainExitsZeroOnceEverythingIsAcked) {
   env e;
   fake_server srv;
@@ -170,8 +212,7 @@ TEST(Daemon, RefusedKeyIsRetriedAndNeverLogged) {
   // Logged as an error once, not per retry.
   auto first = r.err.find("refused the daemon key");
   ASSERT_NE(first, std::string::npos) << r.err;
-  EXPECT_EQ(r.err.find("refused the daemon key", first + 1),
-            std::string::npos)
+  EXPECT_EQ(r.err.find("refused the daemon key", first + 1), std::string::npos)
       << r.err;
 }
 
@@ -206,8 +247,7 @@ TEST(Daemon, HealthEndpointReportsReadiness) {
 
 TEST(Daemon, BadFlagsAreUsageErrors) {
   env e;
-  auto r = test::run({MAKIMA_BINARY, "daemon", "--data-dir",
-                      e.data().string()},
+  auto r = test::run({MAKIMA_BINARY, "daemon", "--data-dir", e.data().string()},
                      e.opts());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("no server given"), std::string::npos) << r.err;
@@ -223,6 +263,18 @@ TEST(Daemon, BadFlagsAreUsageErrors) {
   EXPECT_NE(r.err.find("daemon.pool"), std::string::npos) << r.err;
   r = test::run({MAKIMA_BINARY, "daemon", "--server",
                  "ws://127.0.0.1:1/ws/daemon", "--label", "novalue",
+                 "--data-dir", e.data().string()},
+                e.opts());
+  EXPECT_EQ(r.exit_code, 2);
+  r = test::run({MAKIMA_BINARY, "daemon", "--server",
+                 "wss://127.0.0.1:1/ws/daemon", "--ca-file",
+                 (e.root() / "missing.pem").string(), "--data-dir",
+                 e.data().string()},
+                e.opts());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("CA file"), std::string::npos) << r.err;
+  r = test::run({MAKIMA_BINARY, "daemon", "--server",
+                 "ws://127.0.0.1:1/ws/daemon", "--health-listen", "nonsense",
                  "--data-dir", e.data().string()},
                 e.opts());
   EXPECT_EQ(r.exit_code, 2);
