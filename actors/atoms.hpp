@@ -29,6 +29,7 @@ using reopen_atom = caf::atom_constant<caf::atom("reopen")>;
 using result_atom = caf::atom_constant<caf::atom("result")>;
 using snapshot_atom = caf::atom_constant<caf::atom("snapshot")>;
 using state_atom = caf::atom_constant<caf::atom("state")>;
+using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using timeout_atom = caf::atom_constant<caf::atom("timeout")>;
 using ws_close_atom = caf::atom_constant<caf::atom("ws_close")>;

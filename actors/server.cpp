@@ -192,7 +192,7 @@ void requeue(self_ptr self, task_entry& e, const std::string& why) {
 /// Whether no connection is left (drain done).
 void check_drained(self_ptr self) {
   auto& st = self->state;
-  if (!st.draining || !st.conns.empty())
+  if (!(st.draining || st.stopping) || !st.conns.empty())
     return;
   for (auto& p : st.drain_waiters)
     p.deliver(ok_atom::value);
@@ -672,6 +672,20 @@ server_actor::behavior_type server_fn(self_ptr self, server_settings settings,
                          tick_atom::value);
     },
     [=](flush_atom) { flush_acks(self); },
+    [=](stop_atom) -> caf::result<ok_atom> {
+      auto& st = self->state;
+      st.stopping = true;
+      for (auto& [id, c] : st.conns) {
+        if (!c.closing)
+          st.net->close(id, proto::close_going_away, "going away");
+        c.closing = true;
+      }
+      if (st.conns.empty())
+        return ok_atom::value;
+      auto p = self->make_response_promise<ok_atom>();
+      st.drain_waiters.push_back(p);
+      return p;
+    },
     [=](drain_atom) -> caf::result<ok_atom> {
       auto& st = self->state;
       if (!st.draining) {
@@ -891,6 +905,9 @@ void server_node::stop() {
   impl_->stopped = true;
   if (actor_) {
     caf::scoped_actor self{*impl_->sys};
+    // Daemons still connected are told the server goes away (1001).
+    self->request(actor_, std::chrono::seconds(2), stop_atom::value)
+        .receive([](ok_atom) {}, [](caf::error&) {});
     self->monitor(actor_);
     self->send_exit(actor_, caf::exit_reason::user_shutdown);
     self->receive([](const caf::down_msg&) {},

@@ -594,7 +594,7 @@ TEST_F(server_test, restart_keeps_tasks_output_and_acks) {
   d.expect_ack("t-run", 1, 2);
   submit("t-queued"); // no capacity: stays queued
   restart();
-  EXPECT_EQ(d.wait_closed(), 1006); // stop() closes without a handshake
+  EXPECT_EQ(d.wait_closed(), proto::close_going_away);
   auto rec = get("/api/v1/tasks/t-run");
   EXPECT_EQ(rec["state"], "running");
   EXPECT_EQ(rec["next_seq"], 1);
