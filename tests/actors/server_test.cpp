@@ -241,9 +241,10 @@ protected:
     start();
   }
 
-  fake_daemon& daemon(std::string key = daemon_key) {
+  /// A connected scripted daemon (`refused`: the upgrade must fail).
+  fake_daemon& daemon(std::string key = daemon_key, bool refused = false) {
     daemons.push_back(std::make_unique<fake_daemon>(io, key));
-    EXPECT_TRUE(daemons.back()->connect(node->ws_url()) || !key.empty());
+    EXPECT_EQ(daemons.back()->connect(node->ws_url()), !refused);
     return *daemons.back();
   }
 
@@ -604,6 +605,9 @@ TEST_F(server_test, restart_keeps_tasks_output_and_acks) {
   auto w = d2.hello("d-1", 1, "local", {}, {{"t-run", 1, 3}});
   ASSERT_EQ(w.acked.size(), 1u);
   EXPECT_EQ(w.acked[0].seq, 2u);
+  // A replay of what was acked before the restart changes nothing.
+  d2.send(fake_daemon::output("t-run", 1, 2, {{0, 1, "before\n"}}));
+  d2.expect_ack("t-run", 1, 2);
   d2.send(fake_daemon::output("t-run", 1, 3, {{1, 1, "after\n"}}));
   d2.send(fake_daemon::state(a.record, 4, task_state::succeeded, 0));
   d2.expect_ack("t-run", 1, 4);
@@ -630,6 +634,21 @@ TEST_F(server_test, restart_requeues_when_the_daemon_does_not_return) {
   auto a = other.expect<proto::assign>();
   EXPECT_EQ(a.record.spec.id, "t-1");
   EXPECT_EQ(a.record.attempt, 2u);
+}
+
+TEST_F(server_test, start_fails_cleanly_when_the_port_is_taken) {
+  start();
+  server_settings other = settings;
+  test::temp_dir dir2;
+  other.db_dir = dir2 / "db";
+  other.port = node->port();
+  auto second = server_node::start(sys, other);
+  EXPECT_FALSE(second);
+  // The same store twice: RocksDB's lock refuses it.
+  auto same = server_node::start(sys, settings);
+  ASSERT_FALSE(same);
+  EXPECT_EQ(code_of(same.error()), ec::store_locked);
+  EXPECT_EQ(http("GET", "/healthz", {}, "").body, "ok");
 }
 
 // -- bad input on the WebSocket (§9) -------------------------------------------
@@ -797,10 +816,10 @@ TEST_F(server_test, keys_are_checked_with_401_and_403) {
   EXPECT_EQ(http("GET", "/healthz", {}, "").status, 200u);
   EXPECT_EQ(http("GET", "/readyz", {}, "").body, "ready");
   // The daemon endpoint: a user key is the wrong kind, no key is unknown.
-  auto& as_user = daemon(user_key);
+  auto& as_user = daemon(user_key, true);
   EXPECT_NE(as_user.wait_closed(), 0);
   EXPECT_EQ(as_user.http_status(), 403u);
-  auto& wrong = daemon("nope");
+  auto& wrong = daemon("nope", true);
   EXPECT_NE(wrong.wait_closed(), 0);
   EXPECT_EQ(wrong.http_status(), 401u);
   EXPECT_EQ(metric("makima_http_rejected_total{reason=\"auth\"}"), 5);
