@@ -10,12 +10,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <functional>
-#include <sstream>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <variant>
@@ -177,16 +177,15 @@ public:
     return ev;
   }
   static proto::event output(const std::string& task, uint32_t attempt,
-                             uint64_t seq,
-                             std::vector<output_chunk> chunks) {
+                             uint64_t seq, std::vector<output_chunk> chunks) {
     auto ev = event(task, attempt, seq, proto::event_kind::output);
     ev.chunks = std::move(chunks);
     return ev;
   }
   static proto::event state(const task_record& assigned, uint64_t seq,
                             task_state s, int exit_code = -1) {
-    auto kind = is_terminal(s) ? proto::event_kind::result
-                               : proto::event_kind::state;
+    auto kind =
+        is_terminal(s) ? proto::event_kind::result : proto::event_kind::state;
     auto ev = event(assigned.spec.id, assigned.attempt, seq, kind);
     ev.record = assigned;
     ev.record.state = s;
@@ -248,18 +247,18 @@ protected:
     return *daemons.back();
   }
 
-  net::response http(const std::string& method, const std::string& target,
-                     std::string body = {}, std::string key = user_key,
-                     std::vector<std::pair<std::string, std::string>> extra =
-                         {}) {
+  net::response
+  http(const std::string& method, const std::string& target,
+       std::string body = {}, std::string key = user_key,
+       std::vector<std::pair<std::string, std::string>> extra = {}) {
     net::http_client_options opts;
     if (!key.empty())
       opts.headers.push_back({"Authorization", "Bearer " + key});
     for (auto& h : extra)
       opts.headers.push_back(h);
     opts.timeout = 5s;
-    auto res = net::http_request(method, node->url() + target, std::move(body),
-                                 opts);
+    auto res =
+        net::http_request(method, node->url() + target, std::move(body), opts);
     if (!res) {
       ADD_FAILURE() << describe(res.error());
       return {};
@@ -312,8 +311,8 @@ protected:
 
   /// The whole output of a task, decoded.
   std::string output_of(const std::string& id, uint64_t from = 0) {
-    auto j = get("/api/v1/tasks/" + id + "/output?from="
-                 + std::to_string(from));
+    auto j =
+        get("/api/v1/tasks/" + id + "/output?from=" + std::to_string(from));
     std::string out;
     for (auto& c : j["chunks"])
       out += *proto::base64_decode(c["data"].get<std::string>());
@@ -341,9 +340,9 @@ protected:
 
 TEST_F(server_test, submit_assign_events_result_and_read_back_byte_exact) {
   start();
-  auto rec = submit("t-1", {{"argv", {"sh", "-c", "echo hi"}},
-                            {"env", {"A=1"}},
-                            {"timeout", 5}});
+  auto rec = submit(
+      "t-1",
+      {{"argv", {"sh", "-c", "echo hi"}}, {"env", {"A=1"}}, {"timeout", 5}});
   EXPECT_EQ(rec["state"], "queued");
   EXPECT_EQ(rec["attempt"], 0);
   auto& d = daemon();
@@ -359,8 +358,7 @@ TEST_F(server_test, submit_assign_events_result_and_read_back_byte_exact) {
   EXPECT_EQ(a.record.spec.env, std::vector<std::string>{"A=1"});
   std::string binary{"\0\xff\x80 bytes\n", 10};
   d.send(fake_daemon::state(a.record, 1, task_state::running));
-  d.send(fake_daemon::output("t-1", 1, 2,
-                             {{0, 1, "hello\n"}, {1, 2, binary}}));
+  d.send(fake_daemon::output("t-1", 1, 2, {{0, 1, "hello\n"}, {1, 2, binary}}));
   d.send(fake_daemon::state(a.record, 3, task_state::succeeded, 0));
   d.expect_ack("t-1", 1, 3);
   auto got = get("/api/v1/tasks/t-1");
@@ -489,7 +487,8 @@ TEST_F(server_test, lease_expiry_requeues_to_another_daemon_and_fences) {
   EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"stale_attempt\"}"), 1);
 }
 
-TEST_F(server_test, same_daemon_id_replaces_the_old_connection_and_keeps_tasks) {
+TEST_F(server_test,
+       same_daemon_id_replaces_the_old_connection_and_keeps_tasks) {
   start();
   submit("t-1");
   auto& a = daemon();
@@ -541,7 +540,8 @@ TEST_F(server_test, unknown_assigned_attempt_in_hello_is_requeued) {
   EXPECT_EQ(a.record.attempt, 2u);
 }
 
-// -- scheduling -----------------------------------------------------------------
+// -- scheduling
+// -----------------------------------------------------------------
 
 TEST_F(server_test, selectors_route_and_tasks_queue_until_capacity) {
   start();
@@ -582,7 +582,8 @@ TEST_F(server_test, prefers_cached_repo_then_least_loaded) {
   EXPECT_EQ(plain.expect<proto::assign>().record.spec.id, "t-x");
 }
 
-// -- restart --------------------------------------------------------------------
+// -- restart
+// --------------------------------------------------------------------
 
 TEST_F(server_test, restart_keeps_tasks_output_and_acks) {
   start();
@@ -651,7 +652,8 @@ TEST_F(server_test, start_fails_cleanly_when_the_port_is_taken) {
   EXPECT_EQ(http("GET", "/healthz", {}, "").body, "ok");
 }
 
-// -- bad input on the WebSocket (§9) -------------------------------------------
+// -- bad input on the WebSocket (§9)
+// -------------------------------------------
 
 TEST_F(server_test, bad_frames_get_their_error_and_close_code) {
   settings.max_frame_bytes = 64 << 10;
@@ -728,8 +730,7 @@ TEST_F(server_test, binary_frame_is_closed_with_1003) {
   addr.sin_family = AF_INET;
   addr.sin_port = htons(node->port());
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)),
-            0);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   std::string up = "GET /ws/daemon HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -800,7 +801,8 @@ TEST_F(server_test, events_of_attempts_never_assigned_are_bad_messages) {
   EXPECT_EQ(owner.wait_closed(), proto::close_policy);
 }
 
-// -- authentication (§2) ----------------------------------------------------------
+// -- authentication (§2)
+// ----------------------------------------------------------
 
 TEST_F(server_test, keys_are_checked_with_401_and_403) {
   start();
@@ -837,7 +839,8 @@ TEST_F(server_test, no_auth_accepts_requests_without_a_key) {
   d.hello("d-1");
 }
 
-// -- HTTP API (§10) -------------------------------------------------------------
+// -- HTTP API (§10)
+// -------------------------------------------------------------
 
 TEST_F(server_test, bad_requests_get_their_status) {
   settings.max_body_bytes = 1024;
@@ -1020,7 +1023,8 @@ TEST_F(server_test, follow_streams_output_then_end) {
   auto a = d.expect<proto::assign>();
   d.send(fake_daemon::output("t-1", 1, 1, {{0, 1, "one\n"}}));
   d.expect_ack("t-1", 1, 1);
-  sse_reader r{node->port(), "/api/v1/tasks/t-1/output?follow=1",
+  sse_reader r{node->port(),
+               "/api/v1/tasks/t-1/output?follow=1",
                {"Authorization: Bearer " + user_key}};
   ASSERT_TRUE(r.read_until([&] { return r.events.size() >= 1; }));
   EXPECT_EQ(r.head.rfind("HTTP/1.1 200", 0), 0u) << r.head;
@@ -1048,7 +1052,8 @@ TEST_F(server_test, follow_streams_output_then_end) {
   EXPECT_EQ(events[3].event, "end");
   EXPECT_EQ(json::parse(events[3].data)["state"], "succeeded");
   // Reconnecting with Last-Event-ID continues after it, then ends.
-  sse_reader again{node->port(), "/api/v1/tasks/t-1/output?follow=1&from=0",
+  sse_reader again{node->port(),
+                   "/api/v1/tasks/t-1/output?follow=1&from=0",
                    {"Authorization: Bearer " + user_key, "Last-Event-ID: 0"}};
   ASSERT_TRUE(again.read_until([&] { return again.eof; }));
   ASSERT_EQ(again.events.size(), 2u);
