@@ -582,7 +582,62 @@ TEST_F(server_test, prefers_cached_repo_then_least_loaded) {
   EXPECT_EQ(plain.expect<proto::assign>().record.spec.id, "t-x");
 }
 
-// -- restart
+TEST_F(server_test, many_tasks_spread_over_daemons_each_result_once) {
+  start();
+  constexpr int n = 200;
+  auto& d1 = daemon();
+  d1.hello("d-1", 4);
+  auto& d2 = daemon();
+  d2.hello("d-2", 4);
+  std::atomic<int> finished{0};
+  // Each daemon runs what it is assigned: running, output, result.
+  auto work = [&](fake_daemon& d, int& count) {
+    while (finished < n) {
+      auto f = d.next(200ms);
+      if (!f)
+        continue;
+      auto a = std::get_if<proto::assign>(&*f);
+      if (!a)
+        continue; // acks
+      auto& r = a->record;
+      d.send(fake_daemon::state(r, 1, task_state::running));
+      d.send(fake_daemon::output(r.spec.id, r.attempt, 2,
+                                 {{r.next_seq, 1, "out " + r.spec.id + "\n"}}));
+      d.send(fake_daemon::state(r, 3, task_state::succeeded, 0));
+      ++count;
+      ++finished;
+    }
+  };
+  int c1 = 0;
+  int c2 = 0;
+  std::thread t1([&] { work(d1, c1); });
+  std::thread t2([&] { work(d2, c2); });
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i)
+    submit("m-" + std::to_string(1000 + i));
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (metric("makima_tasks{state=\"succeeded\"}") != n
+         && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  auto secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  finished = n; // stops the workers if something is missing
+  t1.join();
+  t2.join();
+  EXPECT_EQ(metric("makima_tasks{state=\"succeeded\"}"), n);
+  EXPECT_EQ(c1 + c2, n); // every task assigned exactly once
+  EXPECT_GT(c1, 0);
+  EXPECT_GT(c2, 0);
+  for (int i = 0; i < n; i += 37) {
+    auto id = "m-" + std::to_string(1000 + i);
+    EXPECT_EQ(output_of(id), "out " + id + "\n");
+    EXPECT_EQ(get("/api/v1/tasks/" + id)["attempt"], 1);
+  }
+  std::printf("[ info     ] %d tasks through 2 daemons in %.3f s\n", n, secs);
+}
+
+// -- restart ---
 // --------------------------------------------------------------------
 
 TEST_F(server_test, restart_keeps_tasks_output_and_acks) {
