@@ -974,6 +974,40 @@ TEST_F(server_test, cancel_queued_and_running_tasks) {
   EXPECT_EQ(get("/api/v1/tasks/t-r")["state"], "cancelled");
 }
 
+TEST_F(server_test, cancel_reaches_a_daemon_that_was_away_when_it_returns) {
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  auto a = d.expect<proto::assign>();
+  d.close();
+  EXPECT_EQ(d.wait_closed(), 1000);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/cancel").status, 202u);
+  auto& back = daemon();
+  back.hello("d-1", 1, "local", {}, {{"t-1", 1, 0}});
+  auto c = back.expect<proto::cancel>();
+  EXPECT_EQ(c.task, "t-1");
+  EXPECT_EQ(c.reason, "user");
+  back.send(fake_daemon::state(a.record, 1, task_state::cancelled));
+  back.expect_ack("t-1", 1, 1);
+  EXPECT_EQ(get("/api/v1/tasks/t-1")["state"], "cancelled");
+}
+
+TEST_F(server_test, cancelled_task_of_a_lost_daemon_ends_cancelled) {
+  settings.lease = 0.3;
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  d.expect<proto::assign>();
+  d.close();
+  EXPECT_EQ(d.wait_closed(), 1000);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/cancel").status, 202u);
+  // The lease ends: cancelled instead of re-queued.
+  EXPECT_TRUE(wait_state("t-1", "cancelled", 3s));
+  EXPECT_EQ(metric("makima_queue_depth"), 0);
+}
+
 /// One server-sent event.
 struct sse_event {
   std::string event;
