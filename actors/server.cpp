@@ -281,11 +281,11 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
     return;
   }
   auto& e = t->second;
-  bool superseded =
-      ev.attempt < e.rec.attempt
-      || (ev.attempt == e.rec.attempt && e.rec.state == task_state::queued);
-  if (ev.attempt > e.rec.attempt || (!superseded && e.daemon != d.id)
-      || ev.attempt == 0) {
+  // An attempt was taken away (re-queued, or cancelled after its lease)
+  // when a later one exists or the task has no daemon any more.
+  bool superseded = ev.attempt < e.rec.attempt || e.daemon.empty();
+  if (ev.attempt == 0 || ev.attempt > e.rec.attempt
+      || (!superseded && e.daemon != d.id)) {
     reject(self, conn, "bad_message",
            "attempt " + std::to_string(ev.attempt) + " of " + ev.task
                + " was never assigned to this daemon",

@@ -1008,6 +1008,28 @@ TEST_F(server_test, cancelled_task_of_a_lost_daemon_ends_cancelled) {
   EXPECT_EQ(metric("makima_queue_depth"), 0);
 }
 
+TEST_F(server_test, replay_after_a_lease_cancel_is_fenced_not_refused) {
+  settings.lease = 0.3;
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  auto a = d.expect<proto::assign>();
+  d.close();
+  EXPECT_EQ(d.wait_closed(), 1000);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/cancel").status, 202u);
+  EXPECT_TRUE(wait_state("t-1", "cancelled", 3s));
+  // The daemon returns and replays before it read the fencing cancel.
+  auto& back = daemon();
+  back.hello("d-1", 1, "local", {}, {{"t-1", 1, 1}});
+  back.send(fake_daemon::state(a.record, 1, task_state::running));
+  EXPECT_EQ(back.expect<proto::cancel>().reason, "fenced");
+  EXPECT_EQ(back.expect<proto::error>().code, "stale_attempt");
+  EXPECT_EQ(back.expect<proto::ack>().seq, 1u);
+  EXPECT_EQ(back.expect<proto::cancel>().reason, "fenced");
+  EXPECT_EQ(get("/api/v1/tasks/t-1")["state"], "cancelled");
+}
+
 /// One server-sent event.
 struct sse_event {
   std::string event;
