@@ -208,6 +208,9 @@ using server_actor = caf::typed_actor<
     caf::reacts_to<flush_atom>,
     // Graceful shutdown: `drain` to every daemon, no more assignments;
     // replies once no daemon connection is left.
-    caf::replies_to<drain_atom>::with<ok_atom>>;
+    caf::replies_to<drain_atom>::with<ok_atom>,
+    // Shutdown: closes every daemon connection with 1001 (going away);
+    // replies once all are closed.
+    caf::replies_to<stop_atom>::with<ok_atom>>;
 
 } // namespace makima

@@ -43,8 +43,8 @@ void reject(self_ptr self, uint64_t conn, const std::string& code,
   auto& st = self->state;
   ++st.rejected[code];
   auto c = st.conns.find(conn);
-  log::warn("server", "daemon connection " + std::to_string(conn) + ": "
-                          + code + ": " + message);
+  log::warn("server", "daemon connection " + std::to_string(conn) + ": " + code
+                          + ": " + message);
   proto::error err{code, message, task, attempt};
   send_frame(self, conn, err);
   if (close == 0)
@@ -192,7 +192,7 @@ void requeue(self_ptr self, task_entry& e, const std::string& why) {
 /// Whether no connection is left (drain done).
 void check_drained(self_ptr self) {
   auto& st = self->state;
-  if (!st.draining || !st.conns.empty())
+  if (!(st.draining || st.stopping) || !st.conns.empty())
     return;
   for (auto& p : st.drain_waiters)
     p.deliver(ok_atom::value);
@@ -246,8 +246,7 @@ void on_hello(self_ptr self, uint64_t conn, conn_entry& c, proto::hello& h) {
                    && t->second.daemon == d.id;
     if (current) {
       w.acked.push_back({r.task, r.attempt, t->second.acked});
-      if (t->second.cancel_requested
-          && !is_terminal(t->second.rec.state))
+      if (t->second.cancel_requested && !is_terminal(t->second.rec.state))
         cancels.push_back({r.task, r.attempt, "user"});
     } else {
       // Stale or unknown: the server wants none of it.
@@ -265,15 +264,15 @@ void on_hello(self_ptr self, uint64_t conn, conn_entry& c, proto::hello& h) {
     if (!known.count(id))
       lost.push_back(id);
   for (auto& id : lost)
-    requeue(self, st.tasks[id], "daemon " + d.id + " does not know attempt "
-                                    + std::to_string(st.tasks[id].rec.attempt));
+    requeue(self, st.tasks[id],
+            "daemon " + d.id + " does not know attempt "
+                + std::to_string(st.tasks[id].rec.attempt));
   if (st.draining)
     send_frame(self, conn, proto::drain{"shutdown"});
   dispatch(self);
 }
 
-void on_event(self_ptr self, uint64_t conn, daemon_entry& d,
-              proto::event& ev) {
+void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
   auto& st = self->state;
   auto t = st.tasks.find(ev.task);
   if (t == st.tasks.end()) {
@@ -282,11 +281,11 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d,
     return;
   }
   auto& e = t->second;
-  bool superseded =
-      ev.attempt < e.rec.attempt
-      || (ev.attempt == e.rec.attempt && e.rec.state == task_state::queued);
-  if (ev.attempt > e.rec.attempt || (!superseded && e.daemon != d.id)
-      || ev.attempt == 0) {
+  // An attempt was taken away (re-queued, or cancelled after its lease)
+  // when a later one exists or the task has no daemon any more.
+  bool superseded = ev.attempt < e.rec.attempt || e.daemon.empty();
+  if (ev.attempt == 0 || ev.attempt > e.rec.attempt
+      || (!superseded && e.daemon != d.id)) {
     reject(self, conn, "bad_message",
            "attempt " + std::to_string(ev.attempt) + " of " + ev.task
                + " was never assigned to this daemon",
@@ -488,8 +487,8 @@ void keep_alive(server_state& st) {
 }
 
 std::chrono::milliseconds tick_interval(const server_settings& s) {
-  auto lease = std::chrono::milliseconds(
-      static_cast<int64_t>(s.lease * 1000 / 4));
+  auto lease =
+      std::chrono::milliseconds(static_cast<int64_t>(s.lease * 1000 / 4));
   auto t = std::min({lease, s.keep_alive, std::chrono::milliseconds{1000}});
   return std::max(t, std::chrono::milliseconds{10});
 }
@@ -521,6 +520,15 @@ bool persist(self_ptr self, task_entry& e, const std::string& detail) {
 void dispatch(self_ptr self) {
   auto& st = self->state;
   if (st.draining || st.queue.empty())
+    return;
+  // Nothing to do without free capacity (keeps a long queue cheap).
+  bool free = false;
+  for (auto& [id, d] : st.daemons)
+    if (d.connected && d.tasks.size() < d.capacity) {
+      free = true;
+      break;
+    }
+  if (!free)
     return;
   // Acks of the frames handled so far go out before any assignment.
   flush_acks(self);
@@ -644,49 +652,63 @@ server_actor::behavior_type server_fn(self_ptr self, server_settings settings,
     self->quit(msg.reason);
   });
   return {
-    [=](http_atom, net::request& req, net::http_reply& reply) {
-      handle_http(self, req, reply);
-    },
-    [=](ws_open_atom, uint64_t conn) {
-      self->state.conns[conn];
-      self->delayed_send(self, self->state.settings.hello_timeout,
-                         hello_atom::value, conn);
-    },
-    [=](ws_text_atom, uint64_t conn, std::string& text) {
-      on_text(self, conn, text);
-    },
-    [=](ws_close_atom, uint64_t conn, uint16_t code) {
-      on_close(self, conn, code);
-    },
-    [=](hello_atom, uint64_t conn) {
-      auto c = self->state.conns.find(conn);
-      if (c != self->state.conns.end() && !c->second.hello
-          && !c->second.closing)
-        reject(self, conn, "hello_required", "no hello in time",
-               proto::close_hello_required);
-    },
-    [=](tick_atom) {
-      check_leases(self);
-      keep_alive(self->state);
-      self->delayed_send(self, tick_interval(self->state.settings),
-                         tick_atom::value);
-    },
-    [=](flush_atom) { flush_acks(self); },
-    [=](drain_atom) -> caf::result<ok_atom> {
-      auto& st = self->state;
-      if (!st.draining) {
-        st.draining = true;
-        log::info("server", "draining: no more assignments");
-        for (auto& [id, c] : st.conns)
-          if (c.hello && !c.closing)
-            send_frame(self, id, proto::drain{"shutdown"});
-      }
-      if (st.conns.empty())
-        return ok_atom::value;
-      auto p = self->make_response_promise<ok_atom>();
-      st.drain_waiters.push_back(p);
-      return p;
-    },
+      [=](http_atom, net::request& req, net::http_reply& reply) {
+        handle_http(self, req, reply);
+      },
+      [=](ws_open_atom, uint64_t conn) {
+        self->state.conns[conn];
+        self->delayed_send(self, self->state.settings.hello_timeout,
+                           hello_atom::value, conn);
+      },
+      [=](ws_text_atom, uint64_t conn, std::string& text) {
+        on_text(self, conn, text);
+      },
+      [=](ws_close_atom, uint64_t conn, uint16_t code) {
+        on_close(self, conn, code);
+      },
+      [=](hello_atom, uint64_t conn) {
+        auto c = self->state.conns.find(conn);
+        if (c != self->state.conns.end() && !c->second.hello
+            && !c->second.closing)
+          reject(self, conn, "hello_required", "no hello in time",
+                 proto::close_hello_required);
+      },
+      [=](tick_atom) {
+        check_leases(self);
+        keep_alive(self->state);
+        self->delayed_send(self, tick_interval(self->state.settings),
+                           tick_atom::value);
+      },
+      [=](flush_atom) { flush_acks(self); },
+      [=](stop_atom) -> caf::result<ok_atom> {
+        auto& st = self->state;
+        st.stopping = true;
+        for (auto& [id, c] : st.conns) {
+          if (!c.closing)
+            st.net->close(id, proto::close_going_away, "going away");
+          c.closing = true;
+        }
+        if (st.conns.empty())
+          return ok_atom::value;
+        auto p = self->make_response_promise<ok_atom>();
+        st.drain_waiters.push_back(p);
+        return p;
+      },
+      [=](drain_atom) -> caf::result<ok_atom> {
+        auto& st = self->state;
+        if (!st.draining) {
+          st.draining = true;
+          log::info("server", "draining: no more assignments");
+          for (auto& [id, c] : st.conns)
+            if (c.hello && !c.closing)
+              send_frame(self, id, proto::drain{"shutdown"});
+        }
+        if (st.conns.empty())
+          return ok_atom::value;
+        auto p = self->make_response_promise<ok_atom>();
+        st.drain_waiters.push_back(p);
+        return p;
+      },
   };
 }
 
@@ -799,8 +821,8 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
   if (!loaded)
     return loaded.error();
   auto auth = std::make_shared<authenticator>(
-      authenticator{key_set{settings.user_keys},
-                    key_set{settings.daemon_keys}, settings.no_auth});
+      authenticator{key_set{settings.user_keys}, key_set{settings.daemon_keys},
+                    settings.no_auth});
   auto counters = std::make_shared<shared_counters>();
   auto slot = std::make_shared<server_actor>();
   net::server_options opts;
@@ -827,8 +849,8 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
     caf::anon_send(*slot, http_atom::value, std::move(req), std::move(reply));
   };
   net::ws_handler ws;
-  ws.on_upgrade = [auth, counters](const net::request& req)
-      -> std::optional<net::response> {
+  ws.on_upgrade = [auth, counters](
+                      const net::request& req) -> std::optional<net::response> {
     auto v = auth->check(req, true);
     if (v == authenticator::ok)
       return std::nullopt;
@@ -891,12 +913,15 @@ void server_node::stop() {
   impl_->stopped = true;
   if (actor_) {
     caf::scoped_actor self{*impl_->sys};
+    // Daemons still connected are told the server goes away (1001).
+    self->request(actor_, std::chrono::seconds(2), stop_atom::value)
+        .receive([](ok_atom) {}, [](caf::error&) {});
     self->monitor(actor_);
     self->send_exit(actor_, caf::exit_reason::user_shutdown);
-    self->receive([](const caf::down_msg&) {},
-                  caf::after(std::chrono::seconds(30)) >> [] {
-                    log::error("server", "the SERVER actor did not stop");
-                  });
+    self->receive(
+        [](const caf::down_msg&) {},
+        caf::after(std::chrono::seconds(30)) >>
+            [] { log::error("server", "the SERVER actor did not stop"); });
     actor_ = server_actor{};
   }
   if (impl_->net)

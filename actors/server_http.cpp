@@ -102,15 +102,14 @@ void respond_error(self_ptr self, net::http_reply& reply, unsigned status,
 
 void method_not_allowed(self_ptr self, net::http_reply& reply,
                         const std::string& allow) {
-  respond_error(self, reply, 405, "method_not_allowed",
-                "allowed: " + allow, {{"Allow", allow}});
+  respond_error(self, reply, 405, "method_not_allowed", "allowed: " + allow,
+                {{"Allow", allow}});
 }
 
 std::optional<uint64_t> parse_u64(const std::string& s) {
   if (s.empty() || s.size() > 19
-      || !std::all_of(s.begin(), s.end(), [](char c) {
-           return c >= '0' && c <= '9';
-         }))
+      || !std::all_of(s.begin(), s.end(),
+                      [](char c) { return c >= '0' && c <= '9'; }))
     return std::nullopt;
   return std::stoull(s);
 }
@@ -164,8 +163,9 @@ std::string parse_submit(const std::string& body, task_spec& spec) {
       spec.env.push_back(s);
     }
   }
-  for (auto [k, out] : {std::pair<const char*, double*>{"timeout", &spec.timeout},
-                        {"grace", &spec.grace}}) {
+  for (auto [k, out] :
+       {std::pair<const char*, double*>{"timeout", &spec.timeout},
+        {"grace", &spec.grace}}) {
     auto it = j.find(k);
     if (it == j.end() || it->is_null())
       continue;
@@ -290,8 +290,8 @@ json chunk_json(const output_chunk& c) {
               {"data", proto::base64_encode(c.bytes)}};
 }
 
-void output(self_ptr self, task_entry& e, const target& t,
-            net::request& req, net::http_reply& reply) {
+void output(self_ptr self, task_entry& e, const target& t, net::request& req,
+            net::http_reply& reply) {
   auto& st = self->state;
   uint64_t from = 0;
   uint64_t max_bytes = 1 << 20;
@@ -321,14 +321,15 @@ void output(self_ptr self, task_entry& e, const target& t,
     auto chunks = json::array();
     uint64_t bytes = 0;
     uint64_t next = from;
-    auto err = st.db->for_each_output(id, from, [&](const store::stored_chunk& c) {
-      if (!chunks.empty() && bytes + c.bytes.size() > max_bytes)
-        return false;
-      bytes += c.bytes.size();
-      chunks.push_back(chunk_json({c.seq, c.stream, c.bytes}));
-      next = c.seq + 1;
-      return true;
-    });
+    auto err =
+        st.db->for_each_output(id, from, [&](const store::stored_chunk& c) {
+          if (!chunks.empty() && bytes + c.bytes.size() > max_bytes)
+            return false;
+          bytes += c.bytes.size();
+          chunks.push_back(chunk_json({c.seq, c.stream, c.bytes}));
+          next = c.seq + 1;
+          return true;
+        });
     if (err) {
       respond_error(self, reply, 500, to_string(ec::store_error),
                     describe(err));
@@ -346,10 +347,11 @@ void output(self_ptr self, task_entry& e, const target& t,
   st.counters->count(200);
   // net adds Cache-Control: no-cache and Connection: close.
   reply.begin_stream(200, "text/event-stream");
-  auto err = st.db->for_each_output(id, from, [&](const store::stored_chunk& c) {
-    reply.write(sse_output({c.seq, c.stream, c.bytes}));
-    return true;
-  });
+  auto err =
+      st.db->for_each_output(id, from, [&](const store::stored_chunk& c) {
+        reply.write(sse_output({c.seq, c.stream, c.bytes}));
+        return true;
+      });
   if (err) {
     reply.end();
     return;
@@ -492,8 +494,8 @@ void metrics(self_ptr self, net::http_reply& reply) {
 } // namespace
 
 std::string sse_output(const output_chunk& c) {
-  return "event: output\nid: " + std::to_string(c.seq) + "\ndata: "
-         + chunk_json(c).dump() + "\n\n";
+  return "event: output\nid: " + std::to_string(c.seq)
+         + "\ndata: " + chunk_json(c).dump() + "\n\n";
 }
 
 std::string sse_record(const char* event, const task_record& rec) {
@@ -524,21 +526,19 @@ void handle_http(self_ptr self, net::request& req, net::http_reply& reply) {
   auto t = parse_target(req.target);
   auto& p = t.parts;
   auto& m = req.method;
-  if (p.size() == 1 && (p[0] == "healthz" || p[0] == "readyz"
-                        || p[0] == "metrics")) {
+  if (p.size() == 1
+      && (p[0] == "healthz" || p[0] == "readyz" || p[0] == "metrics")) {
     if (m != "GET" && m != "HEAD")
       return method_not_allowed(self, reply, "GET");
     if (p[0] == "healthz")
       return respond(self, reply, 200, "ok", "text/plain");
     if (p[0] == "readyz")
-      return st.draining
-                 ? respond(self, reply, 503, "draining", "text/plain")
-                 : respond(self, reply, 200, "ready", "text/plain");
+      return st.draining ? respond(self, reply, 503, "draining", "text/plain")
+                         : respond(self, reply, 200, "ready", "text/plain");
     return metrics(self, reply);
   }
   if (p.size() < 3 || p[0] != "api" || p[1] != "v1")
-    return respond_error(self, reply, 404, "not_found",
-                         "no such path");
+    return respond_error(self, reply, 404, "not_found", "no such path");
   if (p[2] == "daemons" && p.size() == 3) {
     if (m != "GET")
       return method_not_allowed(self, reply, "GET");

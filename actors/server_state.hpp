@@ -123,6 +123,7 @@ struct server_state {
   std::map<std::string, daemon_entry> daemons;
   std::map<uint64_t, conn_entry> conns;
   bool draining = false;
+  bool stopping = false;
   std::vector<caf::typed_response_promise<ok_atom>> drain_waiters;
   bool flush_scheduled = false;
   clock::time_point last_keep_alive;

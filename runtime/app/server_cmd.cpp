@@ -161,9 +161,8 @@ int cmd_server(server_options& o) {
   int sig = wait_signal(std::chrono::milliseconds{-1});
   std::fprintf(stderr, "makima: %s: draining (again to stop now)\n",
                strsignal(sig));
-  auto drained = std::async(std::launch::async, [&] {
-    return (*node)->drain(drain_bound);
-  });
+  auto drained = std::async(std::launch::async,
+                            [&] { return (*node)->drain(drain_bound); });
   while (drained.wait_for(std::chrono::seconds(0))
          != std::future_status::ready) {
     if (wait_signal(std::chrono::milliseconds{100}) != 0) {

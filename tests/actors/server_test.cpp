@@ -10,12 +10,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <functional>
-#include <sstream>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <variant>
@@ -177,16 +177,15 @@ public:
     return ev;
   }
   static proto::event output(const std::string& task, uint32_t attempt,
-                             uint64_t seq,
-                             std::vector<output_chunk> chunks) {
+                             uint64_t seq, std::vector<output_chunk> chunks) {
     auto ev = event(task, attempt, seq, proto::event_kind::output);
     ev.chunks = std::move(chunks);
     return ev;
   }
   static proto::event state(const task_record& assigned, uint64_t seq,
                             task_state s, int exit_code = -1) {
-    auto kind = is_terminal(s) ? proto::event_kind::result
-                               : proto::event_kind::state;
+    auto kind =
+        is_terminal(s) ? proto::event_kind::result : proto::event_kind::state;
     auto ev = event(assigned.spec.id, assigned.attempt, seq, kind);
     ev.record = assigned;
     ev.record.state = s;
@@ -241,24 +240,25 @@ protected:
     start();
   }
 
-  fake_daemon& daemon(std::string key = daemon_key) {
+  /// A connected scripted daemon (`refused`: the upgrade must fail).
+  fake_daemon& daemon(std::string key = daemon_key, bool refused = false) {
     daemons.push_back(std::make_unique<fake_daemon>(io, key));
-    EXPECT_TRUE(daemons.back()->connect(node->ws_url()) || !key.empty());
+    EXPECT_EQ(daemons.back()->connect(node->ws_url()), !refused);
     return *daemons.back();
   }
 
-  net::response http(const std::string& method, const std::string& target,
-                     std::string body = {}, std::string key = user_key,
-                     std::vector<std::pair<std::string, std::string>> extra =
-                         {}) {
+  net::response
+  http(const std::string& method, const std::string& target,
+       std::string body = {}, std::string key = user_key,
+       std::vector<std::pair<std::string, std::string>> extra = {}) {
     net::http_client_options opts;
     if (!key.empty())
       opts.headers.push_back({"Authorization", "Bearer " + key});
     for (auto& h : extra)
       opts.headers.push_back(h);
     opts.timeout = 5s;
-    auto res = net::http_request(method, node->url() + target, std::move(body),
-                                 opts);
+    auto res =
+        net::http_request(method, node->url() + target, std::move(body), opts);
     if (!res) {
       ADD_FAILURE() << describe(res.error());
       return {};
@@ -311,8 +311,8 @@ protected:
 
   /// The whole output of a task, decoded.
   std::string output_of(const std::string& id, uint64_t from = 0) {
-    auto j = get("/api/v1/tasks/" + id + "/output?from="
-                 + std::to_string(from));
+    auto j =
+        get("/api/v1/tasks/" + id + "/output?from=" + std::to_string(from));
     std::string out;
     for (auto& c : j["chunks"])
       out += *proto::base64_decode(c["data"].get<std::string>());
@@ -340,9 +340,9 @@ protected:
 
 TEST_F(server_test, submit_assign_events_result_and_read_back_byte_exact) {
   start();
-  auto rec = submit("t-1", {{"argv", {"sh", "-c", "echo hi"}},
-                            {"env", {"A=1"}},
-                            {"timeout", 5}});
+  auto rec = submit(
+      "t-1",
+      {{"argv", {"sh", "-c", "echo hi"}}, {"env", {"A=1"}}, {"timeout", 5}});
   EXPECT_EQ(rec["state"], "queued");
   EXPECT_EQ(rec["attempt"], 0);
   auto& d = daemon();
@@ -358,8 +358,7 @@ TEST_F(server_test, submit_assign_events_result_and_read_back_byte_exact) {
   EXPECT_EQ(a.record.spec.env, std::vector<std::string>{"A=1"});
   std::string binary{"\0\xff\x80 bytes\n", 10};
   d.send(fake_daemon::state(a.record, 1, task_state::running));
-  d.send(fake_daemon::output("t-1", 1, 2,
-                             {{0, 1, "hello\n"}, {1, 2, binary}}));
+  d.send(fake_daemon::output("t-1", 1, 2, {{0, 1, "hello\n"}, {1, 2, binary}}));
   d.send(fake_daemon::state(a.record, 3, task_state::succeeded, 0));
   d.expect_ack("t-1", 1, 3);
   auto got = get("/api/v1/tasks/t-1");
@@ -488,7 +487,8 @@ TEST_F(server_test, lease_expiry_requeues_to_another_daemon_and_fences) {
   EXPECT_EQ(metric("makima_ws_rejected_total{reason=\"stale_attempt\"}"), 1);
 }
 
-TEST_F(server_test, same_daemon_id_replaces_the_old_connection_and_keeps_tasks) {
+TEST_F(server_test,
+       same_daemon_id_replaces_the_old_connection_and_keeps_tasks) {
   start();
   submit("t-1");
   auto& a = daemon();
@@ -540,7 +540,8 @@ TEST_F(server_test, unknown_assigned_attempt_in_hello_is_requeued) {
   EXPECT_EQ(a.record.attempt, 2u);
 }
 
-// -- scheduling -----------------------------------------------------------------
+// -- scheduling
+// -----------------------------------------------------------------
 
 TEST_F(server_test, selectors_route_and_tasks_queue_until_capacity) {
   start();
@@ -581,7 +582,63 @@ TEST_F(server_test, prefers_cached_repo_then_least_loaded) {
   EXPECT_EQ(plain.expect<proto::assign>().record.spec.id, "t-x");
 }
 
-// -- restart --------------------------------------------------------------------
+TEST_F(server_test, many_tasks_spread_over_daemons_each_result_once) {
+  start();
+  constexpr int n = 200;
+  auto& d1 = daemon();
+  d1.hello("d-1", 4);
+  auto& d2 = daemon();
+  d2.hello("d-2", 4);
+  std::atomic<int> finished{0};
+  // Each daemon runs what it is assigned: running, output, result.
+  auto work = [&](fake_daemon& d, int& count) {
+    while (finished < n) {
+      auto f = d.next(200ms);
+      if (!f)
+        continue;
+      auto a = std::get_if<proto::assign>(&*f);
+      if (!a)
+        continue; // acks
+      auto& r = a->record;
+      d.send(fake_daemon::state(r, 1, task_state::running));
+      d.send(fake_daemon::output(r.spec.id, r.attempt, 2,
+                                 {{r.next_seq, 1, "out " + r.spec.id + "\n"}}));
+      d.send(fake_daemon::state(r, 3, task_state::succeeded, 0));
+      ++count;
+      ++finished;
+    }
+  };
+  int c1 = 0;
+  int c2 = 0;
+  std::thread t1([&] { work(d1, c1); });
+  std::thread t2([&] { work(d2, c2); });
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i)
+    submit("m-" + std::to_string(1000 + i));
+  auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (metric("makima_tasks{state=\"succeeded\"}") != n
+         && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  auto secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  finished = n; // stops the workers if something is missing
+  t1.join();
+  t2.join();
+  EXPECT_EQ(metric("makima_tasks{state=\"succeeded\"}"), n);
+  EXPECT_EQ(c1 + c2, n); // every task assigned exactly once
+  EXPECT_GT(c1, 0);
+  EXPECT_GT(c2, 0);
+  for (int i = 0; i < n; i += 37) {
+    auto id = "m-" + std::to_string(1000 + i);
+    EXPECT_EQ(output_of(id), "out " + id + "\n");
+    EXPECT_EQ(get("/api/v1/tasks/" + id)["attempt"], 1);
+  }
+  std::printf("[ info     ] %d tasks through 2 daemons in %.3f s\n", n, secs);
+}
+
+// -- restart ---
+// --------------------------------------------------------------------
 
 TEST_F(server_test, restart_keeps_tasks_output_and_acks) {
   start();
@@ -594,7 +651,7 @@ TEST_F(server_test, restart_keeps_tasks_output_and_acks) {
   d.expect_ack("t-run", 1, 2);
   submit("t-queued"); // no capacity: stays queued
   restart();
-  EXPECT_EQ(d.wait_closed(), 1006); // stop() closes without a handshake
+  EXPECT_EQ(d.wait_closed(), proto::close_going_away);
   auto rec = get("/api/v1/tasks/t-run");
   EXPECT_EQ(rec["state"], "running");
   EXPECT_EQ(rec["next_seq"], 1);
@@ -604,6 +661,9 @@ TEST_F(server_test, restart_keeps_tasks_output_and_acks) {
   auto w = d2.hello("d-1", 1, "local", {}, {{"t-run", 1, 3}});
   ASSERT_EQ(w.acked.size(), 1u);
   EXPECT_EQ(w.acked[0].seq, 2u);
+  // A replay of what was acked before the restart changes nothing.
+  d2.send(fake_daemon::output("t-run", 1, 2, {{0, 1, "before\n"}}));
+  d2.expect_ack("t-run", 1, 2);
   d2.send(fake_daemon::output("t-run", 1, 3, {{1, 1, "after\n"}}));
   d2.send(fake_daemon::state(a.record, 4, task_state::succeeded, 0));
   d2.expect_ack("t-run", 1, 4);
@@ -632,7 +692,23 @@ TEST_F(server_test, restart_requeues_when_the_daemon_does_not_return) {
   EXPECT_EQ(a.record.attempt, 2u);
 }
 
-// -- bad input on the WebSocket (§9) -------------------------------------------
+TEST_F(server_test, start_fails_cleanly_when_the_port_is_taken) {
+  start();
+  server_settings other = settings;
+  test::temp_dir dir2;
+  other.db_dir = dir2 / "db";
+  other.port = node->port();
+  auto second = server_node::start(sys, other);
+  EXPECT_FALSE(second);
+  // The same store twice: RocksDB's lock refuses it.
+  auto same = server_node::start(sys, settings);
+  ASSERT_FALSE(same);
+  EXPECT_EQ(code_of(same.error()), ec::store_locked);
+  EXPECT_EQ(http("GET", "/healthz", {}, "").body, "ok");
+}
+
+// -- bad input on the WebSocket (§9)
+// -------------------------------------------
 
 TEST_F(server_test, bad_frames_get_their_error_and_close_code) {
   settings.max_frame_bytes = 64 << 10;
@@ -709,8 +785,7 @@ TEST_F(server_test, binary_frame_is_closed_with_1003) {
   addr.sin_family = AF_INET;
   addr.sin_port = htons(node->port());
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)),
-            0);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   std::string up = "GET /ws/daemon HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -781,7 +856,8 @@ TEST_F(server_test, events_of_attempts_never_assigned_are_bad_messages) {
   EXPECT_EQ(owner.wait_closed(), proto::close_policy);
 }
 
-// -- authentication (§2) ----------------------------------------------------------
+// -- authentication (§2)
+// ----------------------------------------------------------
 
 TEST_F(server_test, keys_are_checked_with_401_and_403) {
   start();
@@ -797,10 +873,10 @@ TEST_F(server_test, keys_are_checked_with_401_and_403) {
   EXPECT_EQ(http("GET", "/healthz", {}, "").status, 200u);
   EXPECT_EQ(http("GET", "/readyz", {}, "").body, "ready");
   // The daemon endpoint: a user key is the wrong kind, no key is unknown.
-  auto& as_user = daemon(user_key);
+  auto& as_user = daemon(user_key, true);
   EXPECT_NE(as_user.wait_closed(), 0);
   EXPECT_EQ(as_user.http_status(), 403u);
-  auto& wrong = daemon("nope");
+  auto& wrong = daemon("nope", true);
   EXPECT_NE(wrong.wait_closed(), 0);
   EXPECT_EQ(wrong.http_status(), 401u);
   EXPECT_EQ(metric("makima_http_rejected_total{reason=\"auth\"}"), 5);
@@ -818,7 +894,8 @@ TEST_F(server_test, no_auth_accepts_requests_without_a_key) {
   d.hello("d-1");
 }
 
-// -- HTTP API (§10) -------------------------------------------------------------
+// -- HTTP API (§10)
+// -------------------------------------------------------------
 
 TEST_F(server_test, bad_requests_get_their_status) {
   settings.max_body_bytes = 1024;
@@ -895,6 +972,62 @@ TEST_F(server_test, cancel_queued_and_running_tasks) {
   d.send(fake_daemon::state(a.record, 2, task_state::cancelled));
   d.expect_ack("t-r", 1, 2);
   EXPECT_EQ(get("/api/v1/tasks/t-r")["state"], "cancelled");
+}
+
+TEST_F(server_test, cancel_reaches_a_daemon_that_was_away_when_it_returns) {
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  auto a = d.expect<proto::assign>();
+  d.close();
+  EXPECT_EQ(d.wait_closed(), 1000);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/cancel").status, 202u);
+  auto& back = daemon();
+  back.hello("d-1", 1, "local", {}, {{"t-1", 1, 0}});
+  auto c = back.expect<proto::cancel>();
+  EXPECT_EQ(c.task, "t-1");
+  EXPECT_EQ(c.reason, "user");
+  back.send(fake_daemon::state(a.record, 1, task_state::cancelled));
+  back.expect_ack("t-1", 1, 1);
+  EXPECT_EQ(get("/api/v1/tasks/t-1")["state"], "cancelled");
+}
+
+TEST_F(server_test, cancelled_task_of_a_lost_daemon_ends_cancelled) {
+  settings.lease = 0.3;
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  d.expect<proto::assign>();
+  d.close();
+  EXPECT_EQ(d.wait_closed(), 1000);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/cancel").status, 202u);
+  // The lease ends: cancelled instead of re-queued.
+  EXPECT_TRUE(wait_state("t-1", "cancelled", 3s));
+  EXPECT_EQ(metric("makima_queue_depth"), 0);
+}
+
+TEST_F(server_test, replay_after_a_lease_cancel_is_fenced_not_refused) {
+  settings.lease = 0.3;
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  auto a = d.expect<proto::assign>();
+  d.close();
+  EXPECT_EQ(d.wait_closed(), 1000);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/cancel").status, 202u);
+  EXPECT_TRUE(wait_state("t-1", "cancelled", 3s));
+  // The daemon returns and replays before it read the fencing cancel.
+  auto& back = daemon();
+  back.hello("d-1", 1, "local", {}, {{"t-1", 1, 1}});
+  back.send(fake_daemon::state(a.record, 1, task_state::running));
+  EXPECT_EQ(back.expect<proto::cancel>().reason, "fenced");
+  EXPECT_EQ(back.expect<proto::error>().code, "stale_attempt");
+  EXPECT_EQ(back.expect<proto::ack>().seq, 1u);
+  EXPECT_EQ(back.expect<proto::cancel>().reason, "fenced");
+  EXPECT_EQ(get("/api/v1/tasks/t-1")["state"], "cancelled");
 }
 
 /// One server-sent event.
@@ -1001,7 +1134,8 @@ TEST_F(server_test, follow_streams_output_then_end) {
   auto a = d.expect<proto::assign>();
   d.send(fake_daemon::output("t-1", 1, 1, {{0, 1, "one\n"}}));
   d.expect_ack("t-1", 1, 1);
-  sse_reader r{node->port(), "/api/v1/tasks/t-1/output?follow=1",
+  sse_reader r{node->port(),
+               "/api/v1/tasks/t-1/output?follow=1",
                {"Authorization: Bearer " + user_key}};
   ASSERT_TRUE(r.read_until([&] { return r.events.size() >= 1; }));
   EXPECT_EQ(r.head.rfind("HTTP/1.1 200", 0), 0u) << r.head;
@@ -1029,7 +1163,8 @@ TEST_F(server_test, follow_streams_output_then_end) {
   EXPECT_EQ(events[3].event, "end");
   EXPECT_EQ(json::parse(events[3].data)["state"], "succeeded");
   // Reconnecting with Last-Event-ID continues after it, then ends.
-  sse_reader again{node->port(), "/api/v1/tasks/t-1/output?follow=1&from=0",
+  sse_reader again{node->port(),
+                   "/api/v1/tasks/t-1/output?follow=1&from=0",
                    {"Authorization: Bearer " + user_key, "Last-Event-ID: 0"}};
   ASSERT_TRUE(again.read_until([&] { return again.eof; }));
   ASSERT_EQ(again.events.size(), 2u);

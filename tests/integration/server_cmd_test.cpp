@@ -109,8 +109,7 @@ TEST_F(server_cmd_test, no_auth_listens_only_on_loopback) {
 }
 
 TEST_F(server_cmd_test, prints_the_bound_port_and_exits_0_on_sigterm) {
-  test::background srv{argv({"--listen", "127.0.0.1:0", "--no-auth"}),
-                       opts()};
+  test::background srv{argv({"--listen", "127.0.0.1:0", "--no-auth"}), opts()};
   ASSERT_TRUE(srv.wait_for_output("listening on http://127.0.0.1:", 10s));
   srv.kill(SIGTERM);
   auto r = srv.wait(20s);
@@ -125,9 +124,9 @@ TEST_F(server_cmd_test, serves_the_api_and_keeps_tasks_across_a_restart) {
   const std::string user = "u-secret-key-123";
   const std::string daemon = "d-secret-key-456";
   auto port = free_port();
-  auto args = argv({"--listen", "127.0.0.1:" + std::to_string(port),
-                    "--user-key", user, "--daemon-key", daemon, "--lease",
-                    "5"});
+  auto args =
+      argv({"--listen", "127.0.0.1:" + std::to_string(port), "--user-key", user,
+            "--daemon-key", daemon, "--lease", "5"});
   std::string logs;
   {
     test::background srv{args, opts()};
