@@ -4,6 +4,8 @@
 // server SIGKILLed mid-run — checked for lost or duplicated output.
 #include "tests/integration/fleet.hpp"
 
+#include "tests/fixtures/tls_certs.hpp"
+
 #include <map>
 #include <set>
 
@@ -336,4 +338,52 @@ TEST(fleet, half_sent_and_garbage_http_requests_do_not_stop_the_server) {
   EXPECT_EQ(http.call("GET", "/healthz").status, 200u);
   EXPECT_GE(http.metric("makima_http_rejected_total{reason=\"body_limit\"}"),
             1);
+}
+
+TEST(fleet, tls_server_with_wss_daemon_and_https_cli) {
+  makima::test::tls_certs certs;
+  env e;
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server",
+                                        {"--tls-cert", certs.cert,
+                                         "--tls-key", certs.key})));
+  EXPECT_NE(srv.output().find("listening on https://"), std::string::npos)
+      << srv.output();
+  auto port = std::to_string(srv.port);
+  daemon_proc d;
+  ASSERT_TRUE(d.launch(e, "wss://127.0.0.1:" + port + "/ws/daemon", "tls",
+                       e.root() / "d", {"--ca-file", certs.ca}));
+  auto cli = [&](std::vector<std::string> args, const std::string& ca) {
+    std::vector<std::string> argv{MAKIMA_BINARY, "task"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    for (std::string a : {std::string{"--server"}, "https://127.0.0.1:" + port,
+                          std::string{"--api-key"}, std::string{user_key},
+                          std::string{"--ca-file"}, ca})
+      argv.push_back(a);
+    return makima::test::run(argv, e.opts());
+  };
+  // submit takes its command after "--", so its flags go first.
+  auto sub = makima::test::run(
+      {MAKIMA_BINARY, "task", "submit", "--server", "https://127.0.0.1:" + port,
+       "--api-key", user_key, "--ca-file", certs.ca, "--id", "secure", "--",
+       "sh", "-c", "echo over tls; exit 5"},
+      e.opts());
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  EXPECT_EQ(sub.out, "secure\n");
+  auto w = cli({"wait", "secure"}, certs.ca);
+  EXPECT_EQ(w.exit_code, 5) << w.err;
+  auto l = cli({"logs", "secure"}, certs.ca);
+  EXPECT_EQ(l.out, "over tls\n") << l.err;
+  // The wrong CA: the CLI cannot verify the server and says why.
+  auto bad = cli({"show", "secure"}, certs.other_ca);
+  EXPECT_EQ(bad.exit_code, 125) << bad.err;
+  EXPECT_NE(bad.err.find("certificate verification failed"),
+            std::string::npos)
+      << bad.err;
+  // A plain-HTTP client on the TLS port does not hurt the server.
+  api plain{"http://127.0.0.1:" + port};
+  makima::net::http_client_options o;
+  o.timeout = 3000ms;
+  (void)makima::net::http_request("GET", plain.base + "/healthz", {}, o);
+  EXPECT_EQ(cli({"show", "secure"}, certs.ca).exit_code, 0);
 }
