@@ -1,31 +1,30 @@
 // The catalogue of makima's actors: every typed interface, in one place.
-// Read this file to see the whole message flow of a node:
+// Read this file to see the whole message flow.
 //
-//   LINK (server side; in-process for `run`)
-//     │ assign / cancel                          ▲ output, state, result
-//     ▼                                          │ (each already persisted)
-//   DAEMON (supervisor) ── spawns one per attempt ──▶ TASK
-//     │ one per repository URL                    │ │
-//     prepare/reopen/commit/snapshot/push/remove ▼                           │
-//     ▼
-//   REPO (libgit2, detached) ◀────────────────────┘ REPO
-//                                                 │ create/put/output
-//                                                 ▼
-//                                             PERSISTENCE (RocksDB, detached)
+// A node (`makima run`, `makima daemon`, the daemon half of `makima local`):
+//
+//   LINK ── assign / cancel ──▶ DAEMON ── spawns one per attempt ──▶ TASK
+//    ▲                            │ one REPO per repository URL       │
+//    │                            ▼                                   │
+//    │                          REPO (libgit2, detached) ◀─ prepare, ─┤
+//    │                                                   commit, push │
+//    │                          PERSISTENCE (RocksDB) ◀─ create, put, ┤
+//    │                                                   output       │
+//    └──────── output / state / result (each already persisted) ──────┘
 //
 // The TASK actor writes every fact to PERSISTENCE first and reports it to
-// the LINK only after the write succeeded. It cannot tell whether the LINK
-// is the in-process `local_link` (`makima run`) or the CONNECTION actor of
-// `makima daemon` (actors/connection.hpp), which writes each event to the
-// outbox (PERSISTENCE) and sends it to a server over WebSocket: both
-// implement `link_actor`.
+// the LINK only after the write succeeded. It cannot tell which LINK it
+// has: `local_link` writes to the terminal (`makima run`); the CONNECTION
+// actor (`makima daemon`, actors/connection.hpp) also writes each event to
+// the outbox in PERSISTENCE and sends it to a server over WebSocket.
 //
-// On a server (`makima server`, `makima local`), one SERVER actor (detached,
-// owns the server's RocksDB) holds tasks, daemons and the queue:
+// A server (`makima server`, the server half of `makima local`): one SERVER
+// actor (detached, owns the server's RocksDB) holds tasks, daemons, the
+// queue and the HTTP API:
 //
 //   net::server (io thread) ── http / ws_open / ws_text / ws_close ──▶ SERVER
-//   SERVER ── welcome / assign / cancel / ack / drain (net::server::send) ──▶
-//     daemons over WebSocket; HTTP replies through net::http_reply
+//   SERVER ── welcome / assign / cancel / ack / drain ──▶ CONNECTION (remote)
+//   CONNECTION ── hello / heartbeat / event ──▶ SERVER  (docs/protocol.md)
 #pragma once
 
 #include <cstdint>
@@ -92,7 +91,7 @@ using persistence_actor = caf::typed_actor<
 
 /// The LINK is the server side as seen from a node: it hands out work and
 /// receives what tasks did. `local_link` serves it in-process for `makima
-/// run`; the network CONNECTION actor will serve it over WebSocket.
+/// run`; the CONNECTION actor serves it over WebSocket.
 /// Receives from TASK; every message describes something already persisted.
 using link_actor = caf::typed_actor<
     // Output chunks of an attempt (task id, attempt, chunks); the reply lets
