@@ -581,11 +581,43 @@ private:
     http::async_write(
         stream_, *r,
         [self = shared_from_this(), r](beast::error_code e, size_t) {
-          if (e || !r->keep_alive()) {
+          if (e) {
             self->shutdown();
             return;
           }
+          if (!r->keep_alive()) {
+            self->linger_close();
+            return;
+          }
           self->read_header(self->srv_->opts.idle_timeout);
+        });
+  }
+
+  // Closes after a response without dropping it: a client may still be
+  // sending (a 413 is sent while the body arrives), and closing a socket
+  // with unread data makes the kernel answer with RST, which can destroy
+  // the response before the client read it (RFC 9112 §9.6). So: send FIN,
+  // read and discard until the client closes or 2 s passed, then close.
+  // Over TLS the stream is simply shut down.
+  void linger_close() {
+    if constexpr (std::is_same_v<Stream, tls_stream>) {
+      shutdown();
+    } else {
+      beast::error_code ignored;
+      tcp().socket().shutdown(tcp::socket::shutdown_send, ignored);
+      tcp().expires_after(std::chrono::seconds(2));
+      drain();
+    }
+  }
+
+  void drain() {
+    tcp().async_read_some(
+        asio::buffer(drain_buf_),
+        [self = shared_from_this()](beast::error_code e, size_t) {
+          if (e)
+            self->shutdown();
+          else
+            self->drain();
         });
   }
 
@@ -603,6 +635,7 @@ private:
   bool upgraded_ = false;
   std::deque<std::string> out_;
   std::array<char, 256> scratch_;
+  std::array<char, 16384> drain_buf_;
   std::function<void()> on_disconnect_;
 };
 
