@@ -98,3 +98,37 @@ TEST(local, unreachable_server_is_a_clear_error) {
   EXPECT_NE(r.err.find("cannot reach the server"), std::string::npos)
       << r.err;
 }
+
+TEST(local, non_loopback_listen_needs_user_keys) {
+  env e;
+  auto r = makima::test::run({MAKIMA_BINARY, "local", "--listen", "0.0.0.0:0",
+                              "--data-dir", (e.root() / "d").string()},
+                             e.opts());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("needs user keys"), std::string::npos) << r.err;
+}
+
+TEST(local, sigterm_stops_and_a_running_task_reruns_at_the_next_start) {
+  env e;
+  auto data = e.root() / "local";
+  server_proc node;
+  ASSERT_TRUE(node.launch(e, {"local", "--listen", "127.0.0.1:0", "--data-dir",
+                              data.string()}));
+  api http{node.http(), ""};
+  auto id = http.submit({{"id", "again"},
+                         {"argv", {"sh", "-c", "echo run; sleep 1; echo end"}}});
+  ASSERT_TRUE(eventually([&] { return http.output(id).out == "run\n"; },
+                         20000ms));
+  auto stopped = node.stop(SIGTERM);
+  EXPECT_EQ(stopped.exit_code, 0) << stopped.err;
+  // The next start reports the dead attempt; the server runs it again.
+  server_proc again;
+  ASSERT_TRUE(again.launch(e, {"local", "--listen", "127.0.0.1:0",
+                               "--data-dir", data.string()}));
+  api http2{again.http(), ""};
+  ASSERT_TRUE(http2.wait_terminal({id}, 30000ms));
+  auto rec = http2.task(id);
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << rec.dump();
+  EXPECT_EQ(rec.value("attempt", 0), 2);
+  EXPECT_EQ(http2.output(id).out, "run\nrun\nend\n");
+}
