@@ -521,14 +521,14 @@ void dispatch(self_ptr self) {
   auto& st = self->state;
   if (st.draining || st.queue.empty())
     return;
-  // Nothing to do without free capacity (keeps a long queue cheap).
-  bool free = false;
+  // Nothing to do without free capacity, and the scan stops once every
+  // slot is taken: a long queue costs only what gets assigned (dispatch
+  // runs on every submit and result).
+  size_t free_slots = 0;
   for (auto& [id, d] : st.daemons)
-    if (d.connected && d.tasks.size() < d.capacity) {
-      free = true;
-      break;
-    }
-  if (!free)
+    if (d.connected && d.tasks.size() < d.capacity)
+      free_slots += d.capacity - d.tasks.size();
+  if (free_slots == 0)
     return;
   // Acks of the frames handled so far go out before any assignment.
   flush_acks(self);
@@ -544,10 +544,13 @@ void dispatch(self_ptr self) {
       continue;
     }
     assign(self, t->second, *d);
-    if (t->second.rec.state == task_state::queued)
+    if (t->second.rec.state == task_state::queued) {
       ++it; // store failed: stays queued
-    else
-      it = st.queue.erase(it);
+      continue;
+    }
+    it = st.queue.erase(it);
+    if (--free_slots == 0)
+      break;
   }
 }
 

@@ -173,7 +173,7 @@ int throughput(const args& a) {
                    succeeded(a) - before, a.tasks);
       return 1;
     }
-    std::this_thread::sleep_for(5ms);
+    std::this_thread::sleep_for(20ms);
   }
   auto t1 = std::chrono::steady_clock::now();
   double secs = std::chrono::duration<double>(t1 - t0).count();
