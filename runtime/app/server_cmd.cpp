@@ -66,6 +66,22 @@ double heartbeat_for(const config& cfg) {
   return std::min(cfg.heartbeat, cfg.lease / 3);
 }
 
+/// The settings both `server` and `local` take from the configuration;
+/// each command then sets its store, keys and TLS.
+server_settings settings_for(const config& cfg, const std::string& host,
+                             uint16_t port) {
+  server_settings s;
+  s.host = host;
+  s.port = port;
+  s.sync = cfg.sync;
+  s.lease = cfg.lease;
+  s.heartbeat = heartbeat_for(cfg);
+  s.max_frame_bytes = cfg.max_frame_bytes;
+  s.max_body_bytes = cfg.max_body_bytes;
+  s.version = MAKIMA_VERSION;
+  return s;
+}
+
 struct server_options {
   common_options common;
   std::string listen;
@@ -136,21 +152,13 @@ int cmd_server(server_options& o) {
   if (ec_dir)
     fail(exit_internal, "cannot create data dir " + cfg.db_dir.string() + ": "
                             + ec_dir.message());
-  server_settings s;
-  s.host = host;
-  s.port = port;
+  auto s = settings_for(cfg, host, port);
   s.db_dir = cfg.db_dir;
-  s.sync = cfg.sync;
   s.user_keys = cfg.user_keys;
   s.daemon_keys = cfg.daemon_keys;
   s.no_auth = o.no_auth;
-  s.lease = cfg.lease;
-  s.heartbeat = heartbeat_for(cfg);
-  s.max_frame_bytes = cfg.max_frame_bytes;
-  s.max_body_bytes = cfg.max_body_bytes;
   s.tls_cert = cfg.tls_cert.string();
   s.tls_key = cfg.tls_key.string();
-  s.version = MAKIMA_VERSION;
   system_config sys_cfg;
   caf::actor_system sys{sys_cfg};
   auto node = server_node::start(sys, s);
@@ -220,20 +228,12 @@ int cmd_local(local_options& o) {
     fail(exit_usage, "makima local on '" + host
                          + "' (not loopback) needs user keys "
                            "(MAKIMA_SERVER_USER_KEYS or server.user_keys)");
-  server_settings s;
-  s.host = host;
-  s.port = port;
+  auto s = settings_for(cfg, host, port);
   s.db_dir = cfg.data_dir / "server";
-  s.sync = cfg.sync;
   s.user_keys = cfg.user_keys;
   auto daemon_key = random_key();
   s.daemon_keys = {daemon_key};
   s.no_auth = loopback && cfg.user_keys.empty();
-  s.lease = cfg.lease;
-  s.heartbeat = heartbeat_for(cfg);
-  s.max_frame_bytes = cfg.max_frame_bytes;
-  s.max_body_bytes = cfg.max_body_bytes;
-  s.version = MAKIMA_VERSION;
   std::error_code ec_dir;
   std::filesystem::create_directories(s.db_dir, ec_dir);
   if (ec_dir)

@@ -113,18 +113,6 @@ protected:
     return out;
   }
 
-  /// Accepts the next connection: waits for open and hello, welcomes.
-  std::pair<net::conn_id, proto::hello>
-  accept(fake_server& srv, std::vector<proto::attempt_seq> acked = {}) {
-    auto id = srv.wait_open(10s);
-    EXPECT_TRUE(id) << "the daemon did not connect";
-    auto h = srv.wait_frame<proto::hello>(10s);
-    EXPECT_TRUE(h) << "no hello";
-    if (!id || !h)
-      return {};
-    srv.welcome(*id, 1, std::move(acked));
-    return {*id, h->second};
-  }
 
   static task_record record(const std::string& id,
                             std::vector<std::string> argv, uint32_t attempt = 1,
@@ -185,7 +173,7 @@ TEST_F(connection_test, HelloThenEventsInSeqOrderWithExactOutput) {
       << "[core]\n\tbare = true\n[remote \"origin\"]\n"
          "\turl = https://git.example/r.git\n\tfetch = +refs/*:refs/*\n";
   start_node(options(srv));
-  auto [id, hello] = accept(srv);
+  auto [id, hello] = srv.accept();
   EXPECT_EQ(hello.daemon_id.rfind("d-", 0), 0u) << hello.daemon_id;
   EXPECT_EQ(hello.name, "node-1");
   EXPECT_EQ(hello.pool, "k8s");
@@ -240,7 +228,7 @@ TEST_F(connection_test, HelloThenEventsInSeqOrderWithExactOutput) {
 TEST_F(connection_test, ReconnectReplaysExactlyTheUnackedEvents) {
   fake_server srv;
   start_node(options(srv));
-  auto [id, hello] = accept(srv);
+  auto [id, hello] = srv.accept();
   srv.send(id, assign(record("t2", {"sh", "-c", "echo one; echo two >&2"})));
   auto first = test::collect_attempt(srv, "t2", 1, 20s);
   ASSERT_GE(first.size(), 3u);
@@ -250,7 +238,7 @@ TEST_F(connection_test, ReconnectReplaysExactlyTheUnackedEvents) {
   // No ack; the server drops the connection. The daemon comes back,
   // lists the attempt with its last seq, and replays what is past the ack.
   srv.close(id, proto::close_going_away);
-  auto [id2, hello2] = accept(srv, {{"t2", 1, 1}});
+  auto [id2, hello2] = srv.accept({{"t2", 1, 1}});
   ASSERT_EQ(hello2.running.size(), 1u);
   EXPECT_EQ(hello2.running[0], (proto::attempt_seq{"t2", 1, n}));
   auto again = test::collect_attempt(srv, "t2", 1, 10s);
@@ -265,7 +253,7 @@ TEST_F(connection_test, ReconnectReplaysExactlyTheUnackedEvents) {
     std::this_thread::sleep_for(20ms);
   EXPECT_TRUE(outbox().attempts.empty());
   srv.close(id2, proto::close_going_away);
-  auto [id3, hello3] = accept(srv);
+  auto [id3, hello3] = srv.accept();
   EXPECT_TRUE(hello3.running.empty());
   auto none = srv.wait_frame<proto::event>(500ms);
   EXPECT_FALSE(none) << "an acked event was sent again";
@@ -274,7 +262,7 @@ TEST_F(connection_test, ReconnectReplaysExactlyTheUnackedEvents) {
 TEST_F(connection_test, DuplicateAssignmentsAreIgnored) {
   fake_server srv;
   start_node(options(srv));
-  auto [id, hello] = accept(srv);
+  auto [id, hello] = srv.accept();
   auto rec = record("t9", {"sh", "-c", "echo once"});
   srv.send(id, assign(rec));
   srv.send(id, assign(rec));
@@ -298,7 +286,7 @@ TEST_F(connection_test, DuplicateAssignmentsAreIgnored) {
 TEST_F(connection_test, UserCancelEndsWithCancelledResult) {
   fake_server srv;
   start_node(options(srv));
-  auto [id, hello] = accept(srv);
+  auto [id, hello] = srv.accept();
   srv.send(id, assign(record("t3", {"sh", "-c", "echo ready; exec sleep 30"})));
   auto ready_ev = srv.wait_frame<proto::event>(10s, [](const proto::event& e) {
     return e.kind == proto::event_kind::output;
@@ -316,7 +304,7 @@ TEST_F(connection_test, UserCancelEndsWithCancelledResult) {
 TEST_F(connection_test, FencedCancelKillsAtOnceAndSendsNothingMore) {
   fake_server srv;
   start_node(options(srv));
-  auto [id, hello] = accept(srv);
+  auto [id, hello] = srv.accept();
   auto pidfile = dir.path() / "pid";
   // SIGTERM is ignored and the grace is long: only a SIGKILL ends it soon.
   auto rec = record("t4", {"sh", "-c",
@@ -359,7 +347,7 @@ TEST_F(connection_test, FencedCancelKillsAtOnceAndSendsNothingMore) {
 TEST_F(connection_test, DrainFinishesWorkWaitsForAcksThenCloses1000) {
   fake_server srv;
   start_node(options(srv));
-  auto [id, hello] = accept(srv);
+  auto [id, hello] = srv.accept();
   srv.send(id, assign(record("t5", {"sh", "-c", "sleep 0.3; echo done"})));
   srv.send(id, proto::drain{"shutdown"});
   // New work is refused while draining.
@@ -401,7 +389,7 @@ TEST_F(connection_test, RefusedKeyIsRetriedWithBackoff) {
 TEST_F(connection_test, MalformedFramesCloseTheConnectionNotTheDaemon) {
   fake_server srv;
   start_node(options(srv));
-  auto [id, hello] = accept(srv);
+  auto [id, hello] = srv.accept();
   srv.send_raw(id, "this is not json");
   auto err = srv.wait_frame<proto::error>(5s);
   ASSERT_TRUE(err);
@@ -410,7 +398,7 @@ TEST_F(connection_test, MalformedFramesCloseTheConnectionNotTheDaemon) {
   ASSERT_TRUE(code);
   EXPECT_EQ(*code, proto::close_invalid_payload);
 
-  auto [id2, hello2] = accept(srv);
+  auto [id2, hello2] = srv.accept();
   srv.send_raw(id2, "{\"v\":1,\"type\":\"bogus\"}");
   err = srv.wait_frame<proto::error>(5s);
   ASSERT_TRUE(err);
@@ -442,7 +430,7 @@ TEST_F(connection_test, MalformedFramesCloseTheConnectionNotTheDaemon) {
   EXPECT_EQ(*code, proto::close_policy);
 
   // Still a working daemon.
-  auto [id3, hello3] = accept(srv);
+  auto [id3, hello3] = srv.accept();
   srv.send(id3, assign(record("t7", {"echo", "alive"})));
   auto events = test::collect_attempt(srv, "t7", 1, 10s);
   ASSERT_FALSE(events.empty());
@@ -452,7 +440,7 @@ TEST_F(connection_test, MalformedFramesCloseTheConnectionNotTheDaemon) {
 TEST_F(connection_test, HeartbeatsWhenIdleAndReconnectsWhenServerIsSilent) {
   fake_server srv;
   start_node(options(srv));
-  auto [id, hello] = accept(srv);
+  auto [id, hello] = srv.accept();
   // Heartbeat 1 s: one arrives; the server never answers, so after 3 s of
   // silence the daemon drops the connection and comes back.
   auto hb = srv.wait_frame<proto::heartbeat>(3s);
@@ -470,7 +458,7 @@ TEST_F(connection_test, WindowHoldsOutputUntilAcks) {
   auto o = options(srv);
   o.window_events = 3;
   start_node(o);
-  auto [id, hello] = accept(srv);
+  auto [id, hello] = srv.accept();
   // 200 lines in separate writes: many more events than the window.
   srv.send(id,
            assign(record("t8", {"sh", "-c",

@@ -25,18 +25,6 @@ std::vector<std::string> daemon_argv(const env& e, const fake_server& srv,
   return argv;
 }
 
-/// Accepts the next connection: open, hello, welcome.
-std::pair<net::conn_id, proto::hello>
-accept(fake_server& srv, std::vector<proto::attempt_seq> acked = {}) {
-  auto id = srv.wait_open(15s);
-  EXPECT_TRUE(id) << "the daemon did not connect";
-  auto h = srv.wait_frame<proto::hello>(10s);
-  EXPECT_TRUE(h) << "no hello";
-  if (!id || !h)
-    return {};
-  srv.welcome(*id, 1, std::move(acked));
-  return {*id, h->second};
-}
 
 proto::assign assignment(const std::string& id, std::vector<std::string> argv,
                          uint32_t attempt = 1, uint64_t next_seq = 0) {
@@ -69,7 +57,7 @@ TEST(Daemon, SigkilledMidTaskRestartsReplaysAndReportsInterrupted) {
   std::string daemon_id;
   {
     test::background d(daemon_argv(e, srv), e.opts());
-    auto [id, hello] = accept(srv);
+    auto [id, hello] = srv.accept();
     daemon_id = hello.daemon_id;
     ASSERT_TRUE(d.wait_for_output("makima: connected to " + srv.url(), 10s));
     srv.send(id,
@@ -91,7 +79,7 @@ TEST(Daemon, SigkilledMidTaskRestartsReplaysAndReportsInterrupted) {
   // interrupted (event n+1) after the unacked ones (2..n).
   uint64_t n = before.size();
   test::background d(daemon_argv(e, srv), e.opts());
-  auto [id, hello] = accept(srv, {{"k1", 3, 1}});
+  auto [id, hello] = srv.accept({{"k1", 3, 1}});
   EXPECT_EQ(hello.daemon_id, daemon_id) << "the daemon id must be stable";
   ASSERT_EQ(hello.running.size(), 1u);
   EXPECT_EQ(hello.running[0], (proto::attempt_seq{"k1", 3, n + 1}));
@@ -139,7 +127,7 @@ TEST(Daemon, SigtermStopsAtOnceAndTheRunningAttemptIsInterrupted) {
   auto pidfile = e.root() / "child.pid";
   {
     test::background d(daemon_argv(e, srv), e.opts());
-    auto [id, hello] = accept(srv);
+    auto [id, hello] = srv.accept();
     srv.send(id, assignment("k3", {"sh", "-c",
                                    "echo $$ > " + pidfile.string()
                                        + "; echo up; exec sleep 60"}));
@@ -165,7 +153,7 @@ TEST(Daemon, SigtermStopsAtOnceAndTheRunningAttemptIsInterrupted) {
   EXPECT_TRUE(gone) << "the task's child outlived the daemon";
   // The next start reports the attempt as interrupted.
   test::background d(daemon_argv(e, srv), e.opts());
-  auto [id, hello] = accept(srv, {});
+  auto [id, hello] = srv.accept({});
   ASSERT_EQ(hello.running.size(), 1u);
   EXPECT_EQ(hello.running[0].task, "k3");
   auto result = srv.wait_frame<proto::event>(10s, [](const proto::event& ev) {
@@ -180,7 +168,7 @@ TEST(Daemon, DrainExitsZeroOnceEverythingIsAcked) {
   env e;
   fake_server srv;
   test::background d(daemon_argv(e, srv), e.opts());
-  auto [id, hello] = accept(srv);
+  auto [id, hello] = srv.accept();
   srv.send(id, assignment("k2", {"sh", "-c", "sleep 0.2; echo bye"}));
   srv.send(id, proto::drain{"shutdown"});
   auto events = test::collect_attempt(srv, "k2", 1, 10s);
