@@ -7,6 +7,7 @@
 
 #include "actors/messages.hpp"
 #include "runtime/error.hpp"
+#include "runtime/ids.hpp"
 #include "runtime/log.hpp"
 #include "runtime/store/db.hpp"
 
@@ -126,6 +127,44 @@ void add_common(CLI::App* cmd, common_options& o) {
   cmd->add_option("--config", o.config_file,
                   "TOML config file (default: $MAKIMA_CONFIG, else "
                   "~/.config/makima/makima.toml if present)");
+}
+
+CLI::Option* add_task_flags(CLI::App* cmd, task_flags& f) {
+  cmd->add_option("--repo", f.repo, "git repository (path or URL)");
+  cmd->add_option("--ref", f.ref,
+                  "branch, tag or commit (default: the remote's HEAD)");
+  auto id = cmd->add_option("--id", f.id, "task id (default: generated)");
+  cmd->add_option("--timeout", f.timeout, "seconds until SIGTERM (0 = none)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--grace", f.grace,
+                  "seconds from SIGTERM to SIGKILL (default 10)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--env", f.env, "KEY=VALUE for the child (repeatable)")
+      ->type_size(1)
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_flag("--commit", f.commit,
+                "commit every change on the task branch at the end");
+  cmd->add_option("--push", f.push, "push the task branch to URL");
+  return id;
+}
+
+void check_task_flags(const task_flags& f) {
+  if (f.id_given) {
+    if (f.id.empty())
+      fail(exit_usage, "--id must not be empty");
+    if (auto err = validate_task_id(f.id))
+      fail(exit_usage, describe(err));
+  }
+  for (auto& kv : f.env) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      fail(exit_usage, "--env expects KEY=VALUE, got '" + kv + "'");
+  }
+  if (!f.push.empty() && f.repo.empty())
+    fail(exit_usage, "--push needs --repo");
+  if (f.commit && f.repo.empty())
+    fail(exit_usage, "--commit needs --repo");
 }
 
 } // namespace makima::app

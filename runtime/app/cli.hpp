@@ -20,6 +20,7 @@
 
 namespace CLI {
 class App;
+class Option;
 } // namespace CLI
 
 namespace makima::store {
@@ -81,6 +82,31 @@ std::unique_ptr<opened_db> open_primary(const config& cfg);
 /// Opens the database for reading: read-write when free, else as a
 /// secondary next to the running makima. Null when there is no database.
 std::unique_ptr<opened_db> open_for_reading(const config& cfg);
+
+/// What `makima run` and `makima task submit` both take to describe a
+/// task, plus the command after "--".
+struct task_flags {
+  std::string repo;
+  std::string ref;
+  std::string id;
+  /// Whether --id was given (an empty --id is an error, not "generate").
+  bool id_given = false;
+  /// Seconds; -1 = not given.
+  double timeout = -1;
+  double grace = -1;
+  std::vector<std::string> env;
+  bool commit = false;
+  std::string push;
+  std::vector<std::string> command;
+};
+
+/// Adds --repo, --ref, --id, --timeout, --grace, --env, --commit and --push
+/// to `cmd`; returns the --id option (its count() sets `id_given`).
+CLI::Option* add_task_flags(CLI::App* cmd, task_flags& f);
+
+/// Leaves with exit_usage on an empty or invalid --id, an --env that is not
+/// KEY=VALUE, or --commit / --push without --repo.
+void check_task_flags(const task_flags& f);
 
 /// Subcommands a file adds: each CLI11 subcommand with what runs it when
 /// it was selected.

@@ -300,37 +300,20 @@ int follow(api_client& api, const std::string& id, uint64_t from, bool print) {
 struct submit_options {
   common_options common;
   server_flags server;
-  std::string repo;
-  std::string ref;
-  std::string id;
-  bool id_given = false;
-  double timeout = -1;
-  double grace = -1;
-  std::vector<std::string> env;
+  task_flags task;
   std::vector<std::string> selector;
-  bool commit = false;
-  std::string push;
-  std::vector<std::string> command;
 };
 
 int cmd_submit(submit_options& o) {
-  if (o.command.empty())
+  auto& t = o.task;
+  if (t.command.empty())
     fail(exit_usage, "submit: no command given (usage: makima task submit "
                      "--server URL [OPTIONS] -- COMMAND [ARGS...])");
+  check_task_flags(t);
   json body;
-  body["argv"] = o.command;
-  if (o.id_given) {
-    if (o.id.empty())
-      fail(exit_usage, "--id must not be empty");
-    if (auto err = validate_task_id(o.id))
-      fail(exit_usage, describe(err));
-    body["id"] = o.id;
-  }
-  for (auto& kv : o.env) {
-    auto eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0)
-      fail(exit_usage, "--env expects KEY=VALUE, got '" + kv + "'");
-  }
+  body["argv"] = t.command;
+  if (t.id_given)
+    body["id"] = t.id;
   auto selector = json::object();
   for (auto& kv : o.selector) {
     auto eq = kv.find('=');
@@ -338,24 +321,20 @@ int cmd_submit(submit_options& o) {
       fail(exit_usage, "--selector expects KEY=VALUE, got '" + kv + "'");
     selector[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
-  if (!o.push.empty() && o.repo.empty())
-    fail(exit_usage, "--push needs --repo");
-  if (o.commit && o.repo.empty())
-    fail(exit_usage, "--commit needs --repo");
-  if (!o.repo.empty())
-    body["repo"] = git::canonical_url(o.repo);
-  if (!o.ref.empty())
-    body["ref"] = o.ref;
-  if (!o.env.empty())
-    body["env"] = o.env;
-  if (o.timeout >= 0)
-    body["timeout"] = o.timeout;
-  if (o.grace >= 0)
-    body["grace"] = o.grace;
-  if (o.commit)
+  if (!t.repo.empty())
+    body["repo"] = git::canonical_url(t.repo);
+  if (!t.ref.empty())
+    body["ref"] = t.ref;
+  if (!t.env.empty())
+    body["env"] = t.env;
+  if (t.timeout >= 0)
+    body["timeout"] = t.timeout;
+  if (t.grace >= 0)
+    body["grace"] = t.grace;
+  if (t.commit)
     body["commit"] = true;
-  if (!o.push.empty())
-    body["push_url"] = git::canonical_url(o.push);
+  if (!t.push.empty())
+    body["push_url"] = git::canonical_url(t.push);
   if (!selector.empty())
     body["selector"] = selector;
   api_client api{*resolve_server(o.common, o.server, true)};
@@ -481,11 +460,7 @@ void add_client_commands(CLI::App& task, command_table& out,
                      "TOML config file (default: $MAKIMA_CONFIG, else "
                      "~/.config/makima/makima.toml if present)");
   add_server_flags(submit, so->server);
-  submit->add_option("--repo", so->repo, "git repository (URL or path)");
-  submit->add_option("--ref", so->ref,
-                     "branch, tag or commit (default: the remote's HEAD)");
-  auto id_opt =
-      submit->add_option("--id", so->id, "task id (default: generated)");
+  auto id_opt = add_task_flags(submit, so->task);
   submit
       ->add_option("--selector", so->selector,
                    "K=V a daemon must have as a label (pool=NAME: its "
@@ -493,23 +468,11 @@ void add_client_commands(CLI::App& task, command_table& out,
       ->type_size(1)
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  submit
-      ->add_option("--timeout", so->timeout, "seconds until SIGTERM (0 = none)")
-      ->check(CLI::NonNegativeNumber);
-  submit->add_option("--grace", so->grace, "seconds from SIGTERM to SIGKILL")
-      ->check(CLI::NonNegativeNumber);
-  submit->add_option("--env", so->env, "KEY=VALUE for the child (repeatable)")
-      ->type_size(1)
-      ->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  submit->add_flag("--commit", so->commit,
-                   "commit every change on the task branch at the end");
-  submit->add_option("--push", so->push, "push the task branch to URL");
   submit->footer("Usage: makima task submit --server URL [OPTIONS] -- COMMAND "
                  "[ARGS...]\nPrints the task id on stdout.");
-  trailing.emplace_back(submit, &so->command);
+  trailing.emplace_back(submit, &so->task.command);
   out.emplace_back(submit, [so, id_opt] {
-    so->id_given = id_opt->count() > 0;
+    so->task.id_given = id_opt->count() > 0;
     return cmd_submit(*so);
   });
 

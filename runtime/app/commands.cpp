@@ -206,57 +206,37 @@ int run_to_completion(local_node& node, const config& cfg, task_record rec) {
 
 struct run_options {
   common_options common;
-  std::string repo;
-  std::string ref;
-  std::string id;
-  bool id_given = false;
-  double timeout = -1;
-  double grace = -1;
-  std::vector<std::string> env;
-  bool commit = false;
-  std::string push;
-  std::vector<std::string> command;
+  task_flags task;
 };
 
 int cmd_run(run_options& o) {
-  if (!o.command.empty() && o.command.front() == "--")
-    o.command.erase(o.command.begin());
+  auto& t = o.task;
+  if (!t.command.empty() && t.command.front() == "--")
+    t.command.erase(t.command.begin());
   // CLI11 hands over a trailing "--" when it saw one after the options.
-  if (!o.command.empty() && o.command.back() == "--")
-    o.command.pop_back();
-  if (o.command.empty())
+  if (!t.command.empty() && t.command.back() == "--")
+    t.command.pop_back();
+  if (t.command.empty())
     fail(exit_usage, "run: no command given (usage: makima run [OPTIONS] -- "
                      "COMMAND [ARGS...])");
   auto cfg = resolve_config(o.common, [&](config& c) {
-    if (o.timeout >= 0)
-      c.timeout = o.timeout;
-    if (o.grace >= 0)
-      c.grace = o.grace;
+    if (t.timeout >= 0)
+      c.timeout = t.timeout;
+    if (t.grace >= 0)
+      c.grace = t.grace;
   });
+  check_task_flags(t);
   task_record rec;
-  if (o.id_given && o.id.empty())
-    fail(exit_usage, "--id must not be empty");
-  rec.spec.id = o.id.empty() ? make_task_id() : o.id;
-  if (auto err = validate_task_id(rec.spec.id))
-    fail(exit_usage, describe(err));
-  for (auto& kv : o.env) {
-    auto eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0)
-      fail(exit_usage, "--env expects KEY=VALUE, got '" + kv + "'");
-  }
-  if (!o.push.empty() && o.repo.empty())
-    fail(exit_usage, "--push needs --repo");
-  if (o.commit && o.repo.empty())
-    fail(exit_usage, "--commit needs --repo");
-  rec.spec.argv = o.command;
-  rec.spec.repo = o.repo.empty() ? std::string{} : git::canonical_url(o.repo);
-  rec.spec.ref = o.ref;
-  rec.spec.env = o.env;
+  rec.spec.id = t.id_given ? t.id : make_task_id();
+  rec.spec.argv = t.command;
+  rec.spec.repo = t.repo.empty() ? std::string{} : git::canonical_url(t.repo);
+  rec.spec.ref = t.ref;
+  rec.spec.env = t.env;
   rec.spec.timeout = cfg.timeout;
   rec.spec.grace = cfg.grace;
-  rec.spec.commit = o.commit;
+  rec.spec.commit = t.commit;
   rec.spec.push_url =
-      o.push.empty() ? std::string{} : git::canonical_url(o.push);
+      t.push.empty() ? std::string{} : git::canonical_url(t.push);
   rec.spec.created_at = now_ms();
   rec.updated_at = rec.spec.created_at;
   rec.attempt = 1;
@@ -483,24 +463,7 @@ int run_cli(int argc, char** argv) {
   auto run = app.add_subcommand(
       "run", "run one task in this process; exits with the task's exit code");
   add_common(run, run_opts.common);
-  run->add_option("--repo", run_opts.repo, "git repository (path or URL)");
-  run->add_option("--ref", run_opts.ref,
-                  "branch, tag or commit (default: the remote's HEAD)");
-  auto id_opt =
-      run->add_option("--id", run_opts.id, "task id (default: generated)");
-  run->add_option("--timeout", run_opts.timeout,
-                  "seconds until SIGTERM (0 = none)")
-      ->check(CLI::NonNegativeNumber);
-  run->add_option("--grace", run_opts.grace,
-                  "seconds from SIGTERM to SIGKILL (default 10)")
-      ->check(CLI::NonNegativeNumber);
-  run->add_option("--env", run_opts.env, "KEY=VALUE for the child (repeatable)")
-    ->type_size(1)
-    ->expected(1)
-    ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  run->add_flag("--commit", run_opts.commit,
-                "commit every change on the task branch at the end");
-  run->add_option("--push", run_opts.push, "push the task branch to URL");
+  auto id_opt = add_task_flags(run, run_opts.task);
 
   run->footer(
       "Usage: makima run [OPTIONS] [--] COMMAND [ARGS...]\n\n"
@@ -550,7 +513,7 @@ int run_cli(int argc, char** argv) {
   resume->add_option("id", resume_id, "task id")->required();
 
   command_table network;
-  trailing_table trailing{{run, &run_opts.command}};
+  trailing_table trailing{{run, &run_opts.task.command}};
   add_client_commands(*task, network, trailing);
   add_server_commands(app, network);
   add_daemon_command(app, network);
@@ -598,7 +561,7 @@ int run_cli(int argc, char** argv) {
   }
   try {
     if (*run) {
-      run_opts.id_given = id_opt->count() > 0;
+      run_opts.task.id_given = id_opt->count() > 0;
       return cmd_run(run_opts);
     }
     if (*list) {
