@@ -80,9 +80,13 @@ TEST(retry_fleet, server_restarts_within_the_lease_rerun_nothing) {
   server_proc srv;
   ASSERT_TRUE(srv.launch(e, server_args(data, {"--lease", "3"})));
   auto port = srv.port;
-  daemon_proc d;
-  ASSERT_TRUE(d.launch(e, srv.ws(), "d", e.root() / "d",
-                       {"--max-tasks", "16"}));
+  // Two daemons: each reconnects on its own backoff.
+  std::vector<daemon_proc> ds(2);
+  for (int i = 0; i < 2; ++i)
+    ASSERT_TRUE(ds[i].launch(e, srv.ws(), "d" + std::to_string(i),
+                             e.root() / ("d" + std::to_string(i)),
+                             {"--max-tasks", "16"}));
+  auto& d = ds[0];
   api http{srv.http()};
   std::vector<std::string> ids;
   auto task = [](const std::string& id) {
@@ -94,10 +98,10 @@ TEST(retry_fleet, server_restarts_within_the_lease_rerun_nothing) {
                   "i=$((i+1)); sleep 0.5; done",
                   id}}};
   };
-  const std::vector<std::chrono::milliseconds> outages{2500ms, 2000ms, 2500ms,
-                                                       1500ms};
+  const std::vector<std::chrono::milliseconds> outages{
+      2500ms, 2000ms, 2500ms, 2500ms, 1500ms, 2500ms};
   for (size_t cycle = 0; cycle < outages.size(); ++cycle) {
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 4; ++i) {
       auto id = "c" + std::to_string(cycle) + "-" + std::to_string(i);
       ASSERT_EQ(http.submit(task(id)), id);
       ids.push_back(id);
@@ -114,10 +118,10 @@ TEST(retry_fleet, server_restarts_within_the_lease_rerun_nothing) {
     ASSERT_TRUE(eventually(
         [&] {
           auto list = http.get_json("/api/v1/daemons");
+          int n = 0;
           for (auto& x : list["daemons"])
-            if (x.value("connected", false))
-              return true;
-          return false;
+            n += x.value("connected", false) ? 1 : 0;
+          return n == 2;
         },
         20000ms))
         << d.output() << srv.output();
