@@ -203,6 +203,8 @@ using server_actor = caf::typed_actor<
     caf::reacts_to<hello_atom, uint64_t>,
     // Timer: leases and SSE keep-alives.
     caf::reacts_to<tick_atom>,
+    // Timer: the retry backoff of a re-queued task ended (dispatch).
+    caf::reacts_to<timeout_atom>,
     // Sends the acks accumulated while frames were queued.
     caf::reacts_to<flush_atom>,
     // Graceful shutdown: `drain` to every daemon, no more assignments;

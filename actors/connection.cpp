@@ -97,6 +97,13 @@ void check_drained(conn_ptr self) {
   st.drain_closed = true;
 }
 
+// The largest frame the server reads: its welcome's max_frame_bytes, or
+// our own limit before the first welcome.
+uint64_t frame_limit(const connection_state& st) {
+  return st.server_max_frame > 0 ? st.server_max_frame
+                                 : st.opts.max_frame_bytes;
+}
+
 // Sends the persisted events each attempt has beyond what was sent, in seq
 // order, within the window.
 void pump(conn_ptr self) {
@@ -110,6 +117,22 @@ void pump(conn_ptr self) {
         return;
       if (i->first != a.sent + 1)
         break; // a gap: the missing event is still being written
+      if (i->second.first.size() > frame_limit(st)) {
+        // Sending it would make the server close the connection (1009)
+        // and the replay would send it again, forever: hold the attempt
+        // (written before a smaller limit was known; a server with a
+        // larger limit gets it).
+        if (!a.oversized)
+          log::error(component,
+                     "event " + std::to_string(i->first) + " of "
+                         + describe_key(key) + " takes "
+                         + std::to_string(i->second.first.size())
+                         + " bytes, over the server's frame limit of "
+                         + std::to_string(frame_limit(st))
+                         + "; holding the attempt's events");
+        a.oversized = true;
+        break;
+      }
       st.client->send(i->second.first);
       st.last_sent = now_ms();
       a.sent = i->first;
@@ -135,6 +158,13 @@ void write_event(conn_ptr self, const attempt_key& key, proto::event ev,
     a.active = false;
   }
   auto frame = proto::encode(ev);
+  if (frame.size() > frame_limit(st) && ev.kind != proto::event_kind::output) {
+    // The server keeps its own spec and ignores the record's: without
+    // argv and env the record fits (submit leaves room for the rest).
+    ev.record.spec.argv.clear();
+    ev.record.spec.env.clear();
+    frame = proto::encode(ev);
+  }
   auto seq = ev.seq;
   auto at = ev.at;
   st.pending_writes += 1;
@@ -318,10 +348,12 @@ void schedule_reconnect(conn_ptr self) {
   auto& st = self->state;
   if (st.stopping)
     return;
-  auto limit =
-      std::min(st.opts.backoff_cap,
-               st.opts.backoff_base
-                   * std::pow(2.0, std::min<uint32_t>(st.failures, 30)));
+  auto cap = st.opts.backoff_cap;
+  if (st.lease > 0)
+    cap = std::min(cap, st.lease / 3);
+  auto limit = std::min(
+      cap,
+      st.opts.backoff_base * std::pow(2.0, std::min<uint32_t>(st.failures, 30)));
   std::uniform_real_distribution<double> dist(0, limit);
   auto delay = dist(st.rng);
   st.failures += 1;
@@ -349,6 +381,9 @@ void on_welcome(conn_ptr self, proto::welcome& w) {
   st.failures = 0;
   if (w.heartbeat > 0)
     st.heartbeat = w.heartbeat;
+  if (w.lease > 0)
+    st.lease = w.lease;
+  st.server_max_frame = w.max_frame_bytes;
   if (st.hooks.ready)
     *st.hooks.ready = !st.draining;
   if (st.hooks.on_welcome)
@@ -460,18 +495,28 @@ void on_frame(conn_ptr self, std::string& text) {
 // Output chunks grouped so that one event carries at most
 // proto::max_event_output_bytes raw bytes (a larger chunk goes alone: the
 // reactor reads 64 KiB at most, and a chunk's seq cannot be split).
+// Also at most `frame_bytes` encoded: each chunk costs its base64 plus its
+// JSON fields, an event its envelope (task id <= 64 bytes).
 std::vector<std::vector<output_chunk>>
-split_output(std::vector<output_chunk>& chunks) {
+split_output(std::vector<output_chunk>& chunks, uint64_t frame_bytes) {
+  constexpr size_t envelope = 512;
+  constexpr size_t per_chunk = 64;
+  size_t budget = frame_bytes > envelope ? frame_bytes - envelope : 0;
   std::vector<std::vector<output_chunk>> out;
   size_t bytes = 0;
+  size_t encoded = 0;
   for (auto& c : chunks) {
+    size_t cost = (c.bytes.size() + 2) / 3 * 4 + per_chunk;
     if (out.empty()
-        || (bytes + c.bytes.size() > proto::max_event_output_bytes
+        || ((bytes + c.bytes.size() > proto::max_event_output_bytes
+             || encoded + cost > budget)
             && !out.back().empty())) {
       out.emplace_back();
       bytes = 0;
+      encoded = 0;
     }
     bytes += c.bytes.size();
+    encoded += cost;
     out.back().push_back(std::move(c));
   }
   return out;
@@ -638,7 +683,7 @@ connection(connection_actor::stateful_pointer<connection_state> self,
         if (st.fenced.count(key) > 0 || chunks.empty())
           return ok_atom::value;
         auto rp = self->make_response_promise<ok_atom>();
-        auto groups = split_output(chunks);
+        auto groups = split_output(chunks, frame_limit(st));
         auto remaining = std::make_shared<size_t>(groups.size());
         for (auto& g : groups) {
           proto::event ev;

@@ -89,6 +89,8 @@ struct attempt_outbox {
   bool finished = false;
   /// Assigned here and not finished yet (running or queued in DAEMON).
   bool active = false;
+  /// An event over the server's frame limit holds the rest (logged once).
+  bool oversized = false;
 };
 
 /// State of the CONNECTION actor. Receives from TASK (output, state,
@@ -137,6 +139,13 @@ struct connection_state {
   /// Consecutive failed connection attempts (backoff exponent).
   uint32_t failures = 0;
   double heartbeat = 5;
+  /// The lease the last welcome gave (s; 0 = none yet): the reconnect
+  /// backoff stays below a third of it, so that a server restart does not
+  /// cost the daemon its tasks.
+  double lease = 0;
+  /// The server's frame limit from welcome (0 = none yet): no event frame
+  /// sent is larger.
+  uint64_t server_max_frame = 0;
   int64_t last_sent = 0;
   int64_t last_received = 0;
   bool auth_error_logged = false;

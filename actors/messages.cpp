@@ -82,6 +82,8 @@ std::string to_json(const task_record& x) {
                {"commit", x.spec.commit},   {"push_url", x.spec.push_url}};
   if (!x.spec.selector.empty())
     j["spec"]["selector"] = x.spec.selector;
+  if (x.spec.max_attempts != 0)
+    j["spec"]["max_attempts"] = x.spec.max_attempts;
   // Invalid UTF-8 in argv/env must not make serialization throw.
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
@@ -127,6 +129,7 @@ std::optional<task_record> record_from_json(const std::string& text) {
     x.spec.commit = s.value("commit", false);
     x.spec.push_url = s.value("push_url", "");
     x.spec.selector = s.value("selector", std::map<std::string, std::string>{});
+    x.spec.max_attempts = s.value("max_attempts", uint32_t{0});
     return x;
   } catch (const nlohmann::json::exception&) {
     return std::nullopt;

@@ -47,6 +47,13 @@ bool from_string(const std::string& name, task_state& out);
 /// Whether no further transition happens without a new attempt.
 bool is_terminal(task_state s);
 
+/// Largest `timeout` and `grace` a task may have, in seconds (30 days):
+/// larger values (1e308, 1e10) would overflow the timers and fire at once.
+constexpr double max_timeout_seconds = 30.0 * 24 * 3600;
+
+/// Largest per-task attempt budget (`max_attempts`) a submission may ask for.
+constexpr uint32_t max_attempts_limit = 1000;
+
 /// What to run, as given by the user. Never changes after creation.
 struct task_spec {
   std::string id;
@@ -71,13 +78,16 @@ struct task_spec {
   /// Labels a daemon must have to run it (network mode); key "pool" matches
   /// the daemon's pool. Empty = any daemon.
   std::map<std::string, std::string> selector;
+  /// Attempts a server makes at most before the task fails (network mode);
+  /// 0 = the server's default [server.max_attempts].
+  uint32_t max_attempts = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, task_spec& x) {
   return f(caf::meta::type_name("makima::task_spec"), x.id, x.argv, x.repo,
            x.ref, x.env, x.timeout, x.grace, x.commit, x.push_url,
-           x.created_at, x.selector);
+           x.created_at, x.selector, x.max_attempts);
 }
 
 /// Everything known about a task: spec plus the status of its latest

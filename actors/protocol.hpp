@@ -23,6 +23,12 @@ constexpr int version = 1;
 /// Raw output bytes in one `event` frame at most (before base64).
 constexpr size_t max_event_output_bytes = 256 << 10;
 
+/// Bytes a daemon's `state`/`result` event may add to the record of its
+/// `assign` (envelope fields, worktree and state dir paths, branch,
+/// commits, error): a submission is refused (413) unless its assign frame
+/// plus this fits in the frame limit.
+constexpr size_t record_headroom = 8 << 10;
+
 /// Close codes of docs/protocol.md §9.
 enum close_code : uint16_t {
   close_normal = 1000,

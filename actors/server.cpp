@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 
 #include <caf/actor_system.hpp>
 #include <caf/scoped_actor.hpp>
@@ -140,13 +141,44 @@ void observe_latency(server_state& st, double secs) {
   st.latency_sum += secs;
 }
 
-void assign(self_ptr self, task_entry& e, daemon_entry& d) {
+/// Ends task `e` as failed with `error_code` and `message` (the attempt
+/// budget is spent, or its assignment can never be sent).
+void fail_task(self_ptr self, task_entry& e, const std::string& error_code,
+               const std::string& message, const std::string& detail) {
+  e.daemon.clear();
+  e.rec.state = task_state::failed;
+  e.rec.error_code = error_code;
+  e.rec.error = message;
+  e.rec.updated_at = now_ms();
+  e.rec.finished_at = e.rec.updated_at;
+  persist(self, e, detail);
+  log::warn("server", "task " + e.rec.spec.id + " failed: " + message);
+  notify_state(e);
+}
+
+/// Assigns `e` to `d`; false when it stays queued (store failure) or was
+/// failed because its `assign` frame exceeds the frame limit.
+bool assign(self_ptr self, task_entry& e, daemon_entry& d) {
+  auto& st = self->state;
   task_record rec;
   rec.spec = e.rec.spec;
   rec.attempt = e.rec.attempt + 1;
   rec.state = task_state::preparing;
   rec.next_seq = e.rec.next_seq;
   rec.updated_at = now_ms();
+  auto text = proto::encode(proto::assign{rec});
+  if (text.size() > st.settings.max_frame_bytes) {
+    // Defence in depth (submit checks this): a frame the daemon cannot
+    // read would close its connection, and the task would be re-sent
+    // forever.
+    auto msg = "its assign frame of " + std::to_string(text.size())
+               + " bytes exceeds the frame limit of "
+               + std::to_string(st.settings.max_frame_bytes)
+               + " bytes (net.max_frame_bytes)";
+    fail_task(self, e, "frame_too_big", "the task cannot be assigned: " + msg,
+              "not assigned: " + msg);
+    return false;
+  }
   auto old = e.rec;
   e.rec = rec;
   e.acked = 0;
@@ -154,12 +186,13 @@ void assign(self_ptr self, task_entry& e, daemon_entry& d) {
   if (!persist(self, e, "assigned to daemon " + d.id)) {
     e.rec = old;
     e.daemon.clear();
-    return;
+    return false;
   }
   d.tasks.insert(rec.spec.id);
-  send_frame(self, d.conn, proto::assign{rec});
-  observe_latency(self->state, seconds_since(e.queued_at));
+  st.net->send(d.conn, std::move(text));
+  observe_latency(st, seconds_since(e.queued_at));
   notify_state(e);
+  return true;
 }
 
 /// Puts `e` back into the queue as a new attempt (lease expiry, daemon
@@ -180,12 +213,38 @@ void requeue(self_ptr self, task_entry& e, const std::string& why) {
     notify_state(e);
     return;
   }
+  // The attempt budget: attempt n was taken away; n >= budget ends it.
+  uint32_t budget = e.rec.spec.max_attempts != 0 ? e.rec.spec.max_attempts
+                                                 : st.settings.max_attempts;
+  if (budget != 0 && e.rec.attempt >= budget) {
+    auto msg = "attempt budget exhausted: " + std::to_string(e.rec.attempt)
+               + " attempt" + (e.rec.attempt == 1 ? "" : "s")
+               + ", last: " + why;
+    fail_task(self, e, "attempts_exhausted", msg, why + "; " + msg);
+    return;
+  }
   // State queued with attempt n >= 1 means: attempt n was taken away.
+  // Attempt n+1 waits retry_backoff * 2^(n-1) seconds (capped), so that a
+  // task that kills its daemon does not spin.
+  double delay = std::min(
+      st.settings.retry_backoff_max,
+      st.settings.retry_backoff
+          * std::pow(2.0, std::min<uint32_t>(e.rec.attempt, 31) - 1));
+  if (!(delay > 0))
+    delay = 0;
+  auto wait = std::chrono::milliseconds{static_cast<int64_t>(delay * 1000)};
   e.rec.state = task_state::queued;
   e.queued_at = clock::now();
-  persist(self, e, why + "; re-queued");
+  e.not_before = e.queued_at + wait;
+  std::string next = wait.count() > 0
+                         ? "; re-queued, next attempt in "
+                               + std::to_string(wait.count()) + " ms"
+                         : "; re-queued";
+  persist(self, e, why + next);
   st.queue.push_back(e.rec.spec.id);
-  log::info("server", "task " + e.rec.spec.id + ": " + why + "; re-queued");
+  log::info("server", "task " + e.rec.spec.id + ": " + why + next);
+  if (wait.count() > 0)
+    self->delayed_send(self, wait, timeout_atom::value);
   notify_state(e);
 }
 
@@ -306,6 +365,14 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
     queue_ack(self, conn, ev.task, ev.attempt, e.acked);
     return;
   }
+  if (is_terminal(e.rec.state)) {
+    // The result was the attempt's last event (§4).
+    reject(self, conn, "bad_message",
+           "event " + std::to_string(ev.seq) + " of " + ev.task + " attempt "
+               + std::to_string(ev.attempt) + " after its result",
+           proto::close_policy, ev.task, ev.attempt);
+    return;
+  }
   if (ev.seq > e.acked + 1) {
     reject(self, conn, "seq_gap",
            "event " + std::to_string(ev.seq) + " of " + ev.task + " attempt "
@@ -324,6 +391,16 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
     for (auto& ch : ev.chunks) {
       if (ch.seq < next)
         continue; // already stored (put-if-absent)
+      if (ch.seq > next) {
+        // Output seqs continue without gaps from the assignment's
+        // next_seq (§4): a jump would leave a hole no replay fills.
+        reject(self, conn, "seq_gap",
+               "output seq " + std::to_string(ch.seq) + " of " + ev.task
+                   + " attempt " + std::to_string(ev.attempt)
+                   + " where " + std::to_string(next) + " was expected",
+               proto::close_seq_gap, ev.task, ev.attempt);
+        return;
+      }
       batch.put_output(ev.task, ch.seq, ch.stream, ch.bytes);
       next = ch.seq + 1;
       fresh.push_back(ch);
@@ -532,10 +609,15 @@ void dispatch(self_ptr self) {
     return;
   // Acks of the frames handled so far go out before any assignment.
   flush_acks(self);
+  auto now = clock::now();
   for (auto it = st.queue.begin(); it != st.queue.end();) {
     auto t = st.tasks.find(*it);
     if (t == st.tasks.end() || t->second.rec.state != task_state::queued) {
       it = st.queue.erase(it);
+      continue;
+    }
+    if (t->second.not_before > now) {
+      ++it; // retry backoff: a timeout_atom dispatches again
       continue;
     }
     auto d = pick_daemon(st, t->second.rec.spec);
@@ -543,13 +625,13 @@ void dispatch(self_ptr self) {
       ++it;
       continue;
     }
-    assign(self, t->second, *d);
+    bool assigned = assign(self, t->second, *d);
     if (t->second.rec.state == task_state::queued) {
       ++it; // store failed: stays queued
       continue;
     }
     it = st.queue.erase(it);
-    if (--free_slots == 0)
+    if (assigned && --free_slots == 0)
       break;
   }
 }
@@ -683,6 +765,7 @@ server_actor::behavior_type server_fn(self_ptr self, server_settings settings,
                            tick_atom::value);
       },
       [=](flush_atom) { flush_acks(self); },
+      [=](timeout_atom) { dispatch(self); },
       [=](stop_atom) -> caf::result<ok_atom> {
         auto& st = self->state;
         st.stopping = true;

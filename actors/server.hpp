@@ -36,6 +36,14 @@ struct server_settings {
   /// Seconds of silence after which a daemon loses its tasks
   /// [server.lease].
   double lease = 30;
+  /// Attempts a task gets at most before it fails, unless its submission
+  /// says otherwise (`max_attempts`) [server.max_attempts].
+  uint32_t max_attempts = 5;
+  /// Delay before a re-queued task is dispatched again: `retry_backoff`
+  /// seconds after the first lost attempt, doubling per attempt, at most
+  /// `retry_backoff_max` [server.retry_backoff, server.retry_backoff_max].
+  double retry_backoff = 1;
+  double retry_backoff_max = 60;
   /// Heartbeat interval told to daemons [server.heartbeat].
   double heartbeat = 5;
   /// Limits [net.max_frame_bytes, net.max_body_bytes].

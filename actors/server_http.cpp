@@ -5,6 +5,8 @@
 #include "actors/server_state.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <cstdio>
 #include <sstream>
 
@@ -120,6 +122,12 @@ std::string record_json(const task_entry& e) {
 
 // -- POST /api/v1/tasks -------------------------------------------------------
 
+/// Whether `s` holds a NUL byte (which would cut an argv entry or an
+/// environment variable short on exec).
+bool has_nul(const std::string& s) {
+  return s.find('\0') != std::string::npos;
+}
+
 /// Parses a submit body into a spec; returns an error message when bad.
 std::string parse_submit(const std::string& body, task_spec& spec) {
   auto j = json::parse(body, nullptr, false);
@@ -131,25 +139,29 @@ std::string parse_submit(const std::string& body, task_spec& spec) {
   for (auto& a : *argv) {
     if (!a.is_string())
       return "argv must be a non-empty array of strings";
-    spec.argv.push_back(a.get<std::string>());
+    auto s = a.get<std::string>();
+    if (has_nul(s))
+      return "argv[" + std::to_string(spec.argv.size())
+             + "] contains a NUL byte";
+    spec.argv.push_back(std::move(s));
   }
-  auto str = [&](const char* k, std::string& out) -> bool {
+  auto str = [&](const char* k, std::string& out) -> std::string {
     auto it = j.find(k);
     if (it == j.end() || it->is_null())
-      return true;
+      return {};
     if (!it->is_string())
-      return false;
+      return std::string{k} + " must be a string";
     out = it->get<std::string>();
-    return true;
+    if (has_nul(out))
+      return std::string{k} + " contains a NUL byte";
+    return {};
   };
-  if (!str("id", spec.id))
-    return "id must be a string";
-  if (!str("repo", spec.repo))
-    return "repo must be a string";
-  if (!str("ref", spec.ref))
-    return "ref must be a string";
-  if (!str("push_url", spec.push_url))
-    return "push_url must be a string";
+  for (auto [k, out] : {std::pair<const char*, std::string*>{"id", &spec.id},
+                        {"repo", &spec.repo},
+                        {"ref", &spec.ref},
+                        {"push_url", &spec.push_url}})
+    if (auto msg = str(k, *out); !msg.empty())
+      return msg;
   if (auto it = j.find("env"); it != j.end() && !it->is_null()) {
     if (!it->is_array())
       return "env must be an array of KEY=VALUE strings";
@@ -157,10 +169,15 @@ std::string parse_submit(const std::string& body, task_spec& spec) {
       if (!kv.is_string())
         return "env must be an array of KEY=VALUE strings";
       auto s = kv.get<std::string>();
+      auto idx = "env[" + std::to_string(spec.env.size()) + "]";
       auto eq = s.find('=');
-      if (eq == std::string::npos || eq == 0)
-        return "env entries must be KEY=VALUE";
-      spec.env.push_back(s);
+      if (eq == std::string::npos)
+        return idx + " must be KEY=VALUE";
+      if (eq == 0)
+        return idx + " has an empty name";
+      if (has_nul(s))
+        return idx + " contains a NUL byte";
+      spec.env.push_back(std::move(s));
     }
   }
   for (auto [k, out] :
@@ -169,9 +186,21 @@ std::string parse_submit(const std::string& body, task_spec& spec) {
     auto it = j.find(k);
     if (it == j.end() || it->is_null())
       continue;
-    if (!it->is_number() || it->get<double>() < 0)
-      return std::string{k} + " must be a number >= 0";
+    // Finite, >= 0 and at most max_timeout_seconds: a larger value would
+    // overflow the timer and fire at once.
+    if (!it->is_number() || !std::isfinite(it->get<double>())
+        || it->get<double>() < 0
+        || it->get<double>() > max_timeout_seconds)
+      return std::string{k} + " must be a number of seconds from 0 to "
+             + std::to_string(static_cast<int64_t>(max_timeout_seconds));
     *out = it->get<double>();
+  }
+  if (auto it = j.find("max_attempts"); it != j.end() && !it->is_null()) {
+    if (!it->is_number_unsigned() || it->get<uint64_t>() < 1
+        || it->get<uint64_t>() > max_attempts_limit)
+      return "max_attempts must be an integer from 1 to "
+             + std::to_string(max_attempts_limit);
+    spec.max_attempts = static_cast<uint32_t>(it->get<uint64_t>());
   }
   if (auto it = j.find("commit"); it != j.end() && !it->is_null()) {
     if (!it->is_boolean())
@@ -184,12 +213,27 @@ std::string parse_submit(const std::string& body, task_spec& spec) {
     for (auto& [k, v] : it->items()) {
       if (!v.is_string())
         return "selector must be an object of strings";
+      if (has_nul(k) || has_nul(v.get<std::string>()))
+        return "selector contains a NUL byte";
       spec.selector[k] = v.get<std::string>();
     }
   }
   if ((spec.commit || !spec.push_url.empty()) && spec.repo.empty())
     return "commit and push_url need a repo";
   return {};
+}
+
+/// The size of the largest `assign` frame `spec` can produce (attempt and
+/// next_seq at their widest), plus room for what the daemon adds to the
+/// record in its state and result events (paths, branch, error).
+size_t assign_frame_bound(const task_spec& spec) {
+  task_record rec;
+  rec.spec = spec;
+  rec.state = task_state::preparing;
+  rec.attempt = std::numeric_limits<uint32_t>::max();
+  rec.next_seq = std::numeric_limits<uint64_t>::max();
+  rec.updated_at = std::numeric_limits<int64_t>::max();
+  return proto::encode(proto::assign{rec}).size() + proto::record_headroom;
 }
 
 void submit(self_ptr self, net::request& req, net::http_reply& reply) {
@@ -215,6 +259,15 @@ void submit(self_ptr self, net::request& req, net::http_reply& reply) {
   if (!spec.push_url.empty())
     spec.push_url = git::canonical_url(spec.push_url);
   spec.created_at = now_ms();
+  // A task whose assignment cannot reach a daemon would be re-sent forever.
+  if (auto bound = assign_frame_bound(spec); bound > st.settings.max_frame_bytes) {
+    respond_error(self, reply, 413, "payload_too_large",
+                  "the task's assign frame would take " + std::to_string(bound)
+                      + " bytes, over the frame limit of "
+                      + std::to_string(st.settings.max_frame_bytes)
+                      + " bytes (net.max_frame_bytes); shorten argv/env");
+    return;
+  }
   task_entry e;
   e.rec.spec = spec;
   e.rec.state = task_state::queued;
@@ -563,7 +616,22 @@ void handle_http(self_ptr self, net::request& req, net::http_reply& reply) {
       return method_not_allowed(self, reply, "GET");
     if (it == st.tasks.end())
       return not_found();
-    return respond(self, reply, 200, record_json(it->second));
+    if (t.query.count("history") == 0)
+      return respond(self, reply, 200, record_json(it->second));
+    // ?history=1: the record plus every state change with its cause (the
+    // cause of each lost attempt, the reason a task failed).
+    auto j = json::parse(record_json(it->second));
+    auto hist = json::array();
+    auto err = st.db->for_each_event(p[3], [&](uint64_t, std::string_view js) {
+      auto h = json::parse(js, nullptr, false);
+      if (!h.is_discarded())
+        hist.push_back(std::move(h));
+    });
+    if (err)
+      return respond_error(self, reply, 500, "store_error",
+                           "cannot read the history: " + describe(err));
+    j["history"] = std::move(hist);
+    return respond(self, reply, 200, j.dump(-1, ' ', false, json::error_handler_t::replace));
   }
   auto& what = p[4];
   if (what == "output") {

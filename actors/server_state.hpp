@@ -65,6 +65,8 @@ struct task_entry {
   clock::time_point queued_at;
   /// A user cancel that still has to reach the daemon.
   bool cancel_requested = false;
+  /// A re-queued task is not dispatched before this (retry backoff).
+  clock::time_point not_before{};
   std::vector<follower> followers;
 };
 

@@ -223,6 +223,27 @@ const std::vector<key_def>& defs() {
     add("server.lease", {"MAKIMA_SERVER_LEASE"},
         "silence (s) after which a daemon loses its tasks",
         seconds_setter(&config::lease, "server.lease", false));
+    // Attempt budget and retry backoff of the server (issue 7, 7b).
+    add("server.max_attempts", {"MAKIMA_SERVER_MAX_ATTEMPTS"},
+        "attempts a task gets before it fails (a submission may set its own)",
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
+          char* end = nullptr;
+          long n = std::strtol(v.c_str(), &end, 10);
+          if (v.empty() || *end != '\0' || n < 1 || n > 1000)
+            return bad("server.max_attempts", o, v,
+                       "must be an integer from 1 to 1000");
+          c.max_attempts = static_cast<uint32_t>(n);
+          return caf::none;
+        });
+    add("server.retry_backoff", {"MAKIMA_SERVER_RETRY_BACKOFF"},
+        "delay (s) before a lost attempt's task runs again; doubles per "
+        "attempt",
+        seconds_setter(&config::retry_backoff, "server.retry_backoff", true));
+    add("server.retry_backoff_max", {"MAKIMA_SERVER_RETRY_BACKOFF_MAX"},
+        "largest delay (s) between two attempts",
+        seconds_setter(&config::retry_backoff_max, "server.retry_backoff_max",
+                       true));
     add("server.tls_cert", {"MAKIMA_SERVER_TLS_CERT"},
         "PEM certificate chain of the server",
         path_setter(&config::tls_cert, "server.tls_cert"));

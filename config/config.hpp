@@ -79,6 +79,11 @@ struct config {
   std::vector<std::string> daemon_keys;
   /// Seconds of silence after which a daemon loses its tasks.
   double lease = 30;
+  /// Attempt budget of a task and the backoff between attempts (s):
+  /// `server.max_attempts`, `server.retry_backoff`, `server.retry_backoff_max`.
+  uint32_t max_attempts = 5;
+  double retry_backoff = 1;
+  double retry_backoff_max = 60;
   std::filesystem::path tls_cert;
   std::filesystem::path tls_key;
 

@@ -302,6 +302,8 @@ struct submit_options {
   server_flags server;
   task_flags task;
   std::vector<std::string> selector;
+  /// 0 = the server's default (server.max_attempts).
+  uint32_t max_attempts = 0;
 };
 
 int cmd_submit(submit_options& o) {
@@ -337,6 +339,8 @@ int cmd_submit(submit_options& o) {
     body["push_url"] = git::canonical_url(t.push);
   if (!selector.empty())
     body["selector"] = selector;
+  if (o.max_attempts != 0)
+    body["max_attempts"] = o.max_attempts;
   api_client api{*resolve_server(o.common, o.server, true)};
   auto res = api.call("POST", "/api/v1/tasks", body.dump());
   auto rec = parse_record(res.body);
@@ -436,8 +440,16 @@ int remote_list(const server_target& target, bool json_out) {
 int remote_show(const server_target& target, const std::string& id,
                 bool json_out) {
   api_client api{target};
-  auto res = api.call("GET", "/api/v1/tasks/" + encode(id), {}, id);
-  print_task(parse_record(res.body), nullptr, json_out);
+  auto res =
+      api.call("GET", "/api/v1/tasks/" + encode(id) + "?history=1", {}, id);
+  // The history says why each lost attempt was lost.
+  std::vector<state_change> history;
+  auto j = json::parse(res.body, nullptr, false);
+  if (j.is_object() && j.contains("history") && j["history"].is_array())
+    for (auto& h : j["history"])
+      if (auto sc = state_change_from_json(h.dump()))
+        history.push_back(std::move(*sc));
+  print_task(parse_record(res.body), &history, json_out);
   return exit_ok;
 }
 
@@ -468,6 +480,11 @@ void add_client_commands(CLI::App& task, command_table& out,
       ->type_size(1)
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  submit
+      ->add_option("--max-attempts", so->max_attempts,
+                   "attempts the server makes before the task fails "
+                   "(default: its server.max_attempts)")
+      ->check(CLI::Range(1u, max_attempts_limit));
   submit->footer("Usage: makima task submit --server URL [OPTIONS] -- COMMAND "
                  "[ARGS...]\nPrints the task id on stdout.");
   trailing.emplace_back(submit, &so->task.command);

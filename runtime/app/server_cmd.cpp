@@ -75,6 +75,9 @@ server_settings settings_for(const config& cfg, const std::string& host,
   s.port = port;
   s.sync = cfg.sync;
   s.lease = cfg.lease;
+  s.max_attempts = cfg.max_attempts;
+  s.retry_backoff = cfg.retry_backoff;
+  s.retry_backoff_max = cfg.retry_backoff_max;
   s.heartbeat = heartbeat_for(cfg);
   s.max_frame_bytes = cfg.max_frame_bytes;
   s.max_body_bytes = cfg.max_body_bytes;

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -220,6 +221,8 @@ protected:
     settings.user_keys = {user_key, "user-key-2"};
     settings.daemon_keys = {daemon_key};
     settings.hello_timeout = 500ms;
+    // Re-queued tasks run again almost at once (the backoff test sets it).
+    settings.retry_backoff = 0.01;
   }
   ~server_test() override {
     daemons.clear();
@@ -1191,6 +1194,259 @@ TEST_F(server_test, drain_tells_daemons_and_waits_for_them) {
   d.close(1000);
   t.join();
   EXPECT_TRUE(drained);
+}
+
+// -- issue 7: attempt budget, retry backoff, input and protocol checks -------
+
+TEST_F(server_test, interrupted_every_time_fails_after_the_budget) {
+  settings.max_attempts = 3;
+  settings.retry_backoff = 0.02;
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  for (uint32_t n = 1; n <= 3; ++n) {
+    auto a = d.expect<proto::assign>();
+    ASSERT_EQ(a.record.attempt, n);
+    d.send(fake_daemon::state(a.record, 1, task_state::interrupted));
+    d.expect_ack("t-1", n, 1);
+  }
+  ASSERT_TRUE(wait_state("t-1", "failed", 5s));
+  EXPECT_TRUE(d.quiet_for(300ms)); // no attempt 4
+  auto rec = get("/api/v1/tasks/t-1?history=1");
+  EXPECT_EQ(rec["attempt"], 3);
+  EXPECT_EQ(rec["error_code"], "attempts_exhausted");
+  EXPECT_EQ(rec["error"], "attempt budget exhausted: 3 attempts, last: "
+                          "attempt interrupted on daemon d-1");
+  int causes = 0;
+  std::set<int> attempts;
+  for (auto& h : rec["history"])
+    if (h["state"] == "interrupted"
+        && h["detail"] == "attempt interrupted on daemon d-1") {
+      ++causes;
+      attempts.insert(h["attempt"].get<int>());
+    }
+  EXPECT_EQ(causes, 3);
+  EXPECT_EQ(attempts, (std::set<int>{1, 2, 3}));
+  EXPECT_EQ(rec["history"].back()["state"], "failed");
+  // Without ?history the record has none.
+  EXPECT_FALSE(get("/api/v1/tasks/t-1").contains("history"));
+}
+
+TEST_F(server_test, submit_max_attempts_overrides_the_default_lease_causes) {
+  settings.max_attempts = 5;
+  settings.retry_backoff = 0.02;
+  settings.lease = 0.3;
+  start();
+  auto rec = submit("t-1", {{"max_attempts", 2}});
+  EXPECT_EQ(rec["spec"]["max_attempts"], 2);
+  for (auto id : {"d-a", "d-b"}) {
+    auto& d = daemon();
+    d.hello(id, 1);
+    d.expect<proto::assign>();
+    EXPECT_EQ(d.wait_closed(3s), proto::close_lease_expired);
+  }
+  ASSERT_TRUE(wait_state("t-1", "failed", 5s));
+  auto j = get("/api/v1/tasks/t-1?history=1");
+  EXPECT_EQ(j["error"], "attempt budget exhausted: 2 attempts, last: lease "
+                        "of daemon d-b expired");
+  std::vector<std::string> causes;
+  for (auto& h : j["history"]) {
+    auto detail = h["detail"].get<std::string>();
+    if (detail.rfind("lease of daemon", 0) == 0)
+      causes.push_back(detail.substr(0, detail.find(';')));
+  }
+  EXPECT_EQ(causes, (std::vector<std::string>{"lease of daemon d-a expired",
+                                              "lease of daemon d-b expired"}));
+  // A new daemon gets nothing.
+  auto& d = daemon();
+  d.hello("d-c", 1);
+  EXPECT_TRUE(d.quiet_for(300ms));
+}
+
+TEST_F(server_test, a_requeued_task_waits_for_its_backoff) {
+  settings.retry_backoff = 0.6;
+  start();
+  submit("t-1");
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  auto a = d.expect<proto::assign>();
+  d.send(fake_daemon::state(a.record, 1, task_state::interrupted));
+  d.expect_ack("t-1", 1, 1);
+  // Not before 0.6 s (a lower bound: a slow machine only delays it more).
+  EXPECT_TRUE(d.quiet_for(300ms));
+  EXPECT_EQ(get("/api/v1/tasks/t-1")["state"], "queued");
+  auto again = d.expect<proto::assign>();
+  EXPECT_EQ(again.record.attempt, 2u);
+  auto j = get("/api/v1/tasks/t-1?history=1");
+  bool said = false;
+  for (auto& h : j["history"])
+    said |= h["detail"].get<std::string>().find("next attempt in 600 ms")
+            != std::string::npos;
+  EXPECT_TRUE(said) << j.dump();
+}
+
+TEST_F(server_test, submit_rejects_nul_bad_env_names_and_out_of_range_times) {
+  start();
+  struct bad_case {
+    std::string body;
+    std::string field;
+  };
+  std::string nul(1, '\0');
+  std::vector<bad_case> cases{
+      {json{{"argv", {"a" + nul + "b"}}}.dump(), "argv[0]"},
+      {json{{"argv", {"echo", nul}}}.dump(), "argv[1]"},
+      {R"({"argv":["a\u0000b"]})", "argv[0]"},
+      {json{{"argv", {"true"}}, {"env", {"A" + nul + "B=1"}}}.dump(), "env[0]"},
+      {json{{"argv", {"true"}}, {"env", {"A=1", "B=x" + nul}}}.dump(),
+       "env[1]"},
+      {R"({"argv":["true"],"env":["A\u0000B=1"]})", "env[0]"},
+      {R"({"argv":["true"],"env":["=1"]})", "env[0]"},
+      {R"({"argv":["true"],"env":["NOVALUE"]})", "env[0]"},
+      {R"({"argv":["true"],"env":{"A\u0000B":"1"}})", "env"},
+      {json{{"argv", {"true"}}, {"ref", "main" + nul}}.dump(), "ref"},
+      {json{{"argv", {"true"}}, {"repo", "/r" + nul}}.dump(), "repo"},
+      {json{{"argv", {"true"}}, {"selector", {{"pool", "k" + nul}}}}.dump(),
+       "selector"},
+      {R"({"argv":["true"],"timeout":1e308})", "timeout"},
+      {R"({"argv":["true"],"grace":1e308})", "grace"},
+      {R"({"argv":["true"],"timeout":-1})", "timeout"},
+      {R"({"argv":["true"],"grace":-0.5})", "grace"},
+      {R"({"argv":["true"],"timeout":"NaN"})", "timeout"},
+      {R"({"argv":["true"],"timeout":"inf"})", "timeout"},
+      {R"({"argv":["true"],"timeout":2592001})", "timeout"},
+      {R"({"argv":["true"],"grace":1e10})", "grace"},
+      {R"({"argv":["true"],"max_attempts":0})", "max_attempts"},
+      {R"({"argv":["true"],"max_attempts":-1})", "max_attempts"},
+      {R"({"argv":["true"],"max_attempts":1.5})", "max_attempts"},
+      {R"({"argv":["true"],"max_attempts":"3"})", "max_attempts"},
+      {R"({"argv":["true"],"max_attempts":1001})", "max_attempts"},
+  };
+  for (auto& c : cases) {
+    auto res = http("POST", "/api/v1/tasks", c.body);
+    EXPECT_EQ(res.status, 400u) << c.body << ": " << res.body;
+    auto j = json::parse(res.body, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << res.body;
+    auto msg = j["error"]["message"].get<std::string>();
+    EXPECT_EQ(msg.rfind(c.field, 0), 0u) << c.body << ": " << msg;
+  }
+  EXPECT_EQ(get("/api/v1/tasks")["tasks"].size(), 0u);
+  // The limits themselves are fine.
+  auto ok = submit("t-max", {{"timeout", max_timeout_seconds},
+                             {"grace", 0},
+                             {"max_attempts", max_attempts_limit}});
+  EXPECT_EQ(ok["spec"]["timeout"], max_timeout_seconds);
+  EXPECT_EQ(ok["spec"]["max_attempts"], max_attempts_limit);
+}
+
+TEST_F(server_test, submit_refuses_a_task_whose_assign_frame_is_too_big) {
+  settings.max_frame_bytes = 64 << 10;
+  settings.max_body_bytes = 1 << 20;
+  start();
+  auto too_big = [&](json body, const char* what) {
+    auto res = http("POST", "/api/v1/tasks", body.dump());
+    EXPECT_EQ(res.status, 413u) << what;
+    auto j = json::parse(res.body, nullptr, false);
+    EXPECT_EQ(j["error"]["code"], "payload_too_large") << what;
+    auto msg = j["error"]["message"].get<std::string>();
+    EXPECT_NE(msg.find("65536"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("net.max_frame_bytes"), std::string::npos) << msg;
+  };
+  too_big({{"argv", {"echo", std::string(60 << 10, 'x')}}}, "one long arg");
+  too_big({{"argv", {"true"}}, {"env", {"A=" + std::string(60 << 10, 'y')}}},
+          "a long env value");
+  // Escaped in JSON: 12 KiB of control bytes take 72 KiB on the wire.
+  too_big({{"argv", {"printf", std::string(12 << 10, '\x01')}}},
+          "control bytes");
+  std::vector<std::string> many(3000, "abcdefghijklmnopqrst");
+  many.insert(many.begin(), "echo");
+  too_big({{"argv", many}}, "many args");
+  EXPECT_EQ(get("/api/v1/tasks")["tasks"].size(), 0u);
+  // Well under the limit: accepted, and its assign frame is read.
+  submit("t-ok", {{"argv", {"echo", std::string(40 << 10, 'z')}}});
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  auto a = d.expect<proto::assign>();
+  EXPECT_EQ(a.record.spec.argv[1].size(), 40u << 10);
+}
+
+TEST_F(server_test, an_assignment_over_the_frame_limit_fails_instead_of_looping) {
+  start();
+  submit("t-1", {{"argv", {"echo", std::string(100 << 10, 'x')}}});
+  // The limit shrinks across a restart: the stored task can no longer be
+  // sent to any daemon.
+  settings.max_frame_bytes = 64 << 10;
+  restart();
+  auto& d = daemon();
+  d.hello("d-1", 1);
+  ASSERT_TRUE(wait_state("t-1", "failed", 5s));
+  EXPECT_TRUE(d.quiet_for(300ms)); // nothing was sent, the link stays up
+  d.send(proto::heartbeat{});
+  d.expect<proto::heartbeat>();
+  auto rec = get("/api/v1/tasks/t-1");
+  EXPECT_EQ(rec["error_code"], "frame_too_big");
+  EXPECT_NE(rec["error"].get<std::string>().find("65536"), std::string::npos);
+  EXPECT_EQ(rec["attempt"], 0);
+}
+
+TEST_F(server_test, events_after_the_result_are_bad_messages) {
+  for (auto kind : {proto::event_kind::output, proto::event_kind::state}) {
+    auto id = std::string{"t-"} + proto::to_string(kind);
+    if (!node)
+      start();
+    submit(id);
+    auto& d = daemon();
+    d.hello("d-" + id, 1);
+    auto a = d.expect<proto::assign>();
+    d.send(fake_daemon::output(id, 1, 1, {{0, 1, "ok\n"}}));
+    d.send(fake_daemon::state(a.record, 2, task_state::succeeded, 0));
+    d.expect_ack(id, 1, 2);
+    // A duplicate of the result is still re-acked.
+    d.send(fake_daemon::state(a.record, 2, task_state::succeeded, 0));
+    d.expect_ack(id, 1, 2);
+    if (kind == proto::event_kind::output)
+      d.send(fake_daemon::output(id, 1, 3, {{1, 1, "late\n"}}));
+    else
+      d.send(fake_daemon::state(a.record, 3, task_state::running));
+    auto err = d.expect<proto::error>();
+    EXPECT_EQ(err.code, "bad_message");
+    EXPECT_EQ(err.task, id);
+    EXPECT_EQ(d.wait_closed(), proto::close_policy);
+    auto rec = get("/api/v1/tasks/" + id);
+    EXPECT_EQ(rec["state"], "succeeded");
+    EXPECT_EQ(rec["next_seq"], 1);
+    EXPECT_EQ(output_of(id), "ok\n");
+  }
+}
+
+TEST_F(server_test, output_seqs_that_jump_are_seq_gaps) {
+  start();
+  // Across events (0, 1, then 1000) and inside one event (2, then 1000).
+  std::vector<std::vector<std::vector<output_chunk>>> scripts{
+      {{{0, 1, "a"}, {1, 1, "b"}}, {{1000, 1, "c"}, {1001, 1, "d"}}},
+      {{{0, 1, "a"}, {1, 1, "b"}}, {{2, 1, "c"}, {1000, 1, "d"}}},
+      {{{5, 1, "a"}}},
+  };
+  int n = 0;
+  for (auto& script : scripts) {
+    auto id = "t-" + std::to_string(++n);
+    submit(id);
+    auto& d = daemon();
+    d.hello("d-" + id, 1);
+    d.expect<proto::assign>();
+    uint64_t seq = 0;
+    for (size_t i = 0; i + 1 < script.size(); ++i) {
+      d.send(fake_daemon::output(id, 1, ++seq, script[i]));
+      d.expect_ack(id, 1, seq);
+    }
+    d.send(fake_daemon::output(id, 1, ++seq, script.back()));
+    auto err = d.expect<proto::error>();
+    EXPECT_EQ(err.code, "seq_gap") << id;
+    EXPECT_EQ(d.wait_closed(), proto::close_seq_gap) << id;
+    // Nothing of the rejected event was stored.
+    EXPECT_EQ(output_of(id), script.size() > 1 ? "ab" : "") << id;
+    EXPECT_EQ(get("/api/v1/tasks/" + id)["next_seq"], script.size() > 1 ? 2 : 0);
+  }
 }
 
 } // namespace
