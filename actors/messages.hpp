@@ -47,6 +47,13 @@ bool from_string(const std::string& name, task_state& out);
 /// Whether no further transition happens without a new attempt.
 bool is_terminal(task_state s);
 
+/// The largest `timeout` and `grace` of a task, in seconds: 30 days. Far
+/// below what the timers hold (milliseconds, then the scheduler's
+/// nanoseconds: about 292 years), so no valid value overflows; larger,
+/// non-finite or negative values are rejected where a task is described
+/// (CLI flags, config, the HTTP API).
+inline constexpr double max_task_seconds = 30.0 * 24 * 3600;
+
 /// What to run, as given by the user. Never changes after creation.
 struct task_spec {
   std::string id;
