@@ -47,12 +47,15 @@ bool from_string(const std::string& name, task_state& out);
 /// Whether no further transition happens without a new attempt.
 bool is_terminal(task_state s);
 
-/// Largest `timeout` and `grace` a task may have, in seconds (30 days):
-/// larger values (1e308, 1e10) would overflow the timers and fire at once.
-constexpr double max_timeout_seconds = 30.0 * 24 * 3600;
+/// The largest `timeout` and `grace` of a task, in seconds: 30 days. Far
+/// below what the timers hold (milliseconds, then the scheduler's
+/// nanoseconds: about 292 years), so no valid value overflows; larger,
+/// non-finite or negative values (1e10, 1e308, inf, nan, -1) are rejected
+/// where a task is described (CLI flags, config, the HTTP API).
+inline constexpr double max_timeout_seconds = 30.0 * 24 * 3600;
 
 /// Largest per-task attempt budget (`max_attempts`) a submission may ask for.
-constexpr uint32_t max_attempts_limit = 1000;
+inline constexpr uint32_t max_attempts_limit = 1000;
 
 /// What to run, as given by the user. Never changes after creation.
 struct task_spec {

@@ -24,6 +24,7 @@
 #include "runtime/error.hpp"
 #include "runtime/ids.hpp"
 #include "runtime/log.hpp"
+#include "runtime/process/environment.hpp"
 
 namespace makima {
 
@@ -366,27 +367,13 @@ void prepare(task_ptr self) {
 
 std::vector<std::string> child_env(const std::vector<std::string>& base,
                                    const task_record& rec) {
-  std::map<std::string, std::string> env;
-  auto add = [&](const std::string& kv) {
-    auto eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0)
-      return;
-    env[kv.substr(0, eq)] = kv.substr(eq + 1);
-  };
-  for (auto& kv : base)
-    add(kv);
-  for (auto& kv : rec.spec.env)
-    add(kv);
-  env["MAKIMA_TASK_ID"] = rec.spec.id;
-  env["MAKIMA_ATTEMPT"] = std::to_string(rec.attempt);
-  env["MAKIMA_RESUMED"] = rec.attempt > 1 ? "1" : "0";
-  env["MAKIMA_STATE_DIR"] = rec.state_dir;
-  env["MAKIMA_WORKTREE"] = rec.worktree;
-  std::vector<std::string> out;
-  out.reserve(env.size());
-  for (auto& [k, v] : env)
-    out.push_back(k + "=" + v);
-  return out;
+  return process::child_environment(
+      base, rec.spec.env,
+      {{"MAKIMA_TASK_ID", rec.spec.id},
+       {"MAKIMA_ATTEMPT", std::to_string(rec.attempt)},
+       {"MAKIMA_RESUMED", rec.attempt > 1 ? "1" : "0"},
+       {"MAKIMA_STATE_DIR", rec.state_dir},
+       {"MAKIMA_WORKTREE", rec.worktree}});
 }
 
 task_actor::behavior_type task(task_ptr self, task_record rec,

@@ -24,8 +24,10 @@ struct task_context {
   std::shared_ptr<process::reactor> reactor;
   std::filesystem::path worktrees_dir;
   std::filesystem::path state_root;
-  /// The environment every child starts from (KEY=VALUE); the task's own
-  /// env and the MAKIMA_* variables are applied on top.
+  /// The environment every child starts from (KEY=VALUE): what
+  /// process::base_environment kept of makima's environment — never
+  /// makima's own environment as a whole. The task's own env and the
+  /// MAKIMA_* task variables are applied on top (child_env).
   std::vector<std::string> base_env;
 };
 
@@ -60,9 +62,10 @@ task_actor::behavior_type
 task(task_actor::stateful_pointer<task_state_data> self, task_record rec,
      task_context ctx);
 
-/// Builds the child's environment: `base`, then the task's env, then
-/// MAKIMA_TASK_ID, MAKIMA_ATTEMPT, MAKIMA_RESUMED, MAKIMA_STATE_DIR,
-/// MAKIMA_WORKTREE. Later entries replace earlier ones with the same key.
+/// Builds the child's environment (process::child_environment): `base`,
+/// then the task's env, then MAKIMA_TASK_ID, MAKIMA_ATTEMPT,
+/// MAKIMA_RESUMED, MAKIMA_STATE_DIR, MAKIMA_WORKTREE. Later entries replace
+/// earlier ones with the same key, so a task's env cannot set makima's.
 std::vector<std::string> child_env(const std::vector<std::string>& base,
                                    const task_record& rec);
 

@@ -9,8 +9,10 @@
 
 #include <toml++/toml.h>
 
+#include "actors/messages.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
+#include "runtime/process/environment.hpp"
 
 extern char** environ;
 
@@ -92,8 +94,8 @@ setter bytes_setter(uint64_t config::*member, std::string key) {
   };
 }
 
-setter seconds_setter(double config::*member, std::string key,
-                      bool allow_zero) {
+setter seconds_setter(double config::*member, std::string key, bool allow_zero,
+                      double max = 0) {
   return [=](config& c, const std::string& v,
              const std::string& origin) -> caf::error {
     char* end = nullptr;
@@ -102,6 +104,10 @@ setter seconds_setter(double config::*member, std::string key,
       return bad(key, origin, v, "must be a number of seconds");
     if (d < 0 || (!allow_zero && d == 0))
       return bad(key, origin, v, allow_zero ? "must be >= 0" : "must be > 0");
+    if (max > 0 && d > max)
+      return bad(key, origin, v,
+                 "must be at most " + std::to_string(static_cast<long>(max))
+                     + " (30 days)");
     c.*member = d;
     return caf::none;
   };
@@ -141,9 +147,22 @@ const std::vector<key_def>& defs() {
     add("paths.state_dir", {"MAKIMA_STATE_DIR_ROOT"}, "per-task state dirs",
         path_setter(&config::state_dir, "paths.state_dir"));
     add("task.timeout", {"MAKIMA_TASK_TIMEOUT"}, "default timeout, 0 = none",
-        seconds_setter(&config::timeout, "task.timeout", true));
+        seconds_setter(&config::timeout, "task.timeout", true,
+                       max_timeout_seconds));
     add("task.grace", {"MAKIMA_TASK_GRACE"}, "SIGTERM to SIGKILL delay",
-        seconds_setter(&config::grace, "task.grace", true));
+        seconds_setter(&config::grace, "task.grace", true, max_timeout_seconds));
+    add("task.pass_env", {"MAKIMA_PASS_ENV"},
+        "more variable names passed to tasks (comma-separated)",
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
+          auto names = split_list(v);
+          for (auto& n : names)
+            if (auto err = check_pass_env_name(
+                    n, "config key 'task.pass_env' (from " + o + ")"))
+              return err;
+          c.pass_env = std::move(names);
+          return caf::none;
+        });
     add("git.author_name", {"MAKIMA_GIT_AUTHOR_NAME"}, "commit author name",
         string_setter(&config::author_name, "git.author_name", false));
     add("git.author_email", {"MAKIMA_GIT_AUTHOR_EMAIL"}, "commit author email",
@@ -333,6 +352,23 @@ std::optional<std::string> leaf_text(const toml::node& n) {
 }
 
 } // namespace
+
+caf::error check_pass_env_name(const std::string& name,
+                               const std::string& origin) {
+  if (!process::valid_env_name(name))
+    return make_error(
+        ec::invalid_config,
+        origin + ": '" + name
+            + "' is not a variable name ([A-Za-z_][A-Za-z0-9_]*)");
+  if (process::is_withheld(name))
+    return make_error(
+        ec::invalid_config,
+        origin + ": '" + name
+            + "' is one of makima's secrets (MAKIMA_*, AWS credentials), "
+              "which never pass to tasks; give a task its own value with "
+              "--env NAME=VALUE");
+  return caf::none;
+}
 
 const std::vector<config_key>& config_keys() {
   static const std::vector<config_key> keys = [] {

@@ -37,6 +37,10 @@ struct config {
   double timeout = 0;
   /// Seconds between SIGTERM and SIGKILL (`task.grace`).
   double grace = 10;
+  /// Names of makima's environment variables passed to every task besides
+  /// the built-in list (`task.pass_env`, MAKIMA_PASS_ENV; the --pass-env
+  /// flags add to it). Never one of makima's secrets (rejected).
+  std::vector<std::string> pass_env;
 
   // [git]
   std::string author_name = "makima";
@@ -128,6 +132,13 @@ caf::error set_config_value(config& cfg, const std::string& key,
 /// Fills data_dir (default_data_dir) and the paths derived from it that are
 /// still empty, making all of them absolute.
 void finalize(config& cfg, const env_map& env);
+
+/// Checks a name given to pass from makima's environment to tasks
+/// (--pass-env, task.pass_env): ec::invalid_config when it is no valid
+/// variable name or one of makima's secrets (process::is_withheld).
+/// `origin` names the flag or key, for the message.
+caf::error check_pass_env_name(const std::string& name,
+                               const std::string& origin);
 
 /// The keys and their environment variable names, for docs and tests.
 struct config_key {

@@ -3,12 +3,17 @@
 
 #include <stdlib.h>
 
+#include <cmath>
+#include <cstdint>
+#include <string_view>
+
 #include <CLI/CLI.hpp>
 
 #include "actors/messages.hpp"
 #include "runtime/error.hpp"
 #include "runtime/ids.hpp"
 #include "runtime/log.hpp"
+#include "runtime/process/environment.hpp"
 #include "runtime/store/db.hpp"
 
 namespace makima::app {
@@ -119,7 +124,6 @@ std::unique_ptr<opened_db> open_for_reading(const config& cfg) {
   return out;
 }
 
-
 void add_common(CLI::App* cmd, common_options& o) {
   cmd->add_option("--data-dir", o.data_dir,
                   "data dir (default: $MAKIMA_DATA_DIR, else "
@@ -129,16 +133,38 @@ void add_common(CLI::App* cmd, common_options& o) {
                   "~/.config/makima/makima.toml if present)");
 }
 
+namespace {
+
+/// A number of seconds from 0 to max_timeout_seconds (checked on the text:
+/// CLI11 would accept "inf", "nan" and 1e308).
+CLI::Validator seconds_validator() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        char* end = nullptr;
+        double d = std::strtod(text.c_str(), &end);
+        if (text.empty() || end == nullptr || *end != '\0' || !std::isfinite(d)
+            || d < 0 || d > max_timeout_seconds)
+          return "must be a number of seconds from 0 to "
+                 + std::to_string(static_cast<long>(max_timeout_seconds))
+                 + " (30 days), got '" + text + "'";
+        return {};
+      },
+      "SECONDS");
+}
+
+} // namespace
+
 CLI::Option* add_task_flags(CLI::App* cmd, task_flags& f) {
   cmd->add_option("--repo", f.repo, "git repository (path or URL)");
   cmd->add_option("--ref", f.ref,
                   "branch, tag or commit (default: the remote's HEAD)");
   auto id = cmd->add_option("--id", f.id, "task id (default: generated)");
-  cmd->add_option("--timeout", f.timeout, "seconds until SIGTERM (0 = none)")
-      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--timeout", f.timeout,
+                  "seconds until SIGTERM (0 = none; at most 30 days)")
+      ->check(seconds_validator());
   cmd->add_option("--grace", f.grace,
                   "seconds from SIGTERM to SIGKILL (default 10)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(seconds_validator());
   cmd->add_option("--env", f.env, "KEY=VALUE for the child (repeatable)")
       ->type_size(1)
       ->expected(1)
@@ -149,6 +175,79 @@ CLI::Option* add_task_flags(CLI::App* cmd, task_flags& f) {
   return id;
 }
 
+void add_pass_env_flag(CLI::App* cmd, std::vector<std::string>& names) {
+  cmd->add_option("--pass-env", names,
+                  "pass this variable of makima's environment to every task "
+                  "(repeatable; also task.pass_env; never makima's secrets)")
+      ->type_size(1)
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+}
+
+void apply_pass_env(config& cfg, const std::vector<std::string>& names) {
+  for (auto& n : names) {
+    if (auto err = check_pass_env_name(n, "--pass-env"))
+      fail(exit_usage, describe(err));
+    cfg.pass_env.push_back(n);
+  }
+}
+
+std::vector<std::string> task_base_env(const config& cfg) {
+  return process::base_environment(process_env(), cfg.pass_env);
+}
+
+bool valid_utf8(std::string_view s) {
+  size_t i = 0;
+  auto cont = [&](size_t k) {
+    return k < s.size() && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80;
+  };
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t n;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) {
+      n = 1;
+      cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      n = 2;
+      cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 3;
+      cp = c & 0x07;
+    } else {
+      return false; // continuation byte, overlong lead (C0, C1) or > F4
+    }
+    for (size_t k = 1; k <= n; ++k) {
+      if (!cont(i + k))
+        return false;
+      cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+    }
+    if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF
+        || (cp >= 0xD800 && cp <= 0xDFFF))
+      return false; // overlong, beyond Unicode, or a surrogate
+    i += n + 1;
+  }
+  return true;
+}
+
+void check_utf8(const std::string& value, const std::string& what) {
+  if (!valid_utf8(value))
+    fail(exit_usage, what + " is not valid UTF-8 (makima carries text only)");
+}
+
+void check_seconds(double value, const std::string& flag) {
+  if (value == -1)
+    return; // not given
+  if (!std::isfinite(value) || value < 0 || value > max_timeout_seconds)
+    fail(exit_usage, flag + " must be a number of seconds from 0 to "
+                         + std::to_string(static_cast<long>(max_timeout_seconds))
+                         + " (30 days)");
+}
+
 void check_task_flags(const task_flags& f) {
   if (f.id_given) {
     if (f.id.empty())
@@ -156,11 +255,23 @@ void check_task_flags(const task_flags& f) {
     if (auto err = validate_task_id(f.id))
       fail(exit_usage, describe(err));
   }
+  for (size_t i = 0; i < f.command.size(); ++i)
+    check_utf8(f.command[i], "command argument " + std::to_string(i + 1));
   for (auto& kv : f.env) {
+    check_utf8(kv, "--env");
     auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
       fail(exit_usage, "--env expects KEY=VALUE, got '" + kv + "'");
+    auto key = kv.substr(0, eq);
+    if (process::is_task_variable(key))
+      fail(exit_usage,
+           "--env cannot set " + key + ": makima sets it for every task");
   }
+  check_utf8(f.repo, "--repo");
+  check_utf8(f.ref, "--ref");
+  check_utf8(f.push, "--push");
+  check_seconds(f.timeout, "--timeout");
+  check_seconds(f.grace, "--grace");
   if (!f.push.empty() && f.repo.empty())
     fail(exit_usage, "--push needs --repo");
   if (f.commit && f.repo.empty())

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -104,9 +105,36 @@ struct task_flags {
 /// to `cmd`; returns the --id option (its count() sets `id_given`).
 CLI::Option* add_task_flags(CLI::App* cmd, task_flags& f);
 
+/// Whether `s` is valid UTF-8 (no overlong forms, surrogates or code
+/// points beyond U+10FFFF).
+bool valid_utf8(std::string_view s);
+
+/// Leaves with exit_usage naming `what` when `value` is not valid UTF-8.
+void check_utf8(const std::string& value, const std::string& what);
+
+/// Leaves with exit_usage naming `flag` unless `value` is -1 (not given)
+/// or a finite number of seconds from 0 to max_timeout_seconds (30 days).
+void check_seconds(double value, const std::string& flag);
+
 /// Leaves with exit_usage on an empty or invalid --id, an --env that is not
-/// KEY=VALUE, or --commit / --push without --repo.
+/// KEY=VALUE or sets one of makima's task variables (MAKIMA_TASK_ID …),
+/// a command argument, --env, --repo, --ref or --push that is not valid
+/// UTF-8, a --timeout or --grace that is not finite or outside 0 to 30
+/// days, or --commit / --push without --repo.
 void check_task_flags(const task_flags& f);
+
+/// Adds --pass-env NAME (repeatable) to `cmd` (`run`, `daemon`, `local`:
+/// the commands whose process starts tasks).
+void add_pass_env_flag(CLI::App* cmd, std::vector<std::string>& names);
+
+/// Adds the --pass-env `names` to `cfg.pass_env`; leaves with exit_usage
+/// when one is no variable name or one of makima's secrets.
+void apply_pass_env(config& cfg, const std::vector<std::string>& names);
+
+/// The environment every task of this process starts from:
+/// process::base_environment of this process's environment and
+/// `cfg.pass_env`.
+std::vector<std::string> task_base_env(const config& cfg);
 
 /// Subcommands a file adds: each CLI11 subcommand with what runs it when
 /// it was selected.

@@ -318,6 +318,7 @@ int cmd_submit(submit_options& o) {
     body["id"] = t.id;
   auto selector = json::object();
   for (auto& kv : o.selector) {
+    check_utf8(kv, "--selector");
     auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
       fail(exit_usage, "--selector expects KEY=VALUE, got '" + kv + "'");
@@ -342,7 +343,9 @@ int cmd_submit(submit_options& o) {
   if (o.max_attempts != 0)
     body["max_attempts"] = o.max_attempts;
   api_client api{*resolve_server(o.common, o.server, true)};
-  auto res = api.call("POST", "/api/v1/tasks", body.dump());
+  auto res =
+      api.call("POST", "/api/v1/tasks",
+               body.dump(-1, ' ', false, json::error_handler_t::replace));
   auto rec = parse_record(res.body);
   std::printf("%s\n", rec.spec.id.c_str());
   return exit_ok;
@@ -426,7 +429,8 @@ int remote_list(const server_target& target, bool json_out) {
         || !page["tasks"].is_array())
       fail(exit_internal, "the server sent a malformed task list");
     for (auto& t : page["tasks"])
-      records.push_back(parse_record(t.dump()));
+      records.push_back(
+          parse_record(t.dump(-1, ' ', false, json::error_handler_t::replace)));
     auto next = page.value("next", json());
     if (!next.is_string() || next.get<std::string>().empty()
         || next.get<std::string>() == after)

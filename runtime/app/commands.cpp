@@ -86,13 +86,6 @@ task_record get_record(caf::scoped_actor& self,
   return out;
 }
 
-std::vector<std::string> environment_strings() {
-  std::vector<std::string> out;
-  for (auto& [k, v] : process_env())
-    out.push_back(k + "=" + v);
-  return out;
-}
-
 /// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and turns
 /// each into a cancellation of the running task.
 class signal_watcher {
@@ -146,7 +139,7 @@ task_record run_attempt(caf::actor_system& sys, const config& cfg,
                      reactor,           cfg.repos_dir,
                      cfg.worktrees_dir, cfg.state_dir,
                      cfg.author_name,   cfg.author_email,
-                     cfg.max_tasks,     environment_strings()};
+                     cfg.max_tasks,     task_base_env(cfg)};
   auto node = spawn_daemon(sys, std::move(ctx));
   auto id = rec.spec.id;
   task_record final_record;
@@ -207,6 +200,7 @@ int run_to_completion(local_node& node, const config& cfg, task_record rec) {
 struct run_options {
   common_options common;
   task_flags task;
+  std::vector<std::string> pass_env;
 };
 
 int cmd_run(run_options& o) {
@@ -224,6 +218,7 @@ int cmd_run(run_options& o) {
       c.timeout = t.timeout;
     if (t.grace >= 0)
       c.grace = t.grace;
+    apply_pass_env(c, o.pass_env);
   });
   check_task_flags(t);
   task_record rec;
@@ -296,7 +291,7 @@ void print_task_list(const std::vector<task_record>& records, bool json) {
     auto arr = nlohmann::json::array();
     for (auto& r : records)
       arr.push_back(nlohmann::json::parse(to_json(r)));
-    std::cout << arr.dump(2) << "\n";
+    std::cout << arr.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return;
   }
   std::printf("%-28s %-12s %-7s %-5s %-24s %s\n", "ID", "STATE", "ATTEMPT",
@@ -323,7 +318,7 @@ void print_task(const task_record& rec,
         hist.push_back(nlohmann::json::parse(to_json(h)));
       j["history"] = hist;
     }
-    std::cout << j.dump(2) << "\n";
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return;
   }
   auto line = [](const char* k, const std::string& v) {
@@ -464,6 +459,7 @@ int run_cli(int argc, char** argv) {
       "run", "run one task in this process; exits with the task's exit code");
   add_common(run, run_opts.common);
   auto id_opt = add_task_flags(run, run_opts.task);
+  add_pass_env_flag(run, run_opts.pass_env);
 
   run->footer(
       "Usage: makima run [OPTIONS] [--] COMMAND [ARGS...]\n\n"

@@ -47,13 +47,6 @@ std::string host_name() {
   return buf;
 }
 
-std::vector<std::string> environment_strings() {
-  std::vector<std::string> out;
-  for (auto& [k, v] : process_env())
-    out.push_back(k + "=" + v);
-  return out;
-}
-
 struct daemon_options {
   common_options common;
   std::string server;
@@ -65,6 +58,7 @@ struct daemon_options {
   std::string ca_file;
   double heartbeat = 0;
   std::string api_key;
+  std::vector<std::string> pass_env;
 };
 
 /// Splits "HOST:PORT"; false when malformed.
@@ -108,6 +102,7 @@ int cmd_daemon(daemon_options& o) {
       set("daemon.max_tasks", std::to_string(o.max_tasks), "--max-tasks");
     if (!o.health_listen.empty())
       set("daemon.health_listen", o.health_listen, "--health-listen");
+    apply_pass_env(c, o.pass_env);
     if (!o.ca_file.empty())
       set("server.ca_file", o.ca_file, "--ca-file");
     if (o.heartbeat > 0)
@@ -247,7 +242,7 @@ daemon_node::start(caf::actor_system& sys, const config& cfg,
                      node->reactor_,    cfg.repos_dir,
                      cfg.worktrees_dir, cfg.state_dir,
                      cfg.author_name,   cfg.author_email,
-                     cfg.max_tasks,     environment_strings()};
+                     cfg.max_tasks,     task_base_env(cfg)};
   node->daemon_ = spawn_daemon(sys, std::move(ctx));
   caf::anon_send(node->connection_, start_atom::value, node->daemon_);
   return node;
@@ -308,6 +303,7 @@ void add_daemon_command(CLI::App& app, command_table& out) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--api-key", o->api_key,
                   "daemon key (default: $MAKIMA_API_KEY; never logged)");
+  add_pass_env_flag(cmd, o->pass_env);
   out.emplace_back(cmd, [o] { return cmd_daemon(*o); });
 }
 

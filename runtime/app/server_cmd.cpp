@@ -195,6 +195,7 @@ struct local_options {
   common_options common;
   std::string listen;
   int max_tasks = 0;
+  std::vector<std::string> pass_env;
 };
 
 /// A key for the in-process daemon of `makima local`: random, never shown.
@@ -224,6 +225,7 @@ int cmd_local(local_options& o) {
                                       std::to_string(o.max_tasks),
                                       "--max-tasks"))
         fail(exit_usage, describe(err));
+    apply_pass_env(c, o.pass_env);
   });
   auto [host, port] = split_listen(cfg.listen);
   bool loopback = is_loopback(host);
@@ -319,6 +321,7 @@ void add_server_commands(CLI::App& app, command_table& out) {
                     "0 = any free port)");
   local->add_option("--max-tasks", lo.max_tasks, "tasks run at once")
       ->check(CLI::Range(1, 4096));
+  add_pass_env_flag(local, lo.pass_env);
   out.emplace_back(local, [] { return cmd_local(lo); });
 }
 
