@@ -90,21 +90,63 @@ std::unique_ptr<opened_db> open_primary(const config& cfg) {
   return out;
 }
 
-/// Opens the database for reading: read-write when free (so interrupted
-/// tasks get detected), else as a secondary next to the running makima.
-/// Returns null when the data dir has no database yet.
+/// Opens the database for reading without changing a byte of it: read-only
+/// when no makima holds it, else as a secondary next to the running makima.
+/// Only when a read-only look finds unfinished tasks of a dead makima does
+/// it reopen read-write so that they get recorded as interrupted (and a
+/// full disk then keeps the read-only view). Returns null when the data dir
+/// has no database yet.
 std::unique_ptr<opened_db> open_for_reading(const config& cfg) {
   std::error_code err;
-  if (!std::filesystem::exists(cfg.db_dir / "CURRENT", err))
+  if (!std::filesystem::exists(cfg.db_dir / "CURRENT", err)) {
+    // No CURRENT beside database files is corruption, not "no tasks".
+    store::db_options probe;
+    probe.mode = store::open_mode::read_only;
+    if (std::filesystem::is_directory(cfg.db_dir, err)
+        && !std::filesystem::is_empty(cfg.db_dir, err)) {
+      auto db = store::db::open(cfg.db_dir, probe);
+      if (!db && code_of(db.error()) != ec::store_error)
+        fail(status_for(db.error()), describe(db.error()));
+    }
     return nullptr;
+  }
   store::db_options opts;
-  opts.mode = store::open_mode::primary;
+  opts.mode = store::open_mode::read_only;
   opts.sync = cfg.sync;
   auto db = store::db::open(cfg.db_dir, opts);
   if (db) {
+    bool unfinished = false;
+    auto scan =
+        (*db)->for_each_task([&](std::string_view, std::string_view json) {
+          if (auto rec = record_from_json(std::string{json});
+              rec && !is_terminal(rec->state))
+            unfinished = true;
+        });
+    if (scan)
+      fail(status_for(scan), describe(scan));
+    if (unfinished) {
+      db->reset();
+      store::db_options rw;
+      rw.mode = store::open_mode::primary;
+      rw.sync = cfg.sync;
+      auto primary = store::db::open(cfg.db_dir, rw);
+      if (primary) {
+        auto out = std::make_unique<opened_db>();
+        out->db = std::shared_ptr<store::db>(std::move(*primary));
+        out->primary = true;
+        return out;
+      }
+      if (code_of(primary.error()) == ec::store_full)
+        log::warn("store", describe(primary.error())
+                               + "; showing unfinished tasks as stored");
+      else if (code_of(primary.error()) != ec::store_locked)
+        fail(status_for(primary.error()), describe(primary.error()));
+      db = store::db::open(cfg.db_dir, opts);
+    }
+  }
+  if (db) {
     auto out = std::make_unique<opened_db>();
     out->db = std::shared_ptr<store::db>(std::move(*db));
-    out->primary = true;
     return out;
   }
   if (code_of(db.error()) != ec::store_locked)
@@ -122,6 +164,65 @@ std::unique_ptr<opened_db> open_for_reading(const config& cfg) {
     fail(status_for(sec.error()), describe(sec.error()));
   out->db = std::shared_ptr<store::db>(std::move(*sec));
   return out;
+}
+
+namespace {
+
+int cmd_db_repair(const common_options& common, const std::string& db_flag) {
+  auto cfg = resolve_config(common);
+  std::filesystem::path dir =
+      db_flag.empty() ? cfg.db_dir : std::filesystem::path{db_flag};
+  auto r = store::db::repair(dir);
+  if (!r)
+    fail(status_for(r.error()), describe(r.error()));
+  std::printf("backup of %s as it was: %s\n", dir.c_str(), r->backup.c_str());
+  if (r->damage.empty()) {
+    std::printf("found no damage; nothing dropped\n");
+  } else {
+    std::printf("damage: %s\n", r->damage.c_str());
+    std::printf("repair: %s\n", r->method.c_str());
+    std::printf("dropped: %llu write batches: %llu task records, %llu output "
+                "chunks, %llu state events, %llu other operations\n",
+                static_cast<unsigned long long>(r->dropped_batches),
+                static_cast<unsigned long long>(r->dropped_task_records),
+                static_cast<unsigned long long>(r->dropped_output_chunks),
+                static_cast<unsigned long long>(r->dropped_events),
+                static_cast<unsigned long long>(r->dropped_other));
+    if (r->dropped_unreadable)
+      std::printf("dropped: %llu operations in unreadable bytes\n",
+                  static_cast<unsigned long long>(*r->dropped_unreadable));
+    else
+      std::printf("dropped: unknown (not countable) operations in unreadable "
+                  "bytes, if any\n");
+    if (r->rebuilt)
+      std::printf("note: the database was rebuilt from its table files; what "
+                  "a damaged table file held cannot be counted, only the "
+                  "output gaps below\n");
+  }
+  std::printf("now: %llu tasks, %llu output chunks, %llu output chunks "
+              "missing between stored ones\n",
+              static_cast<unsigned long long>(r->tasks),
+              static_cast<unsigned long long>(r->output_chunks),
+              static_cast<unsigned long long>(r->output_gaps));
+  return exit_ok;
+}
+
+} // namespace
+
+void add_db_commands(CLI::App& app, command_table& out) {
+  auto db = app.add_subcommand("db", "inspect and salvage the database");
+  db->require_subcommand(1);
+  auto opts = std::make_shared<std::pair<common_options, std::string>>();
+  auto repair = db->add_subcommand(
+      "repair",
+      "salvage a corrupt database: back it up next to itself, keep the "
+      "consistent prefix, print what was dropped");
+  add_common(repair, opts->first);
+  repair->add_option("--db", opts->second,
+                     "database directory (default: the data dir's db; "
+                     "`makima local`'s server keeps DATA/server)");
+  out.emplace_back(repair,
+                   [opts] { return cmd_db_repair(opts->first, opts->second); });
 }
 
 void add_common(CLI::App* cmd, common_options& o) {

@@ -146,6 +146,9 @@ void add_server_commands(CLI::App& app, command_table& out);
 /// `makima daemon` (daemon_cmd.cpp).
 void add_daemon_command(CLI::App& app, command_table& out);
 
+/// `makima db repair` (cli.cpp).
+void add_db_commands(CLI::App& app, command_table& out);
+
 /// Subcommands whose trailing words are a command line (`run`, `task
 /// submit`): run_cli takes everything after "--" or from the first word
 /// that is no option out of the arguments into the vector before CLI11

@@ -513,6 +513,7 @@ int run_cli(int argc, char** argv) {
   add_client_commands(*task, network, trailing);
   add_server_commands(app, network);
   add_daemon_command(app, network);
+  add_db_commands(app, network);
 
   // `makima run [OPTIONS] [--] COMMAND [ARGS...]` (and `task submit`):
   // everything from the first word that is not an option of the

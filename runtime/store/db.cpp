@@ -1,14 +1,27 @@
 // RocksDB implementation of makima::store::db (see db.hpp for the layout).
 #include "runtime/store/db.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <array>
 #include <cerrno>
+#include <chrono>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
+#include <fstream>
+#include <iterator>
 #include <limits>
+#include <mutex>
+#include <set>
 #include <system_error>
 #include <utility>
 
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
 #include <rocksdb/status.h>
@@ -35,8 +48,8 @@ enum cf_index : size_t {
   cf_outbox,
   cf_count
 };
-constexpr const char* cf_names[cf_count] = {"tasks", "events", "output",
-                                            "meta", "outbox"};
+constexpr const char* cf_names[cf_count] = {"tasks", "events", "output", "meta",
+                                            "outbox"};
 
 // Meta keys of callers live under "k/" so they never meet "schema".
 constexpr std::string_view user_meta_prefix = "k/";
@@ -145,8 +158,10 @@ bool is_permission_failure(const rocksdb::Status& s) {
 caf::error corrupt_error(const fs::path& dir, const std::string& detail) {
   return make_error(ec::store_corrupt,
                     "the database in " + dir.string() + " is corrupt (" + detail
-                        + "); makima did not modify it: restore it from a "
-                          "backup or move the directory away");
+                        + "); makima did not modify it: `makima db repair` "
+                          "salvages the consistent part (it backs the "
+                          "directory up first and prints what it dropped), or "
+                          "restore it from a backup");
 }
 
 // Maps a failed open.
@@ -177,7 +192,8 @@ bool has_db_files(const fs::path& dir) {
        it.increment(err)) {
     auto name = it->path().filename().string();
     auto ext = it->path().extension().string();
-    if (name.rfind("MANIFEST-", 0) == 0 || ext == ".sst" || ext == ".log"
+    if (name.rfind("MANIFEST-", 0) == 0 || name.rfind("OPTIONS-", 0) == 0
+        || name == "IDENTITY" || ext == ".sst" || ext == ".log"
         || ext == ".blob")
       return true;
   }
@@ -207,6 +223,12 @@ rocksdb::Options make_options(open_mode mode) {
   o.max_file_opening_threads = 1;
   if (mode == open_mode::secondary)
     o.max_open_files = -1;
+  // Never replay a WAL only up to damage and drop the rest silently (the
+  // default kPointInTimeRecovery does): db::open checks every WAL first
+  // and refuses a damaged one; this mode is RocksDB's own second line.
+  // A torn last record is refused as well: the bytes cannot prove that it
+  // was an unfinished (unacknowledged) write rather than a truncation.
+  o.wal_recovery_mode = rocksdb::WALRecoveryMode::kAbsoluteConsistency;
   return o;
 }
 
@@ -245,6 +267,561 @@ descriptors_for(const std::vector<std::string>& names) {
   for (auto& name : names)
     result.emplace_back(name, cf_options(name));
   return result;
+}
+
+// -- info log -----------------------------------------------------------------
+
+// RocksDB's own info LOG aborts the process (an assertion in
+// WritableFileWriter, this build has assertions on) when it logs again after
+// one write of it failed, i.e. on every full disk; it also rotates LOG files
+// at every open, even one that then fails. makima's LOG instead writes
+// nothing until the database opened (`arm`), ignores write errors, and a
+// logger with an empty path discards everything (read-only opens and
+// probes never create or change a file).
+class info_log final : public rocksdb::Logger {
+public:
+  explicit info_log(fs::path file)
+      : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL),
+        file_(std::move(file)) {}
+  ~info_log() override {
+    if (fd_ >= 0)
+      ::close(fd_);
+  }
+
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    if (file_.empty())
+      return;
+    char buf[2048];
+    va_list copy;
+    va_copy(copy, ap);
+    int n = std::vsnprintf(buf, sizeof(buf), format, copy);
+    va_end(copy);
+    if (n < 0)
+      return;
+    std::string line = std::to_string(now_us()) + " ";
+    line.append(buf, std::min<size_t>(static_cast<size_t>(n), sizeof(buf) - 1));
+    line.push_back('\n');
+    std::lock_guard<std::mutex> guard{mu_};
+    if (!armed_) {
+      if (pending_.size() < (64 << 10))
+        pending_ += line;
+      return;
+    }
+    write_all(line);
+  }
+
+  // Starts writing to the file (after a successful open): keeps one old LOG
+  // of at most 1 MiB.
+  void arm() {
+    std::lock_guard<std::mutex> guard{mu_};
+    if (armed_ || file_.empty())
+      return;
+    armed_ = true;
+    std::error_code err;
+    if (fs::file_size(file_, err) > (1u << 20) && !err) {
+      auto old = file_;
+      old += ".old";
+      fs::rename(file_, old, err);
+    }
+    fd_ =
+        ::open(file_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    write_all(pending_);
+    pending_.clear();
+  }
+
+private:
+  static uint64_t now_us() {
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(
+            std::chrono::system_clock::now().time_since_epoch())
+            .count());
+  }
+  void write_all(const std::string& s) {
+    if (fd_ < 0)
+      return;
+    size_t off = 0;
+    while (off < s.size()) {
+      auto n = ::write(fd_, s.data() + off, s.size() - off);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        return; // ENOSPC and friends: lose the line, never the process
+      off += static_cast<size_t>(n);
+    }
+  }
+
+  fs::path file_;
+  std::mutex mu_;
+  bool armed_ = false;
+  int fd_ = -1;
+  std::string pending_;
+};
+
+// -- strict WAL check ---------------------------------------------------------
+
+// RocksDB's WAL format (db/log_format.h): 32 KiB blocks of physical records
+// crc32c(4, masked, over type + payload) | length(2, LE) | type(1) | payload;
+// a block's last < 7 bytes are zero padding. Logical records (write
+// batches: seq(8, LE) count(4, LE) entries) are one kFullType record or
+// kFirstType, kMiddleType..., kLastType fragments.
+constexpr size_t wal_block = 32768;
+constexpr size_t wal_header = 7;
+
+uint32_t crc32c_extend(uint32_t crc, const unsigned char* p, size_t n) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k)
+        c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i)
+    crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+uint32_t unmask_crc(uint32_t masked) {
+  uint32_t rot = masked - 0xa282ead8u;
+  return (rot >> 17) | (rot << 15);
+}
+
+uint32_t get_le32(const unsigned char* p) {
+  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16
+         | uint32_t{p[3]} << 24;
+}
+
+uint64_t get_le64(const unsigned char* p) {
+  return uint64_t{get_le32(p)} | uint64_t{get_le32(p + 4)} << 32;
+}
+
+bool get_varint32(const unsigned char*& p, const unsigned char* end,
+                  uint32_t& v) {
+  v = 0;
+  for (int shift = 0; shift <= 28 && p < end; shift += 7) {
+    uint32_t b = *p++;
+    v |= (b & 0x7f) << shift;
+    if ((b & 0x80) == 0)
+      return true;
+  }
+  return false;
+}
+
+bool get_slice(const unsigned char*& p, const unsigned char* end,
+               std::string_view& out) {
+  uint32_t n = 0;
+  if (!get_varint32(p, end, n) || static_cast<size_t>(end - p) < n)
+    return false;
+  out = std::string_view{reinterpret_cast<const char*>(p), n};
+  p += n;
+  return true;
+}
+
+// Counts the operations of write batches by what makima stores in them.
+struct batch_tally {
+  uint64_t batches = 0;
+  uint64_t ops = 0;
+  uint64_t task_records = 0;
+  uint64_t output_chunks = 0;
+  uint64_t events = 0;
+  uint64_t other = 0;
+  std::set<std::string> tasks;
+
+  void add(std::string_view rep) {
+    ++batches;
+    auto* p = reinterpret_cast<const unsigned char*>(rep.data());
+    auto* end = p + rep.size();
+    if (rep.size() < 12) {
+      ++other;
+      return;
+    }
+    uint32_t count = get_le32(p + 8);
+    ops += count;
+    p += 12;
+    uint32_t seen = 0;
+    for (; seen < count && p < end; ++seen) {
+      unsigned tag = *p++;
+      uint32_t cf = 0;
+      std::string_view key, value;
+      bool ok = true;
+      switch (tag) {
+      case 0x4:
+      case 0x8: // CF deletion, CF single deletion
+        ok = get_varint32(p, end, cf) && get_slice(p, end, key);
+        ++other;
+        break;
+      case 0x0:
+      case 0x7: // deletion, single deletion
+        ok = get_slice(p, end, key);
+        ++other;
+        break;
+      case 0x5:
+      case 0x6:
+      case 0xE:
+      case 0x10: // CF put, merge, range del, blob
+        ok = get_varint32(p, end, cf) && get_slice(p, end, key)
+             && get_slice(p, end, value);
+        if (ok)
+          classify(tag == 0x5, key, value);
+        break;
+      case 0x1:
+      case 0x2:
+      case 0xF:
+      case 0x11: // put, merge, range del, blob
+        ok = get_slice(p, end, key) && get_slice(p, end, value);
+        if (ok)
+          classify(tag == 0x1, key, value);
+        break;
+      case 0x3: // log data: no seq
+        ok = get_slice(p, end, key);
+        --seen;
+        break;
+      default:
+        ok = false;
+      }
+      if (!ok)
+        break;
+    }
+    if (seen < count)
+      other += count - seen;
+  }
+
+  void classify(bool put, std::string_view key, std::string_view value) {
+    auto nul = key.find('\0');
+    if (!put) {
+      ++other;
+    } else if (nul != std::string_view::npos && key.size() == nul + 9
+               && !value.empty() && value[0] != '{') {
+      ++output_chunks;
+      note_task(key.substr(0, nul));
+    } else if (nul != std::string_view::npos && key.size() == nul + 9) {
+      ++events;
+      note_task(key.substr(0, nul));
+    } else if (nul == std::string_view::npos && !value.empty()
+               && value[0] == '{') {
+      ++task_records;
+      note_task(key);
+    } else {
+      ++other;
+    }
+  }
+
+  void note_task(std::string_view id) {
+    if (tasks.size() < 1000)
+      tasks.emplace(id);
+  }
+
+  std::string describe() const {
+    std::string s = std::to_string(batches) + " write batch"
+                    + (batches == 1 ? "" : "es") + " ("
+                    + std::to_string(task_records) + " task record writes, "
+                    + std::to_string(output_chunks) + " output chunks, "
+                    + std::to_string(events) + " state events, "
+                    + std::to_string(other) + " other operations)";
+    if (!tasks.empty()) {
+      s += " of task" + std::string{tasks.size() == 1 ? " " : "s "};
+      size_t n = 0;
+      for (auto& t : tasks) {
+        if (n++ == 10) {
+          s += ", ...";
+          break;
+        }
+        s += (n > 1 ? ", " : "") + t;
+      }
+    }
+    return s;
+  }
+};
+
+// The first damage found in a WAL file: where its consistent prefix ends
+// and what follows that cannot be replayed.
+struct wal_damage {
+  fs::path file;
+  uint64_t file_size = 0;
+  /// Offset where the damage was found.
+  uint64_t at = 0;
+  /// End of the last whole write batch before the damage (the repair
+  /// truncates the file there).
+  uint64_t keep = 0;
+  std::string what;
+  /// Write batches readable behind the damage (in this file).
+  batch_tally after;
+  /// Sequence numbers missing between the last good batch and the first
+  /// readable one after the damage (operations in the damaged bytes), when
+  /// a batch after it could be read.
+  std::optional<uint64_t> missing_ops;
+};
+
+// Reads a WAL file strictly. Returns nullopt when it is whole, else the
+// first damage. `good` gets every whole batch before the damage.
+std::optional<wal_damage> check_wal_file(const fs::path& file,
+                                         batch_tally* good, std::string& io) {
+  std::ifstream in{file, std::ios::binary};
+  std::string data{std::istreambuf_iterator<char>{in},
+                   std::istreambuf_iterator<char>{}};
+  if (!in.good() && !in.eof()) {
+    io = "cannot read " + file.string();
+    return std::nullopt;
+  }
+  auto* d = reinterpret_cast<const unsigned char*>(data.data());
+  size_t size = data.size();
+  std::optional<wal_damage> damage;
+  size_t resume_at = 0; // where the lenient pass starts
+  auto fail = [&](size_t at, uint64_t keep, std::string what,
+                  bool whole_record = false) {
+    resume_at = whole_record ? at : (at / wal_block + 1) * wal_block;
+    damage = wal_damage{};
+    damage->file = file;
+    damage->file_size = size;
+    damage->at = at;
+    damage->keep = keep;
+    damage->what = std::move(what);
+  };
+  size_t pos = 0;
+  uint64_t keep = 0; // end of the last whole batch
+  std::string record;
+  bool in_fragment = false;
+  bool have_seq = false;
+  uint64_t next_seq = 0;
+  // Lenient pass after the damage: counts what could still be read.
+  bool lenient = false;
+  std::optional<uint64_t> first_seq_after;
+  auto deliver = [&](size_t rec_start, size_t end) {
+    if (lenient) {
+      if (!first_seq_after && record.size() >= 12)
+        first_seq_after =
+            get_le64(reinterpret_cast<const unsigned char*>(record.data()));
+      damage->after.add(record);
+      return true;
+    }
+    if (record.size() < 12) {
+      fail(rec_start, keep, "write batch shorter than its header");
+      return false;
+    }
+    auto* r = reinterpret_cast<const unsigned char*>(record.data());
+    uint64_t seq = get_le64(r);
+    uint64_t count = get_le32(r + 8);
+    if (have_seq && seq != next_seq) {
+      fail(rec_start, keep,
+           "sequence gap: batch starts at sequence " + std::to_string(seq)
+               + ", expected " + std::to_string(next_seq),
+           true);
+      return false;
+    }
+    have_seq = true;
+    next_seq = seq + count;
+    if (good)
+      good->add(record);
+    keep = end;
+    return true;
+  };
+  size_t rec_start = 0;
+  while (pos < size) {
+    size_t left = wal_block - pos % wal_block;
+    if (left < wal_header) {
+      size_t stop = std::min(size, pos + left);
+      if (!lenient
+          && std::any_of(d + pos, d + stop, [](unsigned char c) { return c; }))
+        fail(pos, keep, "garbage in a block trailer");
+      pos = stop;
+      if (!damage || lenient)
+        continue;
+    }
+    if (damage && !lenient) {
+      // Count what follows the damage: resume at the next block.
+      lenient = true;
+      in_fragment = false;
+      record.clear();
+      pos = resume_at;
+      continue;
+    }
+    if (size - pos < wal_header) {
+      if (!lenient)
+        fail(pos, keep, "the file ends inside a record header");
+      break;
+    }
+    uint32_t masked = get_le32(d + pos);
+    size_t len = d[pos + 4] | size_t{d[pos + 5]} << 8;
+    unsigned type = d[pos + 6];
+    const char* bad = nullptr;
+    if (type == 0 && len == 0 && masked == 0)
+      bad = "zeroed bytes where a record should be";
+    else if (len > left - wal_header)
+      bad = "bad record length";
+    else if (pos + wal_header + len > size)
+      bad = "the file ends inside a record (truncated)";
+    else if (unmask_crc(masked) != crc32c_extend(0, d + pos + 6, len + 1))
+      bad = "checksum mismatch";
+    if (bad) {
+      if (lenient) {
+        pos = (pos / wal_block + 1) * wal_block;
+        in_fragment = false;
+        record.clear();
+        continue;
+      }
+      fail(pos, keep, bad);
+      continue;
+    }
+    std::string_view payload{
+        reinterpret_cast<const char*>(d + pos + wal_header), len};
+    size_t end = pos + wal_header + len;
+    const char* bad_type = nullptr;
+    switch (type) {
+    case 1: // full
+      if (in_fragment)
+        bad_type = "a fragmented record has no end";
+      else {
+        record.assign(payload);
+        if (!deliver(pos, end))
+          continue;
+      }
+      break;
+    case 2: // first
+      if (in_fragment)
+        bad_type = "a fragmented record has no end";
+      record.assign(payload);
+      rec_start = pos;
+      in_fragment = true;
+      break;
+    case 3: // middle
+    case 4: // last
+      if (!in_fragment)
+        bad_type = "a record fragment has no start";
+      else {
+        record.append(payload);
+        if (type == 4) {
+          in_fragment = false;
+          if (!deliver(rec_start, end))
+            continue;
+        }
+      }
+      break;
+    case 9: // compression type record
+      if (!in_fragment && !lenient)
+        keep = end;
+      break;
+    default:
+      bad_type = "unknown record type";
+    }
+    if (bad_type) {
+      if (lenient) {
+        in_fragment = false;
+        record.clear();
+      } else {
+        fail(in_fragment ? rec_start : pos, keep, bad_type);
+        continue;
+      }
+    }
+    pos = end;
+  }
+  if (!damage && in_fragment)
+    fail(rec_start, keep, "the file ends inside a record (truncated)");
+  if (damage && first_seq_after && have_seq && *first_seq_after >= next_seq)
+    damage->missing_ops = *first_seq_after - next_seq;
+  return damage;
+}
+
+// WAL files of `dir`, oldest first.
+std::vector<fs::path> wal_files(const fs::path& dir) {
+  std::vector<std::pair<uint64_t, fs::path>> found;
+  std::error_code err;
+  for (fs::directory_iterator it{dir, err}, end; !err && it != end;
+       it.increment(err)) {
+    auto name = it->path().filename().string();
+    if (it->path().extension() != ".log" || name.size() < 5)
+      continue;
+    auto stem = name.substr(0, name.size() - 4);
+    if (stem.empty() || !std::all_of(stem.begin(), stem.end(), [](char c) {
+          return c >= '0' && c <= '9';
+        }))
+      continue;
+    found.emplace_back(std::stoull(stem), it->path());
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<fs::path> out;
+  for (auto& f : found)
+    out.push_back(f.second);
+  return out;
+}
+
+// Result of checking every WAL file of a dir.
+struct wal_report {
+  std::optional<wal_damage> damage;
+  /// Whole WAL files after the damaged one (a repair drops them too).
+  std::vector<fs::path> later_files;
+  batch_tally later;
+  std::string io_error;
+};
+
+wal_report check_wals(const fs::path& dir) {
+  wal_report out;
+  for (auto& f : wal_files(dir)) {
+    if (out.damage) {
+      out.later_files.push_back(f);
+      std::string io;
+      batch_tally t;
+      check_wal_file(f, &t, io); // counts its whole batches
+      // Damage in a later file: its readable batches were counted anyway.
+      out.later.batches += t.batches;
+      out.later.ops += t.ops;
+      out.later.task_records += t.task_records;
+      out.later.output_chunks += t.output_chunks;
+      out.later.events += t.events;
+      out.later.other += t.other;
+      out.later.tasks.insert(t.tasks.begin(), t.tasks.end());
+      continue;
+    }
+    out.damage = check_wal_file(f, nullptr, out.io_error);
+    if (!out.io_error.empty())
+      return out;
+  }
+  return out;
+}
+
+// What a damaged WAL costs, in words.
+std::string describe_wal_damage(const wal_report& r) {
+  auto& d = *r.damage;
+  batch_tally lost = d.after;
+  lost.batches += r.later.batches;
+  lost.ops += r.later.ops;
+  lost.task_records += r.later.task_records;
+  lost.output_chunks += r.later.output_chunks;
+  lost.events += r.later.events;
+  lost.other += r.later.other;
+  lost.tasks.insert(r.later.tasks.begin(), r.later.tasks.end());
+  std::string s = "write-ahead log " + d.file.string() + ": " + d.what
+                  + " at byte " + std::to_string(d.at) + " of "
+                  + std::to_string(d.file_size)
+                  + "; a replay would stop there, losing "
+                  + std::to_string(d.file_size - d.keep) + " bytes";
+  if (!r.later_files.empty())
+    s += " and " + std::to_string(r.later_files.size()) + " later WAL file"
+         + (r.later_files.size() == 1 ? "" : "s");
+  s += ": " + lost.describe() + " still readable behind the damage";
+  if (d.missing_ops)
+    s += ", plus " + std::to_string(*d.missing_ops)
+         + " operations in the damaged bytes";
+  else
+    s += ", plus what the damaged bytes held (not countable)";
+  return s;
+}
+
+// Whether another process holds the RocksDB lock of `dir` (fcntl, like
+// RocksDB). Opens LOCK read-only; creates nothing.
+bool locked_elsewhere(const fs::path& dir) {
+  int fd = ::open((dir / "LOCK").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return false;
+  struct flock f {};
+  f.l_type = F_WRLCK;
+  f.l_whence = SEEK_SET;
+  bool locked = ::fcntl(fd, F_GETLK, &f) == 0 && f.l_type != F_UNLCK;
+  ::close(fd);
+  return locked;
 }
 
 } // namespace
@@ -343,8 +920,8 @@ void write_batch::delete_outbox(std::string_view task, uint32_t attempt,
   auto end = upto == std::numeric_limits<uint64_t>::max()
                  ? outbox_key(task, attempt + 1, 0)
                  : outbox_key(task, attempt, upto + 1);
-  impl_->ops.push_back({cf_outbox, outbox_key(task, attempt, 0),
-                        std::move(end), impl::kind::del_range});
+  impl_->ops.push_back({cf_outbox, outbox_key(task, attempt, 0), std::move(end),
+                        impl::kind::del_range});
 }
 
 size_t write_batch::size() const {
@@ -373,7 +950,7 @@ struct db::impl {
     }
   }
 
-  bool secondary() const { return opts.mode == open_mode::secondary; }
+  bool secondary() const { return opts.mode != open_mode::primary; }
 
   caf::error read_error(const rocksdb::Status& s) const {
     return map_status(s, "read from", dir);
@@ -450,20 +1027,26 @@ caf::expected<std::unique_ptr<db>> db::open(const fs::path& dir,
       return make_error(ec::io_error,
                         "cannot create the data dir " + dir_str + ": "
                             + (err ? err.message() : "not a directory"));
-  } else if (opts.secondary_dir.empty()) {
+  } else if (opts.mode == open_mode::secondary && opts.secondary_dir.empty()) {
     return make_error(ec::invalid_argument,
                       "opening the database in " + dir_str
                           + " read-only needs a secondary dir");
   }
+  // A live primary elsewhere: its WAL tail is being written, so it is not
+  // checked (and not opened) here.
+  if (opts.mode != open_mode::secondary && locked_elsewhere(dir))
+    return make_error(ec::store_locked,
+                      "data dir " + dir_str
+                          + " is in use by another makima process");
   // Look before RocksDB touches anything (DB::Open rotates LOG files even
   // when it then fails): a broken database must stay exactly as it is.
   auto current = dir / "CURRENT";
   std::vector<std::string> names;
   if (!fs::exists(current, err)) {
-    if (opts.mode == open_mode::secondary)
-      return make_error(ec::store_error, "no makima database in " + dir_str);
     if (has_db_files(dir))
       return corrupt_error(dir, "CURRENT is missing but database files exist");
+    if (opts.mode != open_mode::primary)
+      return make_error(ec::store_error, "no makima database in " + dir_str);
     names.push_back(rocksdb::kDefaultColumnFamilyName);
   } else {
     auto s = rocksdb::DB::ListColumnFamilies(options, dir_str, &names);
@@ -474,6 +1057,20 @@ caf::expected<std::unique_ptr<db>> db::open(const fs::path& dir,
       return map_open_status(s, dir);
     }
   }
+  // Every WAL must replay whole (see make_options).
+  if (opts.mode != open_mode::secondary) {
+    auto report = check_wals(dir);
+    if (!report.io_error.empty())
+      return make_error(ec::store_error, "cannot check the database in "
+                                             + dir_str + ": "
+                                             + report.io_error);
+    if (report.damage)
+      return corrupt_error(dir, describe_wal_damage(report));
+  }
+  // makima's LOG (see info_log); none for read-only and secondary opens.
+  auto log = std::make_shared<info_log>(
+      opts.mode == open_mode::primary ? dir / "LOG" : fs::path{});
+  options.info_log = log;
   // Every existing CF must be opened; in primary mode add ours if missing.
   if (opts.mode == open_mode::primary)
     for (auto* name : cf_names)
@@ -484,6 +1081,9 @@ caf::expected<std::unique_ptr<db>> db::open(const fs::path& dir,
   rocksdb::Status s;
   if (opts.mode == open_mode::primary) {
     s = rocksdb::DB::Open(options, dir_str, descriptors, &p->handles, &raw);
+  } else if (opts.mode == open_mode::read_only) {
+    s = rocksdb::DB::OpenForReadOnly(options, dir_str, descriptors, &p->handles,
+                                     &raw);
   } else {
     fs::create_directories(opts.secondary_dir, err);
     if (err)
@@ -495,8 +1095,7 @@ caf::expected<std::unique_ptr<db>> db::open(const fs::path& dir,
                                      &p->handles, &raw);
   }
   if (!s.ok()) {
-    if (opts.mode == open_mode::secondary && !s.IsCorruption()
-        && !is_no_space(s))
+    if (opts.mode != open_mode::primary && !s.IsCorruption() && !is_no_space(s))
       return make_error(ec::store_error, "cannot open the database in "
                                              + dir_str
                                              + " read-only: " + s.ToString());
@@ -535,6 +1134,7 @@ caf::expected<std::unique_ptr<db>> db::open(const fs::path& dir,
         return map_status(s, "initialize", dir);
     }
   }
+  log->arm();
   return std::unique_ptr<db>{new db(std::move(p))};
 }
 
@@ -675,8 +1275,7 @@ caf::expected<std::optional<uint64_t>> db::last_event(std::string_view id) {
   return impl_->last(cf_events, id);
 }
 
-caf::expected<std::optional<std::string>>
-db::get_meta(std::string_view key) {
+caf::expected<std::optional<std::string>> db::get_meta(std::string_view key) {
   auto& d = *impl_;
   if (!d.cfs[cf_meta])
     return std::optional<std::string>{};
@@ -738,6 +1337,151 @@ caf::error db::for_each_outbox(
   if (!it->status().ok())
     return d.read_error(it->status());
   return caf::none;
+}
+
+} // namespace makima::store
+
+namespace makima::store {
+
+namespace {
+
+std::string utc_stamp() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y%m%dT%H%M%SZ", &tm);
+  return buf;
+}
+
+// Reads every task's record and output; counts chunks and seq gaps.
+caf::error count_contents(db& d, repair_report& r) {
+  std::vector<std::string> ids;
+  if (auto err = d.for_each_task(
+          [&](std::string_view id, std::string_view) { ids.emplace_back(id); }))
+    return err;
+  r.tasks = ids.size();
+  r.output_chunks = 0;
+  r.output_gaps = 0;
+  for (auto& id : ids) {
+    uint64_t expect = 0;
+    auto err = d.for_each_output(id, 0, [&](const stored_chunk& c) {
+      ++r.output_chunks;
+      if (c.seq > expect)
+        r.output_gaps += c.seq - expect;
+      expect = c.seq + 1;
+      return true;
+    });
+    if (err)
+      return err;
+    if (auto err = d.for_each_event(id, [](uint64_t, std::string_view) {}))
+      return err;
+  }
+  return caf::none;
+}
+
+} // namespace
+
+caf::expected<repair_report> db::repair(const fs::path& dir) {
+  repair_report r;
+  std::error_code err;
+  if (!fs::is_directory(dir, err))
+    return make_error(ec::invalid_argument,
+                      "no database directory " + dir.string());
+  if (locked_elsewhere(dir))
+    return make_error(ec::store_locked,
+                      "data dir " + dir.string()
+                          + " is in use by another makima process; stop it "
+                            "before repairing");
+  // 1. Back up everything as it is.
+  auto name =
+      dir.filename().empty() ? dir.parent_path().filename() : dir.filename();
+  r.backup = dir.parent_path() / (name.string() + ".backup-" + utc_stamp());
+  for (int i = 1; fs::exists(r.backup, err); ++i)
+    r.backup =
+        dir.parent_path()
+        / (name.string() + ".backup-" + utc_stamp() + "-" + std::to_string(i));
+  fs::copy(dir, r.backup, fs::copy_options::recursive, err);
+  if (err) {
+    std::error_code ignore;
+    fs::remove_all(r.backup, ignore);
+    return make_error(
+        err == std::errc::no_space_on_device ? ec::store_full : ec::io_error,
+        "cannot back up " + dir.string() + " to " + r.backup.string() + " ("
+            + err.message() + "); nothing was changed");
+  }
+  // 2. A damaged WAL: keep its whole batches, drop the rest.
+  auto report = check_wals(dir);
+  if (!report.io_error.empty())
+    return make_error(ec::store_error, report.io_error);
+  if (report.damage) {
+    auto& d = *report.damage;
+    r.damage = describe_wal_damage(report);
+    fs::resize_file(d.file, d.keep, err);
+    if (err)
+      return make_error(ec::io_error, "cannot truncate " + d.file.string()
+                                          + ": " + err.message());
+    for (auto& f : report.later_files)
+      fs::remove(f, err);
+    r.method = "cut " + d.file.string() + " back to its last whole write "
+               + "batch (" + std::to_string(d.keep) + " of "
+               + std::to_string(d.file_size) + " bytes)";
+    if (!report.later_files.empty())
+      r.method += " and removed " + std::to_string(report.later_files.size())
+                  + " later WAL file(s)";
+    r.dropped_batches = d.after.batches + report.later.batches;
+    r.dropped_task_records = d.after.task_records + report.later.task_records;
+    r.dropped_output_chunks =
+        d.after.output_chunks + report.later.output_chunks;
+    r.dropped_events = d.after.events + report.later.events;
+    r.dropped_other = d.after.other + report.later.other;
+    r.dropped_unreadable = d.missing_ops;
+  }
+  // 3. Open and read everything; rebuild when that fails.
+  db_options opts;
+  opts.mode = open_mode::primary;
+  opts.sync = true;
+  {
+    auto opened = open(dir, opts);
+    if (opened) {
+      auto cerr = count_contents(**opened, r);
+      if (!cerr)
+        return r;
+      if (code_of(cerr) != ec::store_corrupt)
+        return cerr;
+      if (!r.damage.empty())
+        r.damage += "; ";
+      r.damage += describe(cerr);
+    } else if (code_of(opened.error()) != ec::store_corrupt) {
+      return opened.error();
+    } else if (r.damage.empty()) {
+      r.damage = describe(opened.error());
+    }
+  }
+  auto options = make_options(open_mode::primary);
+  auto log = std::make_shared<info_log>(dir / "LOG");
+  log->arm();
+  options.info_log = log;
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+  cfs.emplace_back(rocksdb::kDefaultColumnFamilyName,
+                   cf_options(rocksdb::kDefaultColumnFamilyName));
+  for (auto* cf : cf_names)
+    cfs.emplace_back(cf, cf_options(cf));
+  auto s = rocksdb::RepairDB(dir.string(), options, cfs);
+  if (!s.ok())
+    return map_status(s, "repair", dir);
+  r.rebuilt = true;
+  if (!r.method.empty())
+    r.method += ", then ";
+  r.method += "rebuilt the database from its table files with RocksDB's "
+              "RepairDB (damaged table files are moved to "
+              + (dir / "lost").string() + ")";
+  auto opened = open(dir, opts);
+  if (!opened)
+    return opened.error();
+  if (auto cerr = count_contents(**opened, r))
+    return cerr;
+  return r;
 }
 
 } // namespace makima::store

@@ -36,6 +36,10 @@ enum class open_mode {
   /// Read-only view that works while another process is the primary
   /// (RocksDB secondary instance); sees data as of open time.
   secondary,
+  /// Read-only view of a database no process holds (RocksDB
+  /// OpenForReadOnly): creates, rotates and writes no file. Fails with
+  /// ec::store_locked when another process is the primary.
+  read_only,
 };
 
 /// Options of the database.
@@ -89,6 +93,35 @@ private:
   std::unique_ptr<impl> impl_;
 };
 
+/// What `db::repair` found and did.
+struct repair_report {
+  /// Copy of the directory as it was, made before anything changed.
+  std::filesystem::path backup;
+  /// What was wrong, in words; empty when nothing was found.
+  std::string damage;
+  /// How the database was repaired, in words.
+  std::string method;
+  /// What the repair dropped from the write-ahead log, counted in the
+  /// batches that could still be decoded behind the damage.
+  uint64_t dropped_batches = 0;
+  uint64_t dropped_task_records = 0;
+  uint64_t dropped_output_chunks = 0;
+  uint64_t dropped_events = 0;
+  uint64_t dropped_other = 0;
+  /// Operations in bytes that could not be decoded, when their sequence
+  /// numbers tell how many; nullopt when that is unknown.
+  std::optional<uint64_t> dropped_unreadable;
+  /// Whether RocksDB's RepairDB had to rebuild the database (MANIFEST,
+  /// CURRENT or a table file was damaged): what a damaged table file held
+  /// cannot be counted, only the gaps it left.
+  bool rebuilt = false;
+  /// The database after the repair.
+  uint64_t tasks = 0;
+  uint64_t output_chunks = 0;
+  /// Output seqs missing between stored chunks (holes left by the damage).
+  uint64_t output_gaps = 0;
+};
+
 /// The database of one data dir.
 class db {
 public:
@@ -98,6 +131,13 @@ public:
   /// ec::store_full, ec::io_error (unwritable dir), ec::store_error.
   static caf::expected<std::unique_ptr<db>>
   open(const std::filesystem::path& dir, const db_options& opts);
+
+  /// Salvages a database that `open` refused as corrupt: copies `dir`
+  /// aside (`<dir>.backup-<UTC time>`), cuts a damaged WAL back to its last
+  /// whole write batch (dropping later WAL files), and when that is not
+  /// enough rebuilds the database with RocksDB's RepairDB. Fails with
+  /// ec::store_locked when another process holds `dir`.
+  static caf::expected<repair_report> repair(const std::filesystem::path& dir);
 
   /// Applies `batch` atomically (WAL first). Errors: ec::store_full on
   /// ENOSPC, ec::store_error otherwise.
