@@ -501,7 +501,7 @@ std::chrono::milliseconds tick_interval(const server_settings& s) {
 std::string meta_json(uint32_t attempt, uint64_t seq,
                       const std::string& daemon) {
   nlohmann::json j{{"attempt", attempt}, {"seq", seq}, {"daemon", daemon}};
-  return j.dump();
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 bool persist(self_ptr self, task_entry& e, const std::string& detail) {
@@ -792,11 +792,11 @@ net::response auth_response(authenticator::verdict v) {
   if (v == authenticator::duplicate)
     return error_response(400, "duplicate_authorization",
                           "more than one Authorization header");
-  auto res = v == authenticator::unauthorized
-                 ? error_response(401, "unauthorized",
-                                  "missing or unknown API key")
-                 : error_response(403, "forbidden",
-                                  "this key may not use this endpoint");
+  auto res =
+      v == authenticator::unauthorized
+          ? error_response(401, "unauthorized", "missing or unknown API key")
+          : error_response(403, "forbidden",
+                           "this key may not use this endpoint");
   res.headers["WWW-Authenticate"] = "Bearer";
   return res;
 }
@@ -900,15 +900,15 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
         std::lock_guard<std::mutex> guard{counters->mtx};
         ++counters->http_codes[503];
       }
-      reply.send(error_response(503, "unavailable",
-                                "the server is not running"));
+      reply.send(
+          error_response(503, "unavailable", "the server is not running"));
       return;
     }
     caf::anon_send(*slot, http_atom::value, std::move(req), std::move(reply));
   };
   net::ws_handler ws;
-  ws.on_upgrade = [auth, counters, watch](const net::request& req)
-      -> std::optional<net::response> {
+  ws.on_upgrade = [auth, counters, watch](
+                      const net::request& req) -> std::optional<net::response> {
     if (auto refused = admit(*auth, *counters, req))
       return refused;
     if (watch->down)

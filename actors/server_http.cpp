@@ -47,8 +47,7 @@ void respond_error(self_ptr self, net::http_reply& reply, unsigned status,
                    const std::string& code, const std::string& message,
                    net::header_map headers = {}) {
   json j{{"error", {{"code", code}, {"message", message}}}};
-  respond(self, reply, status, text(j), "application/json",
-          std::move(headers));
+  respond(self, reply, status, text(j), "application/json", std::move(headers));
 }
 
 void method_not_allowed(self_ptr self, net::http_reply& reply,
@@ -580,8 +579,8 @@ void handle_http(self_ptr self, net::request& req, net::http_reply& reply) {
     }
     respond_error(self, reply, 500, "internal", "internal server error");
   } catch (...) {
-    log::error("server", "HTTP " + req.method
-                             + " failed with an internal error");
+    log::error("server",
+               "HTTP " + req.method + " failed with an internal error");
     {
       std::lock_guard<std::mutex> guard{self->state.counters->mtx};
       ++self->state.counters->handler_errors;

@@ -32,22 +32,22 @@ bool is_unreserved(unsigned char c) {
 /// RFC 3986 pchar without pct-encoded: unreserved, sub-delims, ':' and '@'.
 bool is_pchar(unsigned char c) {
   switch (c) {
-    case '!':
-    case '$':
-    case '&':
-    case '\'':
-    case '(':
-    case ')':
-    case '*':
-    case '+':
-    case ',':
-    case ';':
-    case '=':
-    case ':':
-    case '@':
-      return true;
-    default:
-      return is_unreserved(c);
+  case '!':
+  case '$':
+  case '&':
+  case '\'':
+  case '(':
+  case ')':
+  case '*':
+  case '+':
+  case ',':
+  case ';':
+  case '=':
+  case ':':
+  case '@':
+    return true;
+  default:
+    return is_unreserved(c);
   }
 }
 

@@ -127,8 +127,9 @@ int wait_signal_or_failure(const server_node& node) {
 /// makima's own failure, so that a supervisor restarts the server rather
 /// than leave a process up that answers every request with 503.
 int exit_failed(server_node& node) {
-  std::fprintf(stderr, "makima: the server failed (its SERVER actor "
-                       "terminated); exiting with status %d\n",
+  std::fprintf(stderr,
+               "makima: the server failed (its SERVER actor "
+               "terminated); exiting with status %d\n",
                exit_internal);
   std::fflush(stderr);
   node.stop();

@@ -43,32 +43,65 @@ TEST(server_target, canonical_paths_decode_to_their_segments) {
             (v{"api", "v1", "tasks", "\xC3\xA9"}));
   // '+' is a plus in a path (a space only in a query).
   EXPECT_EQ(parts("/api/v1/tasks/a+b"), (v{"api", "v1", "tasks", "a+b"}));
-  EXPECT_EQ(parts("/a/.x/..y/...") , (v{"a", ".x", "..y", "..."}));
+  EXPECT_EQ(parts("/a/.x/..y/..."), (v{"a", ".x", "..y", "..."}));
   EXPECT_EQ(parts("/a:b@c!$&'()*,;="), v{"a:b@c!$&'()*,;="});
 }
 
 TEST(server_target, the_bypass_spellings_of_issue_7_are_refused) {
-  for (auto raw :
-       {"//api/v1/tasks", "/%61pi/v1/tasks", "/./api/v1/tasks",
-        "/api/../api/v1/tasks", "/api/v1//tasks", "/api/v1/tasks/",
-        "/api/v1/tasks/.", "/api/v1/tasks/..", "/api/v1/./tasks",
-        "/%2e/api/v1/tasks", "/%2E%2E/api/v1/tasks", "/api%2Fv1/tasks",
-        "/api%2fv1/tasks", "/api/v1/%74asks", "/api/v1/task%73",
-        "/api/v1/tasks%2F", "/api/v1/tasks%5Cx", "/%7Eapi", "/%5Fx", "/%2Dx",
-        "/%30", "/%41", "/%7a", "//", "///", "/healthz/", "//healthz",
-        "/./healthz", "/%68ealthz"})
+  for (auto raw : {"//api/v1/tasks",
+                   "/%61pi/v1/tasks",
+                   "/./api/v1/tasks",
+                   "/api/../api/v1/tasks",
+                   "/api/v1//tasks",
+                   "/api/v1/tasks/",
+                   "/api/v1/tasks/.",
+                   "/api/v1/tasks/..",
+                   "/api/v1/./tasks",
+                   "/%2e/api/v1/tasks",
+                   "/%2E%2E/api/v1/tasks",
+                   "/api%2Fv1/tasks",
+                   "/api%2fv1/tasks",
+                   "/api/v1/%74asks",
+                   "/api/v1/task%73",
+                   "/api/v1/tasks%2F",
+                   "/api/v1/tasks%5Cx",
+                   "/%7Eapi",
+                   "/%5Fx",
+                   "/%2Dx",
+                   "/%30",
+                   "/%41",
+                   "/%7a",
+                   "//",
+                   "///",
+                   "/healthz/",
+                   "//healthz",
+                   "/./healthz",
+                   "/%68ealthz"})
     refused(raw);
 }
 
 TEST(server_target, malformed_escapes_and_raw_bytes_are_refused) {
-  for (std::string raw :
-       {"/api/v1/tasks/%", "/api/v1/tasks/%F", "/api/v1/tasks/%G0",
-        "/api/v1/tasks/%0G", "/api/v1/tasks/%%41", "/api/v1/tasks/%00",
-        "/api/v1/tasks/%0A", "/api/v1/tasks/%7F", "/api/v1/tasks/a b",
-        "/api/v1/tasks/a\"b", "/api/v1/tasks/<x>", "/api/v1/tasks/a\\b",
-        "/api/v1/tasks/a#b", "/api/v1/tasks/a{b}", "/api/v1/tasks/a|b",
-        "/api/v1/tasks/a^b", "/api/v1/tasks/a`b", "api/v1/tasks",
-        "*", "http://h/api/v1/tasks", ""})
+  for (std::string raw : {"/api/v1/tasks/%",
+                          "/api/v1/tasks/%F",
+                          "/api/v1/tasks/%G0",
+                          "/api/v1/tasks/%0G",
+                          "/api/v1/tasks/%%41",
+                          "/api/v1/tasks/%00",
+                          "/api/v1/tasks/%0A",
+                          "/api/v1/tasks/%7F",
+                          "/api/v1/tasks/a b",
+                          "/api/v1/tasks/a\"b",
+                          "/api/v1/tasks/<x>",
+                          "/api/v1/tasks/a\\b",
+                          "/api/v1/tasks/a#b",
+                          "/api/v1/tasks/a{b}",
+                          "/api/v1/tasks/a|b",
+                          "/api/v1/tasks/a^b",
+                          "/api/v1/tasks/a`b",
+                          "api/v1/tasks",
+                          "*",
+                          "http://h/api/v1/tasks",
+                          ""})
     refused(raw);
   for (int b = 0; b < 256; ++b) {
     auto c = static_cast<char>(b);
@@ -103,9 +136,9 @@ TEST(server_target, query_strings_decode_plus_and_escapes) {
   EXPECT_EQ(t.value.query["x"], "\xFF");
   EXPECT_EQ(parse_target("/x?a=1&a=2").value.query["a"], "2");
   EXPECT_EQ(parse_target("/x?next=/a/b?c").value.query["next"], "/a/b?c");
-  for (std::string raw : {"/x?a=%", "/x?a=%4", "/x?a=%ZZ", "/x?a=%00",
-                          "/x?a=b c", "/x?a=\xFF", "/x?a=\x01", "/x?a#b",
-                          "//x?a=1", "/x/../y?a=1"})
+  for (std::string raw :
+       {"/x?a=%", "/x?a=%4", "/x?a=%ZZ", "/x?a=%00", "/x?a=b c", "/x?a=\xFF",
+        "/x?a=\x01", "/x?a#b", "//x?a=1", "/x/../y?a=1"})
     refused(raw);
 }
 
