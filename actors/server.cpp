@@ -10,13 +10,16 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
+#include <optional>
 
 #include <caf/actor_system.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <nlohmann/json.hpp>
 
+#include "actors/server_target.hpp"
 #include "runtime/error.hpp"
 #include "runtime/ids.hpp"
 #include "runtime/log.hpp"
@@ -575,7 +578,7 @@ std::chrono::milliseconds tick_interval(const server_settings& s) {
 std::string meta_json(uint32_t attempt, uint64_t seq,
                       const std::string& daemon) {
   nlohmann::json j{{"attempt", attempt}, {"seq", seq}, {"daemon", daemon}};
-  return j.dump();
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 bool persist(self_ptr self, task_entry& e, const std::string& detail) {
@@ -832,11 +835,16 @@ struct authenticator {
   key_set daemons;
   bool no_auth = false;
 
-  enum verdict { ok, unauthorized, forbidden };
+  enum verdict { ok, unauthorized, forbidden, duplicate };
 
-  /// `daemon_endpoint`: /ws/daemon (needs a daemon key), else a user key.
-  verdict check(const net::request& req, bool daemon_endpoint) const {
-    if (no_auth)
+  /// The key `need`s (docs/protocol.md §2). More than one Authorization
+  /// header is refused whatever the route: which one counts would be a
+  /// guess, and proxies and the server might guess differently.
+  verdict check(const net::request& req, access need) const {
+    auto& rep = req.repeated_headers;
+    if (std::find(rep.begin(), rep.end(), "authorization") != rep.end())
+      return duplicate;
+    if (need == access::open || no_auth)
       return ok;
     std::string key;
     auto h = req.headers.find("authorization");
@@ -847,27 +855,67 @@ struct authenticator {
       return unauthorized;
     bool user = users.matches(key);
     bool daemon = daemons.matches(key);
+    bool daemon_endpoint = need == access::daemon;
     if (daemon_endpoint ? daemon : user)
       return ok;
     return (daemon_endpoint ? user : daemon) ? forbidden : unauthorized;
   }
 };
 
-net::response auth_response(authenticator::verdict v) {
+net::response error_response(unsigned status, const char* code,
+                             const std::string& message) {
   net::response res;
-  if (v == authenticator::unauthorized) {
-    res.status = 401;
-    res.headers["WWW-Authenticate"] = "Bearer";
-    res.body = R"({"error":{"code":"unauthorized",)"
-               R"("message":"missing or unknown API key"}})";
-  } else {
-    res.status = 403;
-    res.headers["WWW-Authenticate"] = "Bearer";
-    res.body = R"({"error":{"code":"forbidden",)"
-               R"("message":"this key may not use this endpoint"}})";
-  }
+  res.status = status;
+  nlohmann::json j{{"error", {{"code", code}, {"message", message}}}};
+  res.body = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   return res;
 }
+
+net::response auth_response(authenticator::verdict v) {
+  if (v == authenticator::duplicate)
+    return error_response(400, "duplicate_authorization",
+                          "more than one Authorization header");
+  auto res =
+      v == authenticator::unauthorized
+          ? error_response(401, "unauthorized", "missing or unknown API key")
+          : error_response(403, "forbidden",
+                           "this key may not use this endpoint");
+  res.headers["WWW-Authenticate"] = "Bearer";
+  return res;
+}
+
+/// What the io thread decides before a request (or a WebSocket upgrade)
+/// reaches the SERVER actor: a refusal to send, or nullopt to pass it on.
+/// The target is read by parse_target, the same function the actor routes
+/// with, so what is authenticated is what is dispatched.
+std::optional<net::response> admit(const authenticator& auth,
+                                   shared_counters& counters,
+                                   const net::request& req) {
+  auto t = parse_target(req.target);
+  if (!t) {
+    std::lock_guard<std::mutex> guard{counters.mtx};
+    ++counters.bad_target;
+    ++counters.http_codes[400];
+    return error_response(400, "bad_target",
+                          "the request target is not canonical: " + t.error);
+  }
+  auto v = auth.check(req, access_for(t.value));
+  if (v == authenticator::ok)
+    return std::nullopt;
+  auto res = auth_response(v);
+  std::lock_guard<std::mutex> guard{counters.mtx};
+  ++counters.auth_rejected;
+  ++counters.http_codes[res.status];
+  return res;
+}
+
+/// Watches the SERVER actor for the node (attach_functor): set when it
+/// terminates, whether by stop() or not.
+struct actor_watch {
+  std::atomic<bool> down{false};
+  /// stop() was called: an end is expected.
+  std::atomic<bool> stopping{false};
+};
 
 } // namespace server_detail
 
@@ -879,6 +927,7 @@ struct server_node::impl {
   std::shared_ptr<store::db> db;
   std::unique_ptr<net::io_thread> io;
   std::shared_ptr<net::server> net;
+  std::shared_ptr<server_detail::actor_watch> watch;
   bool tls = false;
   bool stopped = false;
 };
@@ -919,31 +968,35 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
   opts.tls_cert_file = settings.tls_cert;
   opts.tls_key_file = settings.tls_key;
   p->tls = !settings.tls_cert.empty() && !settings.tls_key.empty();
-  auto http = [slot, auth, counters](net::request req, net::http_reply reply) {
-    if (req.target.compare(0, 5, "/api/") == 0) {
-      auto v = auth->check(req, false);
-      if (v != authenticator::ok) {
-        {
-          std::lock_guard<std::mutex> guard{counters->mtx};
-          ++counters->auth_rejected;
-          ++counters->http_codes[v == authenticator::forbidden ? 403 : 401];
-        }
-        reply.send(auth_response(v));
-        return;
+  auto watch = std::make_shared<actor_watch>();
+  p->watch = watch;
+  auto http = [slot, auth, counters, watch](net::request req,
+                                            net::http_reply reply) {
+    if (auto refused = admit(*auth, *counters, req)) {
+      reply.send(std::move(*refused));
+      return;
+    }
+    if (watch->down) {
+      // Nobody would answer (and /healthz must not look healthy): the
+      // process is about to exit (makima server exits 125).
+      {
+        std::lock_guard<std::mutex> guard{counters->mtx};
+        ++counters->http_codes[503];
       }
+      reply.send(
+          error_response(503, "unavailable", "the server is not running"));
+      return;
     }
     caf::anon_send(*slot, http_atom::value, std::move(req), std::move(reply));
   };
   net::ws_handler ws;
-  ws.on_upgrade = [auth, counters](
+  ws.on_upgrade = [auth, counters, watch](
                       const net::request& req) -> std::optional<net::response> {
-    auto v = auth->check(req, true);
-    if (v == authenticator::ok)
-      return std::nullopt;
-    std::lock_guard<std::mutex> guard{counters->mtx};
-    ++counters->auth_rejected;
-    ++counters->http_codes[v == authenticator::forbidden ? 403 : 401];
-    return auth_response(v);
+    if (auto refused = admit(*auth, *counters, req))
+      return refused;
+    if (watch->down)
+      return error_response(503, "unavailable", "the server is not running");
+    return std::nullopt;
   };
   ws.on_open = [slot](net::conn_id id, const net::request&) {
     caf::anon_send(*slot, ws_open_atom::value, uint64_t{id});
@@ -961,6 +1014,14 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
   auto actor = sys.spawn<caf::detached>(server_fn, settings, p->db, p->net,
                                         counters, ls);
   *slot = actor;
+  // Whatever ends the actor other than stop() leaves the node failed():
+  // the process must exit rather than answer every request with an error.
+  actor->attach_functor([watch](const caf::error& reason) {
+    watch->down = true;
+    if (!watch->stopping)
+      log::error("server", std::string{"the SERVER actor terminated"}
+                               + (reason ? ": " + describe(reason) : ""));
+  });
   auto port = p->net->start();
   std::unique_ptr<server_node> node{new server_node(std::move(p))};
   node->actor_ = actor;
@@ -993,10 +1054,17 @@ bool server_node::drain(std::chrono::milliseconds bound) {
   return ok;
 }
 
+bool server_node::failed() const {
+  auto& w = impl_->watch;
+  return w && w->down && !w->stopping;
+}
+
 void server_node::stop() {
   if (!impl_ || impl_->stopped)
     return;
   impl_->stopped = true;
+  if (impl_->watch)
+    impl_->watch->stopping = true;
   if (actor_) {
     caf::scoped_actor self{*impl_->sys};
     // Daemons still connected are told the server goes away (1001).

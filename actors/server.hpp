@@ -89,6 +89,13 @@ public:
   /// Returns true when all closed in time.
   bool drain(std::chrono::milliseconds bound);
 
+  /// True once the SERVER actor terminated without stop() (a bug: no input
+  /// should end it). The HTTP API then answers 503 to everything,
+  /// /healthz included; the owner should stop() and exit non-zero so that
+  /// a supervisor restarts the server (`makima server`/`local` exit 125).
+  /// Thread-safe.
+  bool failed() const;
+
   /// Stops the actor, closes the listener and every connection, closes
   /// the store. Idempotent; blocks until done.
   void stop();

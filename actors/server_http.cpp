@@ -1,6 +1,7 @@
 // The SERVER actor's HTTP API (docs/protocol.md §10) and /metrics (§11).
 // Requests arrive already authenticated (server.cpp checks the key on the
-// io thread); this file routes them, reads and writes the task state of
+// io thread, by the same parse_target used here for routing); this file
+// routes them, reads and writes the task state of
 // the actor and answers through net::http_reply.
 #include "actors/server_state.hpp"
 
@@ -8,10 +9,12 @@
 #include <cmath>
 #include <limits>
 #include <cstdio>
+#include <exception>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#include "actors/server_target.hpp"
 #include "runtime/error.hpp"
 #include "runtime/git/git.hpp"
 #include "runtime/ids.hpp"
@@ -23,63 +26,11 @@ namespace {
 
 using json = nlohmann::json;
 
-struct target {
-  std::vector<std::string> parts; // path segments
-  std::map<std::string, std::string> query;
-};
-
-int hex(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
-std::string unescape(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0
-        && hex(s[i + 2]) >= 0) {
-      out += static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2]));
-      i += 2;
-    } else if (s[i] == '+') {
-      out += ' ';
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
-target parse_target(const std::string& t) {
-  target out;
-  auto q = t.find('?');
-  std::string path = t.substr(0, q);
-  size_t pos = 0;
-  while (pos < path.size()) {
-    auto next = path.find('/', pos);
-    if (next == std::string::npos)
-      next = path.size();
-    if (next > pos)
-      out.parts.push_back(unescape(path.substr(pos, next - pos)));
-    pos = next + 1;
-  }
-  if (q != std::string::npos) {
-    std::string qs = t.substr(q + 1);
-    std::stringstream ss{qs};
-    std::string kv;
-    while (std::getline(ss, kv, '&')) {
-      auto eq = kv.find('=');
-      if (eq == std::string::npos)
-        out.query[unescape(kv)] = "";
-      else
-        out.query[unescape(kv.substr(0, eq))] = unescape(kv.substr(eq + 1));
-    }
-  }
-  return out;
+/// JSON text that never throws: invalid UTF-8 (from a path, a query, a
+/// stored argv) becomes U+FFFD instead of a type_error that would end the
+/// actor.
+std::string text(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 void respond(self_ptr self, net::http_reply& reply, unsigned status,
@@ -98,8 +49,7 @@ void respond_error(self_ptr self, net::http_reply& reply, unsigned status,
                    const std::string& code, const std::string& message,
                    net::header_map headers = {}) {
   json j{{"error", {{"code", code}, {"message", message}}}};
-  respond(self, reply, status, j.dump(), "application/json",
-          std::move(headers));
+  respond(self, reply, status, text(j), "application/json", std::move(headers));
 }
 
 void method_not_allowed(self_ptr self, net::http_reply& reply,
@@ -331,7 +281,7 @@ void list(self_ptr self, const target& t, net::http_reply& reply) {
     last = it->first;
   }
   json next = more ? json(last) : json(nullptr);
-  body += R"(],"next":)" + next.dump() + "}";
+  body += R"(],"next":)" + text(next) + "}";
   respond(self, reply, 200, body);
 }
 
@@ -433,7 +383,7 @@ void daemons(self_ptr self, net::http_reply& reply) {
                        {"cached_repos", d.cached_repos},
                        {"outbox_events", d.outbox_events},
                        {"version", d.version}});
-  respond(self, reply, 200, json{{"daemons", std::move(arr)}}.dump());
+  respond(self, reply, 200, text(json{{"daemons", std::move(arr)}}));
 }
 
 std::string label(const std::string& v) {
@@ -514,10 +464,14 @@ void metrics(self_ptr self, net::http_reply& reply) {
          + std::to_string(n) + "\n";
   std::map<unsigned, uint64_t> codes;
   uint64_t auth = 0;
+  uint64_t bad_target = 0;
+  uint64_t handler_errors = 0;
   {
     std::lock_guard<std::mutex> guard{st.counters->mtx};
     codes = st.counters->http_codes;
     auth = st.counters->auth_rejected;
+    bad_target = st.counters->bad_target;
+    handler_errors = st.counters->handler_errors;
   }
   codes[413] += stats.body_limit;
   codes[431] += stats.header_limit;
@@ -541,6 +495,13 @@ void metrics(self_ptr self, net::http_reply& reply) {
        + std::to_string(stats.bad_requests) + "\n";
   o += "makima_http_rejected_total{reason=\"auth\"} " + std::to_string(auth)
        + "\n";
+  o += "makima_http_rejected_total{reason=\"bad_target\"} "
+       + std::to_string(bad_target) + "\n";
+  o += "# HELP makima_http_handler_errors_total HTTP handlers that failed "
+       "internally (answered 500).\n"
+       "# TYPE makima_http_handler_errors_total counter\n"
+       "makima_http_handler_errors_total "
+       + std::to_string(handler_errors) + "\n";
   respond(self, reply, 200, std::move(o), "text/plain; version=0.0.4");
 }
 
@@ -574,9 +535,12 @@ void notify_state(task_entry& e) {
     e.followers.clear();
 }
 
-void handle_http(self_ptr self, net::request& req, net::http_reply& reply) {
+namespace {
+
+/// Routes a canonical target (docs/protocol.md §10).
+void route(self_ptr self, const target& t, net::request& req,
+           net::http_reply& reply) {
   auto& st = self->state;
-  auto t = parse_target(req.target);
   auto& p = t.parts;
   auto& m = req.method;
   if (p.size() == 1
@@ -661,6 +625,36 @@ void handle_http(self_ptr self, net::request& req, net::http_reply& reply) {
                          what + " is not implemented yet");
   }
   respond_error(self, reply, 404, "not_found", "no such path");
+}
+
+} // namespace
+
+void handle_http(self_ptr self, net::request& req, net::http_reply& reply) {
+  // No input may end the SERVER actor: whatever a handler throws becomes a
+  // 500 here (a reply already sent is not sent twice, see net::http_reply).
+  try {
+    auto t = parse_target(req.target);
+    if (!t)
+      return respond_error(self, reply, 400, "bad_target", t.error);
+    route(self, t.value, req, reply);
+  } catch (const std::exception& e) {
+    // The exception's text may quote the request; it is logged, not sent.
+    log::error("server", "HTTP " + req.method
+                             + " failed with an internal error: " + e.what());
+    {
+      std::lock_guard<std::mutex> guard{self->state.counters->mtx};
+      ++self->state.counters->handler_errors;
+    }
+    respond_error(self, reply, 500, "internal", "internal server error");
+  } catch (...) {
+    log::error("server",
+               "HTTP " + req.method + " failed with an internal error");
+    {
+      std::lock_guard<std::mutex> guard{self->state.counters->mtx};
+      ++self->state.counters->handler_errors;
+    }
+    respond_error(self, reply, 500, "internal", "internal server error");
+  }
 }
 
 } // namespace makima::server_detail

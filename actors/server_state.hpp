@@ -38,7 +38,12 @@ using clock = std::chrono::steady_clock;
 struct shared_counters {
   std::mutex mtx;
   std::map<unsigned, uint64_t> http_codes;
+  /// 401/403 and requests with more than one Authorization header.
   uint64_t auth_rejected = 0;
+  /// Targets refused by parse_target (400).
+  uint64_t bad_target = 0;
+  /// HTTP handlers that threw (answered 500; the actor lives on).
+  uint64_t handler_errors = 0;
   void count(unsigned status) {
     std::lock_guard<std::mutex> guard{mtx};
     ++http_codes[status];

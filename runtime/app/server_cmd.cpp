@@ -115,6 +115,30 @@ int wait_signal(std::chrono::milliseconds timeout) {
   return sig > 0 ? sig : 0;
 }
 
+/// Waits for a signal as wait_signal does, or until the SERVER actor of
+/// `node` failed (returns 0 then).
+int wait_signal_or_failure(const server_node& node) {
+  for (;;) {
+    if (node.failed())
+      return 0;
+    if (int sig = wait_signal(std::chrono::milliseconds{100}))
+      return sig;
+  }
+}
+
+/// Stops a node whose SERVER actor failed; returns the exit status: 125,
+/// makima's own failure, so that a supervisor restarts the server rather
+/// than leave a process up that answers every request with 503.
+int exit_failed(server_node& node) {
+  std::fprintf(stderr,
+               "makima: the server failed (its SERVER actor "
+               "terminated); exiting with status %d\n",
+               exit_internal);
+  std::fflush(stderr);
+  node.stop();
+  return exit_internal;
+}
+
 int cmd_server(server_options& o) {
   auto cfg = resolve_config(o.common, [&](config& c) {
     if (!o.listen.empty())
@@ -169,7 +193,9 @@ int cmd_server(server_options& o) {
     fail(status_for(node.error()), describe(node.error()));
   std::fprintf(stderr, "makima: listening on %s\n", (*node)->url().c_str());
   std::fflush(stderr);
-  int sig = wait_signal(std::chrono::milliseconds{-1});
+  int sig = wait_signal_or_failure(**node);
+  if (sig == 0)
+    return exit_failed(**node);
   std::fprintf(stderr, "makima: %s: draining (again to stop now)\n",
                strsignal(sig));
   auto drained = std::async(std::launch::async,
@@ -269,7 +295,16 @@ int cmd_local(local_options& o) {
     log::warn("local", "the in-process daemon has not connected yet");
   std::fprintf(stderr, "makima: listening on %s\n", (*server)->url().c_str());
   std::fflush(stderr);
-  int sig = wait_signal(std::chrono::milliseconds{-1});
+  int sig = wait_signal_or_failure(**server);
+  if (sig == 0) {
+    node->stop();
+    node.reset();
+    int status = exit_failed(**server);
+    caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+    persist = persistence_actor{};
+    io->stop();
+    return status;
+  }
   std::fprintf(stderr,
                "makima: %s: stopping; running tasks are re-run at the next "
                "start\n",

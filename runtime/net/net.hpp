@@ -59,6 +59,10 @@ struct request {
   /// Path and query, e.g. "/api/v1/tasks/x/output?from=3".
   std::string target;
   header_map headers;
+  /// Lowercased names of the headers that came more than once (`headers`
+  /// keeps only the last value), so that a caller can refuse e.g. two
+  /// Authorization headers.
+  std::vector<std::string> repeated_headers;
   std::string body;
   /// "ip:port" of the peer.
   std::string remote;

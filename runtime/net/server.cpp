@@ -16,12 +16,18 @@ namespace makima::net {
 
 namespace {
 
-header_map to_headers(const http::fields& fields) {
+/// The headers, lowercased; names seen more than once go to `repeated`.
+header_map to_headers(const http::fields& fields,
+                      std::vector<std::string>* repeated = nullptr) {
   header_map out;
   for (const auto& f : fields) {
     std::string name{f.name_string()};
     std::transform(name.begin(), name.end(), name.begin(),
                    [](unsigned char c) { return std::tolower(c); });
+    if (repeated && out.count(name)
+        && std::find(repeated->begin(), repeated->end(), name)
+               == repeated->end())
+      repeated->push_back(name);
     out[name] = std::string{f.value()};
   }
   return out;
@@ -513,7 +519,7 @@ private:
     request out;
     out.method = std::string{req.method_string()};
     out.target = std::string{req.target()};
-    out.headers = to_headers(req);
+    out.headers = to_headers(req, &out.repeated_headers);
     out.body = req.body();
     out.remote = remote_;
     return out;

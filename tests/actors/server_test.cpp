@@ -925,7 +925,9 @@ TEST_F(server_test, bad_requests_get_their_status) {
   EXPECT_EQ(json::parse(missing.body)["error"]["code"], "task_not_found");
   EXPECT_EQ(http("GET", "/api/v1/tasks/t-9/output").status, 404u);
   EXPECT_EQ(http("GET", "/api/v1/nothing").status, 404u);
-  EXPECT_EQ(http("GET", "/elsewhere", {}, "").status, 404u);
+  EXPECT_EQ(http("GET", "/elsewhere").status, 404u);
+  // Deny by default: an unknown path needs a key too.
+  EXPECT_EQ(http("GET", "/elsewhere", {}, "").status, 401u);
   auto wrong = http("DELETE", "/api/v1/tasks");
   EXPECT_EQ(wrong.status, 405u);
   EXPECT_EQ(wrong.headers["allow"], "GET, POST");
