@@ -550,20 +550,16 @@ void check_leases(self_ptr self) {
     dispatch(self);
 }
 
+/// Every tick: drops streams whose client is gone (so their sessions are
+/// freed within a tick); every keep_alive interval also writes a comment,
+/// whose failed write is how a silently vanished client is noticed.
 void keep_alive(server_state& st) {
-  if (std::chrono::duration_cast<std::chrono::milliseconds>(
-          clock::now() - st.last_keep_alive)
-      < st.settings.keep_alive)
-    return;
-  st.last_keep_alive = clock::now();
-  for (auto& [id, e] : st.tasks) {
-    auto& fs = e.followers;
-    fs.erase(std::remove_if(fs.begin(), fs.end(),
-                            [](const follower& f) { return !f.reply.open(); }),
-             fs.end());
-    for (auto& f : fs)
-      f.reply.write(": keep-alive\n\n");
-  }
+  bool due = std::chrono::duration_cast<std::chrono::milliseconds>(
+                 clock::now() - st.last_keep_alive)
+             >= st.settings.keep_alive;
+  if (due)
+    st.last_keep_alive = clock::now();
+  sweep_streams(st, due);
 }
 
 std::chrono::milliseconds tick_interval(const server_settings& s) {

@@ -54,6 +54,10 @@ struct server_settings {
   std::string tls_key;
   /// Time from upgrade to `hello` (§1; tests shorten it).
   std::chrono::milliseconds hello_timeout{10000};
+  /// Bounds of open `output?follow=1` streams per key and in total
+  /// [server.max_streams_per_key, server.max_streams]; beyond: 429.
+  uint32_t max_streams_per_key = 64;
+  uint32_t max_streams = 1024;
   /// Interval of `: keep-alive` comments on SSE streams (§10).
   std::chrono::milliseconds keep_alive{15000};
   /// The version reported in `welcome`.

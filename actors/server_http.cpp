@@ -10,6 +10,8 @@
 #include <limits>
 #include <cstdio>
 #include <exception>
+#include <functional>
+#include <strings.h>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -293,6 +295,47 @@ json chunk_json(const output_chunk& c) {
               {"data", proto::base64_encode(c.bytes)}};
 }
 
+/// Whose follow=1 stream `req` opens, for the per-key bound: the
+/// authenticated principal when the authenticator set one, else a digest of
+/// the bearer token (never the token itself), else (no auth) the peer's
+/// address without the port.
+std::string stream_key(const net::request& req) {
+  if (!req.principal.empty())
+    return req.principal;
+  if (auto h = req.headers.find("authorization"); h != req.headers.end()) {
+    auto v = h->second;
+    if (v.size() > 7 && strncasecmp(v.c_str(), "Bearer ", 7) == 0)
+      v = v.substr(7);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t'))
+      v.pop_back();
+    return "key:" + std::to_string(std::hash<std::string>{}(v));
+  }
+  auto r = req.remote;
+  if (auto c = r.rfind(':'); c != std::string::npos)
+    r.resize(c);
+  return "remote:" + r;
+}
+
+/// Open follow=1 streams in total and of `key`.
+std::pair<uint64_t, uint64_t> stream_counts(server_state& st,
+                                            const std::string& key) {
+  uint64_t total = 0;
+  uint64_t of_key = 0;
+  for (auto& id : st.followed) {
+    auto it = st.tasks.find(id);
+    if (it == st.tasks.end())
+      continue;
+    for (auto& f : it->second.followers) {
+      if (!f.reply.open())
+        continue;
+      ++total;
+      if (f.key == key)
+        ++of_key;
+    }
+  }
+  return {total, of_key};
+}
+
 void output(self_ptr self, task_entry& e, const target& t, net::request& req,
             net::http_reply& reply) {
   auto& st = self->state;
@@ -347,6 +390,28 @@ void output(self_ptr self, task_entry& e, const target& t, net::request& req,
     if (auto n = parse_u64(h->second))
       from = *n + 1;
   }
+  auto key = stream_key(req);
+  if (!is_terminal(e.rec.state)) {
+    auto [total, of_key] = stream_counts(st, key);
+    const char* reason = nullptr;
+    std::string msg;
+    if (of_key >= st.settings.max_streams_per_key) {
+      reason = "per_key";
+      msg = "too many open output streams for this key (limit "
+            + std::to_string(st.settings.max_streams_per_key)
+            + ", server.max_streams_per_key)";
+    } else if (total >= st.settings.max_streams) {
+      reason = "total";
+      msg = "too many open output streams (limit "
+            + std::to_string(st.settings.max_streams)
+            + ", server.max_streams)";
+    }
+    if (reason) {
+      ++st.streams_refused[reason];
+      respond_error(self, reply, 429, "too_many_streams", msg);
+      return;
+    }
+  }
   st.counters->count(200);
   // net adds Cache-Control: no-cache and Connection: close.
   reply.begin_stream(200, "text/event-stream");
@@ -364,7 +429,8 @@ void output(self_ptr self, task_entry& e, const target& t, net::request& req,
     reply.end();
     return;
   }
-  e.followers.push_back({reply});
+  e.followers.push_back({reply, std::move(key)});
+  st.followed.insert(id);
 }
 
 // -- daemons and metrics ------------------------------------------------------
@@ -502,6 +568,42 @@ void metrics(self_ptr self, net::http_reply& reply) {
        "# TYPE makima_http_handler_errors_total counter\n"
        "makima_http_handler_errors_total "
        + std::to_string(handler_errors) + "\n";
+  uint64_t followers = 0;
+  for (auto& id : st.followed)
+    if (auto it = st.tasks.find(id); it != st.tasks.end())
+      for (auto& f : it->second.followers)
+        followers += f.reply.open() ? 1 : 0;
+  o += "# HELP makima_sse_streams Open output?follow=1 streams.\n"
+       "# TYPE makima_sse_streams gauge\nmakima_sse_streams "
+       + std::to_string(followers) + "\n";
+  o += "# HELP makima_http_stream_sessions Streaming HTTP sessions still "
+       "held (freed within a tick of the client going away).\n"
+       "# TYPE makima_http_stream_sessions gauge\n"
+       "makima_http_stream_sessions "
+       + std::to_string(stats.streams) + "\n";
+  o += "# HELP makima_sse_streams_gone_total Streams whose client went "
+       "away before the end.\n# TYPE makima_sse_streams_gone_total counter\n"
+       "makima_sse_streams_gone_total "
+       + std::to_string(stats.streams_gone) + "\n";
+  o += "# HELP makima_sse_streams_refused_total follow=1 requests answered "
+       "429, by reason.\n# TYPE makima_sse_streams_refused_total counter\n";
+  for (const char* r : {"per_key", "total"}) {
+    auto it = st.streams_refused.find(r);
+    o += std::string{"makima_sse_streams_refused_total{reason=\""} + r
+         + "\"} "
+         + std::to_string(it == st.streams_refused.end() ? 0 : it->second)
+         + "\n";
+  }
+  o += "# HELP makima_accept_errors_total Failed accept() calls, by errno "
+       "(emfile/enfile/enobufs/enomem pause accepting).\n"
+       "# TYPE makima_accept_errors_total counter\n";
+  std::pair<const char*, uint64_t> accept_errors[] = {
+      {"emfile", stats.accept_emfile},   {"enfile", stats.accept_enfile},
+      {"enobufs", stats.accept_enobufs}, {"enomem", stats.accept_enomem},
+      {"other", stats.accept_other}};
+  for (auto& [r, n] : accept_errors)
+    o += std::string{"makima_accept_errors_total{reason=\""} + r + "\"} "
+         + std::to_string(n) + "\n";
   respond(self, reply, 200, std::move(o), "text/plain; version=0.0.4");
 }
 
@@ -516,13 +618,47 @@ std::string sse_record(const char* event, const task_record& rec) {
   return std::string{"event: "} + event + "\ndata: " + to_json(rec) + "\n\n";
 }
 
+namespace {
+
+/// Erases the followers of `e` whose client is gone.
+void drop_gone(task_entry& e) {
+  auto& fs = e.followers;
+  fs.erase(std::remove_if(fs.begin(), fs.end(),
+                          [](const follower& f) { return !f.reply.open(); }),
+           fs.end());
+}
+
+} // namespace
+
+void sweep_streams(server_state& st, bool keep_alive) {
+  for (auto i = st.followed.begin(); i != st.followed.end();) {
+    auto it = st.tasks.find(*i);
+    if (it == st.tasks.end()) {
+      i = st.followed.erase(i);
+      continue;
+    }
+    auto& e = it->second;
+    drop_gone(e);
+    if (e.followers.empty()) {
+      i = st.followed.erase(i);
+      continue;
+    }
+    if (keep_alive)
+      for (auto& f : e.followers)
+        f.reply.write(": keep-alive\n\n");
+    ++i;
+  }
+}
+
 void notify_output(task_entry& e, const std::vector<output_chunk>& chunks) {
+  drop_gone(e);
   for (auto& f : e.followers)
     for (auto& c : chunks)
       f.reply.write(sse_output(c));
 }
 
 void notify_state(task_entry& e) {
+  drop_gone(e);
   if (e.followers.empty())
     return;
   bool end = is_terminal(e.rec.state);

@@ -53,6 +53,9 @@ struct shared_counters {
 /// An open `follow=1` output stream.
 struct follower {
   net::http_reply reply;
+  /// Whose stream it is (see stream_key in server_http.cpp), for the
+  /// per-key bound.
+  std::string key;
 };
 
 /// A task as the server holds it (the record is authoritative in memory and
@@ -134,6 +137,11 @@ struct server_state {
   std::vector<caf::typed_response_promise<ok_atom>> drain_waiters;
   bool flush_scheduled = false;
   clock::time_point last_keep_alive;
+  /// Tasks that have (or had, until the next tick) follow=1 streams; the
+  /// tick drops streams whose client is gone from these.
+  std::set<std::string> followed;
+  /// follow=1 requests answered 429, by reason ("per_key", "total").
+  std::map<std::string, uint64_t> streams_refused;
   // Metrics.
   std::map<std::string, uint64_t> rejected;
   std::map<uint16_t, uint64_t> closed;
@@ -164,6 +172,10 @@ void cancel_task(self_ptr self, task_entry& e);
 
 /// Sends the record's state (and `end` when terminal) to SSE followers.
 void notify_state(task_entry& e);
+
+/// Drops the followers whose client is gone (of every followed task), and
+/// when `keep_alive` writes a keep-alive comment to the others.
+void sweep_streams(server_state& st, bool keep_alive);
 
 /// Sends output chunks to SSE followers.
 void notify_output(task_entry& e, const std::vector<output_chunk>& chunks);

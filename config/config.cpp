@@ -3,6 +3,7 @@
 // value validated with an error that names the key and its origin.
 #include "config/config.hpp"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <functional>
@@ -90,6 +91,21 @@ setter bytes_setter(uint64_t config::*member, std::string key) {
       return bad(key, origin, v,
                  "must be a number of bytes from 1024 to 1073741824");
     c.*member = n;
+    return caf::none;
+  };
+}
+
+/// An integer from 1 to 1000000 (a count: streams, connections…).
+setter count_setter(uint32_t config::*member, std::string key) {
+  return [=](config& c, const std::string& v,
+             const std::string& origin) -> caf::error {
+    char* end = nullptr;
+    errno = 0;
+    auto n = std::strtoull(v.c_str(), &end, 10);
+    if (v.empty() || v[0] == '-' || *end != '\0' || errno != 0 || n < 1
+        || n > 1000000)
+      return bad(key, origin, v, "must be an integer from 1 to 1000000");
+    c.*member = static_cast<uint32_t>(n);
     return caf::none;
   };
 }
@@ -269,6 +285,13 @@ const std::vector<key_def>& defs() {
     add("server.tls_key", {"MAKIMA_SERVER_TLS_KEY"},
         "PEM private key of the server",
         path_setter(&config::tls_key, "server.tls_key"));
+    add("server.max_streams_per_key", {"MAKIMA_SERVER_MAX_STREAMS_PER_KEY"},
+        "open output?follow=1 streams one key may hold (beyond: 429)",
+        count_setter(&config::max_streams_per_key,
+                     "server.max_streams_per_key"));
+    add("server.max_streams", {"MAKIMA_SERVER_MAX_STREAMS"},
+        "open output?follow=1 streams in total (beyond: 429)",
+        count_setter(&config::max_streams, "server.max_streams"));
     add("net.max_frame_bytes", {"MAKIMA_MAX_FRAME_BYTES"},
         "largest WebSocket message accepted",
         bytes_setter(&config::max_frame_bytes, "net.max_frame_bytes"));

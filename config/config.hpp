@@ -90,6 +90,9 @@ struct config {
   double retry_backoff_max = 60;
   std::filesystem::path tls_cert;
   std::filesystem::path tls_key;
+  /// Bounds of open output?follow=1 streams, per key and in total.
+  uint32_t max_streams_per_key = 64;
+  uint32_t max_streams = 1024;
 
   // [net]
   uint64_t max_frame_bytes = 1 << 20;

@@ -81,6 +81,8 @@ server_settings settings_for(const config& cfg, const std::string& host,
   s.heartbeat = heartbeat_for(cfg);
   s.max_frame_bytes = cfg.max_frame_bytes;
   s.max_body_bytes = cfg.max_body_bytes;
+  s.max_streams_per_key = cfg.max_streams_per_key;
+  s.max_streams = cfg.max_streams;
   s.version = MAKIMA_VERSION;
   return s;
 }

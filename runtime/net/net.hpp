@@ -66,6 +66,10 @@ struct request {
   std::string body;
   /// "ip:port" of the peer.
   std::string remote;
+  /// Who the request is authenticated as: set by the server's
+  /// authenticator (an opaque, non-secret id of the key, e.g. "user:0"),
+  /// empty when it does not say. Used to bound streams per key.
+  std::string principal;
 };
 
 /// An HTTP response (server side: what a handler returns; client side: what
@@ -156,11 +160,21 @@ struct server_stats {
   uint64_t header_timeouts = 0; // half-sent requests dropped
   uint64_t bad_requests = 0;    // 400 (unparsable HTTP, garbage)
   uint64_t ws_opened = 0;
-  uint64_t ws_refused = 0;      // on_upgrade returned a response
+  uint64_t ws_refused = 0; // on_upgrade returned a response
   uint64_t ws_closed = 0;
-  uint64_t ws_too_big = 0;      // closed with 1009
-  uint64_t connections = 0;     // currently open (HTTP + WebSocket)
-  uint64_t tls_failures = 0;    // TLS handshakes that failed (plain HTTP…)
+  uint64_t ws_too_big = 0;   // closed with 1009
+  uint64_t connections = 0;  // currently open (HTTP + WebSocket)
+  uint64_t tls_failures = 0; // TLS handshakes that failed (plain HTTP…)
+  uint64_t streams = 0;      // streaming responses whose session lives
+  uint64_t streams_gone = 0; // streams whose client went away (EOF, RST,
+                             // failed write) before the stream ended
+  /// accept() failures by errno; accepting pauses (50 ms doubling to 1 s)
+  /// after the first four instead of spinning.
+  uint64_t accept_emfile = 0;
+  uint64_t accept_enfile = 0;
+  uint64_t accept_enobufs = 0;
+  uint64_t accept_enomem = 0;
+  uint64_t accept_other = 0;
 };
 
 /// An HTTP/1.1 + WebSocket server (plain TCP, or TLS when
@@ -213,8 +227,7 @@ public:
     /// The connection ended or could not be made. `code`: the close code
     /// (1006 for transport failures, also when connecting failed);
     /// `http_status`: the status of a refused upgrade (e.g. 401), else 0.
-    std::function<void(uint16_t code, std::string reason,
-                       unsigned http_status)>
+    std::function<void(uint16_t code, std::string reason, unsigned http_status)>
         on_close;
   };
 
@@ -256,9 +269,9 @@ struct http_client_options {
 /// ec::net_error (also a failed certificate check), ec::net_timeout,
 /// ec::protocol_error. Any status code is a response, not an error.
 caf::expected<response> http_request(const std::string& method,
-                                          const std::string& url,
-                                          std::string body = {},
-                                          http_client_options opts = {});
+                                     const std::string& url,
+                                     std::string body = {},
+                                     http_client_options opts = {});
 
 /// A blocking streaming request (server-sent events, `task logs -f`):
 /// calls `on_head` once with the status and headers (empty body), then

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <deque>
 #include <mutex>
 #include <type_traits>
@@ -77,13 +78,19 @@ struct http_session_base : session_base {
 struct server::impl : std::enable_shared_from_this<server::impl> {
   impl(io_thread& io, server_options opts, http_handler http, ws_handler ws)
       : io(io), opts(std::move(opts)), http(std::move(http)), ws(std::move(ws)),
-        acceptor(asio::make_strand(io.get().ioc)) {}
+        acceptor(asio::make_strand(io.get().ioc)),
+        accept_timer(acceptor.get_executor()) {}
 
   io_thread& io;
   server_options opts;
   http_handler http;
   ws_handler ws;
   tcp::acceptor acceptor;
+  /// Delays the next accept after EMFILE/ENFILE/ENOBUFS/ENOMEM: accepting
+  /// again at once would fail again at once (a busy loop at 100 % CPU).
+  asio::steady_timer accept_timer;
+  /// The current delay (0 after a successful accept).
+  std::chrono::milliseconds accept_backoff{0};
   /// Set by start() when TLS is configured.
   std::shared_ptr<ssl::context> tls;
   std::atomic<uint16_t> port{0};
@@ -119,6 +126,8 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
 
   void do_accept();
   void on_accept(beast::error_code e, tcp::socket socket);
+  /// Counts a failed accept; true when accepting should pause.
+  bool accept_failed(beast::error_code e);
 };
 
 // -- WebSocket session --------------------------------------------------------
@@ -337,7 +346,11 @@ public:
 
   using std::enable_shared_from_this<http_session<Stream>>::shared_from_this;
 
-  ~http_session() override { srv_->remove(id_); }
+  ~http_session() override {
+    if (streaming_)
+      srv_->count([](server_stats& s) { --s.streams; });
+    srv_->remove(id_);
+  }
 
   void start(uint64_t id) {
     id_ = id;
@@ -381,6 +394,11 @@ public:
     if (!alive)
       return;
     streaming_ = true;
+    srv_->count([](server_stats& s) { ++s.streams; });
+    // The request is in; its parser and read buffer are not needed any
+    // more (a stream may stay open for hours).
+    parser_.reset();
+    buf_ = beast::flat_buffer{};
     std::string head =
         "HTTP/1.1 " + std::to_string(status) + " "
         + std::string{http::obsolete_reason(static_cast<http::status>(status))}
@@ -431,6 +449,14 @@ private:
   void disconnected() {
     if (!alive.exchange(false))
       return;
+    if (streaming_) {
+      if (!ending_)
+        srv_->count([](server_stats& s) { ++s.streams_gone; });
+      // Nothing queued can be sent any more; drop it now rather than when
+      // the producer lets go of its http_reply.
+      out_.clear();
+      out_.shrink_to_fit();
+    }
     if (auto fn = std::move(on_disconnect_); fn && !srv_->stopped)
       fn();
     on_disconnect_ = nullptr;
@@ -617,8 +643,10 @@ private:
   }
 
   void drain() {
+    if (!drain_buf_)
+      drain_buf_ = std::make_unique<std::array<char, 16384>>();
     tcp().async_read_some(
-        asio::buffer(drain_buf_),
+        asio::buffer(*drain_buf_),
         [self = shared_from_this()](beast::error_code e, size_t) {
           if (e)
             self->shutdown();
@@ -641,7 +669,8 @@ private:
   bool upgraded_ = false;
   std::deque<std::string> out_;
   std::array<char, 256> scratch_;
-  std::array<char, 16384> drain_buf_;
+  /// Allocated by linger_close only (most sessions never need it).
+  std::unique_ptr<std::array<char, 16384>> drain_buf_;
   std::function<void()> on_disconnect_;
 };
 
@@ -715,10 +744,48 @@ void server::impl::do_accept() {
       });
 }
 
+bool server::impl::accept_failed(beast::error_code e) {
+  bool sys = e.category() == asio::error::get_system_category();
+  int v = sys ? e.value() : 0;
+  bool pause = true;
+  count([&](server_stats& s) {
+    if (v == EMFILE)
+      ++s.accept_emfile;
+    else if (v == ENFILE)
+      ++s.accept_enfile;
+    else if (v == ENOBUFS)
+      ++s.accept_enobufs;
+    else if (v == ENOMEM)
+      ++s.accept_enomem;
+    else {
+      // ECONNABORTED, EPROTO…: that one connection failed; go on.
+      ++s.accept_other;
+      pause = false;
+    }
+  });
+  return pause;
+}
+
 void server::impl::on_accept(beast::error_code e, tcp::socket socket) {
   if (stopped || e == asio::error::operation_aborted)
     return;
+  if (e && accept_failed(e)) {
+    // Out of descriptors or memory: the pending connection stays in the
+    // listen backlog; try again later, existing connections are served
+    // meanwhile.
+    accept_backoff =
+        accept_backoff.count() == 0
+            ? std::chrono::milliseconds{50}
+            : std::min(accept_backoff * 2, std::chrono::milliseconds{1000});
+    accept_timer.expires_after(accept_backoff);
+    accept_timer.async_wait([self = shared_from_this()](beast::error_code e) {
+      if (!e && !self->stopped)
+        self->do_accept();
+    });
+    return;
+  }
   if (!e) {
+    accept_backoff = std::chrono::milliseconds{0};
     // Responses and frames are small and latency-bound: no Nagle.
     beast::error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
@@ -794,6 +861,7 @@ void server::stop() {
     d->stopped = true;
     beast::error_code ignored;
     d->acceptor.close(ignored);
+    d->accept_timer.cancel();
     std::vector<std::shared_ptr<session_base>> all;
     {
       std::lock_guard<std::mutex> guard{d->mtx};
