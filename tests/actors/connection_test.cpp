@@ -113,7 +113,6 @@ protected:
     return out;
   }
 
-
   static task_record record(const std::string& id,
                             std::vector<std::string> argv, uint32_t attempt = 1,
                             uint64_t next_seq = 0) {
@@ -514,7 +513,6 @@ TEST_F(connection_test, WindowHoldsOutputUntilAcks) {
   EXPECT_EQ(out, expect);
 }
 
-
 // Issue 7 (7a): no frame the daemon sends exceeds the server's
 // welcome.max_frame_bytes — output is split by its encoded size, and
 // state/result records drop the spec the server already has.
@@ -536,11 +534,11 @@ TEST_F(connection_test, FramesStayWithinTheWelcomeFrameLimit) {
   // 250 KiB of arguments (in every record's spec; one argument may have
   // 128 KiB at most) and 600 000 output bytes.
   std::string big(50 << 10, 'a');
-  srv.send(*id, assign(record("t1",
-                              {"sh", "-c",
-                               "head -c 600000 /dev/zero | tr '\\000' x", big,
-                               big, big, big, big},
-                              1, 0)));
+  srv.send(*id,
+           assign(record("t1",
+                         {"sh", "-c", "head -c 600000 /dev/zero | tr '\\000' x",
+                          big, big, big, big, big},
+                         1, 0)));
   auto events = test::collect_attempt(srv, "t1", 1, 30s);
   ASSERT_FALSE(events.empty());
   ASSERT_EQ(events.back().kind, proto::event_kind::result);
