@@ -351,9 +351,9 @@ void schedule_reconnect(conn_ptr self) {
   auto cap = st.opts.backoff_cap;
   if (st.lease > 0)
     cap = std::min(cap, st.lease / 3);
-  auto limit = std::min(
-      cap,
-      st.opts.backoff_base * std::pow(2.0, std::min<uint32_t>(st.failures, 30)));
+  auto limit =
+      std::min(cap, st.opts.backoff_base
+                        * std::pow(2.0, std::min<uint32_t>(st.failures, 30)));
   std::uniform_real_distribution<double> dist(0, limit);
   auto delay = dist(st.rng);
   st.failures += 1;

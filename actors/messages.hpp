@@ -89,8 +89,8 @@ struct task_spec {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, task_spec& x) {
   return f(caf::meta::type_name("makima::task_spec"), x.id, x.argv, x.repo,
-           x.ref, x.env, x.timeout, x.grace, x.commit, x.push_url,
-           x.created_at, x.selector, x.max_attempts);
+           x.ref, x.env, x.timeout, x.grace, x.commit, x.push_url, x.created_at,
+           x.selector, x.max_attempts);
 }
 
 /// Everything known about a task: spec plus the status of its latest

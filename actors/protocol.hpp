@@ -23,6 +23,11 @@ constexpr int version = 1;
 /// Raw output bytes in one `event` frame at most (before base64).
 constexpr size_t max_event_output_bytes = 256 << 10;
 
+/// The smallest frame limit makima works with: one output chunk (the
+/// reactor reads up to 128 KiB) takes about 175 KiB in base64. A daemon
+/// whose server announces less holds events that do not fit (logged).
+constexpr size_t min_frame_bytes = 256 << 10;
+
 /// Bytes a daemon's `state`/`result` event may add to the record of its
 /// `assign` (envelope fields, worktree and state dir paths, branch,
 /// commits, error): a submission is refused (413) unless its assign frame

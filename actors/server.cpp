@@ -229,10 +229,10 @@ void requeue(self_ptr self, task_entry& e, const std::string& why) {
   // State queued with attempt n >= 1 means: attempt n was taken away.
   // Attempt n+1 waits retry_backoff * 2^(n-1) seconds (capped), so that a
   // task that kills its daemon does not spin.
-  double delay = std::min(
-      st.settings.retry_backoff_max,
-      st.settings.retry_backoff
-          * std::pow(2.0, std::min<uint32_t>(e.rec.attempt, 31) - 1));
+  double delay =
+      std::min(st.settings.retry_backoff_max,
+               st.settings.retry_backoff
+                   * std::pow(2.0, std::min<uint32_t>(e.rec.attempt, 31) - 1));
   if (!(delay > 0))
     delay = 0;
   auto wait = std::chrono::milliseconds{static_cast<int64_t>(delay * 1000)};
@@ -399,8 +399,8 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
         // next_seq (§4): a jump would leave a hole no replay fills.
         reject(self, conn, "seq_gap",
                "output seq " + std::to_string(ch.seq) + " of " + ev.task
-                   + " attempt " + std::to_string(ev.attempt)
-                   + " where " + std::to_string(next) + " was expected",
+                   + " attempt " + std::to_string(ev.attempt) + " where "
+                   + std::to_string(next) + " was expected",
                proto::close_seq_gap, ev.task, ev.attempt);
         return;
       }

@@ -7,10 +7,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <cstdio>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <strings.h>
 #include <sstream>
 
@@ -141,8 +141,7 @@ std::string parse_submit(const std::string& body, task_spec& spec) {
     // Finite, >= 0 and at most max_timeout_seconds: a larger value would
     // overflow the timer and fire at once.
     if (!it->is_number() || !std::isfinite(it->get<double>())
-        || it->get<double>() < 0
-        || it->get<double>() > max_timeout_seconds)
+        || it->get<double>() < 0 || it->get<double>() > max_timeout_seconds)
       return std::string{k} + " must be a number of seconds from 0 to "
              + std::to_string(static_cast<int64_t>(max_timeout_seconds));
     *out = it->get<double>();
@@ -212,7 +211,8 @@ void submit(self_ptr self, net::request& req, net::http_reply& reply) {
     spec.push_url = git::canonical_url(spec.push_url);
   spec.created_at = now_ms();
   // A task whose assignment cannot reach a daemon would be re-sent forever.
-  if (auto bound = assign_frame_bound(spec); bound > st.settings.max_frame_bytes) {
+  if (auto bound = assign_frame_bound(spec);
+      bound > st.settings.max_frame_bytes) {
     respond_error(self, reply, 413, "payload_too_large",
                   "the task's assign frame would take " + std::to_string(bound)
                       + " bytes, over the frame limit of "
@@ -731,7 +731,8 @@ void route(self_ptr self, const target& t, net::request& req,
       return respond_error(self, reply, 500, "store_error",
                            "cannot read the history: " + describe(err));
     j["history"] = std::move(hist);
-    return respond(self, reply, 200, j.dump(-1, ' ', false, json::error_handler_t::replace));
+    return respond(self, reply, 200,
+                   j.dump(-1, ' ', false, json::error_handler_t::replace));
   }
   auto& what = p[4];
   if (what == "output") {

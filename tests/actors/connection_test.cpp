@@ -113,7 +113,6 @@ protected:
     return out;
   }
 
-
   static task_record record(const std::string& id,
                             std::vector<std::string> argv, uint32_t attempt = 1,
                             uint64_t next_seq = 0) {
@@ -512,6 +511,53 @@ TEST_F(connection_test, WindowHoldsOutputUntilAcks) {
   for (int i = 0; i < 200; ++i)
     expect += "line" + std::to_string(i) + "\n";
   EXPECT_EQ(out, expect);
+}
+
+// Issue 7 (7a): no frame the daemon sends exceeds the server's
+// welcome.max_frame_bytes — output is split by its encoded size, and
+// state/result records drop the spec the server already has.
+TEST_F(connection_test, FramesStayWithinTheWelcomeFrameLimit) {
+  fake_server srv;
+  start_node(options(srv));
+  auto id = srv.wait_open(15s);
+  ASSERT_TRUE(id);
+  ASSERT_TRUE(srv.wait_frame<proto::hello>(10s));
+  // Above proto::min_frame_bytes' need (one 128 KiB chunk), below the
+  // 256 KiB of raw output an event may carry.
+  constexpr size_t limit = 200 << 10;
+  proto::welcome w;
+  w.server_version = "test";
+  w.heartbeat = 1;
+  w.lease = 30;
+  w.max_frame_bytes = limit;
+  srv.send(*id, w);
+  // 250 KiB of arguments (in every record's spec; one argument may have
+  // 128 KiB at most) and 600 000 output bytes.
+  std::string big(50 << 10, 'a');
+  srv.send(*id,
+           assign(record("t1",
+                         {"sh", "-c", "head -c 600000 /dev/zero | tr '\\000' x",
+                          big, big, big, big, big},
+                         1, 0)));
+  auto events = test::collect_attempt(srv, "t1", 1, 30s);
+  ASSERT_FALSE(events.empty());
+  ASSERT_EQ(events.back().kind, proto::event_kind::result);
+  EXPECT_EQ(events.back().record.state, task_state::succeeded);
+  std::string out, err;
+  check_attempt(events, 0, out, err);
+  EXPECT_TRUE(out == std::string(600000, 'x')) << out.size() << " bytes";
+  size_t frames = 0;
+  for (auto& e : srv.history())
+    if (e.kind == test::server_event::text) {
+      ++frames;
+      EXPECT_LE(e.raw.size(), limit) << e.raw.substr(0, 200);
+    }
+  EXPECT_GT(frames, 4u); // 600 000 bytes need at least 4 frames of 200 KiB
+  EXPECT_FALSE(srv.wait_for(
+      [](const test::server_event& e) {
+        return e.kind == test::server_event::close;
+      },
+      200ms));
 }
 
 } // namespace

@@ -1372,7 +1372,8 @@ TEST_F(server_test, submit_refuses_a_task_whose_assign_frame_is_too_big) {
   EXPECT_EQ(a.record.spec.argv[1].size(), 40u << 10);
 }
 
-TEST_F(server_test, an_assignment_over_the_frame_limit_fails_instead_of_looping) {
+TEST_F(server_test,
+       an_assignment_over_the_frame_limit_fails_instead_of_looping) {
   start();
   submit("t-1", {{"argv", {"echo", std::string(100 << 10, 'x')}}});
   // The limit shrinks across a restart: the stored task can no longer be
@@ -1447,7 +1448,8 @@ TEST_F(server_test, output_seqs_that_jump_are_seq_gaps) {
     EXPECT_EQ(d.wait_closed(), proto::close_seq_gap) << id;
     // Nothing of the rejected event was stored.
     EXPECT_EQ(output_of(id), script.size() > 1 ? "ab" : "") << id;
-    EXPECT_EQ(get("/api/v1/tasks/" + id)["next_seq"], script.size() > 1 ? 2 : 0);
+    EXPECT_EQ(get("/api/v1/tasks/" + id)["next_seq"],
+              script.size() > 1 ? 2 : 0);
   }
 }
 

@@ -12,9 +12,9 @@ namespace {
 
 std::vector<std::string> server_args(const fs::path& data,
                                      std::vector<std::string> extra = {}) {
-  std::vector<std::string> a{"server",       "--listen",   "127.0.0.1:0",
-                             "--data-dir",   data.string(), "--user-key",
-                             user_key,       "--daemon-key", daemon_key};
+  std::vector<std::string> a{"server",     "--listen",     "127.0.0.1:0",
+                             "--data-dir", data.string(),  "--user-key",
+                             user_key,     "--daemon-key", daemon_key};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
@@ -26,13 +26,13 @@ TEST(retry_fleet, task_that_kills_its_daemon_fails_after_the_attempt_budget) {
   auto cfg = e.root() / "server.toml";
   std::ofstream{cfg} << "[server]\nmax_attempts = 3\nretry_backoff = 0.1\n";
   server_proc srv;
-  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server",
-                                        {"--config", cfg.string()})));
+  ASSERT_TRUE(srv.launch(
+      e, server_args(e.root() / "server", {"--config", cfg.string()})));
   api http{srv.http()};
   daemon_proc d;
   ASSERT_TRUE(d.launch(e, srv.ws(), "d", e.root() / "d"));
-  auto id = http.submit({{"id", "suicide"},
-                         {"argv", {"sh", "-c", "echo bye; kill -9 $PPID"}}});
+  auto id = http.submit(
+      {{"id", "suicide"}, {"argv", {"sh", "-c", "echo bye; kill -9 $PPID"}}});
   ASSERT_EQ(id, "suicide");
   // Each attempt kills the daemon; the test restarts it (bounded) until
   // the server gives up.
@@ -51,9 +51,10 @@ TEST(retry_fleet, task_that_kills_its_daemon_fails_after_the_attempt_budget) {
   EXPECT_EQ(rec.value("state", ""), "failed") << rec.dump();
   EXPECT_EQ(rec.value("attempt", 0), 3) << rec.dump();
   EXPECT_EQ(rec.value("error_code", ""), "attempts_exhausted");
-  EXPECT_EQ(rec.value("error", "").rfind("attempt budget exhausted: 3 "
-                                         "attempts, last: ",
-                                         0),
+  EXPECT_EQ(rec.value("error", "")
+                .rfind("attempt budget exhausted: 3 "
+                       "attempts, last: ",
+                       0),
             0u)
       << rec.dump();
   EXPECT_EQ(restarts, 3);
@@ -98,8 +99,8 @@ TEST(retry_fleet, server_restarts_within_the_lease_rerun_nothing) {
                   "i=$((i+1)); sleep 0.5; done",
                   id}}};
   };
-  const std::vector<std::chrono::milliseconds> outages{
-      2500ms, 2000ms, 2500ms, 2500ms, 1500ms, 2500ms};
+  const std::vector<std::chrono::milliseconds> outages{2500ms, 2000ms, 2500ms,
+                                                       2500ms, 1500ms, 2500ms};
   for (size_t cycle = 0; cycle < outages.size(); ++cycle) {
     for (int i = 0; i < 4; ++i) {
       auto id = "c" + std::to_string(cycle) + "-" + std::to_string(i);
