@@ -219,9 +219,9 @@ int cmd_local(local_options& o) {
     if (!o.listen.empty())
       c.listen = o.listen;
     if (o.max_tasks > 0)
-      if (auto err =
-              set_config_value(c, "daemon.max_tasks",
-                               std::to_string(o.max_tasks), "--max-tasks"))
+      if (auto err = set_config_value(c, "daemon.max_tasks",
+                                      std::to_string(o.max_tasks),
+                                      "--max-tasks"))
         fail(exit_usage, describe(err));
     apply_pass_env(c, o.pass_env);
   });
