@@ -33,6 +33,7 @@
 #include "runtime/git/git.hpp"
 #include "runtime/ids.hpp"
 #include "runtime/log.hpp"
+#include "runtime/process/environment.hpp"
 #include "runtime/process/leftovers.hpp"
 #include "runtime/process/reactor.hpp"
 #include "runtime/store/db.hpp"
@@ -134,12 +135,14 @@ task_record run_attempt(caf::actor_system& sys, const config& cfg,
                    std::string{"state "} + to_string(r.state));
       },
       [promise](const task_record& r) { promise->set_value(r); });
+  auto base_env = task_base_env(cfg);
+  process::hide_own_secrets();
   auto reactor = std::make_shared<process::reactor>();
   daemon_context ctx{persist,           link,
                      reactor,           cfg.repos_dir,
                      cfg.worktrees_dir, cfg.state_dir,
                      cfg.author_name,   cfg.author_email,
-                     cfg.max_tasks,     task_base_env(cfg)};
+                     cfg.max_tasks,     std::move(base_env)};
   auto node = spawn_daemon(sys, std::move(ctx));
   auto id = rec.spec.id;
   task_record final_record;
@@ -291,7 +294,9 @@ void print_task_list(const std::vector<task_record>& records, bool json) {
     auto arr = nlohmann::json::array();
     for (auto& r : records)
       arr.push_back(nlohmann::json::parse(to_json(r)));
-    std::cout << arr.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    std::cout << arr.dump(2, ' ', false,
+                          nlohmann::json::error_handler_t::replace)
+              << "\n";
     return;
   }
   std::printf("%-28s %-12s %-7s %-5s %-24s %s\n", "ID", "STATE", "ATTEMPT",
@@ -318,7 +323,8 @@ void print_task(const task_record& rec,
         hist.push_back(nlohmann::json::parse(to_json(h)));
       j["history"] = hist;
     }
-    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+              << "\n";
     return;
   }
   auto line = [](const char* k, const std::string& v) {
@@ -463,7 +469,7 @@ int run_cli(int argc, char** argv) {
 
   run->footer(
       "Usage: makima run [OPTIONS] [--] COMMAND [ARGS...]\n\n"
-    "Exit status: the task's exit code; 128+N if the child died of signal "
+      "Exit status: the task's exit code; 128+N if the child died of signal "
       "N;\n"
       "127 command not found; 126 not executable; 124 timed out; 130 "
       "cancelled;\n"

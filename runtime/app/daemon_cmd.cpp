@@ -30,6 +30,7 @@
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 #include "runtime/net/net.hpp"
+#include "runtime/process/environment.hpp"
 #include "runtime/process/reactor.hpp"
 
 #ifndef MAKIMA_VERSION
@@ -130,6 +131,9 @@ int cmd_daemon(daemon_options& o) {
     fail(exit_usage, "daemon: --health-listen expects HOST:PORT, got '"
                          + cfg.health_listen + "'");
 
+  // Config read: makima's keys leave this process's environment before a task
+  // starts (a task could read /proc/$PPID/environ).
+  process::hide_own_secrets();
   system_config sys_cfg;
   int status = exit_ok;
   {
@@ -238,11 +242,10 @@ daemon_node::start(caf::actor_system& sys, const config& cfg,
   // learns the DAEMON from start_atom.
   node->connection_ = spawn_connection(sys, std::move(opts), std::move(hooks),
                                        persist, std::move(io));
-  daemon_context ctx{persist,           node->connection_,
-                     node->reactor_,    cfg.repos_dir,
-                     cfg.worktrees_dir, cfg.state_dir,
-                     cfg.author_name,   cfg.author_email,
-                     cfg.max_tasks,     task_base_env(cfg)};
+  daemon_context ctx{persist,           node->connection_, node->reactor_,
+                     cfg.repos_dir,     cfg.worktrees_dir, cfg.state_dir,
+                     cfg.author_name,   cfg.author_email,  cfg.max_tasks,
+                     task_base_env(cfg)};
   node->daemon_ = spawn_daemon(sys, std::move(ctx));
   caf::anon_send(node->connection_, start_atom::value, node->daemon_);
   return node;

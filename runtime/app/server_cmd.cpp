@@ -19,9 +19,10 @@
 #include "actors/persistence.hpp"
 #include "actors/server.hpp"
 #include "runtime/app/daemon_node.hpp"
-#include "runtime/net/net.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
+#include "runtime/net/net.hpp"
+#include "runtime/process/environment.hpp"
 
 #ifndef MAKIMA_VERSION
 #define MAKIMA_VERSION "0.0.0"
@@ -272,6 +273,9 @@ int cmd_local(local_options& o) {
   if (ec_dir)
     fail(exit_internal, "cannot create data dir " + s.db_dir.string() + ": "
                             + ec_dir.message());
+  // Config read: makima's keys leave this process's environment before a task
+  // starts (a task could read /proc/$PPID/environ).
+  process::hide_own_secrets();
   auto opened = open_primary(cfg); // the daemon's database
   system_config sys_cfg;
   caf::actor_system sys{sys_cfg};

@@ -1,6 +1,12 @@
 // Building a task's environment (see environment.hpp).
 #include "runtime/process/environment.hpp"
 
+#include <sys/prctl.h>
+
+#include <cstring>
+
+extern char** environ;
+
 namespace makima::process {
 
 const std::vector<std::string>& default_pass_env() {
@@ -116,6 +122,19 @@ std::vector<std::string> child_environment(
   for (auto& [k, v] : env)
     out.push_back(k + "=" + v);
   return out;
+}
+
+void hide_own_secrets() {
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    char* eq = std::strchr(*e, '=');
+    if (eq == nullptr)
+      continue;
+    if (!is_withheld(std::string(*e, static_cast<size_t>(eq - *e))))
+      continue;
+    // In place: the bytes /proc/PID/environ shows are these.
+    std::memset(eq + 1, 0, std::strlen(eq + 1));
+  }
+  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
 } // namespace makima::process

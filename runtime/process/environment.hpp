@@ -60,4 +60,13 @@ std::vector<std::string> child_environment(
     const std::vector<std::string>& task_env,
     const std::vector<std::pair<std::string, std::string>>& makima_vars);
 
+/// Hides makima's own secrets from its tasks, which run as the same user:
+/// overwrites the values of the withheld variables (is_withheld) in this
+/// process's environment in place (so /proc/<makima>/environ no longer
+/// shows them; getenv then returns "") and marks the process non-dumpable
+/// (PR_SET_DUMPABLE 0: a task of the same non-root user can then neither
+/// read /proc/<makima>/environ or /mem nor ptrace makima; makima leaves no
+/// core dump). Call once the configuration is read, before a task starts.
+void hide_own_secrets();
+
 } // namespace makima::process

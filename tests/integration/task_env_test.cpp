@@ -58,8 +58,26 @@ std::string trim(std::string s) {
   return s;
 }
 
-/// Submits `env` to `url` and returns what `task logs` printed.
-std::string submit_env_task(const env& e, const std::string& url) {
+/// A task that prints the environment of its parent (the makima process
+/// that started it), as /proc shows it to a task.
+const std::vector<std::string> parent_env_command = {
+    "sh", "-c", "tr '\\0' '\\n' < /proc/$PPID/environ"};
+
+/// Checks that no secret's value is in what the parent-env task printed.
+void expect_no_secret_values(const std::string& out) {
+  EXPECT_NE(out.find("HOME="), std::string::npos) << out; // it did read it
+  EXPECT_EQ(out.find(api_key_value), std::string::npos) << out;
+  EXPECT_EQ(out.find(user_key), std::string::npos) << out;
+  EXPECT_EQ(out.find(daemon_key), std::string::npos) << out;
+  EXPECT_EQ(out.find(aws_secret_value), std::string::npos) << out;
+  EXPECT_EQ(out.find(aws_id_value), std::string::npos) << out;
+}
+
+/// Submits `command` (default: `env`) to `url` and returns what `task
+/// logs` printed.
+std::string submit_env_task(const env& e, const std::string& url,
+                            std::vector<std::string> command = {"sh", "-c",
+                                                                "echo; env"}) {
   auto o = secret_opts(e, 30000ms);
   auto r =
       makima::test::run({MAKIMA_BINARY, "task", "submit", "--server", url,
@@ -97,6 +115,16 @@ TEST(task_env, run_passes_the_list_and_never_makimas_secrets) {
                         o);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   expect_clean_env(r.out, true);
+
+  // Nor can the task read them from makima's own environment in /proc.
+  {
+    auto argv = e.run_argv({"--id", "parent", "--"});
+    argv.insert(argv.end(), parent_env_command.begin(),
+                parent_env_command.end());
+    r = makima::test::run(argv, o);
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_no_secret_values(r.out);
 
   // task.pass_env from the environment (MAKIMA_PASS_ENV) works the same.
   auto o2 = o;
@@ -174,8 +202,10 @@ TEST(task_env, local_passes_the_list_and_never_makimas_secrets) {
         << node.output();
     auto port = listening_port(node.output());
     ASSERT_NE(port, 0) << node.output();
-    auto out = submit_env_task(e, "http://127.0.0.1:" + std::to_string(port));
+    auto url = "http://127.0.0.1:" + std::to_string(port);
+    auto out = submit_env_task(e, url);
     expect_clean_env(out, pass_foo);
+    expect_no_secret_values(submit_env_task(e, url, parent_env_command));
     node.kill(SIGTERM);
     node.wait(20000ms);
   }
@@ -202,6 +232,7 @@ TEST(task_env, daemon_passes_the_list_and_never_makimas_secrets) {
     ASSERT_TRUE(d.wait_for_output("connected to ", 20000ms)) << d.output();
     auto out = submit_env_task(e, srv.http());
     expect_clean_env(out, pass_foo);
+    expect_no_secret_values(submit_env_task(e, srv.http(), parent_env_command));
     EXPECT_EQ(out.find(daemon_key), std::string::npos) << out;
     d.kill(SIGTERM);
     d.wait(20000ms);
