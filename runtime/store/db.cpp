@@ -570,10 +570,25 @@ std::optional<wal_damage> check_wal_file(const fs::path& file,
   auto* d = reinterpret_cast<const unsigned char*>(data.data());
   size_t size = data.size();
   std::optional<wal_damage> damage;
+  // The next offset from `from` on (within its block) that holds a whole
+  // physical record with a good checksum, else the next block: where to
+  // read on behind damage.
+  auto resync = [&](size_t from) {
+    size_t block_end = std::min(size, (from / wal_block + 1) * wal_block);
+    for (size_t p = from; p + wal_header <= block_end; ++p) {
+      unsigned t = d[p + 6];
+      size_t l = d[p + 4] | size_t{d[p + 5]} << 8;
+      if (t < 1 || t > 4 || p + wal_header + l > block_end)
+        continue;
+      if (unmask_crc(get_le32(d + p)) == crc32c_extend(0, d + p + 6, l + 1))
+        return p;
+    }
+    return (from / wal_block + 1) * wal_block;
+  };
   size_t resume_at = 0; // where the lenient pass starts
   auto fail = [&](size_t at, uint64_t keep, std::string what,
                   bool whole_record = false) {
-    resume_at = whole_record ? at : (at / wal_block + 1) * wal_block;
+    resume_at = whole_record ? at : resync(at + 1);
     damage = wal_damage{};
     damage->file = file;
     damage->file_size = size;
@@ -658,7 +673,7 @@ std::optional<wal_damage> check_wal_file(const fs::path& file,
       bad = "checksum mismatch";
     if (bad) {
       if (lenient) {
-        pos = (pos / wal_block + 1) * wal_block;
+        pos = resync(pos + 1);
         in_fragment = false;
         record.clear();
         continue;
@@ -1437,6 +1452,37 @@ caf::expected<repair_report> db::repair(const fs::path& dir) {
     r.dropped_other = d.after.other + report.later.other;
     r.dropped_unreadable = d.missing_ops;
   }
+  // A lost CURRENT: point it at the newest MANIFEST (RepairDB would do
+  // worse: it does not know blob files).
+  if (!fs::exists(dir / "CURRENT", err)) {
+    std::string newest;
+    uint64_t newest_n = 0;
+    for (fs::directory_iterator it{dir, err}, end; !err && it != end;
+         it.increment(err)) {
+      auto n = it->path().filename().string();
+      if (n.rfind("MANIFEST-", 0) != 0)
+        continue;
+      try {
+        auto num = std::stoull(n.substr(9));
+        if (newest.empty() || num > newest_n) {
+          newest = n;
+          newest_n = num;
+        }
+      } catch (const std::exception&) {
+      }
+    }
+    if (!newest.empty()) {
+      std::ofstream out{dir / "CURRENT", std::ios::binary | std::ios::trunc};
+      out << newest << "\n";
+      out.close();
+      if (!r.damage.empty())
+        r.damage += "; ";
+      r.damage += "CURRENT was missing";
+      if (!r.method.empty())
+        r.method += ", ";
+      r.method += "wrote CURRENT naming the newest manifest " + newest;
+    }
+  }
   // 3. Open and read everything; rebuild when that fails.
   db_options opts;
   opts.mode = open_mode::primary;
@@ -1476,12 +1522,29 @@ caf::expected<repair_report> db::repair(const fs::path& dir) {
   r.method += "rebuilt the database from its table files with RocksDB's "
               "RepairDB (damaged table files are moved to "
               + (dir / "lost").string() + ")";
-  auto opened = open(dir, opts);
-  if (!opened)
-    return opened.error();
-  if (auto cerr = count_contents(**opened, r))
-    return cerr;
-  return r;
+  caf::error failed;
+  {
+    auto opened = open(dir, opts);
+    if (!opened)
+      failed = opened.error();
+    else
+      failed = count_contents(**opened, r);
+  }
+  if (!failed)
+    return r;
+  // The rebuild did not give a readable database (RepairDB of RocksDB 7.8
+  // does not know blob files, where large output chunks live): put the
+  // directory back as it was.
+  std::error_code e1, e2;
+  fs::remove_all(dir, e1);
+  fs::copy(r.backup, dir, fs::copy_options::recursive, e2);
+  return make_error(ec::store_corrupt,
+                    "cannot repair the database in " + dir.string() + " ("
+                        + r.damage + "; after RocksDB's RepairDB: "
+                        + describe(failed) + "); "
+                        + (e1 || e2 ? "restoring it failed, the original is in "
+                                    : "it is back as it was; a copy is in ")
+                        + r.backup.string());
 }
 
 } // namespace makima::store

@@ -739,12 +739,11 @@ TEST(store, outbox_entries_are_ordered_and_deleted_by_attempt_range) {
   ASSERT_FALSE(d->write(std::move(b)));
   auto all = [&] {
     std::vector<std::string> out;
-    auto err = d->for_each_outbox(
-        [&](std::string_view task, uint32_t attempt, uint64_t seq,
-            std::string_view v) {
-          out.push_back(std::string{task} + "/" + std::to_string(attempt) + "/"
-                        + std::to_string(seq) + "=" + std::string{v});
-        });
+    auto err = d->for_each_outbox([&](std::string_view task, uint32_t attempt,
+                                      uint64_t seq, std::string_view v) {
+      out.push_back(std::string{task} + "/" + std::to_string(attempt) + "/"
+                    + std::to_string(seq) + "=" + std::string{v});
+    });
     EXPECT_FALSE(err) << describe(err);
     return out;
   };
@@ -771,4 +770,62 @@ TEST(store, outbox_with_an_invalid_task_id_refuses_the_batch) {
   b.put_outbox(std::string_view{"a\0b", 3}, 1, 1, "x");
   auto err = d->write(std::move(b));
   EXPECT_EQ(code_of(err), ec::invalid_argument);
+}
+
+// A small disk (the size of a real server's full data dir, far below the
+// 64 MiB RocksDB reserves by default before it clears a no-space error):
+// writes fail cleanly while it is full and work again once space is back,
+// with every acknowledged write kept.
+// DISABLED: fails today (item 6 not fixed): after a WAL append hit ENOSPC
+// the wrapper's DB::Resume() never clears the error on a small disk.
+TEST(store, DISABLED_writes_resume_on_a_small_disk_after_space_is_freed) {
+  test::temp_dir tmp;
+  auto mnt = tmp / "mnt";
+  tmpfs_mount m{mnt, "12m"};
+  ASSERT_TRUE(m.mounted()) << m.error();
+  auto filler = mnt / "filler";
+  test::write_file(filler, std::string(8 * 1024 * 1024, 'f'));
+  auto dir = mnt / "db";
+  auto d = open_ok(dir);
+  ASSERT_TRUE(d);
+  uint64_t seq = 0;
+  caf::error err;
+  for (; seq < 1000; ++seq) {
+    write_batch b;
+    b.put_output("t", seq, 1, pattern(64 * 1024, seq));
+    err = d->write(std::move(b));
+    if (err)
+      break;
+  }
+  ASSERT_EQ(code_of(err), ec::store_full) << describe(err);
+  uint64_t acked = seq; // seqs 0..acked-1 were acknowledged
+  // Still full: a second write is refused, no abort.
+  {
+    write_batch b;
+    b.put_output("t", acked, 1, pattern(64 * 1024, acked));
+    EXPECT_EQ(code_of(d->write(std::move(b))), ec::store_full);
+  }
+  fs::remove(filler);
+  auto start = std::chrono::steady_clock::now();
+  caf::error e;
+  do {
+    write_batch b;
+    b.put_output("t", acked, 1, pattern(64 * 1024, acked));
+    e = d->write(std::move(b));
+    if (e)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  } while (
+      e && std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+  ASSERT_FALSE(e) << describe(e);
+  d.reset();
+  auto d2 = open_ok(dir);
+  ASSERT_TRUE(d2);
+  uint64_t expect = 0;
+  ASSERT_FALSE(d2->for_each_output("t", 0, [&](const stored_chunk& c) {
+    EXPECT_EQ(c.seq, expect);
+    EXPECT_TRUE(c.bytes == pattern(64 * 1024, c.seq)) << c.seq;
+    ++expect;
+    return true;
+  }));
+  EXPECT_EQ(expect, acked + 1);
 }
