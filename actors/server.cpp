@@ -941,7 +941,7 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
       return;
     watch->failed = true;
     log::error("server", std::string{"the SERVER actor terminated"}
-                               + (reason ? ": " + describe(reason) : ""));
+                             + (reason ? ": " + describe(reason) : ""));
   });
   auto port = p->net->start();
   std::unique_ptr<server_node> node{new server_node(std::move(p))};

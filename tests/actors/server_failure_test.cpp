@@ -56,8 +56,7 @@ protected:
     opts.timeout = 5s;
     auto res = net::http_request(method, node->url() + target, "", opts);
     if (!res) {
-      ADD_FAILURE() << method << " " << target << ": "
-                    << describe(res.error());
+      ADD_FAILURE() << method << " " << target << ": " << describe(res.error());
       return 0;
     }
     return res->status;
@@ -76,7 +75,8 @@ protected:
   std::unique_ptr<server_node> node;
 };
 
-TEST_F(server_failure_test, a_dead_server_actor_fails_the_node_and_answers_503) {
+TEST_F(server_failure_test,
+       a_dead_server_actor_fails_the_node_and_answers_503) {
   ASSERT_TRUE(node);
   EXPECT_FALSE(node->failed());
   EXPECT_EQ(status("GET", "/healthz", ""), 200u);

@@ -83,8 +83,8 @@ raw_result raw_http(uint16_t port, const std::string& method,
 
 const std::string good = std::string{"Authorization: Bearer "} + user_key;
 const std::string wrong = "Authorization: Bearer not-a-key";
-const std::string as_daemon = std::string{"Authorization: Bearer "}
-                              + daemon_key;
+const std::string as_daemon =
+    std::string{"Authorization: Bearer "} + daemon_key;
 
 const std::string submit_body = R"({"argv":["echo","pwned"]})";
 
@@ -165,10 +165,10 @@ TEST_F(security_http_test, non_canonical_spellings_of_api_paths_are_400) {
 }
 
 TEST_F(security_http_test, case_variants_and_unknown_paths_need_a_key) {
-  for (std::string t : {"/API/v1/tasks", "/Api/v1/tasks", "/api/V1/tasks",
-                        "/api/v1/TASKS", "/elsewhere", "/", "/api",
-                        "/api/v2/tasks", "/HEALTHZ", "/healthz/x",
-                        "/api/v1/daemons", "/ws/daemon"}) {
+  for (std::string t :
+       {"/API/v1/tasks", "/Api/v1/tasks", "/api/V1/tasks", "/api/v1/TASKS",
+        "/elsewhere", "/", "/api", "/api/v2/tasks", "/HEALTHZ", "/healthz/x",
+        "/api/v1/daemons", "/ws/daemon"}) {
     auto none = req("POST", t, {}, submit_body);
     EXPECT_EQ(none.status, 401) << t << ": " << none.body;
     EXPECT_NE(none.head.find("WWW-Authenticate: Bearer"), std::string::npos)
@@ -222,8 +222,7 @@ TEST_F(security_http_test, invalid_utf8_targets_leave_the_server_serving) {
     for (auto& headers : std::vector<std::vector<std::string>>{{good}, {}}) {
       auto r = req(p.method, p.target, headers);
       EXPECT_GE(r.status, 400) << p.method << " " << p.target;
-      EXPECT_LT(r.status, 500) << p.method << " " << p.target << ": "
-                               << r.body;
+      EXPECT_LT(r.status, 500) << p.method << " " << p.target << ": " << r.body;
       // Every error body is valid JSON (invalid bytes are never echoed).
       if (!r.body.empty())
         EXPECT_FALSE(json::parse(r.body, nullptr, false).is_discarded())
@@ -243,7 +242,10 @@ TEST_F(security_http_test, invalid_utf8_targets_leave_the_server_serving) {
 
 TEST_F(security_http_test, two_authorization_headers_are_refused) {
   const std::vector<std::vector<std::string>> pairs{
-      {good, wrong}, {wrong, good}, {good, good}, {as_daemon, good},
+      {good, wrong},
+      {wrong, good},
+      {good, good},
+      {as_daemon, good},
       {good, "authorization: Bearer x"}};
   for (auto& headers : pairs) {
     auto post = req("POST", "/api/v1/tasks", headers, submit_body);
@@ -287,39 +289,39 @@ public:
   request next() {
     request r;
     static const std::vector<std::string> methods{
-        "GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "get",
-        "POST", "GET"};
+        "GET",   "POST",    "HEAD", "PUT",  "DELETE",
+        "PATCH", "OPTIONS", "get",  "POST", "GET"};
     r.method = pick(methods);
     r.target = mutate(pick(bases()));
     if (r.method == "POST" && below(3) != 0)
       r.body = R"({"argv":["echo","fuzz"]})";
     switch (below(8)) {
-      case 0:
-      case 1:
-        break;
-      case 2:
-        r.headers = {wrong};
-        break;
-      case 3:
-        r.headers = {as_daemon};
-        break;
-      case 4:
-        r.headers = {pick(std::vector<std::string>{good, wrong}),
-                     pick(std::vector<std::string>{good, wrong, as_daemon})};
-        break;
-      case 5:
-        r.headers = {pick(std::vector<std::string>{
-            "Authorization: bearer not-a-key", "Authorization: Basic dXNlcg==",
-            "Authorization: Bearer", "Authorization: Bearer ",
-            std::string{"Authorization: Bearer  "} + user_key,
-            std::string{"Authorization: Bearer "} + user_key + "x",
-            std::string{"Authorization: Bearer "}
-                + std::string{user_key}.substr(1)})};
-        break;
-      default:
-        r.headers = {good};
-        r.keyed = true;
-        break;
+    case 0:
+    case 1:
+      break;
+    case 2:
+      r.headers = {wrong};
+      break;
+    case 3:
+      r.headers = {as_daemon};
+      break;
+    case 4:
+      r.headers = {pick(std::vector<std::string>{good, wrong}),
+                   pick(std::vector<std::string>{good, wrong, as_daemon})};
+      break;
+    case 5:
+      r.headers = {pick(std::vector<std::string>{
+          "Authorization: bearer not-a-key", "Authorization: Basic dXNlcg==",
+          "Authorization: Bearer", "Authorization: Bearer ",
+          std::string{"Authorization: Bearer  "} + user_key,
+          std::string{"Authorization: Bearer "} + user_key + "x",
+          std::string{"Authorization: Bearer "}
+              + std::string{user_key}.substr(1)})};
+      break;
+    default:
+      r.headers = {good};
+      r.keyed = true;
+      break;
     }
     return r;
   }
@@ -327,12 +329,18 @@ public:
 private:
   static const std::vector<std::string>& bases() {
     static const std::vector<std::string> b{
-        "/api/v1/tasks",          "/api/v1/tasks/fz-1",
-        "/api/v1/tasks/fz-1/output", "/api/v1/tasks/fz-1/cancel",
-        "/api/v1/tasks/fz-1/checkpoint", "/api/v1/daemons",
-        "/healthz",               "/readyz",
-        "/metrics",               "/ws/daemon",
-        "/",                      "/api/v1/tasks?state=queued&limit=5"};
+        "/api/v1/tasks",
+        "/api/v1/tasks/fz-1",
+        "/api/v1/tasks/fz-1/output",
+        "/api/v1/tasks/fz-1/cancel",
+        "/api/v1/tasks/fz-1/checkpoint",
+        "/api/v1/daemons",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/ws/daemon",
+        "/",
+        "/api/v1/tasks?state=queued&limit=5"};
     return b;
   }
 
@@ -369,65 +377,66 @@ private:
     for (size_t i = 0; i < n; ++i) {
       auto at = below(t.size() + 1);
       switch (below(13)) {
-        case 0:
-          t.insert(at, "/");
-          break;
-        case 1:
-          t.insert(at, pick(std::vector<std::string>{"/.", "/..", "./",
-                                                     "../", "/./", "/../"}));
-          break;
-        case 2:
-          // Percent-encode one character (often an unreserved one).
-          if (at < t.size())
-            t.replace(at, 1, escape(t[at], below(2) == 0));
-          break;
-        case 3:
-          t.insert(at, 1, any_byte());
-          break;
-        case 4:
-          t.insert(at, escape(any_byte(), below(2) == 0));
-          break;
-        case 5: {
-          // A malformed escape.
-          std::string bad = "%";
-          for (size_t k = below(3); k > 0; --k)
-            bad += pick(std::vector<char>{'G', 'z', '%', '1', 'f', ' '});
-          t.insert(at, bad);
-          break;
-        }
-        case 6:
-          if (at < t.size())
-            t[at] = static_cast<char>(
-                std::isupper(static_cast<unsigned char>(t[at]))
-                    ? std::tolower(static_cast<unsigned char>(t[at]))
-                    : std::toupper(static_cast<unsigned char>(t[at])));
-          break;
-        case 7:
-          t += "/" + std::string(1 + below(3000), pick(std::vector<char>{
-                                                        'a', '.', '%', '/'}));
-          break;
-        case 8:
-          t.insert(at, pick(std::vector<std::string>{
-                           "%FF", "%C0%AF", "%ED%A0%80", "%2F", "%2f", "%00",
-                           "%5C", "\xFF", "\xC3\xA9", "%C3%A9"}));
-          break;
-        case 9:
-          t += pick(std::vector<std::string>{"?", "&", "?state=%FF", "?a=b+c",
-                                             "?limit=0", "?from=x",
-                                             "?follow=0", "?=", "?%", "#x"});
-          break;
-        case 10:
-          t.insert(at, "+");
-          break;
-        case 11:
-          t = pick(std::vector<std::string>{"", "*", "http://127.0.0.1/",
-                                            "api/v1/tasks", "\\api\\v1"})
-              + t;
-          break;
-        default:
-          if (!t.empty() && at < t.size())
-            t.erase(at, 1);
-          break;
+      case 0:
+        t.insert(at, "/");
+        break;
+      case 1:
+        t.insert(at, pick(std::vector<std::string>{"/.", "/..", "./", "../",
+                                                   "/./", "/../"}));
+        break;
+      case 2:
+        // Percent-encode one character (often an unreserved one).
+        if (at < t.size())
+          t.replace(at, 1, escape(t[at], below(2) == 0));
+        break;
+      case 3:
+        t.insert(at, 1, any_byte());
+        break;
+      case 4:
+        t.insert(at, escape(any_byte(), below(2) == 0));
+        break;
+      case 5: {
+        // A malformed escape.
+        std::string bad = "%";
+        for (size_t k = below(3); k > 0; --k)
+          bad += pick(std::vector<char>{'G', 'z', '%', '1', 'f', ' '});
+        t.insert(at, bad);
+        break;
+      }
+      case 6:
+        if (at < t.size())
+          t[at] = static_cast<char>(
+              std::isupper(static_cast<unsigned char>(t[at]))
+                  ? std::tolower(static_cast<unsigned char>(t[at]))
+                  : std::toupper(static_cast<unsigned char>(t[at])));
+        break;
+      case 7:
+        t += "/"
+             + std::string(1 + below(3000),
+                           pick(std::vector<char>{'a', '.', '%', '/'}));
+        break;
+      case 8:
+        t.insert(at, pick(std::vector<std::string>{
+                         "%FF", "%C0%AF", "%ED%A0%80", "%2F", "%2f", "%00",
+                         "%5C", "\xFF", "\xC3\xA9", "%C3%A9"}));
+        break;
+      case 9:
+        t += pick(std::vector<std::string>{"?", "&", "?state=%FF", "?a=b+c",
+                                           "?limit=0", "?from=x", "?follow=0",
+                                           "?=", "?%", "#x"});
+        break;
+      case 10:
+        t.insert(at, "+");
+        break;
+      case 11:
+        t = pick(std::vector<std::string>{"", "*", "http://127.0.0.1/",
+                                          "api/v1/tasks", "\\api\\v1"})
+            + t;
+        break;
+      default:
+        if (!t.empty() && at < t.size())
+          t.erase(at, 1);
+        break;
       }
     }
     return t;
@@ -442,7 +451,8 @@ bool public_target(const std::string& target) {
   return path == "/healthz" || path == "/readyz" || path == "/metrics";
 }
 
-TEST_F(security_http_test, fuzzed_targets_and_headers_never_pass_without_a_key) {
+TEST_F(security_http_test,
+       fuzzed_targets_and_headers_never_pass_without_a_key) {
   request_fuzzer fuzz{20260701};
   constexpr int max_requests = 2000;
   constexpr int batch = 100;
@@ -471,8 +481,7 @@ TEST_F(security_http_test, fuzzed_targets_and_headers_never_pass_without_a_key) 
       // not-yet-implemented checkpoint/migrate).
       EXPECT_TRUE(res.status < 500 || res.status == 501)
           << res.status << ": " << r.method << " "
-          << json(r.target).dump(-1, ' ', true,
-                                 json::error_handler_t::replace)
+          << json(r.target).dump(-1, ' ', true, json::error_handler_t::replace)
           << " -> " << res.body;
       if (r.keyed && res.status == 201)
         ++expected_tasks;
