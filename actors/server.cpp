@@ -911,6 +911,8 @@ struct actor_watch {
   std::atomic<bool> down{false};
   /// stop() was called: an end is expected.
   std::atomic<bool> stopping{false};
+  /// It ended before stop() was called.
+  std::atomic<bool> failed{false};
 };
 
 } // namespace server_detail
@@ -1014,9 +1016,11 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
   // the process must exit rather than answer every request with an error.
   actor->attach_functor([watch](const caf::error& reason) {
     watch->down = true;
-    if (!watch->stopping)
-      log::error("server", std::string{"the SERVER actor terminated"}
-                               + (reason ? ": " + describe(reason) : ""));
+    if (watch->stopping)
+      return;
+    watch->failed = true;
+    log::error("server", std::string{"the SERVER actor terminated"}
+                             + (reason ? ": " + describe(reason) : ""));
   });
   auto port = p->net->start();
   std::unique_ptr<server_node> node{new server_node(std::move(p))};
@@ -1052,7 +1056,7 @@ bool server_node::drain(std::chrono::milliseconds bound) {
 
 bool server_node::failed() const {
   auto& w = impl_->watch;
-  return w && w->down && !w->stopping;
+  return w && w->failed;
 }
 
 void server_node::stop() {
