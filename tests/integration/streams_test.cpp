@@ -35,7 +35,7 @@ bool launch(server_proc& srv, const env& e, std::vector<std::string> argv,
   auto o = e.opts(600000ms);
   for (auto& [k, v] : extra_env)
     o.env[k] = v;
-  srv.bg = std::make_unique<test::background>(srv.argv, o);
+  srv.bg = std::make_unique<makima::test::background>(srv.argv, o);
   if (!srv.wait_for("listening on ")) {
     ADD_FAILURE() << "server did not start: " << srv.output();
     return false;
@@ -351,9 +351,9 @@ TEST(streams,
     drop(fd, false);
   EXPECT_TRUE(eventually(
       [&] {
-        net::http_client_options o;
+        makima::net::http_client_options o;
         o.timeout = 2000ms;
-        auto r = net::http_request("GET", srv.http() + "/healthz", {}, o);
+        auto r = makima::net::http_request("GET", srv.http() + "/healthz", {}, o);
         return r && r->status == 200;
       },
       20000ms));
