@@ -1,6 +1,7 @@
 // Canonical request targets (see server_target.hpp): RFC 3986 path and query
 // syntax, checked byte by byte, decoded once.
 #include "actors/server_target.hpp"
+#include "runtime/utf8.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -49,44 +50,6 @@ bool is_pchar(unsigned char c) {
   default:
     return is_unreserved(c);
   }
-}
-
-/// Strict UTF-8 (no overlong forms, no surrogates, at most U+10FFFF).
-bool valid_utf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    size_t n = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if (c >= 0xC2 && c <= 0xDF) {
-      n = 1;
-      cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      n = 2;
-      cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      n = 3;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + n >= s.size())
-      return false;
-    for (size_t k = 1; k <= n; ++k) {
-      auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80)
-        return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF
-        || (cp >= 0xD800 && cp <= 0xDFFF))
-      return false;
-    i += n + 1;
-  }
-  return true;
 }
 
 /// Decodes one path segment; "" + `error` set when it is not canonical.

@@ -15,6 +15,7 @@
 #include "runtime/log.hpp"
 #include "runtime/process/environment.hpp"
 #include "runtime/store/db.hpp"
+#include "runtime/utf8.hpp"
 
 namespace makima::app {
 
@@ -295,44 +296,6 @@ void apply_pass_env(config& cfg, const std::vector<std::string>& names) {
 
 std::vector<std::string> task_base_env(const config& cfg) {
   return process::base_environment(process_env(), cfg.pass_env);
-}
-
-bool valid_utf8(std::string_view s) {
-  size_t i = 0;
-  auto cont = [&](size_t k) {
-    return k < s.size() && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80;
-  };
-  while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t n;
-    uint32_t cp;
-    if (c >= 0xC2 && c <= 0xDF) {
-      n = 1;
-      cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      n = 2;
-      cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      n = 3;
-      cp = c & 0x07;
-    } else {
-      return false; // continuation byte, overlong lead (C0, C1) or > F4
-    }
-    for (size_t k = 1; k <= n; ++k) {
-      if (!cont(i + k))
-        return false;
-      cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
-    }
-    if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF
-        || (cp >= 0xD800 && cp <= 0xDFFF))
-      return false; // overlong, beyond Unicode, or a surrogate
-    i += n + 1;
-  }
-  return true;
 }
 
 void check_utf8(const std::string& value, const std::string& what) {

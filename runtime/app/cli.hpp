@@ -105,10 +105,6 @@ struct task_flags {
 /// to `cmd`; returns the --id option (its count() sets `id_given`).
 CLI::Option* add_task_flags(CLI::App* cmd, task_flags& f);
 
-/// Whether `s` is valid UTF-8 (no overlong forms, surrogates or code
-/// points beyond U+10FFFF).
-bool valid_utf8(std::string_view s);
-
 /// Leaves with exit_usage naming `what` when `value` is not valid UTF-8.
 void check_utf8(const std::string& value, const std::string& what);
 
