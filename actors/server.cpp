@@ -186,7 +186,7 @@ bool assign(self_ptr self, task_entry& e, daemon_entry& d) {
   e.rec = rec;
   e.acked = 0;
   e.daemon = d.id;
-  if (!persist(self, e, "assigned to daemon " + d.id)) {
+  if (persist(self, e, "assigned to daemon " + d.id)) {
     e.rec = old;
     e.daemon.clear();
     return false;
@@ -577,7 +577,7 @@ std::string meta_json(uint32_t attempt, uint64_t seq,
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-bool persist(self_ptr self, task_entry& e, const std::string& detail) {
+caf::error persist(self_ptr self, task_entry& e, const std::string& detail) {
   auto& st = self->state;
   store::write_batch batch;
   auto& id = e.rec.spec.id;
@@ -587,10 +587,10 @@ bool persist(self_ptr self, task_entry& e, const std::string& detail) {
   batch.put_meta(meta_prefix + id, meta_json(e.rec.attempt, e.acked, e.daemon));
   if (auto err = st.db->write(std::move(batch))) {
     log::error("server", "task " + id + ": store failed: " + describe(err));
-    return false;
+    return err;
   }
   ++e.events;
-  return true;
+  return caf::none;
 }
 
 void dispatch(self_ptr self) {

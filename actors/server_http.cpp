@@ -228,9 +228,16 @@ void submit(self_ptr self, net::request& req, net::http_reply& reply) {
   e.queued_at = clock::now();
   auto id = spec.id;
   auto& entry = st.tasks.emplace(id, std::move(e)).first->second;
-  if (!persist(self, entry, "submitted")) {
+  if (auto err = persist(self, entry, "submitted")) {
     st.tasks.erase(id);
-    respond_error(self, reply, 500, "store_error", "could not store the task");
+    // 507 Insufficient Storage when the disk is full (retry later), 500
+    // otherwise; the body says what the store said.
+    if (code_of(err) == ec::store_full)
+      respond_error(self, reply, 507, "store_full",
+                    "could not store the task: " + describe(err));
+    else
+      respond_error(self, reply, 500, "store_error",
+                    "could not store the task: " + describe(err));
     return;
   }
   st.queue.push_back(id);
@@ -685,9 +692,16 @@ void route(self_ptr self, const target& t, net::request& req,
       return method_not_allowed(self, reply, "GET");
     if (p[0] == "healthz")
       return respond(self, reply, 200, "ok", "text/plain");
-    if (p[0] == "readyz")
-      return st.draining ? respond(self, reply, 503, "draining", "text/plain")
-                         : respond(self, reply, 200, "ready", "text/plain");
+    if (p[0] == "readyz") {
+      if (st.draining)
+        return respond(self, reply, 503, "draining", "text/plain");
+      // A store that refuses writes (disk full) cannot take submissions or
+      // events: not ready until a write works again (writable() retries).
+      if (auto err = st.db->writable())
+        return respond(self, reply, 503, "store refuses writes: " + describe(err),
+                       "text/plain");
+      return respond(self, reply, 200, "ready", "text/plain");
+    }
     return metrics(self, reply);
   }
   if (p.size() < 3 || p[0] != "api" || p[1] != "v1")

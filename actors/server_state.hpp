@@ -160,8 +160,8 @@ caf::expected<loaded_state> load(store::db& db);
 void handle_http(self_ptr self, net::request& req, net::http_reply& reply);
 
 /// Writes `rec` of `e` with a history entry and the task's meta key;
-/// false (logged) when the store failed.
-bool persist(self_ptr self, task_entry& e, const std::string& detail);
+/// the store's error (logged) when that failed.
+caf::error persist(self_ptr self, task_entry& e, const std::string& detail);
 
 /// Assigns queued tasks to daemons with free capacity.
 void dispatch(self_ptr self);

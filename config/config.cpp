@@ -11,6 +11,7 @@
 #include <toml++/toml.h>
 
 #include "actors/messages.hpp"
+#include "actors/protocol.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 #include "runtime/process/environment.hpp"
@@ -81,15 +82,18 @@ setter key_list_setter(std::vector<std::string> config::*member) {
   };
 }
 
-setter bytes_setter(uint64_t config::*member, std::string key) {
+setter bytes_setter(uint64_t config::*member, std::string key,
+                    uint64_t min = 1024) {
   return [=](config& c, const std::string& v,
              const std::string& origin) -> caf::error {
     char* end = nullptr;
+    errno = 0;
     auto n = std::strtoull(v.c_str(), &end, 10);
-    if (v.empty() || v[0] == '-' || *end != '\0' || n < 1024
+    if (v.empty() || v[0] == '-' || *end != '\0' || errno != 0 || n < min
         || n > (uint64_t{1} << 30))
       return bad(key, origin, v,
-                 "must be a number of bytes from 1024 to 1073741824");
+                 "must be a number of bytes from " + std::to_string(min)
+                     + " to 1073741824");
     c.*member = n;
     return caf::none;
   };
@@ -294,7 +298,10 @@ const std::vector<key_def>& defs() {
         count_setter(&config::max_streams, "server.max_streams"));
     add("net.max_frame_bytes", {"MAKIMA_MAX_FRAME_BYTES"},
         "largest WebSocket message accepted",
-        bytes_setter(&config::max_frame_bytes, "net.max_frame_bytes"));
+        // Below proto::min_frame_bytes a daemon would refuse the welcome
+        // (docs/protocol.md §13): refuse the config instead.
+        bytes_setter(&config::max_frame_bytes, "net.max_frame_bytes",
+                     proto::min_frame_bytes));
     add("net.max_body_bytes", {"MAKIMA_MAX_BODY_BYTES"},
         "largest HTTP request body accepted",
         bytes_setter(&config::max_body_bytes, "net.max_body_bytes"));

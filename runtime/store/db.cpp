@@ -22,6 +22,7 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
 #include <rocksdb/status.h>
@@ -38,6 +39,8 @@ namespace {
 
 constexpr const char* schema_key = "schema";
 constexpr const char* schema_version = "1";
+// Written by db::writable() to find out whether writes work again.
+constexpr const char* probe_key = "probe";
 
 // Indexes of our column families in impl::cfs.
 enum cf_index : size_t {
@@ -200,6 +203,28 @@ bool has_db_files(const fs::path& dir) {
   return false;
 }
 
+// Keeps RocksDB from recovering by itself after a disk-full error, so that
+// db::write's own DB::Resume() does it. RocksDB's automatic recovery (its
+// SstFileManager polls free space) resumes only once the free space reaches
+// the largest write buffer (16 MiB here): on a small volume, or one that is
+// shared, that never happens and every write keeps failing until a restart
+// (measured: a 12 MiB tmpfs, 8 MiB freed, writes refused for 30 s and more).
+// While the automatic recovery is pending, DB::Resume() answers Busy. Our
+// Resume() flushes the memtables and switches the WAL; it succeeds as soon as
+// that fits on the disk, and fails (leaving the error in place) otherwise.
+class manual_recovery : public rocksdb::EventListener {
+public:
+  const char* Name() const override { return "makima.manual_recovery"; }
+
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason,
+                            rocksdb::Status bg_error,
+                            bool* auto_recovery) override {
+    if (auto_recovery && is_no_space(bg_error))
+      *auto_recovery = false;
+    bg_error.PermitUncheckedError();
+  }
+};
+
 rocksdb::Options make_options(open_mode mode) {
   rocksdb::Options o;
   o.create_if_missing = mode == open_mode::primary;
@@ -229,6 +254,7 @@ rocksdb::Options make_options(open_mode mode) {
   // A torn last record is refused as well: the bytes cannot prove that it
   // was an unfinished (unacknowledged) write rather than a truncation.
   o.wal_recovery_mode = rocksdb::WALRecoveryMode::kAbsoluteConsistency;
+  o.listeners.push_back(std::make_shared<manual_recovery>());
   return o;
 }
 
@@ -952,8 +978,26 @@ struct db::impl {
   std::vector<rocksdb::ColumnFamilyHandle*> handles; // all opened
   // Our column families (null in a secondary whose primary lacks one).
   rocksdb::ColumnFamilyHandle* cfs[cf_count] = {};
-  // Set after a failed write: the next write first tries DB::Resume().
+  // Set after a failed write: the next write (and `writable`) first tries
+  // DB::Resume(). `write_error` is what that write returned.
   bool write_failed = false;
+  caf::error write_error;
+
+  // Tries to clear the error of a failed write; true when writes work.
+  bool try_resume() {
+    if (!write_failed)
+      return true;
+    // After a failed write (typically ENOSPC) RocksDB stops accepting
+    // writes until the background error is cleared (see manual_recovery).
+    // Resume() flushes the memtables and switches to a new WAL: it works
+    // once that fits on the disk again.
+    auto rs = rdb->Resume();
+    if (!rs.ok())
+      return false;
+    write_failed = false;
+    write_error = caf::none;
+    return true;
+  }
 
   ~impl() {
     if (rdb) {
@@ -1166,14 +1210,8 @@ caf::error db::write(write_batch&& batch) {
     return bad_id(*b.bad_id);
   if (b.ops.empty())
     return caf::none;
-  if (d.write_failed) {
-    // After a failed write (typically ENOSPC) RocksDB stops accepting writes
-    // until the background error is cleared. Try to clear it now: this works
-    // once space is available again, otherwise the write below reports it.
-    auto rs = d.rdb->Resume();
-    if (rs.ok())
-      d.write_failed = false;
-  }
+  // Otherwise the write below reports why writes still fail.
+  d.try_resume();
   rocksdb::WriteBatch wb;
   for (auto& op : b.ops) {
     if (!d.cfs[op.cf])
@@ -1203,14 +1241,31 @@ caf::error db::write(write_batch&& batch) {
     d.write_failed = true;
     auto e = map_status(s, "write to", d.dir);
     if (code_of(e) == ec::store_full)
-      return make_error(ec::store_full,
-                        describe(e)
-                            + "; every write fails until space is freed (the "
-                              "database then recovers by itself within "
-                              "seconds, or on the next start)");
+      e = make_error(ec::store_full,
+                     describe(e)
+                         + "; every write fails until space is freed (the "
+                           "next write after that succeeds)");
+    d.write_error = e;
     return e;
   }
   return caf::none;
+}
+
+caf::error db::writable() {
+  auto& d = *impl_;
+  if (d.secondary())
+    return make_error(ec::store_error, "the database in " + d.dir.string()
+                                           + " is open read-only");
+  if (!d.write_failed)
+    return caf::none;
+  if (!d.try_resume())
+    return d.write_error;
+  // Resume() also succeeds on a disk that is still full when it had
+  // nothing to flush: only a write tells. A few bytes to the meta CF.
+  write_batch probe;
+  probe.impl_->ops.push_back(
+      {cf_meta, probe_key, "1", write_batch::impl::kind::put});
+  return write(std::move(probe));
 }
 
 caf::expected<std::optional<std::string>> db::get_task(std::string_view id) {

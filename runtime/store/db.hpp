@@ -1,8 +1,8 @@
 // The local database of a makima data dir: RocksDB behind a small interface
 // that knows column families and key layout but not the task domain (records
-// arrive as JSON text from the persistence actor). No RocksDB header leaks
-// out of this file (pimpl). Not thread-safe for concurrent writers: the
-// persistence actor (detached) is its only user in a process.
+// arrive as JSON text). No RocksDB header leaks out of this file (pimpl). Not
+// thread-safe: one actor owns a db — the PERSISTENCE actor of a daemon or of
+// `makima run`, the SERVER actor of a server (both detached).
 //
 // Column families and keys (`id` is a task id, which never contains '\0'):
 //   tasks  : id                         -> task record (JSON)
@@ -142,6 +142,12 @@ public:
   /// Applies `batch` atomically (WAL first). Errors: ec::store_full on
   /// ENOSPC, ec::store_error otherwise.
   caf::error write(write_batch&& batch);
+
+  /// Whether writes work: none, or the error of the last failed write while
+  /// it persists. After a failed write (disk full) it first tries to clear
+  /// the error (what the next `write` does too), so it turns none as soon as
+  /// space is back. Cheap when the last write succeeded.
+  caf::error writable();
 
   /// Returns the record of `id`, or nullopt.
   caf::expected<std::optional<std::string>> get_task(std::string_view id);

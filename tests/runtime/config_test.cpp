@@ -103,7 +103,13 @@ TEST(config, bad_values_name_the_key_and_origin) {
            {"MAKIMA_LOG_LEVEL", "loud", "log.level"},
            {"MAKIMA_LOG_FORMAT", "xml", "log.format"},
            {"MAKIMA_DAEMON_SERVER_URL", "ftp://x", "server.url"},
-           {"MAKIMA_HEARTBEAT", "0", "server.heartbeat"}}) {
+           {"MAKIMA_HEARTBEAT", "0", "server.heartbeat"},
+           // A daemon refuses a welcome below 256 KiB (protocol §13).
+           {"MAKIMA_MAX_FRAME_BYTES", "262143", "net.max_frame_bytes"},
+           {"MAKIMA_MAX_FRAME_BYTES", "4096", "net.max_frame_bytes"},
+           {"MAKIMA_MAX_FRAME_BYTES", "99999999999999999999999",
+            "net.max_frame_bytes"},
+           {"MAKIMA_MAX_BODY_BYTES", "1023", "net.max_body_bytes"}}) {
     env_map env{{"HOME", "/h"}, {c.var, c.value}};
     auto cfg = load_config(std::nullopt, env);
     ASSERT_FALSE(cfg) << c.var;
