@@ -1,35 +1,13 @@
 // The local LINK: writes persisted output to the terminal, byte for byte.
 #include "actors/local_link.hpp"
 
-#include <unistd.h>
-
-#include <cerrno>
-
 #include <caf/actor_system.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
+#include "runtime/process/io.hpp"
+
 namespace makima {
-
-namespace {
-
-// Writes everything or gives up on a closed/broken descriptor (the output
-// is persisted either way and `task logs` shows it).
-void write_all(int fd, const std::string& bytes) {
-  size_t off = 0;
-  while (off < bytes.size()) {
-    auto n = ::write(fd, bytes.data() + off, bytes.size() - off);
-    if (n > 0) {
-      off += static_cast<size_t>(n);
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else {
-      return;
-    }
-  }
-}
-
-} // namespace
 
 link_actor::behavior_type
 local_link(link_actor::stateful_pointer<local_link_state> self, int out_fd,
@@ -44,8 +22,8 @@ local_link(link_actor::stateful_pointer<local_link_state> self, int out_fd,
       [self](output_atom, const std::string&, uint32_t,
              const std::vector<output_chunk>& chunks) -> caf::result<ok_atom> {
         for (auto& c : chunks)
-          write_all(c.stream == 2 ? self->state.err_fd : self->state.out_fd,
-                    c.bytes);
+          process::write_all(
+              c.stream == 2 ? self->state.err_fd : self->state.out_fd, c.bytes);
         return ok_atom::value;
       },
       [self](state_atom, const task_record& rec) {

@@ -31,6 +31,7 @@ class db;
 namespace makima {
 struct task_record;
 struct state_change;
+struct daemon_settings;
 } // namespace makima
 
 namespace makima::app {
@@ -138,6 +139,13 @@ using command_table = std::vector<std::pair<CLI::App*, std::function<int()>>>;
 
 /// `makima server` and `makima local` (server_cmd.cpp).
 void add_server_commands(CLI::App& app, command_table& out);
+
+/// The daemon node's settings from a resolved config (daemon_cmd.cpp):
+/// server.url, server.api_key, daemon.name (default: the host name),
+/// daemon.pool, daemon.labels, daemon.max_tasks, server.ca_file,
+/// server.heartbeat, net.max_frame_bytes, the data dirs, the task
+/// environment. No health endpoint (the caller sets it).
+daemon_settings daemon_settings_for(const config& cfg);
 
 /// `makima daemon` (daemon_cmd.cpp).
 void add_daemon_command(CLI::App& app, command_table& out);

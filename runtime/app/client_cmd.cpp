@@ -3,6 +3,8 @@
 // HTTP API of docs/protocol.md §10 over the blocking net::http_request and
 // net::http_stream (server-sent events for `logs -f` and `wait`).
 #include "runtime/app/cli.hpp"
+#include "runtime/process/io.hpp"
+#include "runtime/process/signals.hpp"
 
 #include <signal.h>
 #include <unistd.h>
@@ -72,20 +74,6 @@ std::string encode(const std::string& s) {
   return out;
 }
 
-/// Writes all of `bytes` to `fd`; false when the reader is gone.
-bool write_all(int fd, const std::string& bytes) {
-  size_t off = 0;
-  while (off < bytes.size()) {
-    auto n = ::write(fd, bytes.data() + off, bytes.size() - off);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return false;
-    off += static_cast<size_t>(n);
-  }
-  return true;
-}
-
 /// One output chunk of the API ({"seq","stream","data"}) written to stdout
 /// or stderr; returns its seq. Leaves when it is malformed.
 uint64_t write_chunk(const json& c, bool& writable) {
@@ -97,7 +85,8 @@ uint64_t write_chunk(const json& c, bool& writable) {
     fail(exit_internal, "the server sent output that is not base64");
   int stream = c.value("stream", 1);
   if (writable)
-    writable = write_all(stream == 2 ? STDERR_FILENO : STDOUT_FILENO, *bytes);
+    writable =
+        process::write_all(stream == 2 ? STDERR_FILENO : STDOUT_FILENO, *bytes);
   return c["seq"].get<uint64_t>();
 }
 
@@ -113,11 +102,7 @@ task_record parse_record(const std::string& text) {
 /// task; a client command has nothing to clean up, so they end it at once
 /// again (`task logs -f` / `wait` stopped with Ctrl-C).
 void default_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  for (int s : {SIGINT, SIGTERM, SIGHUP})
-    sigaddset(&set, s);
-  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  process::unblock_stop_signals();
 }
 
 /// Requests to one server, with its key and CA file. Every failure leaves

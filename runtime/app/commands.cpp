@@ -34,8 +34,10 @@
 #include "runtime/ids.hpp"
 #include "runtime/log.hpp"
 #include "runtime/process/environment.hpp"
+#include "runtime/process/io.hpp"
 #include "runtime/process/leftovers.hpp"
 #include "runtime/process/reactor.hpp"
+#include "runtime/process/signals.hpp"
 #include "runtime/store/db.hpp"
 
 #ifndef MAKIMA_VERSION
@@ -87,41 +89,6 @@ task_record get_record(caf::scoped_actor& self,
   return out;
 }
 
-/// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and turns
-/// each into a cancellation of the running task.
-class signal_watcher {
-public:
-  signal_watcher(std::function<void(int)> on_signal)
-      : on_signal_(std::move(on_signal)) {
-    thread_ = std::thread([this] { loop(); });
-  }
-  ~signal_watcher() {
-    done_ = true;
-    pthread_kill(thread_.native_handle(), SIGUSR1);
-    thread_.join();
-  }
-
-private:
-  void loop() {
-    sigset_t set;
-    sigemptyset(&set);
-    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1})
-      sigaddset(&set, s);
-    while (!done_) {
-      int sig = 0;
-      if (sigwait(&set, &sig) != 0)
-        continue;
-      if (done_)
-        break;
-      if (sig != SIGUSR1)
-        on_signal_(sig);
-    }
-  }
-  std::function<void(int)> on_signal_;
-  std::atomic<bool> done_{false};
-  std::thread thread_;
-};
-
 /// Runs one attempt of `rec` on an in-process node and returns its final
 /// record. Output streams to the terminal as it is persisted.
 task_record run_attempt(caf::actor_system& sys, const config& cfg,
@@ -148,7 +115,7 @@ task_record run_attempt(caf::actor_system& sys, const config& cfg,
   task_record final_record;
   {
     std::atomic<int> signals{0};
-    signal_watcher watcher([&](int sig) {
+    process::signal_watcher watcher([&](int sig) {
       auto n = ++signals;
       if (n == 1)
         std::fprintf(stderr,
@@ -421,18 +388,8 @@ int cmd_logs(const common_options& common, const std::string& id) {
                 more = !chunks.empty();
                 for (auto& c : chunks) {
                   auto fd = c.stream == 2 ? STDERR_FILENO : STDOUT_FILENO;
-                  size_t off = 0;
-                  while (off < c.bytes.size()) {
-                    auto n =
-                        ::write(fd, c.bytes.data() + off, c.bytes.size() - off);
-                    if (n < 0 && errno == EINTR)
-                      continue;
-                    if (n <= 0) {
-                      more = false;
-                      break;
-                    }
-                    off += static_cast<size_t>(n);
-                  }
+                  if (!process::write_all(fd, c.bytes))
+                    more = false;
                   from = c.seq + 1;
                 }
               },
@@ -445,15 +402,10 @@ int cmd_logs(const common_options& common, const std::string& id) {
 } // namespace
 
 int run_cli(int argc, char** argv) {
-  // Signals are handled by a watcher thread (sigwait) during a task; block
-  // them before any thread exists so that every thread inherits the mask.
-  // Children get an empty mask back (runtime/process).
-  sigset_t set;
-  sigemptyset(&set);
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1})
-    sigaddset(&set, s);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  // Signals are handled by a watcher thread (sigwait) during a task, or
+  // waited for by the node commands; block them before any thread exists
+  // so that every thread inherits the mask.
+  process::block_stop_signals();
 
   CLI::App app{"makima — run tasks in isolated git worktrees, durably",
                "makima"};

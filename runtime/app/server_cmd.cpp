@@ -16,13 +16,14 @@
 #include <caf/actor_system.hpp>
 #include <caf/send.hpp>
 
+#include "actors/daemon_node.hpp"
 #include "actors/persistence.hpp"
 #include "actors/server.hpp"
-#include "runtime/app/daemon_node.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 #include "runtime/net/net.hpp"
 #include "runtime/process/environment.hpp"
+#include "runtime/process/signals.hpp"
 
 #ifndef MAKIMA_VERSION
 #define MAKIMA_VERSION "0.0.0"
@@ -35,25 +36,15 @@ namespace {
 /// How long a graceful shutdown waits for daemons to finish and close.
 constexpr std::chrono::seconds drain_bound{30};
 
-/// Splits "HOST:PORT" ("[::1]:PORT" for IPv6); leaves on a bad value.
+/// Splits --listen's "HOST:PORT" ("[::1]:PORT" for IPv6); leaves on a bad
+/// value.
 std::pair<std::string, uint16_t> split_listen(const std::string& listen) {
-  auto colon = listen.rfind(':');
-  if (colon == std::string::npos || colon == 0)
-    fail(exit_usage, "--listen expects HOST:PORT, got '" + listen + "'");
-  auto host = listen.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  auto port_text = listen.substr(colon + 1);
-  unsigned long port = 0;
-  try {
-    size_t used = 0;
-    port = std::stoul(port_text, &used);
-    if (used != port_text.size() || port > 65535)
-      throw std::invalid_argument{"port"};
-  } catch (const std::exception&) {
-    fail(exit_usage, "--listen: bad port '" + port_text + "'");
-  }
-  return {host, static_cast<uint16_t>(port)};
+  auto hp = net::parse_host_port(listen);
+  if (!hp)
+    fail(exit_usage,
+         "--listen expects HOST:PORT or [V6]:PORT (port 0-65535), got '"
+             + listen + "'");
+  return {hp->host, hp->port};
 }
 
 bool is_loopback(const std::string& host) {
@@ -99,32 +90,13 @@ struct server_options {
   bool no_auth = false;
 };
 
-/// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread by run_cli);
-/// returns the signal, or 0 after `timeout` (negative: no timeout).
-int wait_signal(std::chrono::milliseconds timeout) {
-  sigset_t set;
-  sigemptyset(&set);
-  for (int s : {SIGINT, SIGTERM, SIGHUP})
-    sigaddset(&set, s);
-  if (timeout.count() < 0) {
-    int sig = 0;
-    while (sigwait(&set, &sig) != 0) {
-    }
-    return sig;
-  }
-  timespec ts{static_cast<time_t>(timeout.count() / 1000),
-              static_cast<long>(timeout.count() % 1000) * 1000000L};
-  int sig = sigtimedwait(&set, nullptr, &ts);
-  return sig > 0 ? sig : 0;
-}
-
 /// Waits for a signal as wait_signal does, or until the SERVER actor of
 /// `node` failed (returns 0 then).
 int wait_signal_or_failure(const server_node& node) {
   for (;;) {
     if (node.failed())
       return 0;
-    if (int sig = wait_signal(std::chrono::milliseconds{100}))
+    if (int sig = process::wait_signal(std::chrono::milliseconds{100}))
       return sig;
   }
 }
@@ -205,7 +177,7 @@ int cmd_server(server_options& o) {
                             [&] { return (*node)->drain(drain_bound); });
   while (drained.wait_for(std::chrono::seconds(0))
          != std::future_status::ready) {
-    if (wait_signal(std::chrono::milliseconds{100}) != 0) {
+    if (process::wait_signal(std::chrono::milliseconds{100}) != 0) {
       std::fprintf(stderr, "makima: stopping now\n");
       break;
     }
@@ -250,9 +222,9 @@ int cmd_local(local_options& o) {
     if (!o.listen.empty())
       c.listen = o.listen;
     if (o.max_tasks > 0)
-      if (auto err = set_config_value(c, "daemon.max_tasks",
-                                      std::to_string(o.max_tasks),
-                                      "--max-tasks"))
+      if (auto err =
+              set_config_value(c, "daemon.max_tasks",
+                               std::to_string(o.max_tasks), "--max-tasks"))
         fail(exit_usage, describe(err));
     apply_pass_env(c, o.pass_env);
   });
@@ -284,10 +256,10 @@ int cmd_local(local_options& o) {
     fail(status_for(server.error()), describe(server.error()));
   auto persist = spawn_persistence(sys, opened->db);
   auto io = std::make_shared<net::io_thread>();
-  auto opts = daemon_connection_options(cfg);
-  opts.url = (*server)->ws_url();
-  opts.api_key = daemon_key;
-  opts.name = "local";
+  auto settings = daemon_settings_for(cfg);
+  settings.connection.url = (*server)->ws_url();
+  settings.connection.api_key = daemon_key;
+  settings.connection.name = "local";
   auto welcomed = std::make_shared<std::promise<void>>();
   auto first_welcome = welcomed->get_future();
   auto once = std::make_shared<std::once_flag>();
@@ -295,7 +267,11 @@ int cmd_local(local_options& o) {
   hooks.on_welcome = [welcomed, once](const std::string&) {
     std::call_once(*once, [&] { welcomed->set_value(); });
   };
-  auto node = daemon_node::start(sys, cfg, opts, persist, io, hooks);
+  auto started =
+      daemon_node::start(sys, std::move(settings), persist, io, hooks);
+  if (!started)
+    fail(status_for(started.error()), describe(started.error()));
+  auto node = std::move(*started);
   if (first_welcome.wait_for(std::chrono::seconds(30))
       != std::future_status::ready)
     log::warn("local", "the in-process daemon has not connected yet");

@@ -123,6 +123,37 @@ std::optional<url_parts> parse_url(const std::string& url) {
   return out;
 }
 
+// -- parse_host_port ----------------------------------------------------------
+
+std::optional<host_port> parse_host_port(const std::string& text) {
+  host_port out;
+  std::string port;
+  if (!text.empty() && text[0] == '[') {
+    auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size()
+        || text[close + 1] != ':')
+      return std::nullopt;
+    out.host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    auto colon = text.rfind(':');
+    if (colon == std::string::npos)
+      return std::nullopt;
+    out.host = text.substr(0, colon);
+    if (out.host.find(':') != std::string::npos)
+      return std::nullopt; // IPv6 needs brackets
+    port = text.substr(colon + 1);
+  }
+  if (out.host.empty() || port.empty() || port.size() > 5
+      || port.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
+  auto n = std::stoul(port);
+  if (n > 65535)
+    return std::nullopt;
+  out.port = static_cast<uint16_t>(n);
+  return out;
+}
+
 // -- ws_client ----------------------------------------------------------------
 
 struct ws_client::impl : std::enable_shared_from_this<ws_client::impl> {

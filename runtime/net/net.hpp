@@ -321,4 +321,16 @@ struct url_parts {
 /// Parses http, https, ws and wss URLs; nullopt when malformed.
 std::optional<url_parts> parse_url(const std::string& url);
 
+/// A listen address: "HOST:PORT", "[V6]:PORT" (host without brackets).
+struct host_port {
+  std::string host;
+  uint16_t port = 0;
+};
+
+/// Parses "HOST:PORT" or "[V6]:PORT" with PORT 0-65535 (0: any free port).
+/// nullopt when malformed: no port, an empty host, a port that is not a
+/// decimal number in range, or an IPv6 address without brackets ("::1:80"
+/// cannot be split unambiguously).
+std::optional<host_port> parse_host_port(const std::string& text);
+
 } // namespace makima::net

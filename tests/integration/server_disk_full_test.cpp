@@ -19,31 +19,33 @@ bool has(const std::string& hay, const std::string& needle) {
 
 } // namespace
 
-TEST(server_disk_full, refuses_writes_serves_reads_and_recovers_without_a_restart) {
+TEST(server_disk_full,
+     refuses_writes_serves_reads_and_recovers_without_a_restart) {
   env e;
   makima::test::tmpfs_mount mnt{e.root() / "small", "16m"};
-  ASSERT_TRUE(mnt.mounted()) << "mount -t tmpfs -o size=16m failed: "
-                             << mnt.error() << " (this test needs root)";
+  ASSERT_TRUE(mnt.mounted())
+      << "mount -t tmpfs -o size=16m failed: " << mnt.error()
+      << " (this test needs root)";
   server_proc srv;
-  ASSERT_TRUE(srv.launch(e, {"server", "--listen", "127.0.0.1:0", "--data-dir",
-                             (mnt.dir() / "server").string(), "--user-key",
-                             user_key, "--daemon-key", daemon_key, "--lease",
-                             "12"}));
+  ASSERT_TRUE(
+      srv.launch(e, {"server", "--listen", "127.0.0.1:0", "--data-dir",
+                     (mnt.dir() / "server").string(), "--user-key", user_key,
+                     "--daemon-key", daemon_key, "--lease", "12"}));
   daemon_proc d;
   ASSERT_TRUE(d.launch(e, srv.ws(), "d1", e.root() / "d1"));
   api http{srv.http()};
   // Prints "start", waits for the flag, then 20,000 lines and "end".
   auto flag = e.root() / "flag";
-  auto id = http.submit(
-      {{"id", "long"},
-       {"argv",
-        {"sh", "-c",
-         "echo start; while [ ! -e \"$0\" ]; do sleep 0.05; done; "
-         "seq 1 20000; echo end",
-         flag.string()}}});
+  auto id =
+      http.submit({{"id", "long"},
+                   {"argv",
+                    {"sh", "-c",
+                     "echo start; while [ ! -e \"$0\" ]; do sleep 0.05; done; "
+                     "seq 1 20000; echo end",
+                     flag.string()}}});
   ASSERT_EQ(id, "long");
-  ASSERT_TRUE(eventually([&] { return http.output(id).out == "start\n"; },
-                         20000ms))
+  ASSERT_TRUE(
+      eventually([&] { return http.output(id).out == "start\n"; }, 20000ms))
       << srv.output();
   ASSERT_EQ(http.call("GET", "/readyz").status, 200u);
 
@@ -51,8 +53,8 @@ TEST(server_disk_full, refuses_writes_serves_reads_and_recovers_without_a_restar
   std::ofstream{flag} << "go";
   // The daemon's events are refused: the server says why in its log, and
   // /readyz turns 503 with the reason.
-  ASSERT_TRUE(eventually([&] { return has(srv.output(), "disk is full"); },
-                         20000ms))
+  ASSERT_TRUE(
+      eventually([&] { return has(srv.output(), "disk is full"); }, 20000ms))
       << srv.output();
   EXPECT_TRUE(eventually(
       [&] { return http.metric("makima_ws_closed_total{code=\"1011\"}") >= 1; },
@@ -102,10 +104,10 @@ TEST(server_disk_full, refuses_writes_serves_reads_and_recovers_without_a_restar
   EXPECT_EQ(r.signal, 0) << r.err;
   d.stop(SIGTERM);
   server_proc again;
-  ASSERT_TRUE(again.launch(e, {"server", "--listen", "127.0.0.1:0",
-                               "--data-dir", (mnt.dir() / "server").string(),
-                               "--user-key", user_key, "--daemon-key",
-                               daemon_key}));
+  ASSERT_TRUE(
+      again.launch(e, {"server", "--listen", "127.0.0.1:0", "--data-dir",
+                       (mnt.dir() / "server").string(), "--user-key", user_key,
+                       "--daemon-key", daemon_key}));
   api http2{again.http()};
   EXPECT_EQ(http2.state(id), "succeeded");
   EXPECT_TRUE(http2.output(id).out == want);

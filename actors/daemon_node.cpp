@@ -1,0 +1,180 @@
+// See daemon_node.hpp.
+#include "actors/daemon_node.hpp"
+
+#include <cstdio>
+#include <cstring>
+
+#include <caf/actor_system.hpp>
+#include <caf/send.hpp>
+
+#include "actors/daemon.hpp"
+#include "actors/persistence.hpp"
+#include "runtime/error.hpp"
+#include "runtime/log.hpp"
+#include "runtime/net/net.hpp"
+#include "runtime/process/reactor.hpp"
+#include "runtime/process/signals.hpp"
+#include "runtime/store/db.hpp"
+
+namespace makima {
+
+namespace {
+
+// Serves /healthz and /readyz of `ready`; every other path is 404, and
+// WebSocket upgrades are refused.
+std::unique_ptr<net::server>
+health_server(net::io_thread& io, const std::string& host, uint16_t port,
+              std::shared_ptr<std::atomic<bool>> ready) {
+  net::server_options so;
+  so.host = host;
+  so.port = port;
+  net::ws_handler refuse;
+  refuse.on_upgrade = [](const net::request&) {
+    return std::optional<net::response>{
+        net::response{404, "text/plain", {}, "not found\n"}};
+  };
+  return std::make_unique<net::server>(
+      io, so,
+      [ready](net::request req, net::http_reply reply) {
+        auto path = req.target.substr(0, req.target.find('?'));
+        if (path == "/healthz")
+          reply.send({200, "text/plain", {}, "ok\n"});
+        else if (path == "/readyz")
+          reply.send(
+              ready->load()
+                  ? net::response{200, "text/plain", {}, "ready\n"}
+                  : net::response{503, "text/plain", {}, "not connected\n"});
+        else
+          reply.send({404, "text/plain", {}, "not found\n"});
+      },
+      refuse);
+}
+
+} // namespace
+
+caf::expected<std::unique_ptr<daemon_node>>
+daemon_node::start(caf::actor_system& sys, daemon_settings s,
+                   persistence_actor persist,
+                   std::shared_ptr<net::io_thread> io, connection_hooks hooks) {
+  std::unique_ptr<daemon_node> node{new daemon_node};
+  node->ready_ =
+      hooks.ready ? hooks.ready : std::make_shared<std::atomic<bool>>(false);
+  hooks.ready = node->ready_;
+  if (s.health_host) {
+    node->health_ =
+        health_server(*io, *s.health_host, s.health_port, node->ready_);
+    auto port = node->health_->start();
+    if (!port)
+      return make_error(code_of(port.error()),
+                        "cannot serve /healthz on " + *s.health_host + ":"
+                            + std::to_string(s.health_port) + ": "
+                            + describe(port.error()));
+    node->health_port_ = *port;
+    log::info("daemon", "health endpoint on " + *s.health_host + ":"
+                            + std::to_string(*port));
+  }
+  auto exited = std::make_shared<std::promise<int>>();
+  node->exited_ = exited->get_future().share();
+  hooks.on_exit = [exited, user = std::move(hooks.on_exit)](int code) {
+    if (user)
+      user(code);
+    exited->set_value(code);
+  };
+  node->reactor_ = std::make_shared<process::reactor>();
+  // The DAEMON takes its LINK at spawn, so the CONNECTION comes first and
+  // learns the DAEMON from start_atom.
+  node->connection_ = spawn_connection(
+      sys, std::move(s.connection), std::move(hooks), persist, std::move(io));
+  daemon_context ctx;
+  ctx.persistence = persist;
+  ctx.link = node->connection_;
+  ctx.reactor = node->reactor_;
+  ctx.repos_dir = s.repos_dir;
+  ctx.worktrees_dir = s.worktrees_dir;
+  ctx.state_root = s.state_dir;
+  ctx.author_name = s.author_name;
+  ctx.author_email = s.author_email;
+  ctx.max_tasks = s.max_tasks;
+  ctx.base_env = std::move(s.base_env);
+  node->daemon_ = spawn_daemon(sys, std::move(ctx));
+  caf::anon_send(node->connection_, start_atom::value, node->daemon_);
+  return node;
+}
+
+caf::expected<std::unique_ptr<daemon_node>>
+daemon_node::start_with_store(caf::actor_system& sys, daemon_settings s,
+                              std::shared_ptr<net::io_thread> io,
+                              connection_hooks hooks) {
+  std::error_code err;
+  std::filesystem::create_directories(s.db_dir, err);
+  if (err)
+    return make_error(ec::io_error, "cannot create data dir "
+                                        + s.db_dir.string() + ": "
+                                        + err.message());
+  store::db_options opts;
+  opts.mode = store::open_mode::primary;
+  opts.sync = s.sync;
+  auto db = store::db::open(s.db_dir, opts);
+  if (!db)
+    return db.error();
+  std::shared_ptr<store::db> shared{std::move(*db)};
+  auto persist = spawn_persistence(sys, shared);
+  auto node =
+      start(sys, std::move(s), persist, std::move(io), std::move(hooks));
+  if (!node) {
+    caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+    return node.error();
+  }
+  (*node)->store_ = shared;
+  (*node)->own_persistence_ = persist;
+  return node;
+}
+
+bool daemon_node::ready() const {
+  return ready_ && ready_->load();
+}
+
+bool daemon_node::drain(std::chrono::milliseconds bound) {
+  bool ended = exited_.wait_for(bound) == std::future_status::ready;
+  stop();
+  return ended;
+}
+
+void daemon_node::stop() {
+  if (stopped_)
+    return;
+  stopped_ = true;
+  caf::anon_send(connection_, stop_atom::value);
+  caf::anon_send_exit(daemon_, caf::exit_reason::user_shutdown);
+}
+
+daemon_exit daemon_node::wait() {
+  daemon_exit out;
+  while (exited_.wait_for(std::chrono::milliseconds(0))
+         != std::future_status::ready) {
+    int sig = process::wait_signal(std::chrono::milliseconds{100});
+    if (sig > 0 && out.signal == 0) {
+      out.signal = sig;
+      std::fprintf(stderr, "makima: %s: stopping the daemon\n", strsignal(sig));
+      stop();
+    }
+  }
+  out.drained = exited_.get() == 0;
+  return out;
+}
+
+daemon_node::~daemon_node() {
+  stop();
+  if (health_)
+    health_->stop();
+  // An owned PERSISTENCE goes last, once the connection ended (on_exit):
+  // writes of CONNECTION may still be in its mailbox. The CONNECTION ends
+  // within about 2 s of stop() (close handshake or its own timeout).
+  if (own_persistence_) {
+    if (exited_.valid())
+      exited_.wait_for(std::chrono::seconds(5));
+    caf::anon_send_exit(own_persistence_, caf::exit_reason::user_shutdown);
+  }
+}
+
+} // namespace makima
