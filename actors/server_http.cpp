@@ -1,6 +1,6 @@
 // The SERVER actor's HTTP API (docs/protocol.md §10) and /metrics (§11).
-// Requests arrive already authenticated (server.cpp checks the key on the
-// io thread, by the same parse_target used here for routing); this file
+// Requests arrive already authenticated (server_auth.hpp checks the key on
+// the io thread, by the same parse_target used here for routing); this file
 // routes them, reads and writes the task state of
 // the actor and answers through net::http_reply.
 #include "actors/server_state.hpp"
@@ -228,7 +228,7 @@ void submit(self_ptr self, net::request& req, net::http_reply& reply) {
   e.queued_at = clock::now();
   auto id = spec.id;
   auto& entry = st.tasks.emplace(id, std::move(e)).first->second;
-  if (!persist(self, entry, "submitted")) {
+  if (!write_through(self, entry, "submitted")) {
     st.tasks.erase(id);
     respond_error(self, reply, 500, "store_error", "could not store the task");
     return;
@@ -778,18 +778,12 @@ void handle_http(self_ptr self, net::request& req, net::http_reply& reply) {
     // The exception's text may quote the request; it is logged, not sent.
     log::error("server", "HTTP " + req.method
                              + " failed with an internal error: " + e.what());
-    {
-      std::lock_guard<std::mutex> guard{self->state.counters->mtx};
-      ++self->state.counters->handler_errors;
-    }
+    self->state.counters->count_handler_error();
     respond_error(self, reply, 500, "internal", "internal server error");
   } catch (...) {
     log::error("server",
                "HTTP " + req.method + " failed with an internal error");
-    {
-      std::lock_guard<std::mutex> guard{self->state.counters->mtx};
-      ++self->state.counters->handler_errors;
-    }
+    self->state.counters->count_handler_error();
     respond_error(self, reply, 500, "internal", "internal server error");
   }
 }
