@@ -108,12 +108,11 @@ void pump(conn_ptr self) {
   auto limit = frame_limit(st);
   auto next = st.window.next_to_send(limit);
   for (auto& h : next.held)
-    log::error(component, "event " + std::to_string(h.seq) + " of "
-                              + describe_key(h.key) + " takes "
-                              + std::to_string(h.bytes)
-                              + " bytes, over the server's frame limit of "
-                              + std::to_string(limit)
-                              + "; holding the attempt's events");
+    log::error(component,
+               "event " + std::to_string(h.seq) + " of " + describe_key(h.key)
+                   + " takes " + std::to_string(h.bytes)
+                   + " bytes, over the server's frame limit of "
+                   + std::to_string(limit) + "; holding the attempt's events");
   for (auto* frame : next.frames) {
     st.client->send(*frame);
     st.last_sent = now_ms();

@@ -48,17 +48,12 @@ public:
 
   /// A window of at most `max_events` events and `max_bytes` frame bytes.
   outbox_window(size_t max_events = 1024, size_t max_bytes = 8 << 20)
-    : max_events_(max_events), max_bytes_(max_bytes) {
-  }
+      : max_events_(max_events), max_bytes_(max_bytes) {}
 
   /// The attempts, in key order. Their flags and `last_seq` belong to the
   /// caller; frames and positions change only through the methods below.
-  attempt_map& attempts() {
-    return attempts_;
-  }
-  const attempt_map& attempts() const {
-    return attempts_;
-  }
+  attempt_map& attempts() { return attempts_; }
+  const attempt_map& attempts() const { return attempts_; }
 
   /// Takes over what PERSISTENCE loaded at start: attempts with their
   /// last seq (all acked but the events still in the outbox), events
@@ -124,18 +119,10 @@ public:
     return unacked_events_ <= max_events_ && unacked_bytes_ <= max_bytes_;
   }
 
-  size_t unacked_events() const {
-    return unacked_events_;
-  }
-  size_t unacked_bytes() const {
-    return unacked_bytes_;
-  }
-  size_t inflight_events() const {
-    return inflight_events_;
-  }
-  size_t inflight_bytes() const {
-    return inflight_bytes_;
-  }
+  size_t unacked_events() const { return unacked_events_; }
+  size_t unacked_bytes() const { return unacked_bytes_; }
+  size_t inflight_events() const { return inflight_events_; }
+  size_t inflight_bytes() const { return inflight_bytes_; }
 
   /// Whether the counts agree with the frames and every attempt's
   /// positions are ordered (acked <= sent, frames after acked, up to

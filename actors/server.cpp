@@ -135,32 +135,16 @@ void on_hello(self_ptr self, uint64_t conn, conn_entry& c, proto::hello& h) {
   w.heartbeat = st.settings.heartbeat;
   w.lease = st.settings.lease;
   w.max_frame_bytes = st.settings.max_frame_bytes;
-  std::vector<proto::cancel> cancels;
-  std::set<std::string> known;
-  for (auto& r : h.running) {
-    known.insert(r.task);
-    auto t = st.tasks.find(r.task);
-    bool current = t != st.tasks.end() && r.attempt == t->second.rec.attempt
-                   && t->second.rec.state != task_state::queued
-                   && t->second.daemon == d.id;
-    if (current) {
-      w.acked.push_back({r.task, r.attempt, t->second.acked});
-      if (t->second.cancel_requested && !is_terminal(t->second.rec.state))
-        cancels.push_back({r.task, r.attempt, "user"});
-    } else {
-      // Stale or unknown: the server wants none of it.
-      w.acked.push_back({r.task, r.attempt, r.seq});
-      cancels.push_back({r.task, r.attempt, "fenced"});
-    }
-  }
+  auto r = reconcile(st.tasks, d.id, h.running);
+  w.acked = std::move(r.acked);
   send_frame(self, conn, w);
-  for (auto& x : cancels)
+  for (auto& x : r.cancels)
     send_frame(self, conn, x);
   // Assigned attempts the daemon does not know (the assign was lost with
   // the old connection, or the daemon lost its data dir) run again.
   std::vector<std::string> lost;
   for (auto& id : d.tasks)
-    if (!known.count(id))
+    if (!r.known.count(id))
       lost.push_back(id);
   for (auto& id : lost)
     requeue(self, st.tasks[id],
@@ -185,47 +169,47 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
   };
   auto v = classify(e, d.id, ev);
   switch (v.kind) {
-    case event_verdict::accept:
-      break;
-    case event_verdict::unassigned:
-      reject(self, conn, "bad_message",
-             "attempt " + std::to_string(ev.attempt) + " of " + ev.task
-                 + " was never assigned to this daemon",
-             proto::close_policy, ev.task, ev.attempt);
-      return;
-    case event_verdict::stale:
-      reject(self, conn, "stale_attempt",
-             "attempt " + std::to_string(ev.attempt) + " of " + ev.task
-                 + " was superseded",
-             0, ev.task, ev.attempt);
-      queue_ack(self, conn, ev.task, ev.attempt, ev.seq);
-      flush_acks(self);
-      send_frame(self, conn, proto::cancel{ev.task, ev.attempt, "fenced"});
-      return;
-    case event_verdict::duplicate:
-      queue_ack(self, conn, ev.task, ev.attempt, e.acked);
-      return;
-    case event_verdict::after_result:
-      reject(self, conn, "bad_message",
-             "event " + std::to_string(ev.seq) + where() + " after its result",
-             proto::close_policy, ev.task, ev.attempt);
-      return;
-    case event_verdict::seq_gap:
-      reject(self, conn, "seq_gap",
-             "event " + std::to_string(ev.seq) + where() + " after "
-                 + std::to_string(e.acked),
-             proto::close_seq_gap, ev.task, ev.attempt);
-      return;
-    case event_verdict::output_gap:
-      reject(self, conn, "seq_gap",
-             "output seq " + std::to_string(v.got) + where() + " where "
-                 + std::to_string(v.expected) + " was expected",
-             proto::close_seq_gap, ev.task, ev.attempt);
-      return;
-    case event_verdict::bad_result:
-      reject(self, conn, "malformed", "result with non-terminal state",
-             proto::close_invalid_payload, ev.task, ev.attempt);
-      return;
+  case event_verdict::accept:
+    break;
+  case event_verdict::unassigned:
+    reject(self, conn, "bad_message",
+           "attempt " + std::to_string(ev.attempt) + " of " + ev.task
+               + " was never assigned to this daemon",
+           proto::close_policy, ev.task, ev.attempt);
+    return;
+  case event_verdict::stale:
+    reject(self, conn, "stale_attempt",
+           "attempt " + std::to_string(ev.attempt) + " of " + ev.task
+               + " was superseded",
+           0, ev.task, ev.attempt);
+    queue_ack(self, conn, ev.task, ev.attempt, ev.seq);
+    flush_acks(self);
+    send_frame(self, conn, proto::cancel{ev.task, ev.attempt, "fenced"});
+    return;
+  case event_verdict::duplicate:
+    queue_ack(self, conn, ev.task, ev.attempt, e.acked);
+    return;
+  case event_verdict::after_result:
+    reject(self, conn, "bad_message",
+           "event " + std::to_string(ev.seq) + where() + " after its result",
+           proto::close_policy, ev.task, ev.attempt);
+    return;
+  case event_verdict::seq_gap:
+    reject(self, conn, "seq_gap",
+           "event " + std::to_string(ev.seq) + where() + " after "
+               + std::to_string(e.acked),
+           proto::close_seq_gap, ev.task, ev.attempt);
+    return;
+  case event_verdict::output_gap:
+    reject(self, conn, "seq_gap",
+           "output seq " + std::to_string(v.got) + where() + " where "
+               + std::to_string(v.expected) + " was expected",
+           proto::close_seq_gap, ev.task, ev.attempt);
+    return;
+  case event_verdict::bad_result:
+    reject(self, conn, "malformed", "result with non-terminal state",
+           proto::close_invalid_payload, ev.task, ev.attempt);
+    return;
   }
   auto stored = event_batch(e, d.id, ev, now_ms());
   if (auto err = st.db->write(std::move(stored.batch))) {
@@ -314,18 +298,6 @@ void on_close(self_ptr self, uint64_t conn, uint16_t code) {
   }
   st.conns.erase(c);
   check_drained(self);
-}
-
-/// Every tick: drops streams whose client is gone (so their sessions are
-/// freed within a tick); every keep_alive interval also writes a comment,
-/// whose failed write is how a silently vanished client is noticed.
-void keep_alive(server_state& st) {
-  bool due = std::chrono::duration_cast<std::chrono::milliseconds>(
-                 clock::now() - st.last_keep_alive)
-             >= st.settings.keep_alive;
-  if (due)
-    st.last_keep_alive = clock::now();
-  sweep_streams(st, due);
 }
 
 std::chrono::milliseconds tick_interval(const server_settings& s) {

@@ -5,22 +5,22 @@ namespace makima::server_detail {
 
 const char* to_string(event_verdict::kind_t k) {
   switch (k) {
-    case event_verdict::accept:
-      return "accept";
-    case event_verdict::duplicate:
-      return "duplicate";
-    case event_verdict::stale:
-      return "stale";
-    case event_verdict::unassigned:
-      return "unassigned";
-    case event_verdict::after_result:
-      return "after_result";
-    case event_verdict::seq_gap:
-      return "seq_gap";
-    case event_verdict::output_gap:
-      return "output_gap";
-    case event_verdict::bad_result:
-      return "bad_result";
+  case event_verdict::accept:
+    return "accept";
+  case event_verdict::duplicate:
+    return "duplicate";
+  case event_verdict::stale:
+    return "stale";
+  case event_verdict::unassigned:
+    return "unassigned";
+  case event_verdict::after_result:
+    return "after_result";
+  case event_verdict::seq_gap:
+    return "seq_gap";
+  case event_verdict::output_gap:
+    return "output_gap";
+  case event_verdict::bad_result:
+    return "bad_result";
   }
   return "?";
 }
@@ -60,6 +60,29 @@ event_verdict classify(const task_entry& e, const std::string& daemon,
     return {v::bad_result};
   }
   return {v::accept};
+}
+
+hello_reconciliation reconcile(const std::map<std::string, task_entry>& tasks,
+                               const std::string& daemon,
+                               const std::vector<proto::attempt_seq>& running) {
+  hello_reconciliation out;
+  for (auto& r : running) {
+    out.known.insert(r.task);
+    auto t = tasks.find(r.task);
+    bool current = t != tasks.end() && r.attempt == t->second.rec.attempt
+                   && t->second.rec.state != task_state::queued
+                   && t->second.daemon == daemon;
+    if (current) {
+      out.acked.push_back({r.task, r.attempt, t->second.acked});
+      if (t->second.cancel_requested && !is_terminal(t->second.rec.state))
+        out.cancels.push_back({r.task, r.attempt, "user"});
+    } else {
+      // Stale or unknown: the server wants none of it.
+      out.acked.push_back({r.task, r.attempt, r.seq});
+      out.cancels.push_back({r.task, r.attempt, "fenced"});
+    }
+  }
+  return out;
 }
 
 } // namespace makima::server_detail

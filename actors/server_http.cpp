@@ -1,4 +1,5 @@
-// The SERVER actor's HTTP API (docs/protocol.md §10) and /metrics (§11).
+// The SERVER actor's HTTP API (docs/protocol.md §10), its SSE streams (with
+// their keep-alive) and /metrics (§11).
 // Requests arrive already authenticated (server_auth.hpp checks the key on
 // the io thread, by the same parse_target used here for routing); this file
 // routes them, reads and writes the task state of
@@ -648,6 +649,18 @@ void sweep_streams(server_state& st, bool keep_alive) {
         f.reply.write(": keep-alive\n\n");
     ++i;
   }
+}
+
+/// Every tick: drops streams whose client is gone (so their sessions are
+/// freed within a tick); every keep_alive interval also writes a comment,
+/// whose failed write is how a silently vanished client is noticed.
+void keep_alive(server_state& st) {
+  bool due = std::chrono::duration_cast<std::chrono::milliseconds>(
+                 clock::now() - st.last_keep_alive)
+             >= st.settings.keep_alive;
+  if (due)
+    st.last_keep_alive = clock::now();
+  sweep_streams(st, due);
 }
 
 void notify_output(task_entry& e, const std::vector<output_chunk>& chunks) {

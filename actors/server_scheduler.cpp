@@ -11,9 +11,9 @@ namespace {
 
 /// pick_daemon with `planned` extra tasks per daemon id (the plan's own
 /// assignments so far); returns the daemon's id, or nullptr.
-const std::string*
-pick(const std::map<std::string, daemon_entry>& daemons,
-            const task_spec& spec, const std::map<std::string, size_t>& planned) {
+const std::string* pick(const std::map<std::string, daemon_entry>& daemons,
+                        const task_spec& spec,
+                        const std::map<std::string, size_t>& planned) {
   const daemon_entry* best = nullptr;
   const std::string* best_id = nullptr;
   size_t best_load = 0;
@@ -85,11 +85,11 @@ pick_daemon(const std::map<std::string, daemon_entry>& daemons,
   return id ? &daemons.at(*id) : nullptr;
 }
 
-dispatch_decision dispatch_plan(const std::deque<std::string>& queue,
-                                const std::map<std::string, task_entry>& tasks,
-                                const std::map<std::string, daemon_entry>& daemons,
-                                clock::time_point now,
-                                const std::set<std::string>& held) {
+dispatch_decision
+dispatch_plan(const std::deque<std::string>& queue,
+              const std::map<std::string, task_entry>& tasks,
+              const std::map<std::string, daemon_entry>& daemons,
+              clock::time_point now, const std::set<std::string>& held) {
   dispatch_decision out;
   auto slots = free_slots(daemons);
   if (slots == 0)
@@ -121,9 +121,9 @@ uint32_t attempt_budget(const server_settings& s, const task_spec& spec) {
 
 std::chrono::milliseconds retry_delay(const server_settings& s,
                                       uint32_t attempt) {
-  double delay = std::min(s.retry_backoff_max,
-                          s.retry_backoff
-                              * std::pow(2.0, std::min<uint32_t>(attempt, 31) - 1));
+  double delay = std::min(
+      s.retry_backoff_max,
+      s.retry_backoff * std::pow(2.0, std::min<uint32_t>(attempt, 31) - 1));
   if (!(delay > 0))
     delay = 0;
   return std::chrono::milliseconds{static_cast<int64_t>(delay * 1000)};

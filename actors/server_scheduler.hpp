@@ -63,11 +63,11 @@ struct dispatch_decision {
 /// backoff (`not_before` after `now`) and tasks in `held` (their store write
 /// failed in this round), and picks each task's daemon with pick_daemon,
 /// counting the plan's own assignments as load. Pure.
-dispatch_decision dispatch_plan(const std::deque<std::string>& queue,
-                                const std::map<std::string, task_entry>& tasks,
-                                const std::map<std::string, daemon_entry>& daemons,
-                                clock::time_point now,
-                                const std::set<std::string>& held = {});
+dispatch_decision
+dispatch_plan(const std::deque<std::string>& queue,
+              const std::map<std::string, task_entry>& tasks,
+              const std::map<std::string, daemon_entry>& daemons,
+              clock::time_point now, const std::set<std::string>& held = {});
 
 /// The attempt budget of a task: its own `max_attempts`, else the server's
 /// (0 = unlimited).

@@ -231,6 +231,11 @@ void notify_state(task_entry& e);
 /// when `keep_alive` writes a keep-alive comment to the others.
 void sweep_streams(server_state& st, bool keep_alive);
 
+/// Every tick: drops streams whose client is gone (so their sessions are
+/// freed within a tick); every keep_alive interval also writes a comment,
+/// whose failed write is how a silently vanished client is noticed.
+void keep_alive(server_state& st);
+
 /// Sends output chunks to SSE followers.
 void notify_output(task_entry& e, const std::vector<output_chunk>& chunks);
 

@@ -134,7 +134,6 @@ void requeue(self_ptr self, task_entry& e, const std::string& why) {
   notify_state(e);
 }
 
-
 /// Lease expiry: daemons silent for `lease` seconds lose their tasks.
 void check_leases(self_ptr self) {
   auto& st = self->state;
@@ -165,11 +164,10 @@ void check_leases(self_ptr self) {
     dispatch(self);
 }
 
-
 bool write_through(self_ptr self, task_entry& e, const std::string& detail) {
   if (auto err = persist(*self->state.db, e, detail)) {
-    log::error("server", "task " + e.rec.spec.id
-                             + ": store failed: " + describe(err));
+    log::error("server",
+               "task " + e.rec.spec.id + ": store failed: " + describe(err));
     return false;
   }
   return true;
@@ -209,7 +207,7 @@ void dispatch(self_ptr self) {
                                   auto t = st.tasks.find(id);
                                   return t == st.tasks.end()
                                          || t->second.rec.state
-                                              != task_state::queued;
+                                                != task_state::queued;
                                 }),
                  end);
 }

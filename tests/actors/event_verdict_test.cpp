@@ -96,9 +96,53 @@ TEST(event_verdict, table) {
 
 TEST(event_verdict, every_kind_has_a_name) {
   for (auto kind : {k::accept, k::duplicate, k::stale, k::unassigned,
-                    k::after_result, k::seq_gap, k::output_gap,
-                    k::bad_result})
+                    k::after_result, k::seq_gap, k::output_gap, k::bad_result})
     EXPECT_STRNE(to_string(kind), "?");
+}
+
+} // namespace
+} // namespace makima::server_detail
+
+namespace makima::server_detail {
+namespace {
+
+TEST(hello_reconciliation,
+     current_attempts_keep_their_acks_the_rest_is_fenced) {
+  std::map<std::string, task_entry> tasks;
+  auto add = [&](const std::string& id, uint32_t attempt, task_state s,
+                 const std::string& daemon, uint64_t acked) -> task_entry& {
+    auto& e = tasks[id];
+    e.rec.spec.id = id;
+    e.rec.attempt = attempt;
+    e.rec.state = s;
+    e.daemon = daemon;
+    e.acked = acked;
+    return e;
+  };
+  add("current", 2, task_state::running, "d1", 7);
+  add("cancel", 1, task_state::running, "d1", 3).cancel_requested = true;
+  add("newer", 3, task_state::running, "d1", 0);
+  add("elsewhere", 1, task_state::running, "d2", 4);
+  add("requeued", 1, task_state::queued, "", 0);
+  auto r = reconcile(tasks, "d1",
+                     {{"current", 2, 9},
+                      {"cancel", 1, 3},
+                      {"newer", 2, 5},
+                      {"elsewhere", 1, 6},
+                      {"requeued", 1, 2},
+                      {"unknown", 1, 1}});
+  std::vector<proto::attempt_seq> acked{{"current", 2, 7},  {"cancel", 1, 3},
+                                        {"newer", 2, 5},    {"elsewhere", 1, 6},
+                                        {"requeued", 1, 2}, {"unknown", 1, 1}};
+  EXPECT_EQ(r.acked, acked);
+  std::vector<std::string> cancels;
+  for (auto& c : r.cancels)
+    cancels.push_back(c.task + ":" + c.reason);
+  std::vector<std::string> want{"cancel:user", "newer:fenced",
+                                "elsewhere:fenced", "requeued:fenced",
+                                "unknown:fenced"};
+  EXPECT_EQ(cancels, want);
+  EXPECT_EQ(r.known.size(), 6u);
 }
 
 } // namespace

@@ -44,9 +44,9 @@ TEST(server_auth, each_key_opens_its_own_routes) {
   using v = authenticator;
   EXPECT_EQ(auth.check(request("/api/v1/tasks", "user-key"), access::user),
             v::ok);
-  EXPECT_EQ(auth.check(request("/api/v1/tasks", "second-user-key"),
-                       access::user),
-            v::ok);
+  EXPECT_EQ(
+      auth.check(request("/api/v1/tasks", "second-user-key"), access::user),
+      v::ok);
   EXPECT_EQ(auth.check(request("/ws/daemon", "daemon-key"), access::daemon),
             v::ok);
   // The other kind of key is known but not allowed here: 403.

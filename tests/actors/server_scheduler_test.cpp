@@ -115,8 +115,8 @@ TEST(server_scheduler, skips_disconnected_full_and_unmatched_daemons) {
 }
 
 TEST(server_scheduler, free_slots_counts_connected_daemons_only) {
-  auto ds = table({daemon("d1", 4, 1), daemon("d2", 2, 2),
-                   daemon("d3", 8, 0, false)});
+  auto ds = table(
+      {daemon("d1", 4, 1), daemon("d2", 2, 2), daemon("d3", 8, 0, false)});
   EXPECT_EQ(free_slots(ds), 3u);
   EXPECT_EQ(free_slots({}), 0u);
 }
@@ -139,10 +139,10 @@ TEST(server_scheduler, plan_passes_over_backoff_held_stale_and_unknown) {
   backoff.not_before = now + std::chrono::seconds(5);
   auto done = queued("t-done");
   done.rec.state = task_state::cancelled;
-  auto ts = tasks_of({queued("t1"), backoff, done, queued("t-held"),
-                      queued("t2")});
-  std::deque<std::string> queue{"t1", "t-backoff", "t-done", "t-gone",
-                                "t-held", "t2", "t1"};
+  auto ts =
+      tasks_of({queued("t1"), backoff, done, queued("t-held"), queued("t2")});
+  std::deque<std::string> queue{"t1",     "t-backoff", "t-done", "t-gone",
+                                "t-held", "t2",        "t1"};
   auto plan = dispatch_plan(queue, ts, ds, now, {"t-held"});
   std::vector<assignment> want{{"t1", "d1"}, {"t2", "d1"}};
   EXPECT_EQ(plan.assignments, want);
