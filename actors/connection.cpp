@@ -7,7 +7,8 @@
 //
 // Every event is written to the outbox (PERSISTENCE) before it is sent;
 // an output batch's `ok` goes back to the TASK only after that write, and
-// is held while the outbox is over the window (backpressure).
+// is held while the outbox is over the window (backpressure). The frames
+// and the window counts live in one outbox_window (outbox_window.hpp).
 #include "actors/connection.hpp"
 
 #include <algorithm>
