@@ -7,13 +7,13 @@
 //
 // Every event is written to the outbox (PERSISTENCE) before it is sent;
 // an output batch's `ok` goes back to the TASK only after that write, and
-// is held while the outbox is over the window (backpressure).
+// is held while the outbox is over the window (backpressure). The frames
+// and the window counts live in one outbox_window (outbox_window.hpp).
 #include "actors/connection.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <fstream>
 #include <system_error>
 
 #include <caf/actor_system.hpp>
@@ -22,6 +22,7 @@
 
 #include "actors/protocol.hpp"
 #include "runtime/error.hpp"
+#include "runtime/git/git.hpp"
 #include "runtime/ids.hpp"
 #include "runtime/log.hpp"
 #include "runtime/net/net.hpp"
@@ -66,15 +67,10 @@ void protocol_error(conn_ptr self, const std::string& code,
   st.ph = phase::closing;
 }
 
-bool under_window(const connection_state& st) {
-  return st.unacked_events <= st.opts.window_events
-         && st.unacked_bytes <= st.opts.window_bytes;
-}
-
 // Hands held output `ok`s back to TASK actors while under the window.
 void release_held(conn_ptr self) {
   auto& st = self->state;
-  while (!st.held.empty() && under_window(st)) {
+  while (!st.held.empty() && st.window.under_window()) {
     st.held.front().deliver(ok_atom::value);
     st.held.pop_front();
   }
@@ -88,7 +84,7 @@ void check_drained(conn_ptr self) {
   auto& st = self->state;
   if (!st.draining || st.ph != phase::welcomed || st.pending_writes > 0)
     return;
-  for (auto& [key, a] : st.attempts)
+  for (auto& [key, a] : st.window.attempts())
     if (a.active || !a.frames.empty())
       return;
   log::info(component, "drained: every attempt finished and acked");
@@ -110,35 +106,17 @@ void pump(conn_ptr self) {
   auto& st = self->state;
   if (st.ph != phase::welcomed)
     return;
-  for (auto& [key, a] : st.attempts) {
-    for (auto i = a.frames.upper_bound(a.sent); i != a.frames.end(); ++i) {
-      if (st.inflight_events >= st.opts.window_events
-          || st.inflight_bytes >= st.opts.window_bytes)
-        return;
-      if (i->first != a.sent + 1)
-        break; // a gap: the missing event is still being written
-      if (i->second.first.size() > frame_limit(st)) {
-        // Sending it would make the server close the connection (1009)
-        // and the replay would send it again, forever: hold the attempt
-        // (written before a smaller limit was known; a server with a
-        // larger limit gets it).
-        if (!a.oversized)
-          log::error(component,
-                     "event " + std::to_string(i->first) + " of "
-                         + describe_key(key) + " takes "
-                         + std::to_string(i->second.first.size())
-                         + " bytes, over the server's frame limit of "
-                         + std::to_string(frame_limit(st))
-                         + "; holding the attempt's events");
-        a.oversized = true;
-        break;
-      }
-      st.client->send(i->second.first);
-      st.last_sent = now_ms();
-      a.sent = i->first;
-      st.inflight_events += 1;
-      st.inflight_bytes += i->second.first.size();
-    }
+  auto limit = frame_limit(st);
+  auto next = st.window.next_to_send(limit);
+  for (auto& h : next.held)
+    log::error(component,
+               "event " + std::to_string(h.seq) + " of " + describe_key(h.key)
+                   + " takes " + std::to_string(h.bytes)
+                   + " bytes, over the server's frame limit of "
+                   + std::to_string(limit) + "; holding the attempt's events");
+  for (auto* frame : next.frames) {
+    st.client->send(*frame);
+    st.last_sent = now_ms();
   }
 }
 
@@ -147,7 +125,7 @@ void pump(conn_ptr self) {
 void write_event(conn_ptr self, const attempt_key& key, proto::event ev,
                  std::function<void()> done = {}) {
   auto& st = self->state;
-  auto& a = st.attempts[key];
+  auto& a = st.window.attempts()[key];
   ev.task = key.first;
   ev.attempt = key.second;
   ev.seq = ++a.last_seq;
@@ -171,14 +149,9 @@ void write_event(conn_ptr self, const attempt_key& key, proto::event ev,
   auto stored = [self, key, seq, at, done](std::string frame) {
     auto& st = self->state;
     st.pending_writes -= 1;
-    auto i = st.attempts.find(key);
-    if (i != st.attempts.end() && st.fenced.count(key) == 0
-        && seq > i->second.acked) {
-      st.unacked_events += 1;
-      st.unacked_bytes += frame.size();
-      i->second.frames.emplace(seq, std::make_pair(std::move(frame), at));
+    if (st.fenced.count(key) == 0
+        && st.window.stored(key, seq, std::move(frame), at))
       pump(self);
-    }
     if (done)
       done();
     check_drained(self);
@@ -197,42 +170,23 @@ void write_event(conn_ptr self, const attempt_key& key, proto::event ev,
 // Applies a cumulative ack of `key` up to `seq`.
 void apply_ack(conn_ptr self, const attempt_key& key, uint64_t seq) {
   auto& st = self->state;
-  auto i = st.attempts.find(key);
-  if (i == st.attempts.end())
-    return;
-  auto& a = i->second;
-  if (seq > a.last_seq) {
+  auto r = st.window.ack(key, seq);
+  if (r.clamped)
     log::warn(component, "server acked seq " + std::to_string(seq) + " of "
                              + describe_key(key) + ", which has only "
-                             + std::to_string(a.last_seq) + " events");
-    seq = a.last_seq;
-  }
-  if (seq <= a.acked)
+                             + std::to_string(r.last_seq) + " events");
+  if (!r.applied)
     return;
-  for (auto f = a.frames.begin(); f != a.frames.end() && f->first <= seq;) {
-    st.unacked_events -= 1;
-    st.unacked_bytes -= f->second.first.size();
-    if (f->first <= a.sent && st.ph == phase::welcomed) {
-      st.inflight_events -= 1;
-      st.inflight_bytes -= f->second.first.size();
-    }
-    f = a.frames.erase(f);
-  }
-  a.acked = seq;
-  a.sent = std::max(a.sent, seq);
-  bool forget = a.finished && a.acked >= a.last_seq;
   self->request(st.persistence, caf::infinite, ack_atom::value, key.first,
-                key.second, seq, forget)
+                key.second, r.seq, r.forget)
       .then([](ok_atom) {},
             [key](caf::error& err) {
               log::error(component, "cannot delete acked events of "
                                         + describe_key(key) + ": "
                                         + describe(err));
             });
-  if (forget) {
-    st.attempts.erase(i);
+  if (r.forget)
     st.done.insert(key);
-  }
   release_held(self);
   pump(self);
   check_drained(self);
@@ -242,21 +196,9 @@ void apply_ack(conn_ptr self, const attempt_key& key, uint64_t seq) {
 void fence(conn_ptr self, const attempt_key& key, const std::string& why) {
   auto& st = self->state;
   st.fenced.insert(key);
-  auto i = st.attempts.find(key);
-  if (i != st.attempts.end()) {
-    auto& a = i->second;
-    if (a.active && st.daemon)
-      self->send(st.daemon, cancel_atom::value, key.first, kill_atom::value);
-    for (auto& [seq, f] : a.frames) {
-      st.unacked_events -= 1;
-      st.unacked_bytes -= f.first.size();
-      if (seq <= a.sent && st.ph == phase::welcomed) {
-        st.inflight_events -= 1;
-        st.inflight_bytes -= f.first.size();
-      }
-    }
-    st.attempts.erase(i);
-  }
+  auto a = st.window.fence(key);
+  if (a && a->active && st.daemon)
+    self->send(st.daemon, cancel_atom::value, key.first, kill_atom::value);
   log::warn(component, "attempt " + describe_key(key) + " " + why
                            + ": killed, its unsent events dropped");
   self->request(st.persistence, caf::infinite, drop_atom::value, key.first,
@@ -283,8 +225,8 @@ proto::hello make_hello(conn_ptr self) {
   std::error_code err;
   auto space = std::filesystem::space(st.opts.data_dir, err);
   h.free_disk_bytes = err ? 0 : space.available;
-  h.cached_repos = cached_repos(st.opts.repos_dir);
-  for (auto& [key, a] : st.attempts)
+  h.cached_repos = git::mirror_origins(st.opts.repos_dir);
+  for (auto& [key, a] : st.window.attempts())
     h.running.push_back(proto::attempt_seq{key.first, key.second, a.last_seq});
   h.version = st.opts.version;
   return h;
@@ -299,10 +241,7 @@ void disconnected(conn_ptr self) {
   st.client.reset();
   if (st.hooks.ready)
     *st.hooks.ready = false;
-  for (auto& [key, a] : st.attempts)
-    a.sent = a.acked;
-  st.inflight_events = 0;
-  st.inflight_bytes = 0;
+  st.window.disconnected();
   st.ph = phase::waiting;
 }
 
@@ -402,13 +341,13 @@ void on_assign(conn_ptr self, task_record& rec) {
               "draining: ignoring assignment of " + describe_key(key));
     return;
   }
-  if (st.attempts.count(key) > 0 || st.fenced.count(key) > 0
+  if (st.window.attempts().count(key) > 0 || st.fenced.count(key) > 0
       || st.done.count(key) > 0) {
     log::warn(component,
               "ignoring duplicate assignment of " + describe_key(key));
     return;
   }
-  st.attempts[key].active = true;
+  st.window.attempts()[key].active = true;
   rec.state = task_state::preparing;
   rec.updated_at = now_ms();
   // The local record follows the server's: an attempt n+1 of a task this
@@ -460,8 +399,8 @@ void on_frame(conn_ptr self, std::string& text) {
           if (m.reason == "fenced" || m.reason == "lease") {
             fence(self, key, "fenced by the server (" + m.reason + ")");
           } else {
-            auto i = st.attempts.find(key);
-            if (i != st.attempts.end() && i->second.active)
+            auto i = st.window.attempts().find(key);
+            if (i != st.window.attempts().end() && i->second.active)
               self->send(st.daemon, cancel_atom::value, m.task);
             else
               log::info(component, "cancel of " + describe_key(key)
@@ -530,7 +469,7 @@ void recover_then_connect(conn_ptr self) {
       .then(
           [self](std::vector<std::string>& interrupted) {
             std::set<std::string> ids(interrupted.begin(), interrupted.end());
-            for (auto& [key, a] : self->state.attempts)
+            for (auto& [key, a] : self->state.window.attempts())
               if (!a.finished)
                 ids.insert(key.first);
             if (ids.empty()) {
@@ -547,8 +486,9 @@ void recover_then_connect(conn_ptr self) {
                             || !is_terminal(rec.state))
                           continue;
                         attempt_key key{rec.spec.id, rec.attempt};
-                        auto i = st.attempts.find(key);
-                        if (i != st.attempts.end() && i->second.finished)
+                        auto& attempts = st.window.attempts();
+                        auto i = attempts.find(key);
+                        if (i != attempts.end() && i->second.finished)
                           continue;
                         log::warn(component,
                                   "attempt " + describe_key(key) + " ended ("
@@ -586,32 +526,14 @@ void start(conn_ptr self) {
                           outbox_atom::value)
                 .then(
                     [self](outbox_contents& box) {
-                      auto& st = self->state;
-                      for (auto& a : box.attempts) {
-                        auto& o = st.attempts[{a.task, a.attempt}];
-                        o.last_seq = a.last_seq;
-                        o.acked = a.last_seq;
-                        o.finished = a.finished;
-                      }
-                      for (auto& e : box.events) {
-                        auto& o = st.attempts[{e.task, e.attempt}];
-                        o.last_seq = std::max(o.last_seq, e.seq);
-                        if (o.frames.empty())
-                          o.acked = e.seq - 1;
-                        st.unacked_events += 1;
-                        st.unacked_bytes += e.frame.size();
-                        o.frames.emplace(
-                            e.seq,
-                            std::make_pair(std::move(e.frame), now_ms()));
-                      }
-                      for (auto& [key, o] : st.attempts)
-                        o.sent = o.acked;
-                      if (!st.attempts.empty())
+                      auto& w = self->state.window;
+                      w.restore(box, now_ms());
+                      if (!w.attempts().empty())
                         log::info(component,
                                   "outbox: "
-                                      + std::to_string(st.attempts.size())
+                                      + std::to_string(w.attempts().size())
                                       + " attempt(s), "
-                                      + std::to_string(st.unacked_events)
+                                      + std::to_string(w.unacked_events())
                                       + " unacked event(s)");
                       recover_then_connect(self);
                     },
@@ -630,40 +552,6 @@ void start(conn_ptr self) {
 
 } // namespace
 
-std::vector<std::string> cached_repos(const std::filesystem::path& repos_dir) {
-  std::vector<std::string> out;
-  std::error_code err;
-  for (auto it = std::filesystem::directory_iterator(repos_dir, err);
-       !err && it != std::filesystem::directory_iterator(); it.increment(err)) {
-    // A bare mirror's config names its origin:
-    // [remote "origin"]\n\turl = <canonical url>
-    std::ifstream in(it->path() / "config");
-    std::string line;
-    bool origin = false;
-    while (std::getline(in, line)) {
-      auto s = line.find_first_not_of(" \t");
-      if (s == std::string::npos)
-        continue;
-      line = line.substr(s);
-      if (line.front() == '[') {
-        origin = line.rfind("[remote \"origin\"]", 0) == 0;
-        continue;
-      }
-      if (origin && line.rfind("url", 0) == 0) {
-        auto eq = line.find('=');
-        if (eq == std::string::npos)
-          continue;
-        auto v = line.substr(eq + 1);
-        v.erase(0, v.find_first_not_of(" \t"));
-        out.push_back(v);
-        break;
-      }
-    }
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 connection_actor::behavior_type
 connection(connection_actor::stateful_pointer<connection_state> self,
            connection_options opts, connection_hooks hooks,
@@ -674,6 +562,7 @@ connection(connection_actor::stateful_pointer<connection_state> self,
   st.persistence = std::move(persistence);
   st.io = std::move(io);
   st.heartbeat = st.opts.heartbeat;
+  st.window = outbox_window{st.opts.window_events, st.opts.window_bytes};
   return {
       // -- LINK: what TASK actors did, already in the local DB --
       [self](output_atom, const std::string& id, uint32_t attempt,
@@ -694,7 +583,7 @@ connection(connection_actor::stateful_pointer<connection_state> self,
                         if (--*remaining > 0)
                           return;
                         auto& st = self->state;
-                        if (under_window(st) && st.held.empty())
+                        if (st.window.under_window() && st.held.empty())
                           rp.deliver(ok_atom::value);
                         else
                           st.held.push_back(rp);
@@ -798,7 +687,7 @@ connection(connection_actor::stateful_pointer<connection_state> self,
             && now - st.last_sent >= st.heartbeat * 1000) {
           proto::heartbeat hb;
           int64_t oldest = 0;
-          for (auto& [key, a] : st.attempts) {
+          for (auto& [key, a] : st.window.attempts()) {
             if (a.active)
               hb.running += 1;
             if (!a.frames.empty()) {
@@ -806,7 +695,7 @@ connection(connection_actor::stateful_pointer<connection_state> self,
               oldest = oldest == 0 ? at : std::min(oldest, at);
             }
           }
-          hb.outbox_events = st.unacked_events;
+          hb.outbox_events = st.window.unacked_events();
           hb.outbox_oldest_at = oldest;
           send_frame(self, hb);
         }

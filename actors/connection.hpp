@@ -21,6 +21,7 @@
 #include <caf/typed_response_promise.hpp>
 
 #include "actors/actors.hpp"
+#include "actors/outbox_window.hpp"
 
 namespace makima {
 
@@ -74,32 +75,13 @@ struct connection_hooks {
   std::shared_ptr<std::atomic<bool>> ready;
 };
 
-/// What the CONNECTION keeps of one attempt: its outbox and how far the
-/// server has it.
-struct attempt_outbox {
-  /// Highest event seq written (or being written) to the outbox.
-  uint64_t last_seq = 0;
-  /// Highest seq the server acknowledged.
-  uint64_t acked = 0;
-  /// Highest seq sent on the current connection.
-  uint64_t sent = 0;
-  /// Persisted, unacked events: seq -> (frame, written at ms).
-  std::map<uint64_t, std::pair<std::string, int64_t>> frames;
-  /// The result event was written: nothing follows.
-  bool finished = false;
-  /// Assigned here and not finished yet (running or queued in DAEMON).
-  bool active = false;
-  /// An event over the server's frame limit holds the rest (logged once).
-  bool oversized = false;
-};
-
 /// State of the CONNECTION actor. Receives from TASK (output, state,
 /// result), DAEMON (results of queued cancellations), its ws_client
 /// callbacks and its timers; sends to PERSISTENCE (outbox, put, recover,
 /// list), DAEMON (assign, cancel) and the server. Runs detached: replacing
 /// a ws_client waits for the I/O thread.
 struct connection_state {
-  using attempt_key = std::pair<std::string, uint32_t>;
+  using attempt_key = outbox_window::attempt_key;
   enum class phase {
     starting,
     waiting,
@@ -121,17 +103,12 @@ struct connection_state {
   uint64_t generation = 0;
   phase ph = phase::starting;
   std::string daemon_id;
-  std::map<attempt_key, attempt_outbox> attempts;
+  /// Every attempt's outbox and the window over them.
+  outbox_window window;
   /// Attempts the server fenced: their events are dropped.
   std::set<attempt_key> fenced;
   /// Attempts finished and fully acked (duplicate assignments are ignored).
   std::set<attempt_key> done;
-  /// Persisted, unacked events and their frame bytes.
-  size_t unacked_events = 0;
-  size_t unacked_bytes = 0;
-  /// Sent on this connection and not acked yet.
-  size_t inflight_events = 0;
-  size_t inflight_bytes = 0;
   /// Outbox writes not answered by PERSISTENCE yet.
   size_t pending_writes = 0;
   /// Output `ok`s held while the outbox is over the window.
@@ -171,9 +148,5 @@ connection_actor spawn_connection(caf::actor_system& sys,
                                   connection_hooks hooks,
                                   persistence_actor persistence,
                                   std::shared_ptr<net::io_thread> io);
-
-/// The canonical URLs of the bare mirrors in `repos_dir` (their
-/// remote.origin.url), sorted.
-std::vector<std::string> cached_repos(const std::filesystem::path& repos_dir);
 
 } // namespace makima

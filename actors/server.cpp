@@ -1,25 +1,26 @@
-// The SERVER actor's daemon side (docs/protocol.md §4-9): hello/welcome,
-// idempotent event storage with cumulative acks, fencing, leases,
-// scheduling and drain; plus `server_node`, which wires the store, the
-// actor and net::server together. The HTTP API is in server_http.cpp.
+// The SERVER actor (actors.hpp): its behavior and the daemon side of
+// docs/protocol.md §4-9 — hello/welcome, idempotent event storage with
+// cumulative acks, fencing, leases, re-queueing and drain — plus
+// `server_node`, which wires the store, the actor and net::server together.
+// What the handlers decide is pure code elsewhere: which task goes where
+// (server_scheduler.hpp), the verdict on an event (server_events.hpp), the
+// store mapping (server_store.hpp) and, on the io thread, authentication
+// (server_auth.hpp). The HTTP API is in server_http.cpp.
 #include "actors/server.hpp"
 #include "actors/server_state.hpp"
 
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
-
 #include <algorithm>
-#include <array>
 #include <atomic>
-#include <cmath>
 #include <optional>
 
 #include <caf/actor_system.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
-#include <nlohmann/json.hpp>
 
-#include "actors/server_target.hpp"
+#include "actors/server_auth.hpp"
+#include "actors/server_events.hpp"
+#include "actors/server_scheduler.hpp"
+#include "actors/server_store.hpp"
 #include "runtime/error.hpp"
 #include "runtime/ids.hpp"
 #include "runtime/log.hpp"
@@ -28,17 +29,11 @@ namespace makima {
 
 namespace server_detail {
 
-namespace {
-
-constexpr const char* meta_prefix = "task/";
-
-double seconds_since(clock::time_point t) {
-  return std::chrono::duration<double>(clock::now() - t).count();
-}
-
 void send_frame(self_ptr self, uint64_t conn, const proto::frame& f) {
   self->state.net->send(conn, proto::encode(f));
 }
+
+namespace {
 
 /// Sends `error` (and closes with `close` unless 0); counts the reason.
 void reject(self_ptr self, uint64_t conn, const std::string& code,
@@ -77,6 +72,8 @@ void queue_ack(self_ptr self, uint64_t conn, const std::string& task,
   schedule_flush(self);
 }
 
+} // namespace
+
 void flush_acks(self_ptr self) {
   auto& st = self->state;
   st.flush_scheduled = false;
@@ -89,167 +86,7 @@ void flush_acks(self_ptr self) {
   }
 }
 
-/// Whether a daemon matches a task's selector.
-bool matches(const daemon_entry& d, const task_spec& spec) {
-  for (auto& [k, v] : spec.selector) {
-    if (k == "pool") {
-      if (d.pool != v)
-        return false;
-      continue;
-    }
-    auto it = d.labels.find(k);
-    if (it == d.labels.end() || it->second != v)
-      return false;
-  }
-  return true;
-}
-
-bool has_repo(const daemon_entry& d, const std::string& repo) {
-  return !repo.empty()
-         && std::find(d.cached_repos.begin(), d.cached_repos.end(), repo)
-                != d.cached_repos.end();
-}
-
-daemon_entry* pick_daemon(server_state& st, const task_spec& spec) {
-  daemon_entry* best = nullptr;
-  for (auto& [id, d] : st.daemons) {
-    if (!d.connected || d.tasks.size() >= d.capacity || !matches(d, spec))
-      continue;
-    if (!best) {
-      best = &d;
-      continue;
-    }
-    bool d_cached = has_repo(d, spec.repo);
-    bool b_cached = has_repo(*best, spec.repo);
-    if (d_cached != b_cached) {
-      if (d_cached)
-        best = &d;
-      continue;
-    }
-    // Least loaded: running/capacity, compared without division.
-    if (d.tasks.size() * best->capacity < best->tasks.size() * d.capacity)
-      best = &d;
-  }
-  return best;
-}
-
-void observe_latency(server_state& st, double secs) {
-  auto& bounds = latency_bounds();
-  if (st.latency_counts.size() != bounds.size())
-    st.latency_counts.assign(bounds.size(), 0);
-  for (size_t i = 0; i < bounds.size(); ++i)
-    if (secs <= bounds[i])
-      ++st.latency_counts[i];
-  ++st.latency_count;
-  st.latency_sum += secs;
-}
-
-/// Ends task `e` as failed with `error_code` and `message` (the attempt
-/// budget is spent, or its assignment can never be sent).
-void fail_task(self_ptr self, task_entry& e, const std::string& error_code,
-               const std::string& message, const std::string& detail) {
-  e.daemon.clear();
-  e.rec.state = task_state::failed;
-  e.rec.error_code = error_code;
-  e.rec.error = message;
-  e.rec.updated_at = now_ms();
-  e.rec.finished_at = e.rec.updated_at;
-  persist(self, e, detail);
-  log::warn("server", "task " + e.rec.spec.id + " failed: " + message);
-  notify_state(e);
-}
-
-/// Assigns `e` to `d`; false when it stays queued (store failure) or was
-/// failed because its `assign` frame exceeds the frame limit.
-bool assign(self_ptr self, task_entry& e, daemon_entry& d) {
-  auto& st = self->state;
-  task_record rec;
-  rec.spec = e.rec.spec;
-  rec.attempt = e.rec.attempt + 1;
-  rec.state = task_state::preparing;
-  rec.next_seq = e.rec.next_seq;
-  rec.updated_at = now_ms();
-  auto text = proto::encode(proto::assign{rec});
-  if (text.size() > st.settings.max_frame_bytes) {
-    // Defence in depth (submit checks this): a frame the daemon cannot
-    // read would close its connection, and the task would be re-sent
-    // forever.
-    auto msg = "its assign frame of " + std::to_string(text.size())
-               + " bytes exceeds the frame limit of "
-               + std::to_string(st.settings.max_frame_bytes)
-               + " bytes (net.max_frame_bytes)";
-    fail_task(self, e, "frame_too_big", "the task cannot be assigned: " + msg,
-              "not assigned: " + msg);
-    return false;
-  }
-  auto old = e.rec;
-  e.rec = rec;
-  e.acked = 0;
-  e.daemon = d.id;
-  if (persist(self, e, "assigned to daemon " + d.id)) {
-    e.rec = old;
-    e.daemon.clear();
-    return false;
-  }
-  d.tasks.insert(rec.spec.id);
-  st.net->send(d.conn, std::move(text));
-  observe_latency(st, seconds_since(e.queued_at));
-  notify_state(e);
-  return true;
-}
-
-/// Puts `e` back into the queue as a new attempt (lease expiry, daemon
-/// loss, `interrupted` result) — or cancels it when the user asked.
-void requeue(self_ptr self, task_entry& e, const std::string& why) {
-  auto& st = self->state;
-  if (!e.daemon.empty()) {
-    auto d = st.daemons.find(e.daemon);
-    if (d != st.daemons.end())
-      d->second.tasks.erase(e.rec.spec.id);
-  }
-  e.daemon.clear();
-  e.rec.updated_at = now_ms();
-  if (e.cancel_requested) {
-    e.rec.state = task_state::cancelled;
-    e.rec.finished_at = e.rec.updated_at;
-    persist(self, e, why + "; cancelled as requested");
-    notify_state(e);
-    return;
-  }
-  // The attempt budget: attempt n was taken away; n >= budget ends it.
-  uint32_t budget = e.rec.spec.max_attempts != 0 ? e.rec.spec.max_attempts
-                                                 : st.settings.max_attempts;
-  if (budget != 0 && e.rec.attempt >= budget) {
-    auto msg = "attempt budget exhausted: " + std::to_string(e.rec.attempt)
-               + " attempt" + (e.rec.attempt == 1 ? "" : "s")
-               + ", last: " + why;
-    fail_task(self, e, "attempts_exhausted", msg, why + "; " + msg);
-    return;
-  }
-  // State queued with attempt n >= 1 means: attempt n was taken away.
-  // Attempt n+1 waits retry_backoff * 2^(n-1) seconds (capped), so that a
-  // task that kills its daemon does not spin.
-  double delay =
-      std::min(st.settings.retry_backoff_max,
-               st.settings.retry_backoff
-                   * std::pow(2.0, std::min<uint32_t>(e.rec.attempt, 31) - 1));
-  if (!(delay > 0))
-    delay = 0;
-  auto wait = std::chrono::milliseconds{static_cast<int64_t>(delay * 1000)};
-  e.rec.state = task_state::queued;
-  e.queued_at = clock::now();
-  e.not_before = e.queued_at + wait;
-  std::string next = wait.count() > 0
-                         ? "; re-queued, next attempt in "
-                               + std::to_string(wait.count()) + " ms"
-                         : "; re-queued";
-  persist(self, e, why + next);
-  st.queue.push_back(e.rec.spec.id);
-  log::info("server", "task " + e.rec.spec.id + ": " + why + next);
-  if (wait.count() > 0)
-    self->delayed_send(self, wait, timeout_atom::value);
-  notify_state(e);
-}
+namespace {
 
 /// Whether no connection is left (drain done).
 void check_drained(self_ptr self) {
@@ -298,32 +135,16 @@ void on_hello(self_ptr self, uint64_t conn, conn_entry& c, proto::hello& h) {
   w.heartbeat = st.settings.heartbeat;
   w.lease = st.settings.lease;
   w.max_frame_bytes = st.settings.max_frame_bytes;
-  std::vector<proto::cancel> cancels;
-  std::set<std::string> known;
-  for (auto& r : h.running) {
-    known.insert(r.task);
-    auto t = st.tasks.find(r.task);
-    bool current = t != st.tasks.end() && r.attempt == t->second.rec.attempt
-                   && t->second.rec.state != task_state::queued
-                   && t->second.daemon == d.id;
-    if (current) {
-      w.acked.push_back({r.task, r.attempt, t->second.acked});
-      if (t->second.cancel_requested && !is_terminal(t->second.rec.state))
-        cancels.push_back({r.task, r.attempt, "user"});
-    } else {
-      // Stale or unknown: the server wants none of it.
-      w.acked.push_back({r.task, r.attempt, r.seq});
-      cancels.push_back({r.task, r.attempt, "fenced"});
-    }
-  }
+  auto r = reconcile(st.tasks, d.id, h.running);
+  w.acked = std::move(r.acked);
   send_frame(self, conn, w);
-  for (auto& x : cancels)
+  for (auto& x : r.cancels)
     send_frame(self, conn, x);
   // Assigned attempts the daemon does not know (the assign was lost with
   // the old connection, or the daemon lost its data dir) run again.
   std::vector<std::string> lost;
   for (auto& id : d.tasks)
-    if (!known.count(id))
+    if (!r.known.count(id))
       lost.push_back(id);
   for (auto& id : lost)
     requeue(self, st.tasks[id],
@@ -343,18 +164,20 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
     return;
   }
   auto& e = t->second;
-  // An attempt was taken away (re-queued, or cancelled after its lease)
-  // when a later one exists or the task has no daemon any more.
-  bool superseded = ev.attempt < e.rec.attempt || e.daemon.empty();
-  if (ev.attempt == 0 || ev.attempt > e.rec.attempt
-      || (!superseded && e.daemon != d.id)) {
+  auto where = [&] {
+    return " of " + ev.task + " attempt " + std::to_string(ev.attempt);
+  };
+  auto v = classify(e, d.id, ev);
+  switch (v.kind) {
+  case event_verdict::accept:
+    break;
+  case event_verdict::unassigned:
     reject(self, conn, "bad_message",
            "attempt " + std::to_string(ev.attempt) + " of " + ev.task
                + " was never assigned to this daemon",
            proto::close_policy, ev.task, ev.attempt);
     return;
-  }
-  if (superseded) {
+  case event_verdict::stale:
     reject(self, conn, "stale_attempt",
            "attempt " + std::to_string(ev.attempt) + " of " + ev.task
                + " was superseded",
@@ -363,75 +186,33 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
     flush_acks(self);
     send_frame(self, conn, proto::cancel{ev.task, ev.attempt, "fenced"});
     return;
-  }
-  if (ev.seq <= e.acked) {
+  case event_verdict::duplicate:
     queue_ack(self, conn, ev.task, ev.attempt, e.acked);
     return;
-  }
-  if (is_terminal(e.rec.state)) {
-    // The result was the attempt's last event (§4).
+  case event_verdict::after_result:
     reject(self, conn, "bad_message",
-           "event " + std::to_string(ev.seq) + " of " + ev.task + " attempt "
-               + std::to_string(ev.attempt) + " after its result",
+           "event " + std::to_string(ev.seq) + where() + " after its result",
            proto::close_policy, ev.task, ev.attempt);
     return;
-  }
-  if (ev.seq > e.acked + 1) {
+  case event_verdict::seq_gap:
     reject(self, conn, "seq_gap",
-           "event " + std::to_string(ev.seq) + " of " + ev.task + " attempt "
-               + std::to_string(ev.attempt) + " after "
+           "event " + std::to_string(ev.seq) + where() + " after "
                + std::to_string(e.acked),
            proto::close_seq_gap, ev.task, ev.attempt);
     return;
+  case event_verdict::output_gap:
+    reject(self, conn, "seq_gap",
+           "output seq " + std::to_string(v.got) + where() + " where "
+               + std::to_string(v.expected) + " was expected",
+           proto::close_seq_gap, ev.task, ev.attempt);
+    return;
+  case event_verdict::bad_result:
+    reject(self, conn, "malformed", "result with non-terminal state",
+           proto::close_invalid_payload, ev.task, ev.attempt);
+    return;
   }
-  store::write_batch batch;
-  std::vector<output_chunk> fresh;
-  uint64_t next = e.rec.next_seq;
-  task_record rec = e.rec;
-  std::string detail;
-  bool requeue_it = false;
-  if (ev.kind == proto::event_kind::output) {
-    for (auto& ch : ev.chunks) {
-      if (ch.seq < next)
-        continue; // already stored (put-if-absent)
-      if (ch.seq > next) {
-        // Output seqs continue without gaps from the assignment's
-        // next_seq (§4): a jump would leave a hole no replay fills.
-        reject(self, conn, "seq_gap",
-               "output seq " + std::to_string(ch.seq) + " of " + ev.task
-                   + " attempt " + std::to_string(ev.attempt) + " where "
-                   + std::to_string(next) + " was expected",
-               proto::close_seq_gap, ev.task, ev.attempt);
-        return;
-      }
-      batch.put_output(ev.task, ch.seq, ch.stream, ch.bytes);
-      next = ch.seq + 1;
-      fresh.push_back(ch);
-    }
-  } else {
-    rec = ev.record;
-    rec.spec = e.rec.spec;
-    rec.attempt = e.rec.attempt;
-    rec.updated_at = ev.at > 0 ? ev.at : now_ms();
-    if (ev.kind == proto::event_kind::result
-        && rec.state == task_state::interrupted) {
-      requeue_it = true;
-      detail = "attempt interrupted on daemon " + d.id;
-    } else if (ev.kind == proto::event_kind::result
-               && !is_terminal(rec.state)) {
-      reject(self, conn, "malformed", "result with non-terminal state",
-             proto::close_invalid_payload, ev.task, ev.attempt);
-      return;
-    }
-    rec.next_seq = next;
-    state_change sc{rec.attempt, rec.state, rec.updated_at,
-                    requeue_it ? detail : "daemon " + d.id};
-    batch.put_task(ev.task, to_json(rec));
-    batch.put_event(ev.task, e.events, to_json(sc));
-  }
-  batch.put_meta(meta_prefix + ev.task,
-                 meta_json(ev.attempt, ev.seq, e.daemon));
-  if (auto err = st.db->write(std::move(batch))) {
+  auto stored = event_batch(e, d.id, ev, now_ms());
+  if (auto err = st.db->write(std::move(stored.batch))) {
     reject(self, conn, "internal", "store failed: " + describe(err),
            proto::close_internal, ev.task, ev.attempt);
     return;
@@ -439,15 +220,14 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
   e.acked = ev.seq;
   if (ev.kind != proto::event_kind::output)
     ++e.events;
-  rec.next_seq = next;
-  e.rec = rec;
-  if (!fresh.empty())
-    notify_output(e, fresh);
+  e.rec = std::move(stored.rec);
+  if (!stored.fresh.empty())
+    notify_output(e, stored.fresh);
   queue_ack(self, conn, ev.task, ev.attempt, ev.seq);
   if (ev.kind == proto::event_kind::output)
     return;
-  if (requeue_it) {
-    requeue(self, e, detail);
+  if (stored.requeue) {
+    requeue(self, e, stored.detail);
     dispatch(self);
     return;
   }
@@ -520,48 +300,6 @@ void on_close(self_ptr self, uint64_t conn, uint16_t code) {
   check_drained(self);
 }
 
-/// Lease expiry: daemons silent for `lease` seconds lose their tasks.
-void check_leases(self_ptr self) {
-  auto& st = self->state;
-  bool changed = false;
-  for (auto& [id, d] : st.daemons) {
-    if (seconds_since(d.last_frame) <= st.settings.lease)
-      continue;
-    if (d.connected) {
-      auto c = st.conns.find(d.conn);
-      if (c != st.conns.end()) {
-        c->second.closing = true;
-        c->second.daemon.clear();
-      }
-      st.net->close(d.conn, proto::close_lease_expired, "lease expired");
-      d.connected = false;
-      ++st.rejected["lease"];
-    }
-    if (d.tasks.empty())
-      continue;
-    log::warn("server", "daemon " + id + " lost its lease; re-queueing "
-                            + std::to_string(d.tasks.size()) + " task(s)");
-    auto ids = d.tasks;
-    for (auto& t : ids)
-      requeue(self, st.tasks[t], "lease of daemon " + id + " expired");
-    changed = true;
-  }
-  if (changed)
-    dispatch(self);
-}
-
-/// Every tick: drops streams whose client is gone (so their sessions are
-/// freed within a tick); every keep_alive interval also writes a comment,
-/// whose failed write is how a silently vanished client is noticed.
-void keep_alive(server_state& st) {
-  bool due = std::chrono::duration_cast<std::chrono::milliseconds>(
-                 clock::now() - st.last_keep_alive)
-             >= st.settings.keep_alive;
-  if (due)
-    st.last_keep_alive = clock::now();
-  sweep_streams(st, due);
-}
-
 std::chrono::milliseconds tick_interval(const server_settings& s) {
   auto lease =
       std::chrono::milliseconds(static_cast<int64_t>(s.lease * 1000 / 4));
@@ -571,152 +309,11 @@ std::chrono::milliseconds tick_interval(const server_settings& s) {
 
 } // namespace
 
-std::string meta_json(uint32_t attempt, uint64_t seq,
-                      const std::string& daemon) {
-  nlohmann::json j{{"attempt", attempt}, {"seq", seq}, {"daemon", daemon}};
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
-caf::error persist(self_ptr self, task_entry& e, const std::string& detail) {
-  auto& st = self->state;
-  store::write_batch batch;
-  auto& id = e.rec.spec.id;
-  batch.put_task(id, to_json(e.rec));
-  state_change sc{e.rec.attempt, e.rec.state, e.rec.updated_at, detail};
-  batch.put_event(id, e.events, to_json(sc));
-  batch.put_meta(meta_prefix + id, meta_json(e.rec.attempt, e.acked, e.daemon));
-  if (auto err = st.db->write(std::move(batch))) {
-    log::error("server", "task " + id + ": store failed: " + describe(err));
-    return err;
-  }
-  ++e.events;
-  return caf::none;
-}
-
-void dispatch(self_ptr self) {
-  auto& st = self->state;
-  if (st.draining || st.queue.empty())
-    return;
-  // Nothing to do without free capacity, and the scan stops once every
-  // slot is taken: a long queue costs only what gets assigned (dispatch
-  // runs on every submit and result).
-  size_t free_slots = 0;
-  for (auto& [id, d] : st.daemons)
-    if (d.connected && d.tasks.size() < d.capacity)
-      free_slots += d.capacity - d.tasks.size();
-  if (free_slots == 0)
-    return;
-  // Acks of the frames handled so far go out before any assignment.
-  flush_acks(self);
-  auto now = clock::now();
-  for (auto it = st.queue.begin(); it != st.queue.end();) {
-    auto t = st.tasks.find(*it);
-    if (t == st.tasks.end() || t->second.rec.state != task_state::queued) {
-      it = st.queue.erase(it);
-      continue;
-    }
-    if (t->second.not_before > now) {
-      ++it; // retry backoff: a timeout_atom dispatches again
-      continue;
-    }
-    auto d = pick_daemon(st, t->second.rec.spec);
-    if (!d) {
-      ++it;
-      continue;
-    }
-    bool assigned = assign(self, t->second, *d);
-    if (t->second.rec.state == task_state::queued) {
-      ++it; // store failed: stays queued
-      continue;
-    }
-    it = st.queue.erase(it);
-    if (assigned && --free_slots == 0)
-      break;
-  }
-}
-
-void cancel_task(self_ptr self, task_entry& e) {
-  auto& st = self->state;
-  if (e.rec.state == task_state::queued) {
-    e.rec.state = task_state::cancelled;
-    e.rec.updated_at = now_ms();
-    e.rec.finished_at = e.rec.updated_at;
-    persist(self, e, "cancelled while queued");
-    notify_state(e);
-    return;
-  }
-  e.cancel_requested = true;
-  auto d = st.daemons.find(e.daemon);
-  if (d != st.daemons.end() && d->second.connected)
-    send_frame(self, d->second.conn,
-               proto::cancel{e.rec.spec.id, e.rec.attempt, "user"});
-}
-
-caf::expected<loaded_state> load(store::db& db) {
-  loaded_state out;
-  std::vector<std::pair<int64_t, std::string>> queued;
-  caf::error bad;
-  auto err = db.for_each_task([&](std::string_view id, std::string_view js) {
-    auto rec = record_from_json(std::string{js});
-    if (!rec) {
-      bad = make_error(ec::store_corrupt,
-                       "task " + std::string{id} + ": malformed record");
-      return;
-    }
-    task_entry e;
-    e.rec = std::move(*rec);
-    e.queued_at = clock::now();
-    out.tasks.emplace(std::string{id}, std::move(e));
-  });
-  if (err)
-    return err;
-  if (bad)
-    return bad;
-  auto now = clock::now();
-  for (auto& [id, e] : out.tasks) {
-    auto last = db.last_output_seq(id);
-    if (!last)
-      return last.error();
-    e.rec.next_seq = *last ? **last + 1 : 0;
-    auto ev = db.last_event(id);
-    if (!ev)
-      return ev.error();
-    e.events = *ev ? **ev + 1 : 0;
-    auto meta = db.get_meta(meta_prefix + id);
-    if (!meta)
-      return meta.error();
-    if (*meta) {
-      auto j = nlohmann::json::parse(**meta, nullptr, false);
-      if (j.is_object() && j.value("attempt", 0u) == e.rec.attempt) {
-        e.acked = j.value("seq", uint64_t{0});
-        e.daemon = j.value("daemon", std::string{});
-      }
-    }
-    if (e.rec.state == task_state::queued) {
-      e.daemon.clear();
-      queued.emplace_back(e.rec.updated_at, id);
-    } else if (!is_terminal(e.rec.state) && !e.daemon.empty()) {
-      // Waits for its daemon; the lease counts from now.
-      auto& d = out.daemons[e.daemon];
-      d.id = e.daemon;
-      d.last_frame = now;
-      d.tasks.insert(id);
-    } else if (!is_terminal(e.rec.state)) {
-      queued.emplace_back(e.rec.updated_at, id);
-      e.rec.state = task_state::queued;
-    }
-  }
-  std::sort(queued.begin(), queued.end());
-  for (auto& q : queued)
-    out.queue.push_back(q.second);
-  return out;
-}
-
-server_actor::behavior_type server_fn(self_ptr self, server_settings settings,
-                                      std::shared_ptr<store::db> db,
-                                      std::shared_ptr<net::server> net,
-                                      std::shared_ptr<shared_counters> counters,
-                                      std::shared_ptr<loaded_state> loaded) {
+server_actor::behavior_type server(self_ptr self, server_settings settings,
+                                   std::shared_ptr<store::db> db,
+                                   std::shared_ptr<net::server> net,
+                                   std::shared_ptr<shared_counters> counters,
+                                   std::shared_ptr<loaded_state> loaded) {
   auto& st = self->state;
   st.settings = std::move(settings);
   st.db = std::move(db);
@@ -797,112 +394,14 @@ server_actor::behavior_type server_fn(self_ptr self, server_settings settings,
   };
 }
 
-// -- authentication -----------------------------------------------------------
-
-/// SHA-256 digests of a set of keys, compared in constant time (§2).
-class key_set {
-public:
-  explicit key_set(const std::vector<std::string>& keys) {
-    for (auto& k : keys)
-      digests_.push_back(digest(k));
-  }
-  /// Compares against every key, without an early exit.
-  bool matches(const std::string& key) const {
-    auto d = digest(key);
-    int found = 0;
-    for (auto& x : digests_)
-      found |= CRYPTO_memcmp(d.data(), x.data(), d.size()) == 0 ? 1 : 0;
-    return found != 0;
-  }
-
-private:
-  using sha = std::array<unsigned char, SHA256_DIGEST_LENGTH>;
-  static sha digest(const std::string& k) {
-    sha out;
-    SHA256(reinterpret_cast<const unsigned char*>(k.data()), k.size(),
-           out.data());
-    return out;
-  }
-  std::vector<sha> digests_;
-};
-
-struct authenticator {
-  key_set users;
-  key_set daemons;
-  bool no_auth = false;
-
-  enum verdict { ok, unauthorized, forbidden, duplicate };
-
-  /// The key `need`s (docs/protocol.md §2). More than one Authorization
-  /// header is refused whatever the route: which one counts would be a
-  /// guess, and proxies and the server might guess differently.
-  verdict check(const net::request& req, access need) const {
-    auto& rep = req.repeated_headers;
-    if (std::find(rep.begin(), rep.end(), "authorization") != rep.end())
-      return duplicate;
-    if (need == access::open || no_auth)
-      return ok;
-    std::string key;
-    auto h = req.headers.find("authorization");
-    if (h != req.headers.end() && h->second.size() > 7
-        && strncasecmp(h->second.c_str(), "Bearer ", 7) == 0)
-      key = h->second.substr(7);
-    if (key.empty())
-      return unauthorized;
-    bool user = users.matches(key);
-    bool daemon = daemons.matches(key);
-    bool daemon_endpoint = need == access::daemon;
-    if (daemon_endpoint ? daemon : user)
-      return ok;
-    return (daemon_endpoint ? user : daemon) ? forbidden : unauthorized;
-  }
-};
-
-net::response error_response(unsigned status, const char* code,
-                             const std::string& message) {
-  net::response res;
-  res.status = status;
-  nlohmann::json j{{"error", {{"code", code}, {"message", message}}}};
-  res.body = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  return res;
-}
-
-net::response auth_response(authenticator::verdict v) {
-  if (v == authenticator::duplicate)
-    return error_response(400, "duplicate_authorization",
-                          "more than one Authorization header");
-  auto res =
-      v == authenticator::unauthorized
-          ? error_response(401, "unauthorized", "missing or unknown API key")
-          : error_response(403, "forbidden",
-                           "this key may not use this endpoint");
-  res.headers["WWW-Authenticate"] = "Bearer";
-  return res;
-}
-
-/// What the io thread decides before a request (or a WebSocket upgrade)
-/// reaches the SERVER actor: a refusal to send, or nullopt to pass it on.
-/// The target is read by parse_target, the same function the actor routes
-/// with, so what is authenticated is what is dispatched.
-std::optional<net::response> admit(const authenticator& auth,
-                                   shared_counters& counters,
-                                   const net::request& req) {
-  auto t = parse_target(req.target);
-  if (!t) {
-    std::lock_guard<std::mutex> guard{counters.mtx};
-    ++counters.bad_target;
-    ++counters.http_codes[400];
-    return error_response(400, "bad_target",
-                          "the request target is not canonical: " + t.error);
-  }
-  auto v = auth.check(req, access_for(t.value));
-  if (v == authenticator::ok)
-    return std::nullopt;
-  auto res = auth_response(v);
-  std::lock_guard<std::mutex> guard{counters.mtx};
-  ++counters.auth_rejected;
-  ++counters.http_codes[res.status];
-  return res;
+server_actor spawn_server(caf::actor_system& sys, server_settings settings,
+                          std::shared_ptr<store::db> db,
+                          std::shared_ptr<net::server> net,
+                          std::shared_ptr<shared_counters> counters,
+                          std::shared_ptr<loaded_state> loaded) {
+  return sys.spawn<caf::detached>(server, std::move(settings), std::move(db),
+                                  std::move(net), std::move(counters),
+                                  std::move(loaded));
 }
 
 /// Watches the SERVER actor for the node (attach_functor): set when it
@@ -977,10 +476,7 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
     if (watch->down) {
       // Nobody would answer (and /healthz must not look healthy): the
       // process is about to exit (makima server exits 125).
-      {
-        std::lock_guard<std::mutex> guard{counters->mtx};
-        ++counters->http_codes[503];
-      }
+      counters->count(503);
       reply.send(
           error_response(503, "unavailable", "the server is not running"));
       return;
@@ -1009,8 +505,7 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
   p->net = std::make_shared<net::server>(*p->io, opts, std::move(http),
                                          std::move(ws));
   auto ls = std::make_shared<loaded_state>(std::move(*loaded));
-  auto actor = sys.spawn<caf::detached>(server_fn, settings, p->db, p->net,
-                                        counters, ls);
+  auto actor = spawn_server(sys, settings, p->db, p->net, counters, ls);
   *slot = actor;
   // Whatever ends the actor other than stop() leaves the node failed():
   // the process must exit rather than answer every request with an error.

@@ -1,6 +1,7 @@
-// The SERVER actor's HTTP API (docs/protocol.md §10) and /metrics (§11).
-// Requests arrive already authenticated (server.cpp checks the key on the
-// io thread, by the same parse_target used here for routing); this file
+// The SERVER actor's HTTP API (docs/protocol.md §10), its SSE streams (with
+// their keep-alive) and /metrics (§11).
+// Requests arrive already authenticated (server_auth.hpp checks the key on
+// the io thread, by the same parse_target used here for routing); this file
 // routes them, reads and writes the task state of
 // the actor and answers through net::http_reply.
 #include "actors/server_state.hpp"
@@ -228,7 +229,7 @@ void submit(self_ptr self, net::request& req, net::http_reply& reply) {
   e.queued_at = clock::now();
   auto id = spec.id;
   auto& entry = st.tasks.emplace(id, std::move(e)).first->second;
-  if (auto err = persist(self, entry, "submitted")) {
+  if (auto err = write_through(self, entry, "submitted")) {
     st.tasks.erase(id);
     // 507 Insufficient Storage when the disk is full (retry later), 500
     // otherwise; the body says what the store said.
@@ -657,6 +658,18 @@ void sweep_streams(server_state& st, bool keep_alive) {
   }
 }
 
+/// Every tick: drops streams whose client is gone (so their sessions are
+/// freed within a tick); every keep_alive interval also writes a comment,
+/// whose failed write is how a silently vanished client is noticed.
+void keep_alive(server_state& st) {
+  bool due = std::chrono::duration_cast<std::chrono::milliseconds>(
+                 clock::now() - st.last_keep_alive)
+             >= st.settings.keep_alive;
+  if (due)
+    st.last_keep_alive = clock::now();
+  sweep_streams(st, due);
+}
+
 void notify_output(task_entry& e, const std::vector<output_chunk>& chunks) {
   drop_gone(e);
   for (auto& f : e.followers)
@@ -792,18 +805,12 @@ void handle_http(self_ptr self, net::request& req, net::http_reply& reply) {
     // The exception's text may quote the request; it is logged, not sent.
     log::error("server", "HTTP " + req.method
                              + " failed with an internal error: " + e.what());
-    {
-      std::lock_guard<std::mutex> guard{self->state.counters->mtx};
-      ++self->state.counters->handler_errors;
-    }
+    self->state.counters->count_handler_error();
     respond_error(self, reply, 500, "internal", "internal server error");
   } catch (...) {
     log::error("server",
                "HTTP " + req.method + " failed with an internal error");
-    {
-      std::lock_guard<std::mutex> guard{self->state.counters->mtx};
-      ++self->state.counters->handler_errors;
-    }
+    self->state.counters->count_handler_error();
     respond_error(self, reply, 500, "internal", "internal server error");
   }
 }

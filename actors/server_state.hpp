@@ -1,6 +1,14 @@
-// Internals of the SERVER actor shared by actors/server.cpp (daemon
-// protocol, scheduling, leases, server_node) and actors/server_http.cpp
-// (HTTP API, metrics). Not part of the public API: include server.hpp.
+// Internals of the SERVER actor, shared by its files (not part of the
+// public API: include server.hpp):
+//   server.cpp           the behavior, the daemon protocol handlers (hello,
+//                        events, acks, fencing), drain, server_node
+//   server_tasks.cpp     assignment, re-queueing, leases, cancel
+//   server_http.cpp      the HTTP API, SSE streams and /metrics
+//   server_scheduler.hpp which queued task goes to which daemon (pure)
+//   server_events.hpp    the verdict on a daemon's event (pure)
+//   server_store.hpp     the mapping of tasks onto the server's store
+//   server_auth.hpp      keys and the io thread's gate (plain code)
+//   server_target.hpp    the canonical request target
 //
 // Server store layout (runtime/store/db.hpp column families):
 //   tasks  : id -> record JSON; `next_seq` is recomputed from output on load
@@ -44,9 +52,27 @@ struct shared_counters {
   uint64_t bad_target = 0;
   /// HTTP handlers that threw (answered 500; the actor lives on).
   uint64_t handler_errors = 0;
+  /// An answer with `status`.
   void count(unsigned status) {
     std::lock_guard<std::mutex> guard{mtx};
     ++http_codes[status];
+  }
+  /// A refusal of parse_target (answered 400).
+  void count_bad_target() {
+    std::lock_guard<std::mutex> guard{mtx};
+    ++bad_target;
+    ++http_codes[400];
+  }
+  /// A refusal of the authenticator, answered with `status`.
+  void count_auth_rejected(unsigned status) {
+    std::lock_guard<std::mutex> guard{mtx};
+    ++auth_rejected;
+    ++http_codes[status];
+  }
+  /// A handler that threw.
+  void count_handler_error() {
+    std::lock_guard<std::mutex> guard{mtx};
+    ++handler_errors;
   }
 };
 
@@ -152,19 +178,48 @@ struct server_state {
 
 using self_ptr = server_actor::stateful_pointer<server_state>;
 
-/// Loads every task of `db`: queued ones into the queue, assigned
-/// non-terminal ones onto (disconnected) daemon entries.
-caf::expected<loaded_state> load(store::db& db);
-
 /// Answers an HTTP request (server_http.cpp).
 void handle_http(self_ptr self, net::request& req, net::http_reply& reply);
 
-/// Writes `rec` of `e` with a history entry and the task's meta key;
-/// the store's error (logged) when that failed.
-caf::error persist(self_ptr self, task_entry& e, const std::string& detail);
+/// Behavior of the SERVER actor (actors.hpp): starts from what `loaded`
+/// holds, answers HTTP requests and daemon frames that the net::server
+/// forwards, and writes every change through to `db`.
+server_actor::behavior_type server(self_ptr self, server_settings settings,
+                                   std::shared_ptr<store::db> db,
+                                   std::shared_ptr<net::server> net,
+                                   std::shared_ptr<shared_counters> counters,
+                                   std::shared_ptr<loaded_state> loaded);
 
-/// Assigns queued tasks to daemons with free capacity.
+/// Spawns the SERVER actor, detached (its store writes block).
+server_actor spawn_server(caf::actor_system& sys, server_settings settings,
+                          std::shared_ptr<store::db> db,
+                          std::shared_ptr<net::server> net,
+                          std::shared_ptr<shared_counters> counters,
+                          std::shared_ptr<loaded_state> loaded);
+
+/// Writes `e` through to the store (persist in server_store.hpp); the
+/// store's error (logged) when that failed.
+caf::error write_through(self_ptr self, task_entry& e,
+                         const std::string& detail);
+
+/// Sends frame `f` on connection `conn` (server.cpp).
+void send_frame(self_ptr self, uint64_t conn, const proto::frame& f);
+
+/// Sends the acks queued so far (server.cpp).
+void flush_acks(self_ptr self);
+
+/// Assigns queued tasks to daemons with free capacity (server_tasks.cpp,
+/// like the rest of this block).
 void dispatch(self_ptr self);
+
+/// Puts `e` back into the queue as a new attempt (lease expiry, daemon
+/// loss, `interrupted` result), saying `why` — or ends it: cancelled when
+/// the user asked, failed when its attempt budget is spent.
+void requeue(self_ptr self, task_entry& e, const std::string& why);
+
+/// Lease expiry: daemons silent for `lease` seconds are closed and lose
+/// their tasks.
+void check_leases(self_ptr self);
 
 /// Cancels task `e` (HTTP): queued -> cancelled now; assigned -> `cancel`
 /// frame with reason user.
@@ -177,15 +232,16 @@ void notify_state(task_entry& e);
 /// when `keep_alive` writes a keep-alive comment to the others.
 void sweep_streams(server_state& st, bool keep_alive);
 
+/// Every tick: drops streams whose client is gone (so their sessions are
+/// freed within a tick); every keep_alive interval also writes a comment,
+/// whose failed write is how a silently vanished client is noticed.
+void keep_alive(server_state& st);
+
 /// Sends output chunks to SSE followers.
 void notify_output(task_entry& e, const std::vector<output_chunk>& chunks);
 
 /// SSE text of one output chunk / a record event.
 std::string sse_output(const output_chunk& c);
 std::string sse_record(const char* event, const task_record& rec);
-
-/// The JSON of the meta key of a task.
-std::string meta_json(uint32_t attempt, uint64_t seq,
-                      const std::string& daemon);
 
 } // namespace makima::server_detail

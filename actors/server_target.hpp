@@ -1,5 +1,5 @@
 // The one canonical reading of an HTTP request target for the server: the
-// authentication decision (server.cpp, on the io thread) and the routing
+// authentication decision (server_auth.cpp, on the io thread) and the routing
 // (server_http.cpp, in the SERVER actor) both call parse_target, so a path
 // is authenticated exactly as it is dispatched. A target that is not in
 // canonical form (`//`, `/./`, `/../`, percent-encoded unreserved

@@ -61,16 +61,18 @@ void set_error(task_record& rec, const caf::error& err) {
 void finish(task_ptr self, task_state final_state);
 
 // Persists the record and then reports its state to the LINK. `next` runs
-// after a successful write; a failed write ends the attempt.
+// after a successful write; a failed write ends the attempt. The LINK gets
+// the record as written: by the time the write is answered the attempt may
+// have finished (a child that exits at once), and a state event carrying
+// the final state would make the server refuse the result after it.
 template <class F>
 void persist_state(task_ptr self, F next) {
   auto& st = self->state;
   st.rec.updated_at = now_ms();
   self->request(st.ctx.persistence, caf::infinite, put_atom::value, st.rec)
       .then(
-          [self, next](ok_atom) mutable {
-            self->send(self->state.ctx.link, state_atom::value,
-                       self->state.rec);
+          [self, next, rec = st.rec](ok_atom) mutable {
+            self->send(self->state.ctx.link, state_atom::value, rec);
             next();
           },
           [self](caf::error& err) {

@@ -8,6 +8,7 @@
 #include <openssl/sha.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -440,6 +441,27 @@ std::string mirror_dir_name(const std::string& url) {
   if (name.empty())
     name = "repo";
   return name + "-" + h + ".git";
+}
+
+std::vector<std::string> mirror_origins(const fs::path& repos_dir) {
+  init();
+  std::vector<std::string> out;
+  std::error_code err;
+  for (auto it = fs::directory_iterator(repos_dir, err);
+       !err && it != fs::directory_iterator(); it.increment(err)) {
+    // The config file only: opening each mirror as a repository would cost
+    // more, and a daemon reports this in every hello.
+    auto file = (it->path() / "config").string();
+    git_config* raw = nullptr;
+    if (git_config_open_ondisk(&raw, file.c_str()) != 0)
+      continue;
+    config_ptr cfg{raw};
+    buf_guard url;
+    if (git_config_get_string_buf(&url.buf, raw, "remote.origin.url") == 0)
+      out.push_back(url.str());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 // -- mirror

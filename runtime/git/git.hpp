@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <caf/error.hpp>
 #include <caf/expected.hpp>
@@ -30,6 +31,12 @@ std::string canonical_url(const std::string& url);
 /// `<last path component, sanitized>-<first 16 hex of sha256(canonical
 /// url)>.git`.
 std::string mirror_dir_name(const std::string& url);
+
+/// The origin URLs (`remote.origin.url`) of the mirrors in `repos_dir`,
+/// sorted: the repositories a daemon reports as cached. Entries without a
+/// readable config or an origin are skipped; a missing `repos_dir` gives
+/// none.
+std::vector<std::string> mirror_origins(const std::filesystem::path& repos_dir);
 
 /// A task's worktree.
 struct worktree_info {

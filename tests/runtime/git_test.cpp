@@ -501,3 +501,27 @@ TEST_F(GitTest, RemoveWorktree) {
   ASSERT_FALSE(m.fetch());
   EXPECT_NE(git(m.path(), {"for-each-ref", "refs/heads/makima/keep"}), "");
 }
+
+TEST_F(GitTest, mirror_origins_lists_the_origin_of_each_mirror_sorted) {
+  open_mirror();
+  // Hand-written mirrors (as another makima version might leave them) and
+  // entries that are no mirror.
+  write_file(repos / "z-0000.git" / "config",
+             "[core]\n\tbare = true\n[remote \"origin\"]\n"
+             "\turl = https://git.example/a.git\n"
+             "\tfetch = +refs/heads/*:refs/remotes/origin/*\n");
+  write_file(repos / "b-0000.git" / "config",
+             "[remote \"upstream\"]\n\turl = https://git.example/no.git\n");
+  fs::create_directories(repos / "empty");
+  write_file(repos / "stray-file", "not a mirror\n");
+  auto origins = makima::git::mirror_origins(repos);
+  std::vector<std::string> want{"https://git.example/a.git",
+                                makima::git::canonical_url(upstream.string())};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(origins, want);
+}
+
+TEST(git_mirror_origins, missing_repos_dir_has_none) {
+  temp_dir tmp;
+  EXPECT_TRUE(makima::git::mirror_origins(tmp.path() / "absent").empty());
+}

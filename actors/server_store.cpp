@@ -1,0 +1,138 @@
+// The SERVER's tasks on its store (server_store.hpp).
+#include "actors/server_store.hpp"
+
+#include <algorithm>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/error.hpp"
+
+namespace makima::server_detail {
+
+namespace {
+
+constexpr const char* meta_prefix = "task/";
+
+} // namespace
+
+std::string meta_key(const std::string& id) {
+  return meta_prefix + id;
+}
+
+std::string meta_json(uint32_t attempt, uint64_t seq,
+                      const std::string& daemon) {
+  nlohmann::json j{{"attempt", attempt}, {"seq", seq}, {"daemon", daemon}};
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+caf::error persist(store::db& db, task_entry& e, const std::string& detail) {
+  store::write_batch batch;
+  auto& id = e.rec.spec.id;
+  batch.put_task(id, to_json(e.rec));
+  state_change sc{e.rec.attempt, e.rec.state, e.rec.updated_at, detail};
+  batch.put_event(id, e.events, to_json(sc));
+  batch.put_meta(meta_key(id), meta_json(e.rec.attempt, e.acked, e.daemon));
+  if (auto err = db.write(std::move(batch)))
+    return err;
+  ++e.events;
+  return caf::none;
+}
+
+stored_event event_batch(const task_entry& e, const std::string& daemon,
+                         const proto::event& ev, int64_t now) {
+  stored_event out;
+  auto& batch = out.batch;
+  uint64_t next = e.rec.next_seq;
+  out.rec = e.rec;
+  if (ev.kind == proto::event_kind::output) {
+    for (auto& ch : ev.chunks) {
+      if (ch.seq < next)
+        continue; // already stored (put-if-absent)
+      batch.put_output(ev.task, ch.seq, ch.stream, ch.bytes);
+      next = ch.seq + 1;
+      out.fresh.push_back(ch);
+    }
+  } else {
+    auto& rec = out.rec;
+    rec = ev.record;
+    rec.spec = e.rec.spec;
+    rec.attempt = e.rec.attempt;
+    rec.updated_at = ev.at > 0 ? ev.at : now;
+    if (ev.kind == proto::event_kind::result
+        && rec.state == task_state::interrupted) {
+      out.requeue = true;
+      out.detail = "attempt interrupted on daemon " + daemon;
+    }
+    rec.next_seq = next;
+    state_change sc{rec.attempt, rec.state, rec.updated_at,
+                    out.requeue ? out.detail : "daemon " + daemon};
+    batch.put_task(ev.task, to_json(rec));
+    batch.put_event(ev.task, e.events, to_json(sc));
+  }
+  batch.put_meta(meta_key(ev.task), meta_json(ev.attempt, ev.seq, e.daemon));
+  out.rec.next_seq = next;
+  return out;
+}
+
+caf::expected<loaded_state> load(store::db& db) {
+  loaded_state out;
+  std::vector<std::pair<int64_t, std::string>> queued;
+  caf::error bad;
+  auto err = db.for_each_task([&](std::string_view id, std::string_view js) {
+    auto rec = record_from_json(std::string{js});
+    if (!rec) {
+      bad = make_error(ec::store_corrupt,
+                       "task " + std::string{id} + ": malformed record");
+      return;
+    }
+    task_entry e;
+    e.rec = std::move(*rec);
+    e.queued_at = clock::now();
+    out.tasks.emplace(std::string{id}, std::move(e));
+  });
+  if (err)
+    return err;
+  if (bad)
+    return bad;
+  auto now = clock::now();
+  for (auto& [id, e] : out.tasks) {
+    auto last = db.last_output_seq(id);
+    if (!last)
+      return last.error();
+    e.rec.next_seq = *last ? **last + 1 : 0;
+    auto ev = db.last_event(id);
+    if (!ev)
+      return ev.error();
+    e.events = *ev ? **ev + 1 : 0;
+    auto meta = db.get_meta(meta_key(id));
+    if (!meta)
+      return meta.error();
+    if (*meta) {
+      auto j = nlohmann::json::parse(**meta, nullptr, false);
+      if (j.is_object() && j.value("attempt", 0u) == e.rec.attempt) {
+        e.acked = j.value("seq", uint64_t{0});
+        e.daemon = j.value("daemon", std::string{});
+      }
+    }
+    if (e.rec.state == task_state::queued) {
+      e.daemon.clear();
+      queued.emplace_back(e.rec.updated_at, id);
+    } else if (!is_terminal(e.rec.state) && !e.daemon.empty()) {
+      // Waits for its daemon; the lease counts from now.
+      auto& d = out.daemons[e.daemon];
+      d.id = e.daemon;
+      d.last_frame = now;
+      d.tasks.insert(id);
+    } else if (!is_terminal(e.rec.state)) {
+      queued.emplace_back(e.rec.updated_at, id);
+      e.rec.state = task_state::queued;
+    }
+  }
+  std::sort(queued.begin(), queued.end());
+  for (auto& q : queued)
+    out.queue.push_back(q.second);
+  return out;
+}
+
+} // namespace makima::server_detail
