@@ -59,8 +59,7 @@ struct buf_guard {
   }
 };
 
-// -- error helpers
-// --------------------------------------------------------------
+// -- error helpers ------------------------------------------------------------
 
 std::string last_error() {
   const git_error* e = git_error_last();
@@ -159,8 +158,7 @@ void force_remove_all(const fs::path& p) {
   fs::remove_all(p, err);
 }
 
-// -- remote helpers
-// -------------------------------------------------------------
+// -- remote helpers -----------------------------------------------------------
 
 constexpr const char* heads_spec = "+refs/heads/*:refs/remotes/origin/*";
 constexpr const char* tags_spec = "+refs/tags/*:refs/tags/*";
@@ -377,8 +375,7 @@ bool needs_filters(git_repository* repo, git_commit* commit) {
 
 } // namespace
 
-// -- free functions
-// -------------------------------------------------------------
+// -- free functions -----------------------------------------------------------
 
 void init() {
   static std::once_flag once;
@@ -442,8 +439,7 @@ std::string mirror_dir_name(const std::string& url) {
   return name + "-" + h + ".git";
 }
 
-// -- mirror
-// -----------------------------------------------------------------------
+// -- mirror -------------------------------------------------------------------
 
 struct mirror::impl {
   std::string url; // canonical
