@@ -60,8 +60,7 @@ struct buf_guard {
   }
 };
 
-// -- error helpers
-// --------------------------------------------------------------
+// -- error helpers ------------------------------------------------------------
 
 std::string last_error() {
   const git_error* e = git_error_last();
@@ -160,8 +159,7 @@ void force_remove_all(const fs::path& p) {
   fs::remove_all(p, err);
 }
 
-// -- remote helpers
-// -------------------------------------------------------------
+// -- remote helpers -----------------------------------------------------------
 
 constexpr const char* heads_spec = "+refs/heads/*:refs/remotes/origin/*";
 constexpr const char* tags_spec = "+refs/tags/*:refs/tags/*";
@@ -378,8 +376,7 @@ bool needs_filters(git_repository* repo, git_commit* commit) {
 
 } // namespace
 
-// -- free functions
-// -------------------------------------------------------------
+// -- free functions -----------------------------------------------------------
 
 void init() {
   static std::once_flag once;
@@ -464,8 +461,7 @@ std::vector<std::string> mirror_origins(const fs::path& repos_dir) {
   return out;
 }
 
-// -- mirror
-// -----------------------------------------------------------------------
+// -- mirror -------------------------------------------------------------------
 
 struct mirror::impl {
   std::string url; // canonical

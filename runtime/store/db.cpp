@@ -266,7 +266,7 @@ rocksdb::ColumnFamilyOptions cf_options(const std::string& name) {
     // through the LSM tree, so compactions do not rewrite the output again
     // and again: write amplification stays low and new files per round stay
     // close to the bytes actually written (what incremental checkpoints to
-    // S3 need, see notes/git-rocksdb-s3.md). Throughput does not decide it:
+    // S3 need, see docs/architecture.md §4). Throughput does not decide it:
     // 512 MiB of 128 KiB values, no sync, measured 70-100 MB/s wall clock
     // with and without blob files on a 2-core VM loaded by other builds, for
     // the same ~2.8 CPU-seconds (~190 MB per CPU-second in total, half of it
