@@ -188,7 +188,7 @@ using connection_actor = link_actor::extend<
 /// The SERVER actor is the server side of docs/protocol.md: tasks in the
 /// server's RocksDB, connected daemons, the queue and scheduling, the HTTP
 /// API. Detached (RocksDB writes). Receives from net::server callbacks (io
-/// thread) and from `server_node` (actors/server.hpp).
+/// thread) and from `server_node` (actors/server_node.hpp).
 using server_actor = caf::typed_actor<
     // An HTTP request (already authenticated, §2); answered through the
     // reply handle.

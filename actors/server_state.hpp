@@ -1,7 +1,8 @@
 // Internals of the SERVER actor, shared by its files (not part of the
-// public API: include server.hpp):
+// public API: include server_node.hpp):
 //   server.cpp           the behavior, the daemon protocol handlers (hello,
-//                        events, acks, fencing), drain, server_node
+//                        events, acks, fencing), drain
+//   server_node.cpp      the node: store + actor + listener (server_node.hpp)
 //   server_tasks.cpp     assignment, re-queueing, leases, cancel
 //   server_http.cpp      the HTTP API, SSE streams and /metrics
 //   server_scheduler.hpp which queued task goes to which daemon (pure)

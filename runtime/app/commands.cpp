@@ -25,8 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/actors.hpp"
-#include "actors/daemon.hpp"
-#include "actors/local_link.hpp"
+#include "actors/local_node.hpp"
 #include "actors/persistence.hpp"
 #include "config/config.hpp"
 #include "runtime/error.hpp"
@@ -50,11 +49,11 @@ namespace {
 
 /// An opened data dir with its actor system and PERSISTENCE actor; the
 /// destructor stops the actors before the system waits for them.
-struct local_node {
-  explicit local_node(std::unique_ptr<opened_db> opened)
+struct store_session {
+  explicit store_session(std::unique_ptr<opened_db> opened)
       : db(std::move(opened)), sys(sys_cfg),
         persist(spawn_persistence(sys, db->db)) {}
-  ~local_node() {
+  ~store_session() {
     caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
     persist = persistence_actor{};
   }
@@ -89,45 +88,29 @@ task_record get_record(caf::scoped_actor& self,
   return out;
 }
 
-/// Runs one attempt of `rec` on an in-process node and returns its final
-/// record. Output streams to the terminal as it is persisted.
+/// Runs one attempt of `rec` on a local node (actors/local_node.hpp) and
+/// returns its final record. Output streams to the terminal as it is
+/// persisted; stop signals cancel the task (the node's policy).
 task_record run_attempt(caf::actor_system& sys, const config& cfg,
                         const persistence_actor& persist, task_record rec) {
-  auto promise = std::make_shared<std::promise<task_record>>();
-  auto result = promise->get_future();
-  auto link = spawn_local_link(
-      sys, STDOUT_FILENO, STDERR_FILENO,
-      [](const task_record& r) {
-        log::debug("task " + r.spec.id,
-                   std::string{"state "} + to_string(r.state));
-      },
-      [promise](const task_record& r) { promise->set_value(r); });
-  auto base_env = task_base_env(cfg);
+  local_settings s;
+  s.repos_dir = cfg.repos_dir;
+  s.worktrees_dir = cfg.worktrees_dir;
+  s.state_dir = cfg.state_dir;
+  s.author_name = cfg.author_name;
+  s.author_email = cfg.author_email;
+  s.max_tasks = cfg.max_tasks;
+  s.base_env = task_base_env(cfg);
+  s.out_fd = STDOUT_FILENO;
+  s.err_fd = STDERR_FILENO;
+  // Config read: makima's keys leave this process's environment before the
+  // task starts (a task could read /proc/$PPID/environ).
   process::hide_own_secrets();
-  auto reactor = std::make_shared<process::reactor>();
-  daemon_context ctx{persist,           link,
-                     reactor,           cfg.repos_dir,
-                     cfg.worktrees_dir, cfg.state_dir,
-                     cfg.author_name,   cfg.author_email,
-                     cfg.max_tasks,     std::move(base_env)};
-  auto node = spawn_daemon(sys, std::move(ctx));
-  auto id = rec.spec.id;
-  task_record final_record;
-  {
-    std::atomic<int> signals{0};
-    process::signal_watcher watcher([&](int sig) {
-      auto n = ++signals;
-      if (n == 1)
-        std::fprintf(stderr,
-                     "makima: %s: cancelling task %s (again to kill it now)\n",
-                     strsignal(sig), id.c_str());
-      caf::anon_send(node, cancel_atom::value, id);
-    });
-    caf::anon_send(node, assign_atom::value, std::move(rec));
-    final_record = result.get();
-  }
-  caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
-  caf::anon_send_exit(link, caf::exit_reason::user_shutdown);
+  auto node = local_node::start(sys, std::move(s), persist);
+  if (!node)
+    fail(status_for(node.error()), describe(node.error()));
+  auto final_record = (*node)->run(std::move(rec));
+  (*node)->stop();
   return final_record;
 }
 
@@ -159,7 +142,7 @@ void report_outcome(const task_record& rec) {
 
 /// Runs one attempt of `rec` on `node`, reports its outcome on stderr and
 /// returns the exit status of `makima run` / `task resume`.
-int run_to_completion(local_node& node, const config& cfg, task_record rec) {
+int run_to_completion(store_session& node, const config& cfg, task_record rec) {
   auto final_record = run_attempt(node.sys, cfg, node.persist, std::move(rec));
   report_outcome(final_record);
   return exit_status_of(final_record);
@@ -206,7 +189,7 @@ int cmd_run(run_options& o) {
   rec.updated_at = rec.spec.created_at;
   rec.attempt = 1;
   rec.state = task_state::preparing;
-  local_node node{open_primary(cfg)};
+  store_session node{open_primary(cfg)};
   caf::scoped_actor self{node.sys};
   recover(self, node.persist);
   self->request(node.persist, caf::infinite, create_atom::value, rec)
@@ -218,7 +201,7 @@ int cmd_run(run_options& o) {
 
 int cmd_resume(const common_options& common, const std::string& id) {
   auto cfg = resolve_config(common);
-  local_node node{open_primary(cfg)};
+  store_session node{open_primary(cfg)};
   caf::scoped_actor self{node.sys};
   recover(self, node.persist);
   auto rec = get_record(self, node.persist, id);
@@ -333,7 +316,7 @@ int cmd_list(const common_options& common, bool json) {
   std::vector<task_record> records;
   if (db) {
     bool primary = db->primary;
-    local_node node{std::move(db)};
+    store_session node{std::move(db)};
     caf::scoped_actor self{node.sys};
     if (primary)
       recover(self, node.persist);
@@ -355,7 +338,7 @@ int cmd_show(const common_options& common, const std::string& id, bool json) {
   std::vector<state_change> history;
   {
     bool primary = db->primary;
-    local_node node{std::move(db)};
+    store_session node{std::move(db)};
     caf::scoped_actor self{node.sys};
     if (primary)
       recover(self, node.persist);
@@ -375,7 +358,7 @@ int cmd_logs(const common_options& common, const std::string& id) {
   if (!db)
     fail(exit_usage, "no task with id '" + id + "'");
   {
-    local_node node{std::move(db)};
+    store_session node{std::move(db)};
     caf::scoped_actor self{node.sys};
     get_record(self, node.persist, id); // a clear error for an unknown id
     uint64_t from = 0;

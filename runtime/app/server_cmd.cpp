@@ -18,7 +18,7 @@
 
 #include "actors/daemon_node.hpp"
 #include "actors/persistence.hpp"
-#include "actors/server.hpp"
+#include "actors/server_node.hpp"
 #include "runtime/error.hpp"
 #include "runtime/log.hpp"
 #include "runtime/net/net.hpp"
@@ -90,17 +90,6 @@ struct server_options {
   bool no_auth = false;
 };
 
-/// Waits for a signal as wait_signal does, or until the SERVER actor of
-/// `node` failed (returns 0 then).
-int wait_signal_or_failure(const server_node& node) {
-  for (;;) {
-    if (node.failed())
-      return 0;
-    if (int sig = process::wait_signal(std::chrono::milliseconds{100}))
-      return sig;
-  }
-}
-
 /// Stops a node whose SERVER actor failed; returns the exit status: 125,
 /// makima's own failure, so that a supervisor restarts the server rather
 /// than leave a process up that answers every request with 503.
@@ -168,27 +157,9 @@ int cmd_server(server_options& o) {
     fail(status_for(node.error()), describe(node.error()));
   std::fprintf(stderr, "makima: listening on %s\n", (*node)->url().c_str());
   std::fflush(stderr);
-  int sig = wait_signal_or_failure(**node);
-  if (sig == 0)
+  auto end = (*node)->wait(drain_bound);
+  if (end.failed)
     return exit_failed(**node);
-  std::fprintf(stderr, "makima: %s: draining (again to stop now)\n",
-               strsignal(sig));
-  auto drained = std::async(std::launch::async,
-                            [&] { return (*node)->drain(drain_bound); });
-  while (drained.wait_for(std::chrono::seconds(0))
-         != std::future_status::ready) {
-    if (process::wait_signal(std::chrono::milliseconds{100}) != 0) {
-      std::fprintf(stderr, "makima: stopping now\n");
-      break;
-    }
-  }
-  // The drain request ends at the latest after drain_bound.
-  if (drained.wait_for(std::chrono::seconds(0)) == std::future_status::ready
-      && !drained.get())
-    log::warn("server", "daemons still connected after the drain bound");
-  (*node)->stop();
-  if (drained.valid())
-    drained.wait();
   return exit_ok;
 }
 
@@ -277,7 +248,7 @@ int cmd_local(local_options& o) {
     log::warn("local", "the in-process daemon has not connected yet");
   std::fprintf(stderr, "makima: listening on %s\n", (*server)->url().c_str());
   std::fflush(stderr);
-  int sig = wait_signal_or_failure(**server);
+  int sig = (*server)->wait_signal_or_failure();
   if (sig == 0) {
     node->stop();
     node.reset();
@@ -303,43 +274,43 @@ int cmd_local(local_options& o) {
 } // namespace
 
 void add_server_commands(CLI::App& app, command_table& out) {
-  static server_options o;
+  auto o = std::make_shared<server_options>();
   auto cmd = app.add_subcommand(
       "server", "serve the HTTP API and /ws/daemon; schedule tasks on daemons");
-  add_common(cmd, o.common);
-  cmd->add_option("--listen", o.listen,
+  add_common(cmd, o->common);
+  cmd->add_option("--listen", o->listen,
                   "HOST:PORT to listen on (default 127.0.0.1:7420; port 0 = "
                   "any free port)");
-  cmd->add_option("--tls-cert", o.tls_cert, "PEM certificate chain (TLS)");
-  cmd->add_option("--tls-key", o.tls_key, "PEM private key (TLS)");
-  cmd->add_option("--lease", o.lease,
+  cmd->add_option("--tls-cert", o->tls_cert, "PEM certificate chain (TLS)");
+  cmd->add_option("--tls-key", o->tls_key, "PEM private key (TLS)");
+  cmd->add_option("--lease", o->lease,
                   "seconds of silence after which a daemon loses its tasks")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--user-key", o.user_keys,
+  cmd->add_option("--user-key", o->user_keys,
                   "key for the HTTP API (repeatable; never logged)")
       ->type_size(1)
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  cmd->add_option("--daemon-key", o.daemon_keys,
+  cmd->add_option("--daemon-key", o->daemon_keys,
                   "key daemons connect with (repeatable; never logged)")
       ->type_size(1)
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  cmd->add_flag("--no-auth", o.no_auth,
+  cmd->add_flag("--no-auth", o->no_auth,
                 "accept requests without a key (loopback only)");
-  out.emplace_back(cmd, [] { return cmd_server(o); });
+  out.emplace_back(cmd, [o] { return cmd_server(*o); });
 
-  static local_options lo;
+  auto lo = std::make_shared<local_options>();
   auto local = app.add_subcommand(
       "local", "a server and one daemon in this process (a one-node fleet)");
-  add_common(local, lo.common);
-  local->add_option("--listen", lo.listen,
+  add_common(local, lo->common);
+  local->add_option("--listen", lo->listen,
                     "HOST:PORT of the HTTP API (default 127.0.0.1:7420; port "
                     "0 = any free port)");
-  local->add_option("--max-tasks", lo.max_tasks, "tasks run at once")
+  local->add_option("--max-tasks", lo->max_tasks, "tasks run at once")
       ->check(CLI::Range(1, 4096));
-  add_pass_env_flag(local, lo.pass_env);
-  out.emplace_back(local, [] { return cmd_local(lo); });
+  add_pass_env_flag(local, lo->pass_env);
+  out.emplace_back(local, [lo] { return cmd_local(*lo); });
 }
 
 } // namespace makima::app

@@ -11,7 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "actors/messages.hpp"
-#include "actors/server.hpp"
+#include "actors/server_node.hpp"
 #include "runtime/error.hpp"
 #include "runtime/net/net.hpp"
 #include "tests/fixtures/temp_dir.hpp"

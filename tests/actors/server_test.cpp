@@ -28,7 +28,7 @@
 
 #include "actors/messages.hpp"
 #include "actors/protocol.hpp"
-#include "actors/server.hpp"
+#include "actors/server_node.hpp"
 #include "runtime/error.hpp"
 #include "runtime/net/net.hpp"
 #include "tests/fixtures/temp_dir.hpp"
