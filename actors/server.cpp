@@ -322,6 +322,21 @@ server_actor::behavior_type server(self_ptr self, server_settings settings,
   st.tasks = std::move(loaded->tasks);
   st.queue = std::move(loaded->queue);
   st.daemons = std::move(loaded->daemons);
+  // The retry backoff of re-queued tasks survives a restart: what is left
+  // of it counts from when the task was re-queued (its updated_at).
+  {
+    auto now = clock::now();
+    auto wall = now_ms();
+    for (auto& id : st.queue) {
+      auto& e = st.tasks[id];
+      auto left =
+          remaining_backoff(st.settings, e.rec.attempt, e.rec.updated_at, wall);
+      if (left.count() > 0) {
+        e.not_before = now + left;
+        self->delayed_send(self, left, timeout_atom::value);
+      }
+    }
+  }
   st.latency_counts.assign(latency_bounds().size(), 0);
   st.last_keep_alive = clock::now();
   self->delayed_send(self, tick_interval(st.settings), tick_atom::value);

@@ -22,11 +22,23 @@ key_set::key_set(const std::vector<std::string>& keys) {
 }
 
 bool key_set::matches(const std::string& key) const {
+  return find(key).has_value();
+}
+
+std::optional<size_t> key_set::find(const std::string& key) const {
   auto d = digest(key);
+  // Every key is compared; the index is picked without a branch on the
+  // comparison (keys are distinct, so at most one matches).
+  size_t index = 0;
   int found = 0;
-  for (auto& x : digests_)
-    found |= CRYPTO_memcmp(d.data(), x.data(), d.size()) == 0 ? 1 : 0;
-  return found != 0;
+  for (size_t i = 0; i < digests_.size(); ++i) {
+    int eq = CRYPTO_memcmp(d.data(), digests_[i].data(), d.size()) == 0;
+    found |= eq;
+    index |= i * static_cast<size_t>(eq);
+  }
+  if (!found)
+    return std::nullopt;
+  return index;
 }
 
 key_set::sha key_set::digest(const std::string& k) {
@@ -37,7 +49,8 @@ key_set::sha key_set::digest(const std::string& k) {
 }
 
 authenticator::verdict authenticator::check(const net::request& req,
-                                            access need) const {
+                                            access need,
+                                            std::string* principal) const {
   auto& rep = req.repeated_headers;
   if (std::find(rep.begin(), rep.end(), "authorization") != rep.end())
     return duplicate;
@@ -50,12 +63,18 @@ authenticator::verdict authenticator::check(const net::request& req,
     key = h->second.substr(7);
   if (key.empty())
     return unauthorized;
-  bool user = users.matches(key);
-  bool daemon = daemons.matches(key);
+  auto user = users.find(key);
+  auto daemon = daemons.find(key);
   bool daemon_endpoint = need == access::daemon;
-  if (daemon_endpoint ? daemon : user)
+  if (daemon_endpoint ? daemon.has_value() : user.has_value()) {
+    if (principal)
+      *principal = daemon_endpoint ? "daemon:" + std::to_string(*daemon)
+                                   : "user:" + std::to_string(*user);
     return ok;
-  return (daemon_endpoint ? user : daemon) ? forbidden : unauthorized;
+  }
+  return (daemon_endpoint ? user.has_value() : daemon.has_value())
+             ? forbidden
+             : unauthorized;
 }
 
 net::response error_response(unsigned status, const char* code,
@@ -82,14 +101,17 @@ net::response auth_response(authenticator::verdict v) {
 
 std::optional<net::response> admit(const authenticator& auth,
                                    shared_counters& counters,
-                                   const net::request& req) {
+                                   const net::request& req,
+                                   std::string* principal) {
+  if (principal)
+    principal->clear();
   auto t = parse_target(req.target);
   if (!t) {
     counters.count_bad_target();
     return error_response(400, "bad_target",
                           "the request target is not canonical: " + t.error);
   }
-  auto v = auth.check(req, access_for(t.value));
+  auto v = auth.check(req, access_for(t.value), principal);
   if (v == authenticator::ok)
     return std::nullopt;
   auto res = auth_response(v);

@@ -29,6 +29,10 @@ public:
   /// an early exit.
   bool matches(const std::string& key) const;
 
+  /// The position of `key` in the set (as given to the constructor), or
+  /// nullopt; compares against every key, like matches().
+  std::optional<size_t> find(const std::string& key) const;
+
 private:
   using sha = std::array<unsigned char, 32>;
   static sha digest(const std::string& k);
@@ -49,7 +53,11 @@ struct authenticator {
   /// The key `need`s (docs/protocol.md §2). More than one Authorization
   /// header is refused whatever the route: which one counts would be a
   /// guess, and proxies and the server might guess differently.
-  verdict check(const net::request& req, access need) const;
+  /// On ok for a route that needs a key, `*principal` (when given) is set
+  /// to who the key is: "user:N" or "daemon:N", N its position among the
+  /// configured keys — an opaque, non-secret id (net::request::principal).
+  verdict check(const net::request& req, access need,
+                std::string* principal = nullptr) const;
 };
 
 /// A JSON error body `{"error":{"code":…,"message":…}}` with `status`.
@@ -64,9 +72,10 @@ net::response auth_response(authenticator::verdict v);
 /// reaches the SERVER actor: a refusal to send (counted in `counters`), or
 /// nullopt to pass it on. The target is read by parse_target, the same
 /// function the actor routes with, so what is authenticated is what is
-/// dispatched.
+/// dispatched. `principal` as authenticator::check.
 std::optional<net::response> admit(const authenticator& auth,
                                    shared_counters& counters,
-                                   const net::request& req);
+                                   const net::request& req,
+                                   std::string* principal = nullptr);
 
 } // namespace makima::server_detail

@@ -91,7 +91,7 @@ server_node::start(caf::actor_system& sys, server_settings settings) {
   p->watch = watch;
   auto http = [slot, auth, counters, watch](net::request req,
                                             net::http_reply reply) {
-    if (auto refused = admit(*auth, *counters, req)) {
+    if (auto refused = admit(*auth, *counters, req, &req.principal)) {
       reply.send(std::move(*refused));
       return;
     }

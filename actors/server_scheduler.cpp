@@ -129,4 +129,16 @@ std::chrono::milliseconds retry_delay(const server_settings& s,
   return std::chrono::milliseconds{static_cast<int64_t>(delay * 1000)};
 }
 
+std::chrono::milliseconds remaining_backoff(const server_settings& s,
+                                            uint32_t attempt,
+                                            int64_t requeued_at_ms,
+                                            int64_t now_ms) {
+  if (attempt == 0)
+    return std::chrono::milliseconds{0};
+  auto delay = retry_delay(s, attempt);
+  auto elapsed =
+      std::chrono::milliseconds{std::max<int64_t>(0, now_ms - requeued_at_ms)};
+  return elapsed >= delay ? std::chrono::milliseconds{0} : delay - elapsed;
+}
+
 } // namespace makima::server_detail

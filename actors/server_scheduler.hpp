@@ -79,4 +79,14 @@ uint32_t attempt_budget(const server_settings& s, const task_spec& spec);
 std::chrono::milliseconds retry_delay(const server_settings& s,
                                       uint32_t attempt);
 
+/// What is left at `now_ms` of the backoff of a task re-queued at
+/// `requeued_at_ms` (wall clock, the record's updated_at) after attempt
+/// `attempt` (0: never ran, no backoff): a restarted server keeps waiting
+/// instead of assigning at once. Never negative; a clock that jumped back
+/// counts as no time passed, so the wait is at most one retry_delay.
+std::chrono::milliseconds remaining_backoff(const server_settings& s,
+                                            uint32_t attempt,
+                                            int64_t requeued_at_ms,
+                                            int64_t now_ms);
+
 } // namespace makima::server_detail

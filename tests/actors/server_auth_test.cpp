@@ -68,6 +68,36 @@ TEST(server_auth, each_key_opens_its_own_routes) {
   EXPECT_EQ(auth.check(lower, access::user), v::ok);
 }
 
+TEST(server_auth, the_principal_names_the_key_without_its_secret) {
+  auto auth = keys();
+  std::string who = "preset by the client";
+  ASSERT_EQ(auth.check(request("/api/v1/tasks", "second-user-key"),
+                       access::user, &who),
+            authenticator::ok);
+  EXPECT_EQ(who, "user:1");
+  ASSERT_EQ(
+      auth.check(request("/api/v1/tasks", "user-key"), access::user, &who),
+      authenticator::ok);
+  EXPECT_EQ(who, "user:0");
+  ASSERT_EQ(
+      auth.check(request("/ws/daemon", "daemon-key"), access::daemon, &who),
+      authenticator::ok);
+  EXPECT_EQ(who, "daemon:0");
+  EXPECT_EQ(key_set({"a", "b", "c"}).find("c"), std::optional<size_t>{2});
+  EXPECT_EQ(key_set({"a", "b", "c"}).find("d"), std::nullopt);
+  // admit() sets it only for a passed request, and clears what was there.
+  shared_counters counters;
+  std::string p = "stale";
+  EXPECT_FALSE(admit(auth, counters, request("/api/v1/tasks", "user-key"), &p));
+  EXPECT_EQ(p, "user:0");
+  p = "stale";
+  EXPECT_TRUE(admit(auth, counters, request("/api/v1/tasks", "wrong"), &p));
+  EXPECT_EQ(p, "");
+  p = "stale";
+  EXPECT_FALSE(admit(auth, counters, request("/healthz"), &p));
+  EXPECT_EQ(p, "");
+}
+
 TEST(server_auth, open_routes_and_no_auth_need_no_key) {
   auto auth = keys();
   EXPECT_EQ(auth.check(request("/healthz"), access::open), authenticator::ok);

@@ -185,6 +185,23 @@ TEST(server_scheduler, retry_delay_doubles_up_to_its_cap) {
   EXPECT_EQ(retry_delay(s, 3), ms{0});
 }
 
+TEST(server_scheduler, remaining_backoff_counts_from_the_requeue) {
+  server_settings s;
+  s.retry_backoff = 2;
+  s.retry_backoff_max = 60;
+  using ms = std::chrono::milliseconds;
+  const int64_t t = 1'700'000'000'000;
+  // Attempt 3 was taken away: 8 s of backoff.
+  EXPECT_EQ(remaining_backoff(s, 3, t, t), ms{8000});
+  EXPECT_EQ(remaining_backoff(s, 3, t, t + 5000), ms{3000});
+  EXPECT_EQ(remaining_backoff(s, 3, t, t + 8000), ms{0});
+  EXPECT_EQ(remaining_backoff(s, 3, t, t + 999'999), ms{0});
+  // A clock that went back waits at most one delay.
+  EXPECT_EQ(remaining_backoff(s, 3, t, t - 50'000), ms{8000});
+  // Never ran: no backoff.
+  EXPECT_EQ(remaining_backoff(s, 0, t, t), ms{0});
+}
+
 TEST(server_scheduler, attempt_budget_of_the_task_wins) {
   server_settings s;
   s.max_attempts = 5;
