@@ -30,7 +30,7 @@ namespace makima {
 
 namespace {
 
-using task_ptr = task_actor::stateful_pointer<task_state_data>;
+using task_ptr = task_actor::stateful_pointer<task_actor_state>;
 
 /// Forwards the reactor's callbacks to the TASK actor as messages.
 class task_observer : public process::observer {

@@ -31,11 +31,12 @@ struct task_context {
   std::vector<std::string> base_env;
 };
 
-/// State of the TASK actor. Receives `cancel` from DAEMON and output/exit
-/// from the process reactor; sends to REPO (prepare, reopen, commit, push),
+/// State of the TASK actor (`task_state` is the enum of a task's states).
+/// Receives `cancel` from DAEMON and output/exit from the process reactor;
+/// sends to REPO (prepare, reopen, commit, push),
 /// PERSISTENCE (put, output) and LINK (state, output, result), in that
 /// order for every fact: persisted first, reported second.
-struct task_state_data {
+struct task_actor_state {
   task_record rec;
   task_context ctx;
   std::optional<process::child> child;
@@ -59,7 +60,7 @@ struct task_state_data {
 
 /// Behavior of the TASK actor running attempt `rec.attempt` of `rec`.
 task_actor::behavior_type
-task(task_actor::stateful_pointer<task_state_data> self, task_record rec,
+task(task_actor::stateful_pointer<task_actor_state> self, task_record rec,
      task_context ctx);
 
 /// Builds the child's environment (process::child_environment): `base`,

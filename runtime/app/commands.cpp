@@ -384,6 +384,35 @@ int cmd_logs(const common_options& common, const std::string& id) {
 
 } // namespace
 
+namespace {
+
+/// Overwrites the values of --api-key, --user-key and --daemon-key in the
+/// process's own argv (after it was copied), so that /proc/PID/cmdline and
+/// `ps` show "--user-key ******" instead of the key — the approach of
+/// MySQL's client. Before this runs (the first microseconds of the process)
+/// the key is visible; the environment or the config file never shows it.
+void hide_key_arguments(int argc, char** argv) {
+  static constexpr const char* flags[] = {"--api-key", "--user-key",
+                                          "--daemon-key"};
+  auto blank = [](char* p) {
+    for (; *p != '\0'; ++p)
+      *p = '*';
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a{argv[i]};
+    for (auto* f : flags) {
+      std::string_view flag{f};
+      if (a == flag && i + 1 < argc)
+        blank(argv[i + 1]);
+      else if (a.size() > flag.size() && a.substr(0, flag.size()) == flag
+               && a[flag.size()] == '=')
+        blank(argv[i] + flag.size() + 1);
+    }
+  }
+}
+
+} // namespace
+
 int run_cli(int argc, char** argv) {
   // Signals are handled by a watcher thread (sigwait) during a task, or
   // waited for by the node commands; block them before any thread exists
@@ -461,6 +490,7 @@ int run_cli(int argc, char** argv) {
   // subcommand (or after "--") is the command, passed to CLI11 untouched
   // by option parsing.
   std::vector<std::string> args(argv + 1, argv + argc);
+  hide_key_arguments(argc, argv);
   for (auto& [cmd, out] : trailing) {
     // The words naming `cmd`, e.g. {"task", "submit"}.
     std::vector<std::string> path;
