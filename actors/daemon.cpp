@@ -135,6 +135,23 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
   };
 }
 
+daemon_context make_daemon_context(node_workspace w, persistence_actor persist,
+                                   link_actor link,
+                                   std::shared_ptr<process::reactor> reactor) {
+  daemon_context ctx;
+  ctx.persistence = std::move(persist);
+  ctx.link = std::move(link);
+  ctx.reactor = std::move(reactor);
+  ctx.repos_dir = std::move(w.repos_dir);
+  ctx.worktrees_dir = std::move(w.worktrees_dir);
+  ctx.state_root = std::move(w.state_dir);
+  ctx.author_name = std::move(w.author_name);
+  ctx.author_email = std::move(w.author_email);
+  ctx.max_tasks = w.max_tasks;
+  ctx.base_env = std::move(w.base_env);
+  return ctx;
+}
+
 daemon_actor spawn_daemon(caf::actor_system& sys, daemon_context ctx) {
   return sys.spawn(daemon, std::move(ctx));
 }

@@ -16,6 +16,22 @@
 
 namespace makima {
 
+/// Where a node's tasks work and what they start from: the part of a
+/// DAEMON's context that comes from the configuration (the CLI fills it;
+/// local_node and daemon_node take it).
+struct node_workspace {
+  std::filesystem::path repos_dir;
+  std::filesystem::path worktrees_dir;
+  std::filesystem::path state_dir;
+  /// Author of the commits tasks make.
+  std::string author_name;
+  std::string author_email;
+  /// Attempts run at once.
+  int max_tasks = 4;
+  /// The environment every task starts from (runtime/process/environment).
+  std::vector<std::string> base_env;
+};
+
 /// What a node is made of, handed to DAEMON at spawn.
 struct daemon_context {
   persistence_actor persistence;
@@ -29,6 +45,11 @@ struct daemon_context {
   int max_tasks = 4;
   std::vector<std::string> base_env;
 };
+
+/// The context of a DAEMON over `w` with its peers.
+daemon_context make_daemon_context(node_workspace w, persistence_actor persist,
+                                   link_actor link,
+                                   std::shared_ptr<process::reactor> reactor);
 
 /// State of the DAEMON actor. Receives `assign`/`cancel` from the LINK (or
 /// the local front end) and down messages from its TASK actors; spawns TASK

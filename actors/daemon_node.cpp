@@ -85,17 +85,8 @@ daemon_node::start(caf::actor_system& sys, daemon_settings s,
   // learns the DAEMON from start_atom.
   node->connection_ = spawn_connection(
       sys, std::move(s.connection), std::move(hooks), persist, std::move(io));
-  daemon_context ctx;
-  ctx.persistence = persist;
-  ctx.link = node->connection_;
-  ctx.reactor = node->reactor_;
-  ctx.repos_dir = s.repos_dir;
-  ctx.worktrees_dir = s.worktrees_dir;
-  ctx.state_root = s.state_dir;
-  ctx.author_name = s.author_name;
-  ctx.author_email = s.author_email;
-  ctx.max_tasks = s.max_tasks;
-  ctx.base_env = std::move(s.base_env);
+  auto ctx = make_daemon_context(std::move(s.workspace), persist,
+                                 node->connection_, node->reactor_);
   node->daemon_ = spawn_daemon(sys, std::move(ctx));
   caf::anon_send(node->connection_, start_atom::value, node->daemon_);
   return node;

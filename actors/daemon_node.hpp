@@ -21,6 +21,7 @@
 
 #include "actors/actors.hpp"
 #include "actors/connection.hpp"
+#include "actors/daemon.hpp"
 
 namespace makima::net {
 class io_thread;
@@ -37,17 +38,8 @@ namespace makima {
 struct daemon_settings {
   /// The connection to the server (url, key, name, pool, labels, capacity…).
   connection_options connection;
-  /// Where repositories, worktrees and state dirs live.
-  std::filesystem::path repos_dir;
-  std::filesystem::path worktrees_dir;
-  std::filesystem::path state_dir;
-  /// Author of the commits tasks make.
-  std::string author_name;
-  std::string author_email;
-  /// Attempts run at once.
-  int max_tasks = 4;
-  /// The environment every task starts from (runtime/process/environment).
-  std::vector<std::string> base_env;
+  /// Where tasks work and what they start from.
+  node_workspace workspace;
   /// The node's own database (start_with_store): opened read-write.
   std::filesystem::path db_dir;
   bool sync = false;

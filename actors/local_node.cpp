@@ -33,7 +33,6 @@ local_node::start(caf::actor_system& sys, local_settings s,
                   persistence_actor persist) {
   std::unique_ptr<local_node> node{new local_node};
   node->sys_ = &sys;
-  node->settings_ = s;
   node->persist_ = persist;
   node->run_ = std::make_shared<run_state>();
   auto run = node->run_;
@@ -51,17 +50,8 @@ local_node::start(caf::actor_system& sys, local_settings s,
         }
       });
   node->reactor_ = std::make_shared<process::reactor>();
-  daemon_context ctx;
-  ctx.persistence = persist;
-  ctx.link = node->link_;
-  ctx.reactor = node->reactor_;
-  ctx.repos_dir = s.repos_dir;
-  ctx.worktrees_dir = s.worktrees_dir;
-  ctx.state_root = s.state_dir;
-  ctx.author_name = s.author_name;
-  ctx.author_email = s.author_email;
-  ctx.max_tasks = s.max_tasks;
-  ctx.base_env = std::move(s.base_env);
+  auto ctx = make_daemon_context(std::move(s.workspace), persist, node->link_,
+                                 node->reactor_);
   node->daemon_ = spawn_daemon(sys, std::move(ctx));
   return node;
 }

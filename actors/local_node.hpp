@@ -16,6 +16,7 @@
 #include <caf/fwd.hpp>
 
 #include "actors/actors.hpp"
+#include "actors/daemon.hpp"
 
 namespace makima::process {
 class reactor;
@@ -25,14 +26,8 @@ namespace makima {
 
 /// What a local node is made of (the CLI fills it from the config).
 struct local_settings {
-  std::filesystem::path repos_dir;
-  std::filesystem::path worktrees_dir;
-  std::filesystem::path state_dir;
-  std::string author_name;
-  std::string author_email;
-  int max_tasks = 4;
-  /// The environment every task starts from (runtime/process/environment).
-  std::vector<std::string> base_env;
+  /// Where tasks work and what they start from.
+  node_workspace workspace;
   /// Where the task's output goes, byte for byte.
   int out_fd = 1;
   int err_fd = 2;
@@ -69,7 +64,6 @@ public:
 private:
   local_node() = default;
   caf::actor_system* sys_ = nullptr;
-  local_settings settings_;
   persistence_actor persist_;
   std::shared_ptr<process::reactor> reactor_;
   daemon_actor daemon_;

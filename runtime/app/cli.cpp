@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "actors/daemon.hpp"
 #include "actors/messages.hpp"
 #include "runtime/error.hpp"
 #include "runtime/ids.hpp"
@@ -73,6 +74,18 @@ opened_db::~opened_db() {
 
 /// Opens the data dir's database read-write; fails when another makima
 /// holds it.
+node_workspace node_workspace_for(const config& cfg) {
+  node_workspace w;
+  w.repos_dir = cfg.repos_dir;
+  w.worktrees_dir = cfg.worktrees_dir;
+  w.state_dir = cfg.state_dir;
+  w.author_name = cfg.author_name;
+  w.author_email = cfg.author_email;
+  w.max_tasks = cfg.max_tasks;
+  w.base_env = task_base_env(cfg);
+  return w;
+}
+
 std::unique_ptr<opened_db> open_primary(const config& cfg) {
   std::error_code err;
   std::filesystem::create_directories(cfg.db_dir, err);
@@ -307,9 +320,10 @@ void check_seconds(double value, const std::string& flag) {
   if (value == -1)
     return; // not given
   if (!std::isfinite(value) || value < 0 || value > max_timeout_seconds)
-    fail(exit_usage, flag + " must be a number of seconds from 0 to "
-                         + std::to_string(static_cast<long>(max_timeout_seconds))
-                         + " (30 days)");
+    fail(exit_usage,
+         flag + " must be a number of seconds from 0 to "
+             + std::to_string(static_cast<long>(max_timeout_seconds))
+             + " (30 days)");
 }
 
 void check_task_flags(const task_flags& f) {

@@ -32,6 +32,7 @@ namespace makima {
 struct task_record;
 struct state_change;
 struct daemon_settings;
+struct node_workspace;
 } // namespace makima
 
 namespace makima::app {
@@ -139,6 +140,11 @@ using command_table = std::vector<std::pair<CLI::App*, std::function<int()>>>;
 
 /// `makima server` and `makima local` (server_cmd.cpp).
 void add_server_commands(CLI::App& app, command_table& out);
+
+/// Where a node's tasks work and what they start from: the repos,
+/// worktrees and state dirs, the commit author, daemon.max_tasks and the
+/// task environment (task_base_env).
+node_workspace node_workspace_for(const config& cfg);
 
 /// The daemon node's settings from a resolved config (daemon_cmd.cpp):
 /// server.url, server.api_key, daemon.name (default: the host name),

@@ -94,13 +94,7 @@ task_record get_record(caf::scoped_actor& self,
 task_record run_attempt(caf::actor_system& sys, const config& cfg,
                         const persistence_actor& persist, task_record rec) {
   local_settings s;
-  s.repos_dir = cfg.repos_dir;
-  s.worktrees_dir = cfg.worktrees_dir;
-  s.state_dir = cfg.state_dir;
-  s.author_name = cfg.author_name;
-  s.author_email = cfg.author_email;
-  s.max_tasks = cfg.max_tasks;
-  s.base_env = task_base_env(cfg);
+  s.workspace = node_workspace_for(cfg);
   s.out_fd = STDOUT_FILENO;
   s.err_fd = STDERR_FILENO;
   // Config read: makima's keys leave this process's environment before the

@@ -158,13 +158,7 @@ daemon_settings daemon_settings_for(const config& cfg) {
   o.heartbeat = cfg.heartbeat;
   o.max_frame_bytes = cfg.max_frame_bytes;
   o.version = MAKIMA_VERSION;
-  s.repos_dir = cfg.repos_dir;
-  s.worktrees_dir = cfg.worktrees_dir;
-  s.state_dir = cfg.state_dir;
-  s.author_name = cfg.author_name;
-  s.author_email = cfg.author_email;
-  s.max_tasks = cfg.max_tasks;
-  s.base_env = task_base_env(cfg);
+  s.workspace = node_workspace_for(cfg);
   s.db_dir = cfg.db_dir;
   s.sync = cfg.sync;
   return s;

@@ -34,11 +34,11 @@ daemon_settings unreachable(const test::temp_dir& tmp) {
   s.connection.name = "n1";
   s.connection.data_dir = tmp.path();
   s.connection.repos_dir = tmp.path() / "repos";
-  s.repos_dir = tmp.path() / "repos";
-  s.worktrees_dir = tmp.path() / "worktrees";
-  s.state_dir = tmp.path() / "state";
+  s.workspace.repos_dir = tmp.path() / "repos";
+  s.workspace.worktrees_dir = tmp.path() / "worktrees";
+  s.workspace.state_dir = tmp.path() / "state";
+  s.workspace.max_tasks = 1;
   s.db_dir = tmp.path() / "db";
-  s.max_tasks = 1;
   return s;
 }
 
