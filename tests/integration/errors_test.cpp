@@ -14,7 +14,7 @@ bool contains(const std::string& hay, const std::string& needle) {
   return hay.find(needle) != std::string::npos;
 }
 
-TEST(Errors, MissingRepoPathIs125) {
+TEST(errors, missing_repo_path_is_125) {
   env e;
   auto r = e.run(
       {"--id", "m", "--repo", (e.root() / "nope").string(), "--", "true"});
@@ -29,7 +29,7 @@ TEST(Errors, MissingRepoPathIs125) {
       << j.dump(2);
 }
 
-TEST(Errors, DirectoryThatIsNotARepoIs125) {
+TEST(errors, directory_that_is_not_a_repo_is_125) {
   env e;
   fs::create_directories(e.root() / "plain");
   test::write_file(e.root() / "plain" / "f.txt", "x");
@@ -40,7 +40,7 @@ TEST(Errors, DirectoryThatIsNotARepoIs125) {
   EXPECT_TRUE(contains(r.err, "not a git repository")) << r.err;
 }
 
-TEST(Errors, BadRefIs125) {
+TEST(errors, bad_ref_is_125) {
   env e;
   auto src = test::make_repo(e.root() / "src");
   auto r = e.run({"--id", "br", "--repo", src.string(), "--ref", "no-such-ref",
@@ -55,7 +55,7 @@ TEST(Errors, BadRefIs125) {
   EXPECT_EQ(r2.exit_code, 125) << r2.err;
 }
 
-TEST(Errors, ReusedIdIs2AndKeepsTheFirstTask) {
+TEST(errors, reused_id_is_2_and_keeps_the_first_task) {
   env e;
   ASSERT_EQ(e.run({"--id", "dup", "--", "sh", "-c", "exit 4"}).exit_code, 4);
   auto r = e.run({"--id", "dup", "--", "sh", "-c", "echo second; exit 0"});
@@ -67,7 +67,7 @@ TEST(Errors, ReusedIdIs2AndKeepsTheFirstTask) {
   EXPECT_EQ(j["spec"]["argv"][2], "exit 4");
 }
 
-TEST(Errors, DataDirUnderARegularFileIs125) {
+TEST(errors, data_dir_under_a_regular_file_is_125) {
   env e;
   test::write_file(e.root() / "file", "not a dir");
   e.set_data(e.root() / "file" / "data");
@@ -80,7 +80,7 @@ TEST(Errors, DataDirUnderARegularFileIs125) {
   EXPECT_EQ(test::read_file(e.root() / "file"), "not a dir");
 }
 
-TEST(Errors, LockedDataDirIs125WhileReadsStillWork) {
+TEST(errors, locked_data_dir_is_125_while_reads_still_work) {
   env e;
   test::background bg(
       e.run_argv({"--id", "long", "--", "sh", "-c", "echo ready; sleep 30"}),
@@ -110,7 +110,7 @@ TEST(Errors, LockedDataDirIs125WhileReadsStillWork) {
   EXPECT_EQ(e.show("long")["state"], "cancelled");
 }
 
-TEST(Errors, CorruptDatabaseIs125AndUntouched) {
+TEST(errors, corrupt_database_is_125_and_untouched) {
   env e;
   ASSERT_EQ(e.run({"--id", "t", "--", "true"}).exit_code, 0);
   auto db = e.data() / "db";
@@ -134,7 +134,7 @@ TEST(Errors, CorruptDatabaseIs125AndUntouched) {
   }
 }
 
-TEST(Errors, BadConfigValueIs2NamingTheKey) {
+TEST(errors, bad_config_value_is_2_naming_the_key) {
   env e;
   test::write_file(e.root() / "bad.toml", "[log]\nlevel = \"loud\"\n");
   auto r = e.run({"--config", (e.root() / "bad.toml").string(), "--", "true"});
@@ -177,7 +177,7 @@ struct tmpfs_mount {
   }
 };
 
-TEST(Errors, DiskFullFailsCleanlyAndKeepsAcknowledgedOutput) {
+TEST(errors, disk_full_fails_cleanly_and_keeps_acknowledged_output) {
   env e;
   tmpfs_mount mnt(e.root() / "small", "2m");
   ASSERT_TRUE(mnt.mounted) << "mount -t tmpfs -o size=2m failed: " << mnt.error

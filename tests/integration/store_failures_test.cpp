@@ -126,7 +126,7 @@ uint64_t number_after(const std::string& text, const std::string& what) {
   return std::stoull(m[1].str());
 }
 
-TEST(StoreFailures, GarbageInTheMiddleOfTheWal) {
+TEST(store_failures, garbage_in_the_middle_of_the_wal) {
   env e;
   make_tasks(e);
   auto wal = only_wal(e.data() / "db");
@@ -137,7 +137,7 @@ TEST(StoreFailures, GarbageInTheMiddleOfTheWal) {
   EXPECT_GT(number_after(out, "output chunks,"), 0u) << out;
 }
 
-TEST(StoreFailures, GarbageAtTheEndOfTheWal) {
+TEST(store_failures, garbage_at_the_end_of_the_wal) {
   env e;
   make_tasks(e);
   auto wal = only_wal(e.data() / "db");
@@ -154,7 +154,7 @@ TEST(StoreFailures, GarbageAtTheEndOfTheWal) {
   EXPECT_EQ(e.task("logs", {"a"}).out, lines("", 5000));
 }
 
-TEST(StoreFailures, WalTruncatedInsideARecord) {
+TEST(store_failures, wal_truncated_inside_a_record) {
   env e;
   make_tasks(e);
   auto wal = only_wal(e.data() / "db");
@@ -164,7 +164,7 @@ TEST(StoreFailures, WalTruncatedInsideARecord) {
   repair_and_check(e);
 }
 
-TEST(StoreFailures, ZeroedBlockInTheWal) {
+TEST(store_failures, zeroed_block_in_the_wal) {
   env e;
   make_tasks(e);
   auto wal = only_wal(e.data() / "db");
@@ -179,7 +179,7 @@ TEST(StoreFailures, ZeroedBlockInTheWal) {
       << out;
 }
 
-TEST(StoreFailures, MissingCurrentIsCorruptionNotAnEmptyStore) {
+TEST(store_failures, missing_current_is_corruption_not_an_empty_store) {
   env e;
   make_tasks(e);
   auto db = e.data() / "db";
@@ -188,7 +188,7 @@ TEST(StoreFailures, MissingCurrentIsCorruptionNotAnEmptyStore) {
   repair_and_check(e);
 }
 
-TEST(StoreFailures, CorruptManifest) {
+TEST(store_failures, corrupt_manifest) {
   env e;
   make_tasks(e);
   auto db = e.data() / "db";
@@ -216,7 +216,7 @@ TEST(StoreFailures, CorruptManifest) {
   }
 }
 
-TEST(StoreFailures, CorruptTableFile) {
+TEST(store_failures, corrupt_table_file) {
   env e;
   make_tasks(e);
   auto db = e.data() / "db";
@@ -261,7 +261,7 @@ void fill(const fs::path& file) {
     ;
 }
 
-TEST(StoreFailures, AlreadyFullDiskIsAClearErrorNotAnAbort) {
+TEST(store_failures, already_full_disk_is_a_clear_error_not_an_abort) {
   env e;
   tmpfs_mount mnt(e.root() / "small", "3m");
   ASSERT_TRUE(mnt.mounted) << "mount -t tmpfs failed: " << mnt.error;
