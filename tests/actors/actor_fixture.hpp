@@ -22,6 +22,7 @@
 #include "actors/persistence.hpp"
 #include "runtime/error.hpp"
 #include "runtime/store/db.hpp"
+#include "tests/fixtures/actor_system.hpp"
 #include "tests/fixtures/temp_dir.hpp"
 
 namespace makima::test {
@@ -103,14 +104,6 @@ recording_link(link_actor::stateful_pointer<recording_link_state> self,
       },
   };
 }
-
-struct actor_config : caf::actor_system_config {
-  actor_config() {
-    set("scheduler.max-threads", 2);
-    set("logger.verbosity", caf::atom("quiet"));
-    makima::add_message_types(*this);
-  }
-};
 
 /// A node's persistence plus an actor system, per test.
 class actor_test : public ::testing::Test {

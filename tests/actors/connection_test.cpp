@@ -163,7 +163,7 @@ void check_attempt(const std::vector<proto::event>& events,
   }
 }
 
-TEST_F(connection_test, HelloThenEventsInSeqOrderWithExactOutput) {
+TEST_F(connection_test, hello_then_events_in_seq_order_with_exact_output) {
   fake_server srv;
   ASSERT_NE(srv.port(), 0);
   // A bare mirror in the repos dir is reported by its origin URL.
@@ -224,7 +224,7 @@ TEST_F(connection_test, HelloThenEventsInSeqOrderWithExactOutput) {
           [](caf::error& e) { FAIL() << describe(e); });
 }
 
-TEST_F(connection_test, ReconnectReplaysExactlyTheUnackedEvents) {
+TEST_F(connection_test, reconnect_replays_exactly_the_unacked_events) {
   fake_server srv;
   start_node(options(srv));
   auto [id, hello] = srv.accept();
@@ -258,7 +258,7 @@ TEST_F(connection_test, ReconnectReplaysExactlyTheUnackedEvents) {
   EXPECT_FALSE(none) << "an acked event was sent again";
 }
 
-TEST_F(connection_test, DuplicateAssignmentsAreIgnored) {
+TEST_F(connection_test, duplicate_assignments_are_ignored) {
   fake_server srv;
   start_node(options(srv));
   auto [id, hello] = srv.accept();
@@ -282,7 +282,7 @@ TEST_F(connection_test, DuplicateAssignmentsAreIgnored) {
   EXPECT_EQ(out, "once\n");
 }
 
-TEST_F(connection_test, UserCancelEndsWithCancelledResult) {
+TEST_F(connection_test, user_cancel_ends_with_cancelled_result) {
   fake_server srv;
   start_node(options(srv));
   auto [id, hello] = srv.accept();
@@ -300,7 +300,7 @@ TEST_F(connection_test, UserCancelEndsWithCancelledResult) {
   EXPECT_EQ(result->second.record.signal, SIGTERM);
 }
 
-TEST_F(connection_test, FencedCancelKillsAtOnceAndSendsNothingMore) {
+TEST_F(connection_test, fenced_cancel_kills_at_once_and_sends_nothing_more) {
   fake_server srv;
   start_node(options(srv));
   auto [id, hello] = srv.accept();
@@ -343,7 +343,7 @@ TEST_F(connection_test, FencedCancelKillsAtOnceAndSendsNothingMore) {
   EXPECT_TRUE(box.attempts.empty());
 }
 
-TEST_F(connection_test, DrainFinishesWorkWaitsForAcksThenCloses1000) {
+TEST_F(connection_test, drain_finishes_work_waits_for_acks_then_closes_1000) {
   fake_server srv;
   start_node(options(srv));
   auto [id, hello] = srv.accept();
@@ -366,7 +366,7 @@ TEST_F(connection_test, DrainFinishesWorkWaitsForAcksThenCloses1000) {
       100ms, [](const proto::event& e) { return e.task == "t6"; }));
 }
 
-TEST_F(connection_test, RefusedKeyIsRetriedWithBackoff) {
+TEST_F(connection_test, refused_key_is_retried_with_backoff) {
   fake_server srv{401};
   auto o = options(srv);
   o.api_key = "k-secret-123";
@@ -385,7 +385,7 @@ TEST_F(connection_test, RefusedKeyIsRetriedWithBackoff) {
     EXPECT_LT(times[i] - times[i - 1], 700ms) << "retry " << i;
 }
 
-TEST_F(connection_test, MalformedFramesCloseTheConnectionNotTheDaemon) {
+TEST_F(connection_test, malformed_frames_close_the_connection_not_the_daemon) {
   fake_server srv;
   start_node(options(srv));
   auto [id, hello] = srv.accept();
@@ -436,7 +436,8 @@ TEST_F(connection_test, MalformedFramesCloseTheConnectionNotTheDaemon) {
   EXPECT_EQ(events.back().record.state, task_state::succeeded);
 }
 
-TEST_F(connection_test, HeartbeatsWhenIdleAndReconnectsWhenServerIsSilent) {
+TEST_F(connection_test,
+       heartbeats_when_idle_and_reconnects_when_server_is_silent) {
   fake_server srv;
   start_node(options(srv));
   auto [id, hello] = srv.accept();
@@ -452,7 +453,7 @@ TEST_F(connection_test, HeartbeatsWhenIdleAndReconnectsWhenServerIsSilent) {
   EXPECT_TRUE(again) << "no reconnect after a silent server";
 }
 
-TEST_F(connection_test, WindowHoldsOutputUntilAcks) {
+TEST_F(connection_test, window_holds_output_until_acks) {
   fake_server srv;
   auto o = options(srv);
   o.window_events = 3;
@@ -516,7 +517,7 @@ TEST_F(connection_test, WindowHoldsOutputUntilAcks) {
 // Issue 7 (7a): no frame the daemon sends exceeds the server's
 // welcome.max_frame_bytes — output is split by its encoded size, and
 // state/result records drop the spec the server already has.
-TEST_F(connection_test, FramesStayWithinTheWelcomeFrameLimit) {
+TEST_F(connection_test, frames_stay_within_the_welcome_frame_limit) {
   fake_server srv;
   start_node(options(srv));
   auto id = srv.wait_open(15s);

@@ -42,7 +42,7 @@ protected:
   }
 };
 
-TEST_F(outbox_test, AppendAckAndLoadKeepTheLastSeq) {
+TEST_F(outbox_test, append_ack_and_load_keep_the_last_seq) {
   for (uint64_t s = 1; s <= 3; ++s)
     append("t1", 2, s);
   append("t1", 2, 4, true);
@@ -77,7 +77,7 @@ TEST_F(outbox_test, AppendAckAndLoadKeepTheLastSeq) {
   EXPECT_EQ(box.attempts[0].task, "t2");
 }
 
-TEST_F(outbox_test, DropForgetsAFencedAttemptOnly) {
+TEST_F(outbox_test, drop_forgets_a_fenced_attempt_only) {
   append("t1", 1, 1);
   append("t1", 1, 2);
   append("t1", 2, 1);
@@ -93,7 +93,7 @@ TEST_F(outbox_test, DropForgetsAFencedAttemptOnly) {
   EXPECT_EQ(box.attempts[0].attempt, 2u);
 }
 
-TEST_F(outbox_test, MalformedLastSeqKeysAreSkipped) {
+TEST_F(outbox_test, malformed_last_seq_keys_are_skipped) {
   append("t1", 1, 1);
   store::write_batch batch;
   batch.put_meta("outbox/broken", "x");
@@ -105,7 +105,7 @@ TEST_F(outbox_test, MalformedLastSeqKeysAreSkipped) {
   EXPECT_EQ(box.events.size(), 1u);
 }
 
-TEST_F(outbox_test, MetaIsSetOnceAndThenKept) {
+TEST_F(outbox_test, meta_is_set_once_and_then_kept) {
   std::string first, second;
   (*self)
       ->request(persist, timeout, meta_atom::value, std::string{"daemon_id"},

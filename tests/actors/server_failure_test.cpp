@@ -14,6 +14,7 @@
 #include "actors/server_node.hpp"
 #include "runtime/error.hpp"
 #include "runtime/net/net.hpp"
+#include "tests/fixtures/actor_system.hpp"
 #include "tests/fixtures/temp_dir.hpp"
 
 namespace makima {
@@ -23,14 +24,6 @@ using namespace std::chrono_literals;
 
 const std::string user_key = "user-key-1";
 const std::string daemon_key = "daemon-key-1";
-
-struct test_config : caf::actor_system_config {
-  test_config() {
-    set("scheduler.max-threads", 2);
-    set("logger.verbosity", caf::atom("quiet"));
-    makima::add_message_types(*this);
-  }
-};
 
 class server_failure_test : public ::testing::Test {
 protected:
@@ -69,7 +62,7 @@ protected:
   }
 
   test::temp_dir dir{"makima-server-failure"};
-  test_config cfg;
+  test::actor_config cfg;
   caf::actor_system sys;
   server_settings settings;
   std::unique_ptr<server_node> node;

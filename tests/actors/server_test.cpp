@@ -31,6 +31,9 @@
 #include "actors/server_node.hpp"
 #include "runtime/error.hpp"
 #include "runtime/net/net.hpp"
+#include "tests/fixtures/actor_system.hpp"
+#include "tests/fixtures/fake_daemon.hpp"
+#include "tests/fixtures/sse_reader.hpp"
 #include "tests/fixtures/temp_dir.hpp"
 
 namespace makima {
@@ -38,181 +41,12 @@ namespace {
 
 using namespace std::chrono_literals;
 using json = nlohmann::json;
+using test::daemon_key;
+using test::fake_daemon;
+using test::sse_event;
+using test::sse_reader;
 
 const std::string user_key = "user-key-1";
-const std::string daemon_key = "daemon-key-1";
-
-/// A scripted daemon: a ws_client whose received frames are decoded and
-/// queued for the test.
-class fake_daemon {
-public:
-  explicit fake_daemon(net::io_thread& io, std::string key = daemon_key,
-                       size_t max_frame = 4 << 20) {
-    net::ws_client_options opts;
-    if (!key.empty())
-      opts.headers.push_back({"Authorization", "Bearer " + key});
-    opts.max_frame_bytes = max_frame;
-    net::ws_client::handlers h;
-    h.on_open = [this] {
-      std::lock_guard<std::mutex> g{mtx_};
-      open_ = true;
-      cv_.notify_all();
-    };
-    h.on_text = [this](std::string text) {
-      std::lock_guard<std::mutex> g{mtx_};
-      auto d = proto::decode(text);
-      if (auto f = std::get_if<proto::frame>(&d))
-        frames_.push_back(std::move(*f));
-      else
-        undecodable_.push_back(text);
-      cv_.notify_all();
-    };
-    h.on_close = [this](uint16_t code, std::string, unsigned status) {
-      std::lock_guard<std::mutex> g{mtx_};
-      closed_ = true;
-      close_code_ = code;
-      http_status_ = status;
-      cv_.notify_all();
-    };
-    client_ = std::make_unique<net::ws_client>(io, std::move(h), opts);
-  }
-
-  /// Connects; true once open (false when refused or timed out).
-  bool connect(const std::string& url) {
-    if (client_->connect(url))
-      return false;
-    std::unique_lock<std::mutex> g{mtx_};
-    cv_.wait_for(g, 5s, [&] { return open_ || closed_; });
-    return open_ && !closed_;
-  }
-
-  void send(const proto::frame& f) { client_->send(proto::encode(f)); }
-  void send_raw(std::string text) { client_->send(std::move(text)); }
-  void close(uint16_t code = 1000) { client_->close(code); }
-
-  /// The next frame (skipping server heartbeats unless asked); fails the
-  /// test when none arrives in `timeout`.
-  std::optional<proto::frame> next(std::chrono::milliseconds timeout = 5s) {
-    std::unique_lock<std::mutex> g{mtx_};
-    if (!cv_.wait_for(g, timeout, [&] { return !frames_.empty(); }))
-      return std::nullopt;
-    auto f = std::move(frames_.front());
-    frames_.pop_front();
-    return f;
-  }
-
-  /// The next frame, which must be a T.
-  template <class T>
-  T expect(std::chrono::milliseconds timeout = 5s) {
-    auto f = next(timeout);
-    if (!f) {
-      ADD_FAILURE() << "no frame within " << timeout.count() << " ms";
-      return T{};
-    }
-    if (!std::holds_alternative<T>(*f)) {
-      ADD_FAILURE() << "unexpected frame: " << proto::encode(*f);
-      return T{};
-    }
-    return std::get<T>(*f);
-  }
-
-  /// Acks until one for (task, attempt) reaches `seq`; other frames fail.
-  void expect_ack(const std::string& task, uint32_t attempt, uint64_t seq) {
-    for (;;) {
-      auto a = expect<proto::ack>();
-      if (a.task.empty())
-        return;
-      EXPECT_EQ(a.task, task);
-      EXPECT_EQ(a.attempt, attempt);
-      EXPECT_LE(a.seq, seq);
-      if (a.seq >= seq)
-        return;
-    }
-  }
-
-  /// Whether nothing arrives within `d`.
-  bool quiet_for(std::chrono::milliseconds d) {
-    std::unique_lock<std::mutex> g{mtx_};
-    return !cv_.wait_for(g, d, [&] { return !frames_.empty(); });
-  }
-
-  /// Waits for the close; returns its code (0 when still open).
-  uint16_t wait_closed(std::chrono::milliseconds timeout = 5s) {
-    std::unique_lock<std::mutex> g{mtx_};
-    cv_.wait_for(g, timeout, [&] { return closed_; });
-    return closed_ ? close_code_ : 0;
-  }
-  unsigned http_status() {
-    std::lock_guard<std::mutex> g{mtx_};
-    return http_status_;
-  }
-
-  /// Sends hello and returns the welcome.
-  proto::welcome hello(const std::string& id, uint32_t capacity = 2,
-                       std::string pool = "local",
-                       std::map<std::string, std::string> labels = {},
-                       std::vector<proto::attempt_seq> running = {},
-                       std::vector<std::string> repos = {}) {
-    proto::hello h;
-    h.daemon_id = id;
-    h.name = id;
-    h.pool = std::move(pool);
-    h.labels = std::move(labels);
-    h.capacity = capacity;
-    h.running = std::move(running);
-    h.cached_repos = std::move(repos);
-    h.version = "test";
-    send(h);
-    return expect<proto::welcome>();
-  }
-
-  /// An event of (task, attempt, seq).
-  static proto::event event(const std::string& task, uint32_t attempt,
-                            uint64_t seq, proto::event_kind kind) {
-    proto::event ev;
-    ev.task = task;
-    ev.attempt = attempt;
-    ev.seq = seq;
-    ev.kind = kind;
-    ev.at = 1764331200000 + static_cast<int64_t>(seq);
-    return ev;
-  }
-  static proto::event output(const std::string& task, uint32_t attempt,
-                             uint64_t seq, std::vector<output_chunk> chunks) {
-    auto ev = event(task, attempt, seq, proto::event_kind::output);
-    ev.chunks = std::move(chunks);
-    return ev;
-  }
-  static proto::event state(const task_record& assigned, uint64_t seq,
-                            task_state s, int exit_code = -1) {
-    auto kind =
-        is_terminal(s) ? proto::event_kind::result : proto::event_kind::state;
-    auto ev = event(assigned.spec.id, assigned.attempt, seq, kind);
-    ev.record = assigned;
-    ev.record.state = s;
-    ev.record.exit_code = exit_code;
-    return ev;
-  }
-
-private:
-  std::mutex mtx_;
-  std::condition_variable cv_;
-  std::deque<proto::frame> frames_;
-  std::vector<std::string> undecodable_;
-  bool open_ = false;
-  bool closed_ = false;
-  uint16_t close_code_ = 0;
-  unsigned http_status_ = 0;
-  std::unique_ptr<net::ws_client> client_;
-};
-
-struct test_config : caf::actor_system_config {
-  test_config() {
-    set("scheduler.max-threads", 2);
-    set("logger.verbosity", caf::atom("quiet"));
-    makima::add_message_types(*this);
-  }
-};
 
 class server_test : public ::testing::Test {
 protected:
@@ -331,7 +165,7 @@ protected:
   }
 
   test::temp_dir dir;
-  test_config cfg;
+  test::actor_config cfg;
   caf::actor_system sys;
   net::io_thread io;
   server_settings settings;
@@ -1034,101 +868,6 @@ TEST_F(server_test, replay_after_a_lease_cancel_is_fenced_not_refused) {
   EXPECT_EQ(back.expect<proto::cancel>().reason, "fenced");
   EXPECT_EQ(get("/api/v1/tasks/t-1")["state"], "cancelled");
 }
-
-/// One server-sent event.
-struct sse_event {
-  std::string event;
-  std::string id;
-  std::string data;
-};
-
-/// A minimal SSE client on a raw loopback socket (the test's own, so it
-/// checks the bytes the server sends): GET, then events until EOF.
-class sse_reader {
-public:
-  sse_reader(uint16_t port, const std::string& target,
-             std::vector<std::string> headers) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
-      ADD_FAILURE() << "connect failed";
-    std::string req = "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
-    for (auto& h : headers)
-      req += h + "\r\n";
-    req += "\r\n";
-    EXPECT_EQ(::send(fd_, req.data(), req.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(req.size()));
-  }
-  ~sse_reader() { ::close(fd_); }
-
-  /// Reads until `pred(raw)` holds or EOF or the deadline; returns pred.
-  bool read_until(const std::function<bool()>& pred,
-                  std::chrono::milliseconds timeout = 5s) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!pred()) {
-      if (eof)
-        return false;
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0)
-        return false;
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0)
-        continue;
-      char buf[4096];
-      auto n = ::recv(fd_, buf, sizeof(buf), 0);
-      if (n <= 0) {
-        eof = true;
-        continue;
-      }
-      raw.append(buf, static_cast<size_t>(n));
-      parse();
-    }
-    return true;
-  }
-
-  std::string raw;
-  std::string head;
-  std::vector<sse_event> events;
-  bool eof = false;
-
-private:
-  void parse() {
-    if (head.empty()) {
-      auto end = raw.find("\r\n\r\n");
-      if (end == std::string::npos)
-        return;
-      head = raw.substr(0, end + 4);
-      pos_ = end + 4;
-    }
-    for (;;) {
-      auto end = raw.find("\n\n", pos_);
-      if (end == std::string::npos)
-        return;
-      std::string block = raw.substr(pos_, end - pos_);
-      pos_ = end + 2;
-      sse_event ev;
-      std::stringstream ss{block};
-      std::string line;
-      bool any = false;
-      while (std::getline(ss, line)) {
-        if (line.rfind("event: ", 0) == 0)
-          ev.event = line.substr(7), any = true;
-        else if (line.rfind("id: ", 0) == 0)
-          ev.id = line.substr(4);
-        else if (line.rfind("data: ", 0) == 0)
-          ev.data = line.substr(6), any = true;
-      }
-      if (any)
-        events.push_back(ev);
-    }
-  }
-  int fd_ = -1;
-  size_t pos_ = 0;
-};
 
 TEST_F(server_test, follow_streams_output_then_end) {
   settings.keep_alive = 100ms;

@@ -127,8 +127,12 @@ TEST_F(task_actor_test, resumed_attempt_continues_seq_and_sees_resumed) {
 
 TEST_F(task_actor_test, cancel_terminates_the_process_group) {
   auto marker = dir.path() / "grandchild.pid";
+  // Written aside and renamed, so the file exists only once it holds the
+  // pid (a cancel between create and write left it empty: stoi threw).
   auto rec = make_record("t1", {"sh", "-c",
                                 "sleep 60 & echo $! > " + marker.string()
+                                    + ".tmp && mv " + marker.string()
+                                    + ".tmp " + marker.string()
                                     + "; echo started; wait"});
   auto result = run(rec, [&](task_actor handle) {
     // Wait until the child is up before cancelling.

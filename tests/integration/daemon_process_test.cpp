@@ -25,7 +25,6 @@ std::vector<std::string> daemon_argv(const env& e, const fake_server& srv,
   return argv;
 }
 
-
 proto::assign assignment(const std::string& id, std::vector<std::string> argv,
                          uint32_t attempt = 1, uint64_t next_seq = 0) {
   proto::assign a;
@@ -50,7 +49,8 @@ uint16_t free_port() {
   return ntohs(a.sin_port);
 }
 
-TEST(Daemon, SigkilledMidTaskRestartsReplaysAndReportsInterrupted) {
+TEST(daemon_process,
+     sigkilled_mid_task_restarts_replays_and_reports_interrupted) {
   env e;
   fake_server srv;
   std::vector<proto::event> before;
@@ -121,7 +121,8 @@ TEST(Daemon, SigkilledMidTaskRestartsReplaysAndReportsInterrupted) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
-TEST(Daemon, SigtermStopsAtOnceAndTheRunningAttemptIsInterrupted) {
+TEST(daemon_process,
+     sigterm_stops_at_once_and_the_running_attempt_is_interrupted) {
   env e;
   fake_server srv;
   auto pidfile = e.root() / "child.pid";
@@ -164,7 +165,7 @@ TEST(Daemon, SigtermStopsAtOnceAndTheRunningAttemptIsInterrupted) {
   EXPECT_EQ(result->second.seq, hello.running[0].seq);
 }
 
-TEST(Daemon, DrainExitsZeroOnceEverythingIsAcked) {
+TEST(daemon_process, drain_exits_zero_once_everything_is_acked) {
   env e;
   fake_server srv;
   test::background d(daemon_argv(e, srv), e.opts());
@@ -183,7 +184,7 @@ TEST(Daemon, DrainExitsZeroOnceEverythingIsAcked) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
-TEST(Daemon, RefusedKeyIsRetriedAndNeverLogged) {
+TEST(daemon_process, refused_key_is_retried_and_never_logged) {
   env e;
   fake_server srv{401};
   const std::string key = "dk-very-secret-4711";
@@ -204,7 +205,7 @@ TEST(Daemon, RefusedKeyIsRetriedAndNeverLogged) {
       << r.err;
 }
 
-TEST(Daemon, HealthEndpointReportsReadiness) {
+TEST(daemon_process, health_endpoint_reports_readiness) {
   env e;
   fake_server srv;
   auto port = free_port();
@@ -233,7 +234,7 @@ TEST(Daemon, HealthEndpointReportsReadiness) {
   EXPECT_EQ(d.wait(10s).exit_code, 0);
 }
 
-TEST(Daemon, BadFlagsAreUsageErrors) {
+TEST(daemon_process, bad_flags_are_usage_errors) {
   env e;
   auto r = test::run({MAKIMA_BINARY, "daemon", "--data-dir", e.data().string()},
                      e.opts());

@@ -2,6 +2,8 @@
 // reuse, unusable/locked/corrupt data dirs, bad config, a full disk.
 #include "tests/integration/helpers.hpp"
 
+#include "tests/fixtures/tmpfs.hpp"
+
 #include <sys/mount.h>
 
 #include <cstring>
@@ -14,7 +16,7 @@ bool contains(const std::string& hay, const std::string& needle) {
   return hay.find(needle) != std::string::npos;
 }
 
-TEST(Errors, MissingRepoPathIs125) {
+TEST(errors, missing_repo_path_is_125) {
   env e;
   auto r = e.run(
       {"--id", "m", "--repo", (e.root() / "nope").string(), "--", "true"});
@@ -29,7 +31,7 @@ TEST(Errors, MissingRepoPathIs125) {
       << j.dump(2);
 }
 
-TEST(Errors, DirectoryThatIsNotARepoIs125) {
+TEST(errors, directory_that_is_not_a_repo_is_125) {
   env e;
   fs::create_directories(e.root() / "plain");
   test::write_file(e.root() / "plain" / "f.txt", "x");
@@ -40,7 +42,7 @@ TEST(Errors, DirectoryThatIsNotARepoIs125) {
   EXPECT_TRUE(contains(r.err, "not a git repository")) << r.err;
 }
 
-TEST(Errors, BadRefIs125) {
+TEST(errors, bad_ref_is_125) {
   env e;
   auto src = test::make_repo(e.root() / "src");
   auto r = e.run({"--id", "br", "--repo", src.string(), "--ref", "no-such-ref",
@@ -55,7 +57,7 @@ TEST(Errors, BadRefIs125) {
   EXPECT_EQ(r2.exit_code, 125) << r2.err;
 }
 
-TEST(Errors, ReusedIdIs2AndKeepsTheFirstTask) {
+TEST(errors, reused_id_is_2_and_keeps_the_first_task) {
   env e;
   ASSERT_EQ(e.run({"--id", "dup", "--", "sh", "-c", "exit 4"}).exit_code, 4);
   auto r = e.run({"--id", "dup", "--", "sh", "-c", "echo second; exit 0"});
@@ -67,7 +69,7 @@ TEST(Errors, ReusedIdIs2AndKeepsTheFirstTask) {
   EXPECT_EQ(j["spec"]["argv"][2], "exit 4");
 }
 
-TEST(Errors, DataDirUnderARegularFileIs125) {
+TEST(errors, data_dir_under_a_regular_file_is_125) {
   env e;
   test::write_file(e.root() / "file", "not a dir");
   e.set_data(e.root() / "file" / "data");
@@ -80,7 +82,7 @@ TEST(Errors, DataDirUnderARegularFileIs125) {
   EXPECT_EQ(test::read_file(e.root() / "file"), "not a dir");
 }
 
-TEST(Errors, LockedDataDirIs125WhileReadsStillWork) {
+TEST(errors, locked_data_dir_is_125_while_reads_still_work) {
   env e;
   test::background bg(
       e.run_argv({"--id", "long", "--", "sh", "-c", "echo ready; sleep 30"}),
@@ -110,7 +112,7 @@ TEST(Errors, LockedDataDirIs125WhileReadsStillWork) {
   EXPECT_EQ(e.show("long")["state"], "cancelled");
 }
 
-TEST(Errors, CorruptDatabaseIs125AndUntouched) {
+TEST(errors, corrupt_database_is_125_and_untouched) {
   env e;
   ASSERT_EQ(e.run({"--id", "t", "--", "true"}).exit_code, 0);
   auto db = e.data() / "db";
@@ -134,7 +136,7 @@ TEST(Errors, CorruptDatabaseIs125AndUntouched) {
   }
 }
 
-TEST(Errors, BadConfigValueIs2NamingTheKey) {
+TEST(errors, bad_config_value_is_2_naming_the_key) {
   env e;
   test::write_file(e.root() / "bad.toml", "[log]\nlevel = \"loud\"\n");
   auto r = e.run({"--config", (e.root() / "bad.toml").string(), "--", "true"});
@@ -157,39 +159,20 @@ TEST(Errors, BadConfigValueIs2NamingTheKey) {
   EXPECT_FALSE(fs::exists(e.data() / "db") && !e.list().empty());
 }
 
-// A real, small tmpfs; unmounted even when the test fails.
-struct tmpfs_mount {
-  fs::path dir;
-  bool mounted = false;
-  std::string error;
-  tmpfs_mount(const fs::path& d, const std::string& size) : dir(d) {
-    fs::create_directories(dir);
-    std::string opts = "size=" + size;
-    if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, opts.c_str()) == 0)
-      mounted = true;
-    else
-      error = std::strerror(errno);
-  }
-  ~tmpfs_mount() {
-    if (mounted && ::umount2(dir.c_str(), MNT_DETACH) != 0)
-      std::fprintf(stderr, "warning: umount %s failed: %s\n", dir.c_str(),
-                   std::strerror(errno));
-  }
-};
 
-TEST(Errors, DiskFullFailsCleanlyAndKeepsAcknowledgedOutput) {
+TEST(errors, disk_full_fails_cleanly_and_keeps_acknowledged_output) {
   env e;
-  tmpfs_mount mnt(e.root() / "small", "2m");
-  ASSERT_TRUE(mnt.mounted) << "mount -t tmpfs -o size=2m failed: " << mnt.error
+  test::tmpfs_mount mnt(e.root() / "small", "2m");
+  ASSERT_TRUE(mnt.mounted()) << "mount -t tmpfs -o size=2m failed: " << mnt.error()
                            << " (this test needs a real full filesystem)";
   // Leave ~1 MB free; 8 MB of output cannot fit.
-  test::write_file(mnt.dir / "filler", std::string(1'000'000, 'F'));
+  test::write_file(mnt.dir() / "filler", std::string(1'000'000, 'F'));
   std::string payload;
   std::mt19937 rng(7);
   while (payload.size() < 8'000'000)
     payload.push_back(static_cast<char>(rng() & 0xff));
   test::write_file(e.root() / "payload.bin", payload);
-  e.set_data(mnt.dir / "data");
+  e.set_data(mnt.dir() / "data");
 
   auto t0 = std::chrono::steady_clock::now();
   auto r =
@@ -209,7 +192,7 @@ TEST(Errors, DiskFullFailsCleanlyAndKeepsAcknowledgedOutput) {
   EXPECT_TRUE(payload.compare(0, r.out.size(), r.out) == 0);
 
   // Free space: the store recovers and keeps what it acknowledged.
-  fs::remove(mnt.dir / "filler");
+  fs::remove(mnt.dir() / "filler");
   auto logs = e.task("logs", {"full"}, 30000ms);
   ASSERT_EQ(logs.exit_code, 0) << logs.err;
   EXPECT_LT(logs.out.size(), payload.size());

@@ -79,7 +79,7 @@ struct repo_fixture {
   }
 };
 
-TEST(Repo, DefaultRefIsTheDefaultBranchHead) {
+TEST(repo, default_ref_is_the_default_branch_head) {
   test::repo_spec spec;
   spec.default_branch = "trunk"; // not "main": the default must come from HEAD
   repo_fixture f(spec);
@@ -102,7 +102,7 @@ TEST(Repo, DefaultRefIsTheDefaultBranchHead) {
   EXPECT_EQ(git(mirror, {"rev-parse", "refs/heads/makima/dflt"}), head);
 }
 
-TEST(Repo, ExplicitRefsBranchTagSha) {
+TEST(repo, explicit_refs_branch_tag_sha) {
   repo_fixture f;
   struct {
     std::string ref, id, want;
@@ -131,7 +131,7 @@ TEST(Repo, ExplicitRefsBranchTagSha) {
   }
 }
 
-TEST(Repo, MirrorIsReusedAndFetchedAgain) {
+TEST(repo, mirror_is_reused_and_fetched_again) {
   repo_fixture f;
   auto r1 = f.e.run({"--repo", f.src.string(), "--id", "one", "--", "true"});
   ASSERT_EQ(r1.exit_code, 0) << r1.err;
@@ -166,7 +166,7 @@ void add_gitignore(const fs::path& src) {
             "ignore"});
 }
 
-TEST(Repo, CommitRecordsModifiedDeletedUntrackedNotIgnored) {
+TEST(repo, commit_records_modified_deleted_untracked_not_ignored) {
   repo_fixture f;
   add_gitignore(f.src);
   auto base = git(f.src, {"rev-parse", "HEAD"});
@@ -191,7 +191,7 @@ TEST(Repo, CommitRecordsModifiedDeletedUntrackedNotIgnored) {
             git(f.src, {"show", "HEAD:README.md"}) + "\nchanged");
 }
 
-TEST(Repo, PushPublishesTheTaskBranch) {
+TEST(repo, push_publishes_the_task_branch) {
   repo_fixture f;
   auto bare = test::make_bare_repo(f.e.root() / "bare.git");
   auto r =
@@ -210,7 +210,7 @@ TEST(Repo, PushPublishesTheTaskBranch) {
   EXPECT_EQ(git(bare, {"show", "makima/ps:pushed.txt"}), "pushed");
 }
 
-TEST(Repo, PushRejectedWhenRemoteBranchHasUnrelatedHistory) {
+TEST(repo, push_rejected_when_remote_branch_has_unrelated_history) {
   repo_fixture f;
   auto bare = test::make_bare_repo(f.e.root() / "bare.git");
   test::repo_spec other;

@@ -29,11 +29,10 @@ void run_and_sigkill(const env& e, const std::vector<std::string>& args,
   ASSERT_EQ(r.signal, SIGKILL);
 }
 
-TEST(Resume, SigkilledTaskIsInterruptedAndResumesAsAttempt2) {
+TEST(resume, sigkilled_task_is_interrupted_and_resumes_as_attempt_2) {
   env e;
-  ASSERT_NO_FATAL_FAILURE(
-      run_and_sigkill(e, {"--id", "rs", "--", "sh", "-c", kScript},
-                      {"ready", "err1"}));
+  ASSERT_NO_FATAL_FAILURE(run_and_sigkill(
+      e, {"--id", "rs", "--", "sh", "-c", kScript}, {"ready", "err1"}));
 
   auto l = e.list();
   ASSERT_EQ(l.size(), 1u) << l.dump(2);
@@ -83,7 +82,7 @@ TEST(Resume, SigkilledTaskIsInterruptedAndResumesAsAttempt2) {
   EXPECT_EQ(unknown.exit_code, 2) << unknown.err;
 }
 
-TEST(Resume, ResumeOfSucceededTaskIs2) {
+TEST(resume, resume_of_succeeded_task_is_2) {
   env e;
   auto r = e.run({"--id", "ok", "--", "true"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -95,7 +94,7 @@ TEST(Resume, ResumeOfSucceededTaskIs2) {
   EXPECT_EQ(j["attempt"], 1);
 }
 
-TEST(Resume, RepoTaskResumesInTheSameWorktree) {
+TEST(resume, repo_task_resumes_in_the_same_worktree) {
   env e;
   auto src = test::make_repo(e.root() / "src");
   ASSERT_NO_FATAL_FAILURE(run_and_sigkill(
@@ -118,7 +117,7 @@ TEST(Resume, RepoTaskResumesInTheSameWorktree) {
   EXPECT_NE(ns.find("D\tREADME.md"), std::string::npos) << ns;
 }
 
-TEST(Resume, LeftoverGrandchildrenOfTheDeadAttemptAreKilled) {
+TEST(resume, leftover_grandchildren_of_the_dead_attempt_are_killed) {
   env e;
   ASSERT_NO_FATAL_FAILURE(run_and_sigkill(
       e, {"--id", "gc", "--", "sh", "-c",

@@ -26,7 +26,7 @@ std::string payload(size_t n, unsigned seed) {
   return s;
 }
 
-TEST(Run, OutputIsByteExactAndReplayedByLogs) {
+TEST(run, output_is_byte_exact_and_replayed_by_logs) {
   env e;
   std::string out = payload(3'000'000, 1);
   std::string err = payload(200'000, 2);
@@ -56,7 +56,7 @@ TEST(Run, OutputIsByteExactAndReplayedByLogs) {
   EXPECT_EQ(j["exit_code"], 0);
 }
 
-TEST(Run, InterleavedStreamsKeepPerStreamOrder) {
+TEST(run, interleaved_streams_keep_per_stream_order) {
   env e;
   auto r = e.run({"--id", "inter", "--", "sh", "-c",
                   "i=0; while [ $i -lt 200 ]; do echo out$i; echo err$i >&2; "
@@ -81,9 +81,14 @@ struct exit_case {
   std::string state;
 };
 
-class RunExit : public ::testing::TestWithParam<exit_case> {};
+/// Prints the case's name in failure messages (not 96 raw bytes).
+void PrintTo(const exit_case& c, std::ostream* os) {
+  *os << c.name;
+}
 
-TEST_P(RunExit, ExitStatusAndState) {
+class run_exit : public ::testing::TestWithParam<exit_case> {};
+
+TEST_P(run_exit, exit_status_and_state) {
   env e;
   const auto& c = GetParam();
   std::vector<std::string> args{"--id", "x", "--"};
@@ -96,7 +101,7 @@ TEST_P(RunExit, ExitStatusAndState) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Codes, RunExit,
+    codes, run_exit,
     ::testing::Values(
         exit_case{"zero", {"true"}, 0, "succeeded"},
         exit_case{"three", {"sh", "-c", "exit 3"}, 3, "failed"},
@@ -105,7 +110,7 @@ INSTANTIATE_TEST_SUITE_P(
         exit_case{"sigterm", {"sh", "-c", "kill -TERM $$"}, 143, "failed"}),
     [](const auto& info) { return info.param.name; });
 
-TEST(Run, CommandNotFoundIs127) {
+TEST(run, command_not_found_is_127) {
   env e;
   auto r = e.run({"--id", "nf", "--", "makima-no-such-command-xyz", "a"});
   EXPECT_EQ(r.exit_code, 127);
@@ -116,7 +121,7 @@ TEST(Run, CommandNotFoundIs127) {
   EXPECT_EQ(e.show("nf")["state"], "failed");
 }
 
-TEST(Run, NotExecutableIs126) {
+TEST(run, not_executable_is_126) {
   env e;
   auto file = e.root() / "script.sh";
   test::write_file(file, "#!/bin/sh\necho hi\n");
@@ -131,7 +136,7 @@ TEST(Run, NotExecutableIs126) {
   EXPECT_NE(d.err.find("makima: task nx2 failed:"), std::string::npos) << d.err;
 }
 
-TEST(Run, UsageErrorsAre2) {
+TEST(run, usage_errors_are_2) {
   env e;
   struct {
     std::vector<std::string> args;
@@ -164,7 +169,7 @@ TEST(Run, UsageErrorsAre2) {
   EXPECT_EQ(show.exit_code, 2) << show.err;
 }
 
-TEST(Run, ChildEnvAndCwd) {
+TEST(run, child_env_and_cwd) {
   env e;
   auto r = e.run({"--id", "envt", "--env", "FOO=bar", "--env", "EQ=a=b",
                   "--env", "EMPTY=", "--", "sh", "-c",
@@ -204,7 +209,7 @@ TEST(Run, ChildEnvAndCwd) {
   EXPECT_EQ(spec_env.size(), 3u) << j["spec"].dump();
 }
 
-TEST(Run, TimeoutKillsAfterTerm) {
+TEST(run, timeout_kills_after_term) {
   env e;
   auto t0 = std::chrono::steady_clock::now();
   auto r = e.run(
@@ -218,7 +223,7 @@ TEST(Run, TimeoutKillsAfterTerm) {
   EXPECT_TRUE(pids_with_env("MAKIMA_TASK_ID=to").empty());
 }
 
-TEST(Run, TimeoutSigkillsAChildIgnoringTerm) {
+TEST(run, timeout_sigkills_a_child_ignoring_term) {
   env e;
   auto t0 = std::chrono::steady_clock::now();
   auto r =
@@ -236,9 +241,22 @@ TEST(Run, TimeoutSigkillsAChildIgnoringTerm) {
       [] { return pids_with_env("MAKIMA_TASK_ID=to2").empty(); }, 3000ms));
 }
 
-class RunCancel : public ::testing::TestWithParam<int> {};
+/// The case name of a signal: "sigint", "sigterm", "sighup".
+std::string signal_name(int sig) {
+  switch (sig) {
+  case SIGINT:
+    return "sigint";
+  case SIGTERM:
+    return "sigterm";
+  case SIGHUP:
+    return "sighup";
+  }
+  return "sig" + std::to_string(sig);
+}
 
-TEST_P(RunCancel, SignalCancelsTaskAndItsGroup) {
+class run_cancel : public ::testing::TestWithParam<int> {};
+
+TEST_P(run_cancel, signal_cancels_task_and_its_group) {
   env e;
   int sig = GetParam();
   std::string id = "cancel" + std::to_string(sig);
@@ -264,12 +282,11 @@ TEST_P(RunCancel, SignalCancelsTaskAndItsGroup) {
         << "process " << p << " of the cancelled task survived";
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Signals, RunCancel, ::testing::Values(SIGINT, SIGTERM, SIGHUP),
-    [](const auto& info) {
-      return std::string(strsignal(info.param)).substr(0, 4)
-             + std::to_string(info.param);
-    });
+INSTANTIATE_TEST_SUITE_P(signals, run_cancel,
+                         ::testing::Values(SIGINT, SIGTERM, SIGHUP),
+                         [](const auto& info) {
+                           return signal_name(info.param);
+                         });
 
 } // namespace
 } // namespace makima::it

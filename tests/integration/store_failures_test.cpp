@@ -3,6 +3,8 @@
 // `makima db repair` salvages the consistent part and says what it dropped.
 #include "tests/integration/helpers.hpp"
 
+#include "tests/fixtures/tmpfs.hpp"
+
 #include <sys/mount.h>
 
 #include <cstring>
@@ -126,7 +128,7 @@ uint64_t number_after(const std::string& text, const std::string& what) {
   return std::stoull(m[1].str());
 }
 
-TEST(StoreFailures, GarbageInTheMiddleOfTheWal) {
+TEST(store_failures, garbage_in_the_middle_of_the_wal) {
   env e;
   make_tasks(e);
   auto wal = only_wal(e.data() / "db");
@@ -137,7 +139,7 @@ TEST(StoreFailures, GarbageInTheMiddleOfTheWal) {
   EXPECT_GT(number_after(out, "output chunks,"), 0u) << out;
 }
 
-TEST(StoreFailures, GarbageAtTheEndOfTheWal) {
+TEST(store_failures, garbage_at_the_end_of_the_wal) {
   env e;
   make_tasks(e);
   auto wal = only_wal(e.data() / "db");
@@ -154,7 +156,7 @@ TEST(StoreFailures, GarbageAtTheEndOfTheWal) {
   EXPECT_EQ(e.task("logs", {"a"}).out, lines("", 5000));
 }
 
-TEST(StoreFailures, WalTruncatedInsideARecord) {
+TEST(store_failures, wal_truncated_inside_a_record) {
   env e;
   make_tasks(e);
   auto wal = only_wal(e.data() / "db");
@@ -164,7 +166,7 @@ TEST(StoreFailures, WalTruncatedInsideARecord) {
   repair_and_check(e);
 }
 
-TEST(StoreFailures, ZeroedBlockInTheWal) {
+TEST(store_failures, zeroed_block_in_the_wal) {
   env e;
   make_tasks(e);
   auto wal = only_wal(e.data() / "db");
@@ -179,7 +181,7 @@ TEST(StoreFailures, ZeroedBlockInTheWal) {
       << out;
 }
 
-TEST(StoreFailures, MissingCurrentIsCorruptionNotAnEmptyStore) {
+TEST(store_failures, missing_current_is_corruption_not_an_empty_store) {
   env e;
   make_tasks(e);
   auto db = e.data() / "db";
@@ -188,7 +190,7 @@ TEST(StoreFailures, MissingCurrentIsCorruptionNotAnEmptyStore) {
   repair_and_check(e);
 }
 
-TEST(StoreFailures, CorruptManifest) {
+TEST(store_failures, corrupt_manifest) {
   env e;
   make_tasks(e);
   auto db = e.data() / "db";
@@ -216,7 +218,7 @@ TEST(StoreFailures, CorruptManifest) {
   }
 }
 
-TEST(StoreFailures, CorruptTableFile) {
+TEST(store_failures, corrupt_table_file) {
   env e;
   make_tasks(e);
   auto db = e.data() / "db";
@@ -230,45 +232,16 @@ TEST(StoreFailures, CorruptTableFile) {
   expect_refused_untouched(e, db.string());
 }
 
-// A real, small tmpfs; unmounted even when the test fails.
-struct tmpfs_mount {
-  fs::path dir;
-  bool mounted = false;
-  std::string error;
-  tmpfs_mount(const fs::path& d, const std::string& size) : dir(d) {
-    fs::create_directories(dir);
-    std::string opts = "size=" + size;
-    if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, opts.c_str()) == 0)
-      mounted = true;
-    else
-      error = std::strerror(errno);
-  }
-  ~tmpfs_mount() {
-    if (mounted && ::umount2(dir.c_str(), MNT_DETACH) != 0)
-      std::fprintf(stderr, "warning: umount %s failed: %s\n", dir.c_str(),
-                   std::strerror(errno));
-  }
-};
 
-void fill(const fs::path& file) {
-  std::ofstream out(file, std::ios::binary);
-  std::string block(65536, 'F');
-  while (out.write(block.data(), static_cast<std::streamsize>(block.size())))
-    ;
-  out.close();
-  std::ofstream more(file.string() + ".2", std::ios::binary);
-  while (more.put('F'))
-    ;
-}
 
-TEST(StoreFailures, AlreadyFullDiskIsAClearErrorNotAnAbort) {
+TEST(store_failures, already_full_disk_is_a_clear_error_not_an_abort) {
   env e;
-  tmpfs_mount mnt(e.root() / "small", "3m");
-  ASSERT_TRUE(mnt.mounted) << "mount -t tmpfs failed: " << mnt.error;
-  e.set_data(mnt.dir / "data");
+  test::tmpfs_mount mnt(e.root() / "small", "3m");
+  ASSERT_TRUE(mnt.mounted()) << "mount -t tmpfs failed: " << mnt.error();
+  e.set_data(mnt.dir() / "data");
   auto a = e.run({"--id", "a", "--", "seq", "1", "5000"});
   ASSERT_EQ(a.exit_code, 0) << a.err;
-  fill(mnt.dir / "filler");
+  test::fill_disk(mnt.dir() / "filler");
   auto db = e.data() / "db";
   auto before = snapshot(db);
   // Reads work on a full disk and change nothing.
@@ -292,8 +265,7 @@ TEST(StoreFailures, AlreadyFullDiskIsAClearErrorNotAnAbort) {
     EXPECT_TRUE(contains(r.err, "disk is full")) << r.err;
   }
   // Space back: everything works and nothing was lost.
-  fs::remove(mnt.dir / "filler");
-  fs::remove(mnt.dir / "filler.2");
+  test::free_disk(mnt.dir() / "filler");
   auto r = e.run({"--id", "c", "--", "echo", "ok"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "ok\n");

@@ -54,7 +54,7 @@ std::string resolved(makima::git::mirror& m, const std::string& ref) {
   return r ? *r : "<error: " + makima::describe(r.error()) + ">";
 }
 
-class GitTest : public ::testing::Test {
+class git_test : public ::testing::Test {
 protected:
   void SetUp() override {
     makima::git::init();
@@ -76,7 +76,7 @@ protected:
 
 } // namespace
 
-TEST(GitNames, CanonicalUrl) {
+TEST(git_names, canonical_url) {
   temp_dir tmp;
   auto dir = tmp / "a";
   fs::create_directories(dir);
@@ -90,7 +90,7 @@ TEST(GitNames, CanonicalUrl) {
             "git@example.com:o/r.git");
 }
 
-TEST(GitNames, MirrorDirName) {
+TEST(git_names, mirror_dir_name) {
   auto n = makima::git::mirror_dir_name("https://example.com/o/my repo.git");
   // "<sanitized last component>-<16 hex>.git"
   ASSERT_EQ(n.size(), std::string("my_repo-").size() + 16 + 4) << n;
@@ -107,7 +107,7 @@ TEST(GitNames, MirrorDirName) {
             makima::git::mirror_dir_name((tmp / "r" / ".." / "r").string()));
 }
 
-TEST_F(GitTest, CloneCreatesMirrorWithOriginHead) {
+TEST_F(git_test, clone_creates_mirror_with_origin_head) {
   auto m = open_mirror();
   EXPECT_EQ(m.path(), repos / makima::git::mirror_dir_name(upstream.string()));
   EXPECT_EQ(git(m.path(), {"rev-parse", "--is-bare-repository"}), "true");
@@ -128,7 +128,7 @@ TEST_F(GitTest, CloneCreatesMirrorWithOriginHead) {
   EXPECT_EQ(entries, 1u);
 }
 
-TEST_F(GitTest, DefaultBranchOtherThanMain) {
+TEST_F(git_test, default_branch_other_than_main) {
   auto other = make_repo(tmp / "trunk-repo", {10, 1, "trunk", {}, ""});
   auto m = makima::git::mirror::open(other.string(), repos);
   ASSERT_TRUE(m) << makima::describe(m.error());
@@ -139,7 +139,7 @@ TEST_F(GitTest, DefaultBranchOtherThanMain) {
   EXPECT_EQ(*c, git(other, {"rev-parse", "trunk"}));
 }
 
-TEST_F(GitTest, SecondOpenFetchesNewCommits) {
+TEST_F(git_test, second_open_fetches_new_commits) {
   { auto m = open_mirror(); }
   write_file(upstream / "new.txt", "new\n");
   git(upstream, {"add", "-A"});
@@ -155,7 +155,7 @@ TEST_F(GitTest, SecondOpenFetchesNewCommits) {
   EXPECT_EQ(*c, git(upstream, {"rev-parse", "main"}));
 }
 
-TEST_F(GitTest, OpenWithoutFetchKeepsOldState) {
+TEST_F(git_test, open_without_fetch_keeps_old_state) {
   auto old = git(upstream, {"rev-parse", "main"});
   { auto m = open_mirror(); }
   write_file(upstream / "new.txt", "new\n");
@@ -168,7 +168,7 @@ TEST_F(GitTest, OpenWithoutFetchKeepsOldState) {
   EXPECT_EQ(resolved(*m, "main"), git(upstream, {"rev-parse", "main"}));
 }
 
-TEST_F(GitTest, BrokenMirrorIsRecreated) {
+TEST_F(git_test, broken_mirror_is_recreated) {
   auto path = repos / makima::git::mirror_dir_name(upstream.string());
   fs::create_directories(path / "objects");
   write_file(path / "junk", "half-created\n");
@@ -179,7 +179,7 @@ TEST_F(GitTest, BrokenMirrorIsRecreated) {
             git(upstream, {"rev-parse", "main"}));
 }
 
-TEST_F(GitTest, Resolve) {
+TEST_F(git_test, resolve) {
   auto m = open_mirror();
   auto main_sha = git(upstream, {"rev-parse", "main"});
   EXPECT_EQ(resolved(m, ""), main_sha);
@@ -200,14 +200,14 @@ TEST_F(GitTest, Resolve) {
   EXPECT_EQ(code_of(missing_sha.error()), ec::ref_not_found);
 }
 
-TEST_F(GitTest, MissingPathIsRepoNotFound) {
+TEST_F(git_test, missing_path_is_repo_not_found) {
   auto m = makima::git::mirror::open((tmp / "nope").string(), repos);
   ASSERT_FALSE(m);
   EXPECT_EQ(code_of(m.error()), ec::repo_not_found);
   EXPECT_NE(makima::describe(m.error()).find("nope"), std::string::npos);
 }
 
-TEST_F(GitTest, DirectoryThatIsNotARepoIsRepoNotFound) {
+TEST_F(git_test, directory_that_is_not_a_repo_is_repo_not_found) {
   fs::create_directories(tmp / "plain");
   write_file(tmp / "plain" / "x.txt", "x");
   auto m = makima::git::mirror::open((tmp / "plain").string(), repos);
@@ -217,14 +217,14 @@ TEST_F(GitTest, DirectoryThatIsNotARepoIsRepoNotFound) {
   EXPECT_TRUE(fs::is_empty(repos));
 }
 
-TEST_F(GitTest, UnreachableUrlIsRepoNotFound) {
+TEST_F(git_test, unreachable_url_is_repo_not_found) {
   auto m =
       makima::git::mirror::open("file://" + (tmp / "nope").string(), repos);
   ASSERT_FALSE(m);
   EXPECT_EQ(code_of(m.error()), ec::repo_not_found);
 }
 
-TEST_F(GitTest, AddWorktreeChecksOutTheCommit) {
+TEST_F(git_test, add_worktree_checks_out_the_commit) {
   auto m = open_mirror();
   auto commit = resolved(m, "");
   auto dir = tmp / "work" / "t1";
@@ -244,7 +244,7 @@ TEST_F(GitTest, AddWorktreeChecksOutTheCommit) {
   EXPECT_EQ(git(dir, {"status", "--porcelain"}), "");
 }
 
-TEST_F(GitTest, AddWorktreeAtOlderCommitIncludesDeletedFile) {
+TEST_F(git_test, add_worktree_at_older_commit_includes_deleted_file) {
   auto m = open_mirror();
   auto first = resolved(m, "v1");
   auto dir = tmp / "work" / "old";
@@ -253,7 +253,7 @@ TEST_F(GitTest, AddWorktreeAtOlderCommitIncludesDeletedFile) {
   EXPECT_TRUE(fs::exists(dir / "doomed.txt"));
 }
 
-TEST_F(GitTest, AddWorktreeAppliesAttributes) {
+TEST_F(git_test, add_worktree_applies_attributes) {
   // Filters are skipped only when no attributes can apply: a nested
   // .gitattributes asking for CRLF must still be honoured.
   write_file(upstream / "src/d1/.gitattributes", "*.txt text eol=crlf\n");
@@ -268,7 +268,7 @@ TEST_F(GitTest, AddWorktreeAppliesAttributes) {
   EXPECT_EQ(git(dir, {"status", "--porcelain"}), "");
 }
 
-TEST_F(GitTest, AddWorktreeOnExistingDirFailsWithoutLeftovers) {
+TEST_F(git_test, add_worktree_on_existing_dir_fails_without_leftovers) {
   auto m = open_mirror();
   auto dir = tmp / "work" / "exists";
   fs::create_directories(dir);
@@ -288,7 +288,7 @@ TEST_F(GitTest, AddWorktreeOnExistingDirFailsWithoutLeftovers) {
   EXPECT_FALSE(fs::exists(tmp / "work" / "bad"));
 }
 
-TEST_F(GitTest, OpenWorktree) {
+TEST_F(git_test, open_worktree) {
   auto m = open_mirror();
   auto commit = resolved(m, "");
   auto dir = tmp / "work" / "t2";
@@ -314,7 +314,7 @@ TEST_F(GitTest, OpenWorktree) {
   EXPECT_TRUE(again) << makima::describe(again.error());
 }
 
-TEST_F(GitTest, CommitAll) {
+TEST_F(git_test, commit_all) {
   auto m = open_mirror();
   auto base = resolved(m, "");
   auto dir = tmp / "work" / "c";
@@ -344,7 +344,7 @@ TEST_F(GitTest, CommitAll) {
   EXPECT_FALSE(none->has_value());
 }
 
-TEST_F(GitTest, CommitAllWithNoChanges) {
+TEST_F(git_test, commit_all_with_no_changes) {
   auto m = open_mirror();
   auto dir = tmp / "work" / "n";
   ASSERT_TRUE(m.add_worktree("n", dir, resolved(m, ""), "makima/n"));
@@ -356,7 +356,7 @@ TEST_F(GitTest, CommitAllWithNoChanges) {
   EXPECT_EQ(code_of(missing.error()), ec::worktree_missing);
 }
 
-TEST_F(GitTest, SnapshotLeavesTheWorktreeAlone) {
+TEST_F(git_test, snapshot_leaves_the_worktree_alone) {
   auto m = open_mirror();
   auto base = resolved(m, "");
   auto dir = tmp / "work" / "s";
@@ -416,7 +416,7 @@ TEST_F(GitTest, SnapshotLeavesTheWorktreeAlone) {
   EXPECT_EQ(git(m.path(), {"show", *again + ":added/new.txt"}), "newer");
 }
 
-TEST_F(GitTest, SnapshotWithNoChangesPointsAtHead) {
+TEST_F(git_test, snapshot_with_no_changes_points_at_head) {
   auto m = open_mirror();
   auto base = resolved(m, "");
   auto dir = tmp / "work" / "sn";
@@ -435,7 +435,7 @@ TEST_F(GitTest, SnapshotWithNoChangesPointsAtHead) {
   EXPECT_EQ(code_of(bad.error()), ec::invalid_argument);
 }
 
-TEST_F(GitTest, PushToBareRepo) {
+TEST_F(git_test, push_to_bare_repo) {
   auto m = open_mirror();
   auto bare = make_bare_repo(tmp / "bare.git");
   auto dir = tmp / "work" / "p";
@@ -456,7 +456,7 @@ TEST_F(GitTest, PushToBareRepo) {
   EXPECT_EQ(git(bare, {"rev-parse", "makima/p"}), **c2);
 }
 
-TEST_F(GitTest, NonFastForwardPushIsRejected) {
+TEST_F(git_test, non_fast_forward_push_is_rejected) {
   auto m = open_mirror();
   auto bare = make_bare_repo(tmp / "bare.git");
   auto base = resolved(m, "");
@@ -473,7 +473,7 @@ TEST_F(GitTest, NonFastForwardPushIsRejected) {
             git(upstream, {"rev-parse", "feature"}));
 }
 
-TEST_F(GitTest, PushToMissingRepoIsRepoNotFound) {
+TEST_F(git_test, push_to_missing_repo_is_repo_not_found) {
   auto m = open_mirror();
   auto dir = tmp / "work" / "x";
   ASSERT_TRUE(m.add_worktree("x", dir, resolved(m, ""), "makima/x"));
@@ -481,7 +481,7 @@ TEST_F(GitTest, PushToMissingRepoIsRepoNotFound) {
   EXPECT_EQ(code_of(err), ec::repo_not_found) << makima::describe(err);
 }
 
-TEST_F(GitTest, RemoveWorktree) {
+TEST_F(git_test, remove_worktree) {
   auto m = open_mirror();
   auto dir = tmp / "work" / "rm";
   ASSERT_TRUE(m.add_worktree("rm", dir, resolved(m, ""), "makima/rm"));
@@ -502,7 +502,7 @@ TEST_F(GitTest, RemoveWorktree) {
   EXPECT_NE(git(m.path(), {"for-each-ref", "refs/heads/makima/keep"}), "");
 }
 
-TEST_F(GitTest, mirror_origins_lists_the_origin_of_each_mirror_sorted) {
+TEST_F(git_test, mirror_origins_lists_the_origin_of_each_mirror_sorted) {
   open_mirror();
   // Hand-written mirrors (as another makima version might leave them) and
   // entries that are no mirror.

@@ -227,7 +227,7 @@ std::string read_all(const std::filesystem::path& p) {
 
 } // namespace
 
-TEST(Reactor, StdoutAndStderrAreSeparateAndByteExact) {
+TEST(reactor, stdout_and_stderr_are_separate_and_byte_exact) {
   proc::reactor r;
   auto res = run(r, sh("printf 'a\\000b\\377\\n'; printf 'E\\000\\001rr' >&2;"
                        " printf 'c'"));
@@ -238,7 +238,7 @@ TEST(Reactor, StdoutAndStderrAreSeparateAndByteExact) {
   EXPECT_EQ(r.size(), 0u);
 }
 
-TEST(Reactor, NoOutputStillExits) {
+TEST(reactor, no_output_still_exits) {
   proc::reactor r;
   auto res = run(r, spec_of({"true"}));
   EXPECT_EQ(res.obs->out(), "");
@@ -247,7 +247,7 @@ TEST(Reactor, NoOutputStillExits) {
   EXPECT_EQ(res.obs->status().shell_code(), 0);
 }
 
-TEST(Reactor, ExitCodePropagates) {
+TEST(reactor, exit_code_propagates) {
   proc::reactor r;
   for (int code : {1, 42, 255}) {
     auto res = run(r, sh("echo out; exit " + std::to_string(code)));
@@ -258,7 +258,7 @@ TEST(Reactor, ExitCodePropagates) {
   }
 }
 
-TEST(Reactor, DeathBySignal) {
+TEST(reactor, death_by_signal) {
   proc::reactor r;
   auto res = run(r, sh("kill -TERM $$; sleep 5"));
   EXPECT_EQ(res.obs->status().signal, SIGTERM);
@@ -266,7 +266,7 @@ TEST(Reactor, DeathBySignal) {
   EXPECT_EQ(res.obs->status().shell_code(), 128 + SIGTERM);
 }
 
-TEST(Reactor, SignalDefaultDispositionsInChild) {
+TEST(reactor, signal_default_dispositions_in_child) {
   // The test binary ignores SIGINT/SIGPIPE; the child must not inherit it.
   struct sigaction ign {};
   ign.sa_handler = SIG_IGN;
@@ -287,7 +287,7 @@ TEST(Reactor, SignalDefaultDispositionsInChild) {
             "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
 }
 
-TEST(Reactor, SignalKillsRunningChild) {
+TEST(reactor, signal_kills_running_child) {
   proc::reactor r;
   auto obs = std::make_shared<collector>();
   auto c = r.spawn(spec_of({"sleep", "100"}), obs);
@@ -306,7 +306,7 @@ TEST(Reactor, SignalKillsRunningChild) {
   EXPECT_TRUE(r.signal(proc::child{1, 1}, SIGTERM));
 }
 
-TEST(Reactor, CommandNotFound) {
+TEST(reactor, command_not_found) {
   proc::reactor r;
   auto obs = std::make_shared<collector>();
   auto c = r.spawn(spec_of({"makima-no-such-command-xyz", "a"}), obs);
@@ -328,7 +328,7 @@ TEST(Reactor, CommandNotFound) {
   EXPECT_EQ(r.size(), 0u);
 }
 
-TEST(Reactor, DefaultPathWhenEnvHasNone) {
+TEST(reactor, default_path_when_env_has_none) {
   proc::reactor r;
   auto spec = spec_of({"sh", "-c", "echo hi"});
   spec.env = {"A=b"};
@@ -336,7 +336,7 @@ TEST(Reactor, DefaultPathWhenEnvHasNone) {
   EXPECT_EQ(res.obs->out(), "hi\n");
 }
 
-TEST(Reactor, CommandNotExecutable) {
+TEST(reactor, command_not_executable) {
   makima::test::temp_dir dir;
   makima::test::write_file(dir / "plain.txt", "echo hi\n");
   ::chmod((dir / "plain.txt").c_str(), 0644);
@@ -376,7 +376,7 @@ TEST(Reactor, CommandNotExecutable) {
   EXPECT_EQ(r.size(), 0u);
 }
 
-TEST(Reactor, BadCwdFailsSpawn) {
+TEST(reactor, bad_cwd_fails_spawn) {
   proc::reactor r;
   auto obs = std::make_shared<collector>();
   auto c = r.spawn(sh("true", "/nonexistent/cwd"), obs);
@@ -388,7 +388,7 @@ TEST(Reactor, BadCwdFailsSpawn) {
   EXPECT_EQ(r.size(), 0u);
 }
 
-TEST(Reactor, CwdAndEnvAreExactlyGiven) {
+TEST(reactor, cwd_and_env_are_exactly_given) {
   makima::test::temp_dir dir;
   auto canon = std::filesystem::canonical(dir.path()).string();
   proc::reactor r;
@@ -407,7 +407,7 @@ TEST(Reactor, CwdAndEnvAreExactlyGiven) {
   EXPECT_EQ(res3.obs->out(), "tool x\n");
 }
 
-TEST(Reactor, ChildLeadsItsOwnProcessGroup) {
+TEST(reactor, child_leads_its_own_process_group) {
   proc::reactor r;
   // Field 5 of /proc/self/stat is the pgid (of cat, which is in the group
   // of the shell). Field 6 is the session: unchanged (not a setsid).
@@ -430,7 +430,7 @@ TEST(Reactor, ChildLeadsItsOwnProcessGroup) {
   EXPECT_NE(pgid, getpgrp());
 }
 
-TEST(Reactor, SignalKillsWholeGroupIncludingGrandchild) {
+TEST(reactor, signal_kills_whole_group_including_grandchild) {
   proc::reactor r;
   auto obs = std::make_shared<collector>();
   auto c = r.spawn(sh("sleep 100 & echo $!; sleep 100; wait"), obs);
@@ -448,7 +448,7 @@ TEST(Reactor, SignalKillsWholeGroupIncludingGrandchild) {
   EXPECT_EQ(obs->exit_calls(), 1);
 }
 
-TEST(Reactor, GrandchildHoldingStdoutDoesNotBlockExit) {
+TEST(reactor, grandchild_holding_stdout_does_not_block_exit) {
   proc::reactor_options opts;
   opts.drain_timeout = 300ms;
   proc::reactor r{opts};
@@ -473,7 +473,7 @@ TEST(Reactor, GrandchildHoldingStdoutDoesNotBlockExit) {
   EXPECT_FALSE(obs->output_after_exit());
 }
 
-TEST(Reactor, OutputAfterParentExitIsDeliveredBeforeOnExit) {
+TEST(reactor, output_after_parent_exit_is_delivered_before_on_exit) {
   // The grandchild writes shortly after the shell exited, then closes:
   // within the drain period its output must arrive before on_exit.
   proc::reactor r;
@@ -482,7 +482,7 @@ TEST(Reactor, OutputAfterParentExitIsDeliveredBeforeOnExit) {
   EXPECT_EQ(res.obs->status().code, 3);
 }
 
-TEST(Reactor, StdinIsDevNull) {
+TEST(reactor, stdin_is_dev_null) {
   proc::reactor r;
   auto res = run(r, spec_of({"cat"}), 20s);
   EXPECT_EQ(res.obs->out(), "");
@@ -491,7 +491,7 @@ TEST(Reactor, StdinIsDevNull) {
   EXPECT_EQ(res2.obs->out(), "/dev/null\n");
 }
 
-TEST(Reactor, NoDescriptorsLeakIntoChild) {
+TEST(reactor, no_descriptors_leak_into_child) {
   proc::reactor r;
   // Spawn a long runner first so the reactor holds other children's pipes.
   auto other = std::make_shared<collector>();
@@ -510,7 +510,7 @@ TEST(Reactor, NoDescriptorsLeakIntoChild) {
   EXPECT_TRUE(other->wait_exit());
 }
 
-TEST(Reactor, LargeOutputWithSlowAcksArrivesCompleteAndInOrder) {
+TEST(reactor, large_output_with_slow_acks_arrives_complete_and_in_order) {
   makima::test::temp_dir dir;
   auto copy = dir / "copy.bin";
   proc::reactor_options opts;
@@ -543,7 +543,7 @@ TEST(Reactor, LargeOutputWithSlowAcksArrivesCompleteAndInOrder) {
   EXPECT_EQ(r.size(), 0u);
 }
 
-TEST(Reactor, PausedChildExitsAndDrainsAfterLateAcks) {
+TEST(reactor, paused_child_exits_and_drains_after_late_acks) {
   // The child writes more than max_unacked chunks and exits while the
   // observer does not ack; nothing may be lost to the drain timeout.
   proc::reactor_options opts;
@@ -565,7 +565,7 @@ TEST(Reactor, PausedChildExitsAndDrainsAfterLateAcks) {
   EXPECT_EQ(obs->status().code, 0);
 }
 
-TEST(Reactor, ManyConcurrentSpawnsFromSeveralThreads) {
+TEST(reactor, many_concurrent_spawns_from_several_threads) {
   proc::reactor r;
   constexpr int threads = 5;
   constexpr int per_thread = 10;
@@ -616,7 +616,7 @@ TEST(Reactor, ManyConcurrentSpawnsFromSeveralThreads) {
   EXPECT_EQ(r.size(), 0u);
 }
 
-TEST(Reactor, SpawnFromInsideObserverCallback) {
+TEST(reactor, spawn_from_inside_observer_callback) {
   proc::reactor r;
   struct chaining : collector {
     proc::reactor* r = nullptr;
@@ -641,7 +641,7 @@ TEST(Reactor, SpawnFromInsideObserverCallback) {
   EXPECT_EQ(obs->second->out(), "second\n");
 }
 
-TEST(Reactor, DestructorKillsRunningGroups) {
+TEST(reactor, destructor_kills_running_groups) {
   pid_t pid = -1;
   pid_t grandchild = -1;
   auto obs = std::make_shared<collector>();
@@ -661,7 +661,7 @@ TEST(Reactor, DestructorKillsRunningGroups) {
   EXPECT_TRUE(process_dead(grandchild));
 }
 
-TEST(Reactor, SpawnLatency) {
+TEST(reactor, spawn_latency) {
   // Not a benchmark with a threshold: prints fork+exec+exit latency of
   // /bin/true (spawn until on_exit) so regressions are visible in logs.
   proc::reactor r;

@@ -22,6 +22,7 @@
 
 #include "runtime/error.hpp"
 #include "tests/fixtures/temp_dir.hpp"
+#include "tests/fixtures/tmpfs.hpp"
 
 namespace fs = std::filesystem;
 using namespace makima;
@@ -553,28 +554,7 @@ TEST(store, unknown_schema_version_is_refused) {
 namespace {
 
 // A real tmpfs of `size`, unmounted on destruction.
-class tmpfs_mount {
-public:
-  tmpfs_mount(const fs::path& dir, const std::string& size) : dir_(dir) {
-    fs::create_directories(dir);
-    auto opts = "size=" + size;
-    if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, opts.c_str()) == 0)
-      mounted_ = true;
-    else
-      error_ = std::strerror(errno);
-  }
-  ~tmpfs_mount() {
-    if (mounted_)
-      ::umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-  const std::string& error() const { return error_; }
-
-private:
-  fs::path dir_;
-  bool mounted_ = false;
-  std::string error_;
-};
+using test::tmpfs_mount;
 
 } // namespace
 
