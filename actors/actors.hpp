@@ -25,6 +25,17 @@
 //   net::server (io thread) ── http / ws_open / ws_text / ws_close ──▶ SERVER
 //   SERVER ── welcome / assign / cancel / ack / drain ──▶ CONNECTION (remote)
 //   CONNECTION ── hello / heartbeat / event ──▶ SERVER  (docs/protocol.md)
+//
+// Who assembles them: the node objects `local_node` (run, task resume),
+// `daemon_node` and `server_node` (actors/*_node.hpp), each with start,
+// ready, drain/stop and its signal policy; the CLI (runtime/app) only maps
+// the config onto their settings.
+//
+// Message shapes: reads are composed (`get_atom, output_atom, …`,
+// `get_atom, history_atom, …`); a message that would carry a bool or more
+// than three scalars carries a named struct of messages.hpp instead
+// (`outbox_write`, `outbox_ack`, `prepare_request`); (task, attempt) is one
+// `attempt_id`.
 #pragma once
 
 #include <cstdint>
@@ -64,28 +75,25 @@ using persistence_actor = caf::typed_actor<
     caf::replies_to<list_atom>::with<std::vector<task_record>>,
     // Returns output chunks of task `id` from seq `from`, at most `max_bytes`
     // (at least one chunk when any is left).
-    caf::replies_to<output_atom, std::string, uint64_t,
+    caf::replies_to<get_atom, output_atom, std::string, uint64_t,
                     uint64_t>::with<std::vector<output_chunk>>,
     // Returns the state history of task `id`.
-    caf::replies_to<history_atom, std::string>::with<std::vector<state_change>>,
+    caf::replies_to<get_atom, history_atom,
+                    std::string>::with<std::vector<state_change>>,
     // Marks every task left non-terminal by a dead process as interrupted;
     // returns their ids. Only on a primary (locked) database.
     caf::replies_to<recover_atom>::with<std::vector<std::string>>,
     // Returns the node's meta value `key`, storing `fallback` first when the
     // key is missing (the daemon id is generated once this way).
     caf::replies_to<meta_atom, std::string, std::string>::with<std::string>,
-    // Daemon outbox (network mode, from CONNECTION): stores event `seq` of
-    // attempt (task, attempt) with its frame and records `seq` as the
-    // attempt's last event seq (`finished`: the event is the result), in
-    // one batch.
-    caf::replies_to<outbox_atom, std::string, uint32_t, uint64_t, std::string,
-                    bool>::with<ok_atom>,
-    // Deletes the attempt's outbox entries with seq <= `seq` (server ack);
-    // `forget`: also its last-seq key (its result is acked).
-    caf::replies_to<ack_atom, std::string, uint32_t, uint64_t,
-                    bool>::with<ok_atom>,
+    // Daemon outbox (network mode, from CONNECTION): stores the event with
+    // its frame and records its seq as the attempt's last event seq, in one
+    // batch.
+    caf::replies_to<outbox_atom, outbox_write>::with<ok_atom>,
+    // Applies a server ack to the attempt's outbox entries.
+    caf::replies_to<ack_atom, outbox_ack>::with<ok_atom>,
     // Deletes every outbox entry of an attempt and its last-seq key (fenced).
-    caf::replies_to<drop_atom, std::string, uint32_t>::with<ok_atom>,
+    caf::replies_to<drop_atom, attempt_id>::with<ok_atom>,
     // Returns the whole outbox (at daemon start).
     caf::replies_to<outbox_atom>::with<outbox_contents>>;
 
@@ -108,10 +116,9 @@ using link_actor = caf::typed_actor<
 /// cleanup. Detached (libgit2 blocks). One per repository URL, spawned by
 /// DAEMON; receives from TASK.
 using repo_actor = caf::typed_actor<
-    // Clones or fetches the mirror, resolves ref (task id, ref, worktree dir)
-    // and creates the task's worktree on branch makima/<id>.
-    caf::replies_to<prepare_atom, std::string, std::string,
-                    std::string>::with<worktree>,
+    // Clones or fetches the mirror, resolves the ref and creates the task's
+    // worktree on branch makima/<id>.
+    caf::replies_to<prepare_atom, prepare_request>::with<worktree>,
     // Returns the preserved worktree of task `id` on `branch` (resume);
     // ec::worktree_missing when it is gone.
     caf::replies_to<reopen_atom, std::string, std::string>::with<worktree>,

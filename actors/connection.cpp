@@ -38,7 +38,7 @@ using phase = connection_state::phase;
 constexpr const char* component = "connection";
 
 std::string describe_key(const attempt_key& key) {
-  return key.first + "#" + std::to_string(key.second);
+  return to_string(key);
 }
 
 std::chrono::milliseconds seconds_to_ms(double s) {
@@ -126,8 +126,8 @@ void write_event(conn_ptr self, const attempt_key& key, proto::event ev,
                  std::function<void()> done = {}) {
   auto& st = self->state;
   auto& a = st.window.attempts()[key];
-  ev.task = key.first;
-  ev.attempt = key.second;
+  ev.task = key.task;
+  ev.attempt = key.attempt;
   ev.seq = ++a.last_seq;
   ev.at = now_ms();
   bool finished = ev.kind == proto::event_kind::result;
@@ -156,8 +156,8 @@ void write_event(conn_ptr self, const attempt_key& key, proto::event ev,
       done();
     check_drained(self);
   };
-  self->request(st.persistence, caf::infinite, outbox_atom::value, key.first,
-                key.second, seq, frame, finished)
+  self->request(st.persistence, caf::infinite, outbox_atom::value,
+                outbox_write{key, seq, frame, finished})
       .then([stored, frame](ok_atom) mutable { stored(std::move(frame)); },
             [stored, frame, key](caf::error& err) mutable {
               // Sending it anyway beats a seq gap; it is only not durable.
@@ -177,8 +177,8 @@ void apply_ack(conn_ptr self, const attempt_key& key, uint64_t seq) {
                              + std::to_string(r.last_seq) + " events");
   if (!r.applied)
     return;
-  self->request(st.persistence, caf::infinite, ack_atom::value, key.first,
-                key.second, r.seq, r.forget)
+  self->request(st.persistence, caf::infinite, ack_atom::value,
+                outbox_ack{key, r.seq, r.forget})
       .then([](ok_atom) {},
             [key](caf::error& err) {
               log::error(component, "cannot delete acked events of "
@@ -198,11 +198,10 @@ void fence(conn_ptr self, const attempt_key& key, const std::string& why) {
   st.fenced.insert(key);
   auto a = st.window.fence(key);
   if (a && a->active && st.daemon)
-    self->send(st.daemon, cancel_atom::value, key.first, kill_atom::value);
+    self->send(st.daemon, cancel_atom::value, key.task, kill_atom::value);
   log::warn(component, "attempt " + describe_key(key) + " " + why
                            + ": killed, its unsent events dropped");
-  self->request(st.persistence, caf::infinite, drop_atom::value, key.first,
-                key.second)
+  self->request(st.persistence, caf::infinite, drop_atom::value, key)
       .then([](ok_atom) {},
             [key](caf::error& err) {
               log::error(component, "cannot drop the outbox of "
@@ -227,7 +226,7 @@ proto::hello make_hello(conn_ptr self) {
   h.free_disk_bytes = err ? 0 : space.available;
   h.cached_repos = git::mirror_origins(st.opts.repos_dir);
   for (auto& [key, a] : st.window.attempts())
-    h.running.push_back(proto::attempt_seq{key.first, key.second, a.last_seq});
+    h.running.push_back(proto::attempt_seq{key.task, key.attempt, a.last_seq});
   h.version = st.opts.version;
   return h;
 }
@@ -471,7 +470,7 @@ void recover_then_connect(conn_ptr self) {
             std::set<std::string> ids(interrupted.begin(), interrupted.end());
             for (auto& [key, a] : self->state.window.attempts())
               if (!a.finished)
-                ids.insert(key.first);
+                ids.insert(key.task);
             if (ids.empty()) {
               connect(self);
               return;

@@ -204,6 +204,14 @@ void add_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<outbox_attempt>>(
       "std::vector<makima::outbox_attempt>");
   cfg.add_message_type<outbox_contents>("makima::outbox_contents");
+  cfg.add_message_type<attempt_id>("makima::attempt_id");
+  cfg.add_message_type<outbox_write>("makima::outbox_write");
+  cfg.add_message_type<outbox_ack>("makima::outbox_ack");
+  cfg.add_message_type<prepare_request>("makima::prepare_request");
+}
+
+std::string to_string(const attempt_id& x) {
+  return x.task + "#" + std::to_string(x.attempt);
 }
 
 } // namespace makima

@@ -176,6 +176,75 @@ typename Inspector::result_type inspect(Inspector& f, worktree& x) {
            x.base_commit);
 }
 
+/// One attempt of one task: what fencing, outboxes and acks are about.
+struct attempt_id {
+  std::string task;
+  uint32_t attempt = 0;
+
+  friend bool operator==(const attempt_id& a, const attempt_id& b) {
+    return a.attempt == b.attempt && a.task == b.task;
+  }
+  friend bool operator!=(const attempt_id& a, const attempt_id& b) {
+    return !(a == b);
+  }
+  /// Task first, then attempt (the outbox's key order).
+  friend bool operator<(const attempt_id& a, const attempt_id& b) {
+    return a.task != b.task ? a.task < b.task : a.attempt < b.attempt;
+  }
+};
+
+/// "task#attempt", for logs.
+std::string to_string(const attempt_id& x);
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, attempt_id& x) {
+  return f(caf::meta::type_name("makima::attempt_id"), x.task, x.attempt);
+}
+
+/// What CONNECTION asks PERSISTENCE to store before it sends an event: event
+/// `seq` of attempt `id` with its encoded frame; `finished` when the event
+/// is the attempt's result (then its last-seq key says so).
+struct outbox_write {
+  attempt_id id;
+  uint64_t seq = 0;
+  std::string frame;
+  bool finished = false;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, outbox_write& x) {
+  return f(caf::meta::type_name("makima::outbox_write"), x.id, x.seq, x.frame,
+           x.finished);
+}
+
+/// A server ack applied to the outbox: the entries of `id` with seq <=
+/// `seq` go; `forget` also removes the attempt's last-seq key (its result
+/// is acked, nothing of it is left to replay).
+struct outbox_ack {
+  attempt_id id;
+  uint64_t seq = 0;
+  bool forget = false;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, outbox_ack& x) {
+  return f(caf::meta::type_name("makima::outbox_ack"), x.id, x.seq, x.forget);
+}
+
+/// What TASK asks REPO to prepare: the worktree of task `task` at `ref`
+/// (empty: the default branch) in directory `dir`, on branch makima/<task>.
+struct prepare_request {
+  std::string task;
+  std::string ref;
+  std::string dir;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, prepare_request& x) {
+  return f(caf::meta::type_name("makima::prepare_request"), x.task, x.ref,
+           x.dir);
+}
+
 /// One event of a daemon's outbox (network mode): an attempt's event
 /// `seq` and its encoded `event` frame (docs/protocol.md §6).
 struct outbox_entry {

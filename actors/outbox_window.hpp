@@ -43,7 +43,7 @@ struct attempt_outbox {
 /// Every attempt's outbox and the window over them.
 class outbox_window {
 public:
-  using attempt_key = std::pair<std::string, uint32_t>;
+  using attempt_key = attempt_id;
   using attempt_map = std::map<attempt_key, attempt_outbox>;
 
   /// A window of at most `max_events` events and `max_bytes` frame bytes.

@@ -189,7 +189,7 @@ persistence(persistence_actor::stateful_pointer<persistence_state> self,
           return err;
         return out;
       },
-      [self](output_atom, const std::string& id, uint64_t from,
+      [self](get_atom, output_atom, const std::string& id, uint64_t from,
              uint64_t max_bytes) -> caf::result<std::vector<output_chunk>> {
         std::vector<output_chunk> out;
         uint64_t bytes = 0;
@@ -205,7 +205,7 @@ persistence(persistence_actor::stateful_pointer<persistence_state> self,
           return err;
         return out;
       },
-      [self](history_atom,
+      [self](get_atom, history_atom,
              const std::string& id) -> caf::result<std::vector<state_change>> {
         std::vector<state_change> out;
         auto err = self->state.db->for_each_event(
@@ -260,13 +260,12 @@ persistence(persistence_actor::stateful_pointer<persistence_state> self,
           return err;
         return fallback;
       },
-      [self](outbox_atom, const std::string& task, uint32_t attempt,
-             uint64_t seq, const std::string& frame,
-             bool finished) -> caf::result<ok_atom> {
+      [self](outbox_atom, const outbox_write& w) -> caf::result<ok_atom> {
+        auto& [task, attempt] = w.id;
         store::write_batch batch;
-        batch.put_outbox(task, attempt, seq, frame);
+        batch.put_outbox(task, attempt, w.seq, w.frame);
         batch.put_meta(outbox_key(task, attempt),
-                       std::to_string(seq) + (finished ? " result" : ""));
+                       std::to_string(w.seq) + (w.finished ? " result" : ""));
         if (auto err = self->state.db->write(std::move(batch))) {
           log::error("persistence", "outbox write for task " + task
                                         + " failed: " + describe(err));
@@ -274,18 +273,18 @@ persistence(persistence_actor::stateful_pointer<persistence_state> self,
         }
         return ok_atom::value;
       },
-      [self](ack_atom, const std::string& task, uint32_t attempt, uint64_t seq,
-             bool forget) -> caf::result<ok_atom> {
+      [self](ack_atom, const outbox_ack& a) -> caf::result<ok_atom> {
+        auto& [task, attempt] = a.id;
         store::write_batch batch;
-        batch.delete_outbox(task, attempt, seq);
-        if (forget)
+        batch.delete_outbox(task, attempt, a.seq);
+        if (a.forget)
           batch.delete_meta(outbox_key(task, attempt));
         if (auto err = self->state.db->write(std::move(batch)))
           return err;
         return ok_atom::value;
       },
-      [self](drop_atom, const std::string& task,
-             uint32_t attempt) -> caf::result<ok_atom> {
+      [self](drop_atom, const attempt_id& id) -> caf::result<ok_atom> {
+        auto& [task, attempt] = id;
         store::write_batch batch;
         batch.delete_outbox(task, attempt, UINT64_MAX);
         batch.delete_meta(outbox_key(task, attempt));

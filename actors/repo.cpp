@@ -43,9 +43,10 @@ repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
   st.author_name = std::move(author_name);
   st.author_email = std::move(author_email);
   return {
-      [self](prepare_atom, const std::string& id, const std::string& ref,
-             const std::string& dir) -> caf::result<worktree> {
+      [self](prepare_atom,
+             const prepare_request& req) -> caf::result<worktree> {
         auto& st = self->state;
+        auto& [id, ref, dir] = req;
         if (auto err = ensure_mirror(st, true)) {
           log::warn("repo", "cannot prepare " + log::redact(st.url)
                                 + " for task " + id + ": " + describe(err));

@@ -81,7 +81,7 @@ void flush_acks(self_ptr self) {
     if (c.closing)
       continue;
     for (auto& [key, seq] : c.pending_acks)
-      send_frame(self, id, proto::ack{key.first, key.second, seq});
+      send_frame(self, id, proto::ack{key.task, key.attempt, seq});
     c.pending_acks.clear();
   }
 }

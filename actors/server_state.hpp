@@ -131,7 +131,7 @@ struct conn_entry {
   /// Closed by us; frames still queued are ignored.
   bool closing = false;
   /// Acks not sent yet: (task, attempt) -> seq.
-  std::map<std::pair<std::string, uint32_t>, uint64_t> pending_acks;
+  std::map<attempt_id, uint64_t> pending_acks;
 };
 
 /// Upper bounds (s) of the dispatch latency histogram.

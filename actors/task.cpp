@@ -359,8 +359,8 @@ void prepare(task_ptr self) {
                   rec.branch)
         .then(on_worktree, on_error);
   } else {
-    self->request(st.ctx.repo, caf::infinite, prepare_atom::value, rec.spec.id,
-                  rec.spec.ref, dir.string())
+    self->request(st.ctx.repo, caf::infinite, prepare_atom::value,
+                  prepare_request{rec.spec.id, rec.spec.ref, dir.string()})
         .then(on_worktree, on_error);
   }
 }

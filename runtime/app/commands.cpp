@@ -337,7 +337,8 @@ int cmd_show(const common_options& common, const std::string& id, bool json) {
     if (primary)
       recover(self, node.persist);
     rec = get_record(self, node.persist, id);
-    self->request(node.persist, caf::infinite, history_atom::value, id)
+    self->request(node.persist, caf::infinite, get_atom::value,
+                  history_atom::value, id)
         .receive(
             [&](std::vector<state_change>& h) { history = std::move(h); },
             [&](caf::error& err) { fail(status_for(err), describe(err)); });
@@ -358,8 +359,8 @@ int cmd_logs(const common_options& common, const std::string& id) {
     uint64_t from = 0;
     bool more = true;
     while (more) {
-      self->request(node.persist, caf::infinite, output_atom::value, id, from,
-                    uint64_t{8} << 20)
+      self->request(node.persist, caf::infinite, get_atom::value,
+                    output_atom::value, id, from, uint64_t{8} << 20)
           .receive(
               [&](std::vector<output_chunk>& chunks) {
                 more = !chunks.empty();

@@ -16,10 +16,12 @@ protected:
   void append(const std::string& task, uint32_t attempt, uint64_t seq,
               bool finished = false) {
     (*self)
-        ->request(persist, timeout, outbox_atom::value, task, attempt, seq,
-                  "frame " + task + "/" + std::to_string(attempt) + "/"
-                      + std::to_string(seq),
-                  finished)
+        ->request(persist, timeout, outbox_atom::value,
+                  outbox_write{{task, attempt},
+                               seq,
+                               "frame " + task + "/" + std::to_string(attempt)
+                                   + "/" + std::to_string(seq),
+                               finished})
         .receive([](ok_atom) {},
                  [](caf::error& err) { FAIL() << describe(err); });
   }
@@ -36,7 +38,8 @@ protected:
   void ack(const std::string& task, uint32_t attempt, uint64_t seq,
            bool forget) {
     (*self)
-        ->request(persist, timeout, ack_atom::value, task, attempt, seq, forget)
+        ->request(persist, timeout, ack_atom::value,
+                  outbox_ack{{task, attempt}, seq, forget})
         .receive([](ok_atom) {},
                  [](caf::error& err) { FAIL() << describe(err); });
   }
@@ -82,8 +85,7 @@ TEST_F(outbox_test, drop_forgets_a_fenced_attempt_only) {
   append("t1", 1, 2);
   append("t1", 2, 1);
   (*self)
-      ->request(persist, timeout, drop_atom::value, std::string{"t1"},
-                uint32_t{1})
+      ->request(persist, timeout, drop_atom::value, attempt_id{"t1", 1})
       .receive([](ok_atom) {},
                [](caf::error& err) { FAIL() << describe(err); });
   auto box = load();

@@ -53,7 +53,8 @@ TEST_F(persistence_actor_test, put_updates_record_and_appends_history) {
   EXPECT_EQ(got.spec.argv, (std::vector<std::string>{"echo", "x"}));
   std::vector<state_change> history;
   (*self)
-      ->request(persist, timeout, history_atom::value, std::string{"t1"})
+      ->request(persist, timeout, get_atom::value, history_atom::value,
+                std::string{"t1"})
       .receive([&](std::vector<state_change>& h) { history = std::move(h); },
                [](caf::error& err) { FAIL() << describe(err); });
   ASSERT_EQ(history.size(), 3u);
@@ -82,8 +83,8 @@ TEST_F(persistence_actor_test,
   for (int pages = 0; pages < 100; ++pages) {
     std::vector<output_chunk> page;
     (*self)
-        ->request(persist, timeout, output_atom::value, std::string{"t1"}, from,
-                  uint64_t{10'000})
+        ->request(persist, timeout, get_atom::value, output_atom::value,
+                  std::string{"t1"}, from, uint64_t{10'000})
         .receive([&](std::vector<output_chunk>& p) { page = std::move(p); },
                  [](caf::error& err) { FAIL() << describe(err); });
     if (page.empty())

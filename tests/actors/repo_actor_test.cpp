@@ -36,8 +36,8 @@ protected:
   worktree prepare(const std::string& id, const std::string& ref) {
     worktree out;
     (*self)
-        ->request(repo, std::chrono::seconds(60), prepare_atom::value, id, ref,
-                  (dir.path() / "wt" / id).string())
+        ->request(repo, std::chrono::seconds(60), prepare_atom::value,
+                  prepare_request{id, ref, (dir.path() / "wt" / id).string()})
         .receive([&](worktree& wt) { out = std::move(wt); },
                  [](caf::error& err) { FAIL() << describe(err); });
     return out;
@@ -119,15 +119,16 @@ TEST_F(repo_actor_test, missing_repository_and_bad_ref_are_errors) {
   auto missing = spawn_repo(*sys, (dir.path() / "nope").string(),
                             dir.path() / "repos", "m", "m@x");
   (*self)
-      ->request(missing, timeout, prepare_atom::value, std::string{"t1"},
-                std::string{}, (dir.path() / "wt/t1").string())
+      ->request(missing, timeout, prepare_atom::value,
+                prepare_request{"t1", "", (dir.path() / "wt/t1").string()})
       .receive(
           [](worktree&) { FAIL() << "prepared a missing repository"; },
           [](caf::error& err) { EXPECT_EQ(code_of(err), ec::repo_not_found); });
   caf::anon_send_exit(missing, caf::exit_reason::user_shutdown);
   (*self)
-      ->request(repo, timeout, prepare_atom::value, std::string{"t2"},
-                std::string{"no-such-ref"}, (dir.path() / "wt/t2").string())
+      ->request(
+          repo, timeout, prepare_atom::value,
+          prepare_request{"t2", "no-such-ref", (dir.path() / "wt/t2").string()})
       .receive([](worktree&) { FAIL() << "prepared a missing ref"; },
                [](caf::error& err) {
                  EXPECT_EQ(code_of(err), ec::ref_not_found);
