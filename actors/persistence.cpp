@@ -6,6 +6,7 @@
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
+#include "actors/task_store.hpp"
 #include "runtime/error.hpp"
 #include "runtime/ids.hpp"
 #include "runtime/log.hpp"
@@ -41,13 +42,8 @@ caf::expected<store::write_batch> record_batch(persistence_state& st,
   auto n = next_event_of(st, rec.spec.id);
   if (!n)
     return n.error();
-  state_change change{rec.attempt, rec.state, rec.updated_at,
-                      std::move(detail)};
-  if (change.at == 0)
-    change.at = now_ms();
   store::write_batch batch;
-  batch.put_task(rec.spec.id, to_json(rec));
-  batch.put_event(rec.spec.id, *n, to_json(change));
+  put_record(batch, rec, *n, std::move(detail));
   return batch;
 }
 
@@ -191,19 +187,10 @@ persistence(persistence_actor::stateful_pointer<persistence_state> self,
       },
       [self](get_atom, output_atom, const std::string& id, uint64_t from,
              uint64_t max_bytes) -> caf::result<std::vector<output_chunk>> {
-        std::vector<output_chunk> out;
-        uint64_t bytes = 0;
-        auto err = self->state.db->for_each_output(
-            id, from, [&](const store::stored_chunk& c) {
-              if (!out.empty() && bytes + c.bytes.size() > max_bytes)
-                return false;
-              bytes += c.bytes.size();
-              out.push_back(output_chunk{c.seq, c.stream, c.bytes});
-              return true;
-            });
-        if (err)
-          return err;
-        return out;
+        auto out = read_output(*self->state.db, id, from, max_bytes);
+        if (!out)
+          return out.error();
+        return std::move(*out);
       },
       [self](get_atom, history_atom,
              const std::string& id) -> caf::result<std::vector<state_change>> {

@@ -12,12 +12,13 @@
 #include <exception>
 #include <functional>
 #include <limits>
-#include <strings.h>
 #include <sstream>
+#include <strings.h>
 
 #include <nlohmann/json.hpp>
 
 #include "actors/server_target.hpp"
+#include "actors/task_store.hpp"
 #include "runtime/error.hpp"
 #include "runtime/git/git.hpp"
 #include "runtime/ids.hpp"
@@ -372,22 +373,17 @@ void output(self_ptr self, task_entry& e, const target& t, net::request& req,
     follow = it->second == "1" || it->second == "true";
   auto& id = e.rec.spec.id;
   if (!follow) {
-    auto chunks = json::array();
-    uint64_t bytes = 0;
-    uint64_t next = from;
-    auto err =
-        st.db->for_each_output(id, from, [&](const store::stored_chunk& c) {
-          if (!chunks.empty() && bytes + c.bytes.size() > max_bytes)
-            return false;
-          bytes += c.bytes.size();
-          chunks.push_back(chunk_json({c.seq, c.stream, c.bytes}));
-          next = c.seq + 1;
-          return true;
-        });
-    if (err) {
+    auto page = read_output(*st.db, id, from, max_bytes);
+    if (!page) {
       respond_error(self, reply, 500, to_string(ec::store_error),
-                    describe(err));
+                    describe(page.error()));
       return;
+    }
+    auto chunks = json::array();
+    uint64_t next = from;
+    for (auto& c : *page) {
+      chunks.push_back(chunk_json(c));
+      next = c.seq + 1;
     }
     bool done = is_terminal(e.rec.state) && next >= e.rec.next_seq;
     json j{{"chunks", std::move(chunks)}, {"next", next}, {"done", done}};
@@ -411,8 +407,7 @@ void output(self_ptr self, task_entry& e, const target& t, net::request& req,
     } else if (total >= st.settings.max_streams) {
       reason = "total";
       msg = "too many open output streams (limit "
-            + std::to_string(st.settings.max_streams)
-            + ", server.max_streams)";
+            + std::to_string(st.settings.max_streams) + ", server.max_streams)";
     }
     if (reason) {
       ++st.streams_refused[reason];
@@ -597,8 +592,7 @@ void metrics(self_ptr self, net::http_reply& reply) {
        "429, by reason.\n# TYPE makima_sse_streams_refused_total counter\n";
   for (const char* r : {"per_key", "total"}) {
     auto it = st.streams_refused.find(r);
-    o += std::string{"makima_sse_streams_refused_total{reason=\""} + r
-         + "\"} "
+    o += std::string{"makima_sse_streams_refused_total{reason=\""} + r + "\"} "
          + std::to_string(it == st.streams_refused.end() ? 0 : it->second)
          + "\n";
   }
@@ -606,8 +600,10 @@ void metrics(self_ptr self, net::http_reply& reply) {
        "(emfile/enfile/enobufs/enomem pause accepting).\n"
        "# TYPE makima_accept_errors_total counter\n";
   std::pair<const char*, uint64_t> accept_errors[] = {
-      {"emfile", stats.accept_emfile},   {"enfile", stats.accept_enfile},
-      {"enobufs", stats.accept_enobufs}, {"enomem", stats.accept_enomem},
+      {"emfile", stats.accept_emfile},
+      {"enfile", stats.accept_enfile},
+      {"enobufs", stats.accept_enobufs},
+      {"enomem", stats.accept_enomem},
       {"other", stats.accept_other}};
   for (auto& [r, n] : accept_errors)
     o += std::string{"makima_accept_errors_total{reason=\""} + r + "\"} "
@@ -711,8 +707,8 @@ void route(self_ptr self, const target& t, net::request& req,
       // A store that refuses writes (disk full) cannot take submissions or
       // events: not ready until a write works again (writable() retries).
       if (auto err = st.db->writable())
-        return respond(self, reply, 503, "store refuses writes: " + describe(err),
-                       "text/plain");
+        return respond(self, reply, 503,
+                       "store refuses writes: " + describe(err), "text/plain");
       return respond(self, reply, 200, "ready", "text/plain");
     }
     return metrics(self, reply);

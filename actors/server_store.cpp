@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/task_store.hpp"
 #include "runtime/error.hpp"
 
 namespace makima::server_detail {
@@ -29,9 +30,7 @@ std::string meta_json(uint32_t attempt, uint64_t seq,
 caf::error persist(store::db& db, task_entry& e, const std::string& detail) {
   store::write_batch batch;
   auto& id = e.rec.spec.id;
-  batch.put_task(id, to_json(e.rec));
-  state_change sc{e.rec.attempt, e.rec.state, e.rec.updated_at, detail};
-  batch.put_event(id, e.events, to_json(sc));
+  put_record(batch, e.rec, e.events, detail);
   batch.put_meta(meta_key(id), meta_json(e.rec.attempt, e.acked, e.daemon));
   if (auto err = db.write(std::move(batch)))
     return err;
@@ -65,10 +64,8 @@ stored_event event_batch(const task_entry& e, const std::string& daemon,
       out.detail = "attempt interrupted on daemon " + daemon;
     }
     rec.next_seq = next;
-    state_change sc{rec.attempt, rec.state, rec.updated_at,
-                    out.requeue ? out.detail : "daemon " + daemon};
-    batch.put_task(ev.task, to_json(rec));
-    batch.put_event(ev.task, e.events, to_json(sc));
+    put_record(batch, rec, e.events,
+               out.requeue ? out.detail : "daemon " + daemon);
   }
   batch.put_meta(meta_key(ev.task), meta_json(ev.attempt, ev.seq, e.daemon));
   out.rec.next_seq = next;
