@@ -168,6 +168,17 @@ void write_event(conn_ptr self, const attempt_key& key, proto::event ev,
 }
 
 // Applies a cumulative ack of `key` up to `seq`.
+// A state or result event of the record's attempt, unless it was fenced.
+void report_record(conn_ptr self, proto::event_kind kind, task_record rec) {
+  attempt_key key{rec.spec.id, rec.attempt};
+  if (self->state.fenced.count(key) > 0)
+    return;
+  proto::event ev;
+  ev.kind = kind;
+  ev.record = std::move(rec);
+  write_event(self, key, std::move(ev));
+}
+
 void apply_ack(conn_ptr self, const attempt_key& key, uint64_t seq) {
   auto& st = self->state;
   auto r = st.window.ack(key, seq);
@@ -591,22 +602,10 @@ connection(connection_actor::stateful_pointer<connection_state> self,
         return rp;
       },
       [self](state_atom, task_record& rec) {
-        attempt_key key{rec.spec.id, rec.attempt};
-        if (self->state.fenced.count(key) > 0)
-          return;
-        proto::event ev;
-        ev.kind = proto::event_kind::state;
-        ev.record = std::move(rec);
-        write_event(self, key, std::move(ev));
+        report_record(self, proto::event_kind::state, std::move(rec));
       },
       [self](result_atom, task_record& rec) {
-        attempt_key key{rec.spec.id, rec.attempt};
-        if (self->state.fenced.count(key) > 0)
-          return;
-        proto::event ev;
-        ev.kind = proto::event_kind::result;
-        ev.record = std::move(rec);
-        write_event(self, key, std::move(ev));
+        report_record(self, proto::event_kind::result, std::move(rec));
       },
       // -- wiring and transport --
       [self](start_atom, daemon_actor daemon) {

@@ -25,6 +25,8 @@ struct local_node::run_state {
   std::mutex mtx;
   std::string id;
   std::shared_ptr<std::promise<task_record>> result;
+  /// The result `run` waits for (drain waits for it too).
+  std::shared_future<task_record> done;
   std::atomic<int> cancels{0};
 };
 
@@ -58,11 +60,12 @@ local_node::start(caf::actor_system& sys, local_settings s,
 
 task_record local_node::run(task_record rec) {
   auto result = std::make_shared<std::promise<task_record>>();
-  auto done = result->get_future();
+  auto done = result->get_future().share();
   {
     std::lock_guard<std::mutex> guard{run_->mtx};
     run_->id = rec.spec.id;
     run_->result = result;
+    run_->done = done;
     run_->cancels = 0;
   }
   auto id = rec.spec.id;
@@ -88,6 +91,19 @@ void local_node::cancel() {
   // A second cancel of a task in its grace kills it (TASK's rule).
   ++run_->cancels;
   caf::anon_send(daemon_, cancel_atom::value, id);
+}
+
+bool local_node::drain(std::chrono::milliseconds bound) {
+  std::shared_future<task_record> done;
+  {
+    std::lock_guard<std::mutex> guard{run_->mtx};
+    done = run_->done;
+  }
+  if (!done.valid()
+      || done.wait_for(std::chrono::seconds(0)) == std::future_status::ready)
+    return true;
+  cancel();
+  return done.wait_for(bound) == std::future_status::ready;
 }
 
 void local_node::stop() {

@@ -7,6 +7,7 @@
 // at once. Nothing here throws or exits the process.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -56,6 +57,10 @@ public:
   /// Cancels the attempt that `run` is waiting for, as a stop signal does;
   /// run() returns once it ended. Thread-safe.
   void cancel();
+
+  /// Cancels the running attempt (if any) and waits until it ended or
+  /// `bound` passed; true when nothing is left running. Thread-safe.
+  bool drain(std::chrono::milliseconds bound);
 
   /// Stops the LINK and DAEMON (their TASK actors, and children with the
   /// reactor). Idempotent.

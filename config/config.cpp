@@ -245,8 +245,8 @@ const std::vector<key_def>& defs() {
         seconds_setter(&config::heartbeat, "server.heartbeat", false));
     add("server.reconnect",
         {"MAKIMA_RECONNECT", "MAKIMA_DAEMON_SERVER_RECONNECTINTERVALSECS"},
-        "first reconnect delay (s)",
-        seconds_setter(&config::reconnect, "server.reconnect", false));
+        "base of the daemon's reconnect backoff (s, at most 30)",
+        seconds_setter(&config::reconnect, "server.reconnect", false, 30));
     add("server.ca_file", {"MAKIMA_CA_FILE"},
         "CA bundle to verify a wss:// or https:// server",
         path_setter(&config::ca_file, "server.ca_file"));

@@ -73,7 +73,7 @@ struct config {
   std::string api_key;
   /// Seconds between heartbeats (a server tells its daemons this value).
   double heartbeat = 5;
-  double reconnect = 5;
+  double reconnect = 0.5;
   /// CA bundle for wss:// / https:// (`server.ca_file`; empty = system).
   std::filesystem::path ca_file;
 

@@ -157,6 +157,7 @@ daemon_settings daemon_settings_for(const config& cfg) {
   o.ca_file = cfg.ca_file.string();
   o.heartbeat = cfg.heartbeat;
   o.max_frame_bytes = cfg.max_frame_bytes;
+  o.backoff_base = cfg.reconnect;
   o.version = MAKIMA_VERSION;
   s.workspace = node_workspace_for(cfg);
   s.db_dir = cfg.db_dir;

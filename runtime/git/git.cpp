@@ -461,6 +461,22 @@ std::vector<std::string> mirror_origins(const fs::path& repos_dir) {
   return out;
 }
 
+namespace {
+
+// Stages every change of worktree `dir` in `index`: new and modified files
+// (add_all, honouring .gitignore) and deletions (update_all).
+caf::error stage_all(git_index* index, const fs::path& dir) {
+  if (git_index_add_all(index, nullptr, GIT_INDEX_ADD_DEFAULT, nullptr,
+                        nullptr)
+          != 0
+      || git_index_update_all(index, nullptr, nullptr, nullptr) != 0)
+    return git_fail(ec::git_error,
+                    "cannot stage the changes in worktree " + dir.string());
+  return caf::none;
+}
+
+} // namespace
+
 // -- mirror -------------------------------------------------------------------
 
 struct mirror::impl {
@@ -860,11 +876,8 @@ mirror::commit_all(const fs::path& dir, const std::string& message,
     return git_fail(ec::git_error,
                     "cannot read the index of worktree " + dir.string());
   index_ptr index{iraw};
-  if (git_index_add_all(iraw, nullptr, GIT_INDEX_ADD_DEFAULT, nullptr, nullptr)
-          != 0
-      || git_index_update_all(iraw, nullptr, nullptr, nullptr) != 0)
-    return git_fail(ec::git_error,
-                    "cannot stage the changes in worktree " + dir.string());
+  if (auto err = stage_all(iraw, dir))
+    return err;
   git_oid tree_oid;
   if (git_index_write_tree(&tree_oid, iraw) != 0)
     return git_fail(ec::git_error,
@@ -958,11 +971,8 @@ caf::expected<std::string> mirror::snapshot(const fs::path& dir,
   if (git_repository_set_index(raw, iraw) != 0)
     return git_fail(ec::git_error,
                     "cannot use a private index for worktree " + dir.string());
-  if (git_index_add_all(iraw, nullptr, GIT_INDEX_ADD_DEFAULT, nullptr, nullptr)
-          != 0
-      || git_index_update_all(iraw, nullptr, nullptr, nullptr) != 0)
-    return git_fail(ec::git_error,
-                    "cannot stage the changes in worktree " + dir.string());
+  if (auto err = stage_all(iraw, dir))
+    return err;
   git_oid tree_oid;
   if (git_index_write_tree_to(&tree_oid, iraw, raw) != 0)
     return git_fail(ec::git_error,

@@ -48,7 +48,15 @@ int wait_signal(std::chrono::milliseconds timeout) {
 
 signal_watcher::signal_watcher(std::function<void(int)> on_signal)
     : on_signal_(std::move(on_signal)) {
+  // The thread starts with the signals blocked whatever the caller's mask
+  // (it inherits the mask it is created with): sigwait needs them blocked,
+  // and the SIGUSR1 that wakes it must never take its default action (end
+  // the process) in a program that did not call block_stop_signals.
+  auto set = stop_set(true);
+  sigset_t old;
+  pthread_sigmask(SIG_BLOCK, &set, &old);
   thread_ = std::thread([this] { loop(); });
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 signal_watcher::~signal_watcher() {

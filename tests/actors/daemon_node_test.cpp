@@ -6,12 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <caf/actor_system.hpp>
-#include <caf/actor_system_config.hpp>
 
 #include "actors/messages.hpp"
 #include "runtime/error.hpp"
 #include "runtime/net/net.hpp"
 #include "runtime/store/db.hpp"
+#include "tests/fixtures/actor_system.hpp"
 #include "tests/fixtures/temp_dir.hpp"
 
 using namespace makima;
@@ -19,13 +19,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct node_config : caf::actor_system_config {
-  node_config() {
-    set("scheduler.max-threads", 2);
-    set("logger.verbosity", caf::atom("quiet"));
-    makima::add_message_types(*this);
-  }
-};
 
 // Settings of a node whose server never answers (a closed loopback port).
 daemon_settings unreachable(const test::temp_dir& tmp) {
@@ -54,7 +47,7 @@ unsigned get_status(uint16_t port, const std::string& path) {
 
 TEST(daemon_node, serves_health_and_is_not_ready_without_a_server) {
   test::temp_dir tmp;
-  node_config cfg;
+  test::actor_config cfg;
   caf::actor_system sys{cfg};
   auto io = std::make_shared<net::io_thread>();
   auto s = unreachable(tmp);
@@ -88,7 +81,7 @@ TEST(daemon_node, a_locked_data_dir_is_an_error_not_an_exit) {
   store::db_options opts;
   auto holder = store::db::open(s.db_dir, opts);
   ASSERT_TRUE(holder) << describe(holder.error());
-  node_config cfg;
+  test::actor_config cfg;
   caf::actor_system sys{cfg};
   auto io = std::make_shared<net::io_thread>();
   auto node = daemon_node::start_with_store(sys, s, io);

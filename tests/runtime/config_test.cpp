@@ -109,7 +109,9 @@ TEST(config, bad_values_name_the_key_and_origin) {
            {"MAKIMA_MAX_FRAME_BYTES", "4096", "net.max_frame_bytes"},
            {"MAKIMA_MAX_FRAME_BYTES", "99999999999999999999999",
             "net.max_frame_bytes"},
-           {"MAKIMA_MAX_BODY_BYTES", "1023", "net.max_body_bytes"}}) {
+           {"MAKIMA_MAX_BODY_BYTES", "1023", "net.max_body_bytes"},
+           {"MAKIMA_RECONNECT", "31", "server.reconnect"},
+           {"MAKIMA_RECONNECT", "0", "server.reconnect"}}) {
     env_map env{{"HOME", "/h"}, {c.var, c.value}};
     auto cfg = load_config(std::nullopt, env);
     ASSERT_FALSE(cfg) << c.var;
