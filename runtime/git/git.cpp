@@ -466,8 +466,7 @@ namespace {
 // Stages every change of worktree `dir` in `index`: new and modified files
 // (add_all, honouring .gitignore) and deletions (update_all).
 caf::error stage_all(git_index* index, const fs::path& dir) {
-  if (git_index_add_all(index, nullptr, GIT_INDEX_ADD_DEFAULT, nullptr,
-                        nullptr)
+  if (git_index_add_all(index, nullptr, GIT_INDEX_ADD_DEFAULT, nullptr, nullptr)
           != 0
       || git_index_update_all(index, nullptr, nullptr, nullptr) != 0)
     return git_fail(ec::git_error,
