@@ -17,12 +17,25 @@ namespace makima::it {
 constexpr const char* user_key = "user-key-3f9a1c";
 constexpr const char* daemon_key = "daemon-key-b7e2d4";
 
+/// `makima server` on 127.0.0.1 (any free port) over `data`, with the
+/// test keys, plus `extra` flags (launch adds the binary).
+inline std::vector<std::string>
+server_args(const fs::path& data, std::vector<std::string> extra = {}) {
+  std::vector<std::string> a{"server",     "--listen",     "127.0.0.1:0",
+                             "--data-dir", data.string(),  "--user-key",
+                             user_key,     "--daemon-key", daemon_key};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
 /// A background makima process (server, daemon or local).
 struct proc {
   std::vector<std::string> argv;
   std::unique_ptr<test::background> bg;
 
-  void start(const env& e) { bg = std::make_unique<test::background>(argv, e.opts(600000ms)); }
+  void start(const env& e) {
+    bg = std::make_unique<test::background>(argv, e.opts(600000ms));
+  }
   bool wait_for(const std::string& needle,
                 std::chrono::milliseconds timeout = 20000ms) {
     return bg->wait_for_output(needle, timeout);
@@ -193,9 +206,9 @@ struct daemon_proc : proc {
 /// Ids of the tasks in a daemon's own data dir (read while it runs).
 inline std::vector<std::string> local_task_ids(const env& e,
                                                const fs::path& data) {
-  auto r = test::run({MAKIMA_BINARY, "task", "list", "--data-dir",
-                      data.string(), "--json"},
-                     e.opts());
+  auto r = test::run(
+      {MAKIMA_BINARY, "task", "list", "--data-dir", data.string(), "--json"},
+      e.opts());
   std::vector<std::string> out;
   try {
     for (auto& t : json::parse(r.out))

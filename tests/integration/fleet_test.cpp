@@ -31,15 +31,6 @@ std::string echo_stdout(const std::string& id) {
   return s;
 }
 
-std::vector<std::string> server_args(const fs::path& data,
-                                     std::vector<std::string> extra = {}) {
-  std::vector<std::string> a{"server",       "--listen",   "127.0.0.1:0",
-                             "--data-dir",   data.string(), "--user-key",
-                             user_key,       "--daemon-key", daemon_key};
-  a.insert(a.end(), extra.begin(), extra.end());
-  return a;
-}
-
 } // namespace
 
 TEST(fleet, hundred_tasks_over_three_daemons_each_result_once_byte_exact) {
@@ -86,16 +77,17 @@ TEST(fleet, hundred_tasks_over_three_daemons_each_result_once_byte_exact) {
 TEST(fleet, sigkilled_daemon_loses_its_task_after_the_lease_and_is_fenced) {
   env e;
   server_proc srv;
-  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server", {"--lease", "2"})));
+  ASSERT_TRUE(
+      srv.launch(e, server_args(e.root() / "server", {"--lease", "2"})));
   api http{srv.http()};
   daemon_proc a;
   ASSERT_TRUE(a.launch(e, srv.ws(), "a", e.root() / "a"));
-  auto id = http.submit(
-      {{"id", "slow"},
-       {"argv", {"sh", "-c", "echo start; sleep 2; echo done"}}});
+  auto id =
+      http.submit({{"id", "slow"},
+                   {"argv", {"sh", "-c", "echo start; sleep 2; echo done"}}});
   ASSERT_EQ(id, "slow");
-  ASSERT_TRUE(eventually([&] { return http.output(id).out == "start\n"; },
-                         20000ms))
+  ASSERT_TRUE(
+      eventually([&] { return http.output(id).out == "start\n"; }, 20000ms))
       << srv.output() << a.output();
   daemon_proc b;
   ASSERT_TRUE(b.launch(e, srv.ws(), "b", e.root() / "b"));
@@ -155,8 +147,8 @@ TEST(fleet, server_sigkilled_mid_run_restarts_and_daemons_replay_exactly) {
                    id}}});
     ids.push_back(id);
   }
-  ASSERT_TRUE(eventually([&] { return !http.output("r0").out.empty(); },
-                         20000ms));
+  ASSERT_TRUE(
+      eventually([&] { return !http.output("r0").out.empty(); }, 20000ms));
   srv.stop(SIGKILL);
   // The tasks keep running; their events wait in the daemons' outboxes.
   std::this_thread::sleep_for(500ms);
@@ -185,8 +177,8 @@ TEST(fleet, selectors_route_to_pools_and_tasks_queue_until_a_daemon_fits) {
   daemon_proc k8s, cf;
   ASSERT_TRUE(k8s.launch(e, srv.ws(), "k", e.root() / "k",
                          {"--pool", "k8s", "--label", "arch=amd64"}));
-  ASSERT_TRUE(cf.launch(e, srv.ws(), "c", e.root() / "c",
-                        {"--pool", "cloudflare"}));
+  ASSERT_TRUE(
+      cf.launch(e, srv.ws(), "c", e.root() / "c", {"--pool", "cloudflare"}));
   std::vector<std::string> to_k8s, to_cf;
   for (int i = 0; i < 4; ++i) {
     auto k = echo_task("k" + std::to_string(i));
@@ -219,21 +211,21 @@ TEST(fleet, selectors_route_to_pools_and_tasks_queue_until_a_daemon_fits) {
                        {"--pool", "k8s", "--label", "gpu=1"}));
   ASSERT_TRUE(http.wait_terminal({"gpu"}, 20000ms));
   EXPECT_EQ(http.state("gpu"), "succeeded");
-  EXPECT_EQ(local_task_ids(e, e.root() / "g"),
-            std::vector<std::string>{"gpu"});
+  EXPECT_EQ(local_task_ids(e, e.root() / "g"), std::vector<std::string>{"gpu"});
   EXPECT_EQ(http.metric("makima_queue_depth"), 0);
 }
 
 TEST(fleet, server_without_keys_refuses_to_start_and_no_auth_is_loopback_only) {
   env e;
-  auto r = makima::test::run({MAKIMA_BINARY, "server", "--listen", "127.0.0.1:0",
-                      "--data-dir", (e.root() / "s").string()},
-                     e.opts());
+  auto r =
+      makima::test::run({MAKIMA_BINARY, "server", "--listen", "127.0.0.1:0",
+                         "--data-dir", (e.root() / "s").string()},
+                        e.opts());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--no-auth"), std::string::npos) << r.err;
   r = makima::test::run({MAKIMA_BINARY, "server", "--listen", "0.0.0.0:0",
-                 "--no-auth", "--data-dir", (e.root() / "s").string()},
-                e.opts());
+                         "--no-auth", "--data-dir", (e.root() / "s").string()},
+                        e.opts());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("loopback"), std::string::npos) << r.err;
 }
@@ -253,9 +245,10 @@ TEST(fleet, keys_never_appear_in_logs_and_wrong_keys_are_refused) {
   // A daemon with a user key is refused and keeps retrying (no crash).
   env e2;
   proc bad;
-  bad.argv = {MAKIMA_BINARY, "daemon",      "--server",   srv.ws(),
-              "--data-dir",  (e.root() / "bad").string(), "--api-key",
-              "wrong-daemon-key-77"};
+  bad.argv = {MAKIMA_BINARY, "daemon",
+              "--server",    srv.ws(),
+              "--data-dir",  (e.root() / "bad").string(),
+              "--api-key",   "wrong-daemon-key-77"};
   bad.start(e2);
   ASSERT_TRUE(bad.wait_for("refused", 20000ms)) << bad.output();
   daemon_proc good;
@@ -275,9 +268,9 @@ TEST(fleet, bad_input_from_a_third_party_websocket_client_is_refused_cleanly) {
   env e;
   server_proc srv;
   ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
-  auto r = makima::test::run({"node", dir + "/server_probe.js", srv.ws(), daemon_key,
-                      user_key},
-                     e.opts(30000ms));
+  auto r = makima::test::run(
+      {"node", dir + "/server_probe.js", srv.ws(), daemon_key, user_key},
+      e.opts(30000ms));
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   auto j = json::parse(r.out, nullptr, false);
   ASSERT_TRUE(j.is_object()) << r.out;
@@ -321,9 +314,11 @@ TEST(fleet, half_sent_and_garbage_http_requests_do_not_stop_the_server) {
   // Garbage bytes and an oversize body, over raw sockets via the shell's
   // /dev/tcp (bash) so nothing of ours shapes the bytes.
   auto port = std::to_string(srv.port);
-  auto g = makima::test::run({"bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/" + port
-                    + "; printf '\\x00\\x01garbage\\r\\n\\r\\n' >&3; "
-                      "timeout 5 cat <&3 | head -c 12"});
+  auto g =
+      makima::test::run({"bash", "-c",
+                         "exec 3<>/dev/tcp/127.0.0.1/" + port
+                             + "; printf '\\x00\\x01garbage\\r\\n\\r\\n' >&3; "
+                               "timeout 5 cat <&3 | head -c 12"});
   EXPECT_NE(g.out.find("HTTP/1.1 400"), std::string::npos) << g.out << g.err;
   api http{srv.http()};
   auto big = http.call("POST", "/api/v1/tasks", std::string(2 << 20, 'x'));
@@ -344,9 +339,9 @@ TEST(fleet, tls_server_with_wss_daemon_and_https_cli) {
   makima::test::tls_certs certs;
   env e;
   server_proc srv;
-  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server",
-                                        {"--tls-cert", certs.cert,
-                                         "--tls-key", certs.key})));
+  ASSERT_TRUE(srv.launch(
+      e, server_args(e.root() / "server",
+                     {"--tls-cert", certs.cert, "--tls-key", certs.key})));
   EXPECT_NE(srv.output().find("listening on https://"), std::string::npos)
       << srv.output();
   auto port = std::to_string(srv.port);
@@ -377,8 +372,7 @@ TEST(fleet, tls_server_with_wss_daemon_and_https_cli) {
   // The wrong CA: the CLI cannot verify the server and says why.
   auto bad = cli({"show", "secure"}, certs.other_ca);
   EXPECT_EQ(bad.exit_code, 125) << bad.err;
-  EXPECT_NE(bad.err.find("certificate verification failed"),
-            std::string::npos)
+  EXPECT_NE(bad.err.find("certificate verification failed"), std::string::npos)
       << bad.err;
   // A plain-HTTP client on the TLS port does not hurt the server.
   api plain{"http://127.0.0.1:" + port};

@@ -8,19 +8,6 @@
 
 using namespace makima::it;
 
-namespace {
-
-std::vector<std::string> server_args(const fs::path& data,
-                                     std::vector<std::string> extra = {}) {
-  std::vector<std::string> a{"server",     "--listen",     "127.0.0.1:0",
-                             "--data-dir", data.string(),  "--user-key",
-                             user_key,     "--daemon-key", daemon_key};
-  a.insert(a.end(), extra.begin(), extra.end());
-  return a;
-}
-
-} // namespace
-
 TEST(retry_fleet, task_that_kills_its_daemon_fails_after_the_attempt_budget) {
   env e;
   auto cfg = e.root() / "server.toml";

@@ -28,9 +28,7 @@ TEST(server_disk_full,
       << " (this test needs root)";
   server_proc srv;
   ASSERT_TRUE(
-      srv.launch(e, {"server", "--listen", "127.0.0.1:0", "--data-dir",
-                     (mnt.dir() / "server").string(), "--user-key", user_key,
-                     "--daemon-key", daemon_key, "--lease", "12"}));
+      srv.launch(e, server_args(mnt.dir() / "server", {"--lease", "12"})));
   daemon_proc d;
   ASSERT_TRUE(d.launch(e, srv.ws(), "d1", e.root() / "d1"));
   api http{srv.http()};
@@ -104,10 +102,7 @@ TEST(server_disk_full,
   EXPECT_EQ(r.signal, 0) << r.err;
   d.stop(SIGTERM);
   server_proc again;
-  ASSERT_TRUE(
-      again.launch(e, {"server", "--listen", "127.0.0.1:0", "--data-dir",
-                       (mnt.dir() / "server").string(), "--user-key", user_key,
-                       "--daemon-key", daemon_key}));
+  ASSERT_TRUE(again.launch(e, server_args(mnt.dir() / "server")));
   api http2{again.http()};
   EXPECT_EQ(http2.state(id), "succeeded");
   EXPECT_TRUE(http2.output(id).out == want);

@@ -20,7 +20,7 @@ using namespace makima::it;
 
 namespace {
 
-std::vector<std::string> server_args(const fs::path& data) {
+std::vector<std::string> stream_server_argv(const fs::path& data) {
   return {MAKIMA_BINARY,          "server",       "--listen",
           "127.0.0.1:0",          "--data-dir",   data.string(),
           "--user-key",           user_key,       "--user-key",
@@ -167,7 +167,7 @@ std::string never_ending_task(const api& a) {
 TEST(streams, abandoned_follow_streams_closed_with_fin_or_rst_are_dropped) {
   env e;
   server_proc srv;
-  ASSERT_TRUE(launch(srv, e, server_args(e.root() / "server"),
+  ASSERT_TRUE(launch(srv, e, stream_server_argv(e.root() / "server"),
                      {{"MAKIMA_SERVER_MAX_STREAMS_PER_KEY", "1000"}}));
   api a{srv.http()};
   auto id = never_ending_task(a);
@@ -215,7 +215,7 @@ TEST(streams, abandoned_follow_streams_closed_with_fin_or_rst_are_dropped) {
 TEST(streams, follow_streams_are_bounded_per_key_and_in_total_with_429) {
   env e;
   server_proc srv;
-  ASSERT_TRUE(launch(srv, e, server_args(e.root() / "server"),
+  ASSERT_TRUE(launch(srv, e, stream_server_argv(e.root() / "server"),
                      {{"MAKIMA_SERVER_MAX_STREAMS_PER_KEY", "5"},
                       {"MAKIMA_SERVER_MAX_STREAMS", "8"}}));
   api a{srv.http()};
@@ -291,7 +291,7 @@ TEST(streams,
   env e;
   server_proc srv;
   // Soft and hard limit 64: makima raises soft to hard, so both are low.
-  auto args = server_args(e.root() / "server");
+  auto args = stream_server_argv(e.root() / "server");
   std::string cmd = "ulimit -n 64 && exec \"$0\"";
   for (size_t i = 1; i < args.size(); ++i)
     cmd += " '" + args[i] + "'";
