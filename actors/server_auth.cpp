@@ -8,8 +8,7 @@
 
 #include <algorithm>
 
-#include <nlohmann/json.hpp>
-
+#include "actors/api.hpp"
 #include "actors/server_state.hpp"
 
 namespace makima::server_detail {
@@ -81,8 +80,7 @@ net::response error_response(unsigned status, const char* code,
                              const std::string& message) {
   net::response res;
   res.status = status;
-  nlohmann::json j{{"error", {{"code", code}, {"message", message}}}};
-  res.body = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  res.body = api::error_body(code, message);
   return res;
 }
 

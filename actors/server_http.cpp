@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/api.hpp"
 #include "actors/server_target.hpp"
 #include "actors/task_store.hpp"
 #include "runtime/error.hpp"
@@ -52,8 +53,8 @@ void respond(self_ptr self, net::http_reply& reply, unsigned status,
 void respond_error(self_ptr self, net::http_reply& reply, unsigned status,
                    const std::string& code, const std::string& message,
                    net::header_map headers = {}) {
-  json j{{"error", {{"code", code}, {"message", message}}}};
-  respond(self, reply, status, text(j), "application/json", std::move(headers));
+  respond(self, reply, status, api::error_body(code, message),
+          "application/json", std::move(headers));
 }
 
 void method_not_allowed(self_ptr self, net::http_reply& reply,
@@ -76,106 +77,6 @@ std::string record_json(const task_entry& e) {
 
 // -- POST /api/v1/tasks -------------------------------------------------------
 
-/// Whether `s` holds a NUL byte (which would cut an argv entry or an
-/// environment variable short on exec).
-bool has_nul(const std::string& s) {
-  return s.find('\0') != std::string::npos;
-}
-
-/// Parses a submit body into a spec; returns an error message when bad.
-std::string parse_submit(const std::string& body, task_spec& spec) {
-  auto j = json::parse(body, nullptr, false);
-  if (j.is_discarded() || !j.is_object())
-    return "the body must be a JSON object";
-  auto argv = j.find("argv");
-  if (argv == j.end() || !argv->is_array() || argv->empty())
-    return "argv must be a non-empty array of strings";
-  for (auto& a : *argv) {
-    if (!a.is_string())
-      return "argv must be a non-empty array of strings";
-    auto s = a.get<std::string>();
-    if (has_nul(s))
-      return "argv[" + std::to_string(spec.argv.size())
-             + "] contains a NUL byte";
-    spec.argv.push_back(std::move(s));
-  }
-  auto str = [&](const char* k, std::string& out) -> std::string {
-    auto it = j.find(k);
-    if (it == j.end() || it->is_null())
-      return {};
-    if (!it->is_string())
-      return std::string{k} + " must be a string";
-    out = it->get<std::string>();
-    if (has_nul(out))
-      return std::string{k} + " contains a NUL byte";
-    return {};
-  };
-  for (auto [k, out] : {std::pair<const char*, std::string*>{"id", &spec.id},
-                        {"repo", &spec.repo},
-                        {"ref", &spec.ref},
-                        {"push_url", &spec.push_url}})
-    if (auto msg = str(k, *out); !msg.empty())
-      return msg;
-  if (auto it = j.find("env"); it != j.end() && !it->is_null()) {
-    if (!it->is_array())
-      return "env must be an array of KEY=VALUE strings";
-    for (auto& kv : *it) {
-      if (!kv.is_string())
-        return "env must be an array of KEY=VALUE strings";
-      auto s = kv.get<std::string>();
-      auto idx = "env[" + std::to_string(spec.env.size()) + "]";
-      auto eq = s.find('=');
-      if (eq == std::string::npos)
-        return idx + " must be KEY=VALUE";
-      if (eq == 0)
-        return idx + " has an empty name";
-      if (has_nul(s))
-        return idx + " contains a NUL byte";
-      spec.env.push_back(std::move(s));
-    }
-  }
-  for (auto [k, out] :
-       {std::pair<const char*, double*>{"timeout", &spec.timeout},
-        {"grace", &spec.grace}}) {
-    auto it = j.find(k);
-    if (it == j.end() || it->is_null())
-      continue;
-    // Finite, >= 0 and at most max_timeout_seconds: a larger value would
-    // overflow the timer and fire at once.
-    if (!it->is_number() || !std::isfinite(it->get<double>())
-        || it->get<double>() < 0 || it->get<double>() > max_timeout_seconds)
-      return std::string{k} + " must be a number of seconds from 0 to "
-             + std::to_string(static_cast<int64_t>(max_timeout_seconds));
-    *out = it->get<double>();
-  }
-  if (auto it = j.find("max_attempts"); it != j.end() && !it->is_null()) {
-    if (!it->is_number_unsigned() || it->get<uint64_t>() < 1
-        || it->get<uint64_t>() > max_attempts_limit)
-      return "max_attempts must be an integer from 1 to "
-             + std::to_string(max_attempts_limit);
-    spec.max_attempts = static_cast<uint32_t>(it->get<uint64_t>());
-  }
-  if (auto it = j.find("commit"); it != j.end() && !it->is_null()) {
-    if (!it->is_boolean())
-      return "commit must be a boolean";
-    spec.commit = it->get<bool>();
-  }
-  if (auto it = j.find("selector"); it != j.end() && !it->is_null()) {
-    if (!it->is_object())
-      return "selector must be an object of strings";
-    for (auto& [k, v] : it->items()) {
-      if (!v.is_string())
-        return "selector must be an object of strings";
-      if (has_nul(k) || has_nul(v.get<std::string>()))
-        return "selector contains a NUL byte";
-      spec.selector[k] = v.get<std::string>();
-    }
-  }
-  if ((spec.commit || !spec.push_url.empty()) && spec.repo.empty())
-    return "commit and push_url need a repo";
-  return {};
-}
-
 /// The size of the largest `assign` frame `spec` can produce (attempt and
 /// next_seq at their widest), plus room for what the daemon adds to the
 /// record in its state and result events (paths, branch, error).
@@ -191,11 +92,13 @@ size_t assign_frame_bound(const task_spec& spec) {
 
 void submit(self_ptr self, net::request& req, net::http_reply& reply) {
   auto& st = self->state;
-  task_spec spec;
-  if (auto msg = parse_submit(req.body, spec); !msg.empty()) {
-    respond_error(self, reply, 400, "invalid_argument", msg);
+  auto decoded = api::decode_submit(req.body);
+  if (!decoded) {
+    respond_error(self, reply, 400, "invalid_argument",
+                  describe(decoded.error()));
     return;
   }
+  auto spec = std::move(*decoded);
   if (spec.id.empty())
     spec.id = make_task_id();
   if (auto err = validate_task_id(spec.id)) {

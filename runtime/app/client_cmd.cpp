@@ -19,6 +19,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "actors/api.hpp"
 #include "actors/messages.hpp"
 #include "actors/protocol.hpp"
 #include "runtime/error.hpp"
@@ -297,40 +298,32 @@ int cmd_submit(submit_options& o) {
     fail(exit_usage, "submit: no command given (usage: makima task submit "
                      "--server URL [OPTIONS] -- COMMAND [ARGS...])");
   check_task_flags(t);
-  json body;
-  body["argv"] = t.command;
+  task_spec spec;
+  spec.argv = t.command;
   if (t.id_given)
-    body["id"] = t.id;
-  auto selector = json::object();
+    spec.id = t.id;
   for (auto& kv : o.selector) {
     check_utf8(kv, "--selector");
     auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
       fail(exit_usage, "--selector expects KEY=VALUE, got '" + kv + "'");
-    selector[kv.substr(0, eq)] = kv.substr(eq + 1);
+    spec.selector[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
   if (!t.repo.empty())
-    body["repo"] = git::canonical_url(t.repo);
-  if (!t.ref.empty())
-    body["ref"] = t.ref;
-  if (!t.env.empty())
-    body["env"] = t.env;
+    spec.repo = git::canonical_url(t.repo);
+  spec.ref = t.ref;
+  spec.env = t.env;
   if (t.timeout >= 0)
-    body["timeout"] = t.timeout;
+    spec.timeout = t.timeout;
   if (t.grace >= 0)
-    body["grace"] = t.grace;
-  if (t.commit)
-    body["commit"] = true;
+    spec.grace = t.grace;
+  spec.commit = t.commit;
   if (!t.push.empty())
-    body["push_url"] = git::canonical_url(t.push);
-  if (!selector.empty())
-    body["selector"] = selector;
-  if (o.max_attempts != 0)
-    body["max_attempts"] = o.max_attempts;
+    spec.push_url = git::canonical_url(t.push);
+  spec.max_attempts = o.max_attempts;
   api_client api{*resolve_server(o.common, o.server, true)};
   auto res =
-      api.call("POST", "/api/v1/tasks",
-               body.dump(-1, ' ', false, json::error_handler_t::replace));
+      api.call("POST", "/api/v1/tasks", makima::api::encode_submit(spec));
   auto rec = parse_record(res.body);
   std::printf("%s\n", rec.spec.id.c_str());
   return exit_ok;
