@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/protocol.hpp"
 #include "runtime/error.hpp"
 
 namespace makima::api {
@@ -119,7 +120,75 @@ std::string parse_submit(const std::string& body, task_spec& spec) {
   return {};
 }
 
+json chunk_value(const output_chunk& c) {
+  return json{{"seq", c.seq},
+              {"stream", c.stream},
+              {"data", proto::base64_encode(c.bytes)}};
+}
+
+caf::expected<output_chunk> chunk_from(const json& j) {
+  auto bad = [](const char* what) {
+    return make_error(ec::protocol_error,
+                      std::string{"malformed output chunk: "} + what);
+  };
+  if (!j.is_object())
+    return bad("not an object");
+  auto seq = j.find("seq");
+  if (seq == j.end() || !seq->is_number_unsigned())
+    return bad("no seq");
+  auto data = j.find("data");
+  if (data == j.end() || !data->is_string())
+    return bad("no data");
+  auto bytes = proto::base64_decode(data->get<std::string>());
+  if (!bytes)
+    return bad("data is not base64");
+  int stream = 1;
+  if (auto st = j.find("stream"); st != j.end()) {
+    if (!st->is_number_unsigned()
+        || (st->get<uint64_t>() != 1 && st->get<uint64_t>() != 2))
+      return bad("stream is not 1 or 2");
+    stream = static_cast<int>(st->get<uint64_t>());
+  }
+  return output_chunk{seq->get<uint64_t>(), static_cast<uint8_t>(stream),
+                      std::move(*bytes)};
+}
+
 } // namespace
+
+std::string encode_chunk(const output_chunk& c) {
+  return dump(chunk_value(c));
+}
+
+caf::expected<output_chunk> decode_chunk(const std::string& text) {
+  return chunk_from(json::parse(text, nullptr, false));
+}
+
+std::string encode_page(const output_page& page) {
+  auto chunks = json::array();
+  for (auto& c : page.chunks)
+    chunks.push_back(chunk_value(c));
+  return dump(json{
+      {"chunks", std::move(chunks)}, {"next", page.next}, {"done", page.done}});
+}
+
+caf::expected<output_page> decode_page(const std::string& text) {
+  auto j = json::parse(text, nullptr, false);
+  if (!j.is_object() || !j.contains("chunks") || !j["chunks"].is_array())
+    return make_error(ec::protocol_error, "malformed output page");
+  output_page page;
+  for (auto& c : j["chunks"]) {
+    auto chunk = chunk_from(c);
+    if (!chunk)
+      return chunk.error();
+    page.next = chunk->seq + 1;
+    page.chunks.push_back(std::move(*chunk));
+  }
+  if (auto n = j.find("next"); n != j.end() && n->is_number_unsigned())
+    page.next = n->get<uint64_t>();
+  if (auto d = j.find("done"); d != j.end() && d->is_boolean())
+    page.done = d->get<bool>();
+  return page;
+}
 
 std::string encode_submit(const task_spec& spec) {
   const task_spec defaults;

@@ -6,6 +6,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <caf/expected.hpp>
 
@@ -25,6 +26,30 @@ std::string encode_submit(const task_spec& spec);
 /// max_attempts_limit, commit/push_url only with a repo. Errors:
 /// ec::invalid_argument with the message the API answers with (400).
 caf::expected<task_spec> decode_submit(const std::string& body);
+
+/// One output chunk as the API carries it: `{"seq":N,"stream":1|2,
+/// "data":BASE64}` (a page's element, an SSE `output` event's data).
+std::string encode_chunk(const output_chunk& c);
+
+/// Parses `encode_chunk` output. Errors: ec::protocol_error (not an object, no
+/// unsigned seq, data not a base64 string, stream not 1 or 2).
+caf::expected<output_chunk> decode_chunk(const std::string& text);
+
+/// A page of `GET /api/v1/tasks/ID/output`.
+struct output_page {
+  std::vector<output_chunk> chunks;
+  /// The seq to ask for next.
+  uint64_t next = 0;
+  /// The task ended and nothing is left after `next`.
+  bool done = false;
+};
+
+/// `{"chunks":[…],"next":N,"done":B}`.
+std::string encode_page(const output_page& page);
+
+/// Parses `encode_page` output (a missing `next` is the seq after the last
+/// chunk, or 0). Errors: ec::protocol_error.
+caf::expected<output_page> decode_page(const std::string& text);
 
 /// `{"error":{"code":CODE,"message":MESSAGE}}`; invalid UTF-8 replaced.
 std::string error_body(std::string_view code, const std::string& message);

@@ -201,12 +201,6 @@ void list(self_ptr self, const target& t, net::http_reply& reply) {
 
 // -- output -------------------------------------------------------------------
 
-json chunk_json(const output_chunk& c) {
-  return json{{"seq", c.seq},
-              {"stream", c.stream},
-              {"data", proto::base64_encode(c.bytes)}};
-}
-
 /// Whose follow=1 stream `req` opens, for the per-key bound: the
 /// authenticated principal when the authenticator set one, else a digest of
 /// the bearer token (never the token itself), else (no auth) the peer's
@@ -282,15 +276,11 @@ void output(self_ptr self, task_entry& e, const target& t, net::request& req,
                     describe(page.error()));
       return;
     }
-    auto chunks = json::array();
-    uint64_t next = from;
-    for (auto& c : *page) {
-      chunks.push_back(chunk_json(c));
-      next = c.seq + 1;
-    }
-    bool done = is_terminal(e.rec.state) && next >= e.rec.next_seq;
-    json j{{"chunks", std::move(chunks)}, {"next", next}, {"done", done}};
-    respond(self, reply, 200, j.dump());
+    api::output_page out;
+    out.next = page->empty() ? from : page->back().seq + 1;
+    out.done = is_terminal(e.rec.state) && out.next >= e.rec.next_seq;
+    out.chunks = std::move(*page);
+    respond(self, reply, 200, api::encode_page(out));
     return;
   }
   if (auto h = req.headers.find("last-event-id"); h != req.headers.end()) {
@@ -518,7 +508,7 @@ void metrics(self_ptr self, net::http_reply& reply) {
 
 std::string sse_output(const output_chunk& c) {
   return "event: output\nid: " + std::to_string(c.seq)
-         + "\ndata: " + chunk_json(c).dump() + "\n\n";
+         + "\ndata: " + api::encode_chunk(c) + "\n\n";
 }
 
 std::string sse_record(const char* event, const task_record& rec) {

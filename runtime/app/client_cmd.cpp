@@ -75,20 +75,13 @@ std::string encode(const std::string& s) {
   return out;
 }
 
-/// One output chunk of the API ({"seq","stream","data"}) written to stdout
-/// or stderr; returns its seq. Leaves when it is malformed.
-uint64_t write_chunk(const json& c, bool& writable) {
-  if (!c.is_object() || !c.contains("seq") || !c["seq"].is_number_unsigned()
-      || !c.contains("data") || !c["data"].is_string())
-    fail(exit_internal, "the server sent a malformed output chunk");
-  auto bytes = proto::base64_decode(c["data"].get<std::string>());
-  if (!bytes)
-    fail(exit_internal, "the server sent output that is not base64");
-  int stream = c.value("stream", 1);
+/// One output chunk written to stdout or stderr (while `writable`);
+/// returns its seq.
+uint64_t write_chunk(const output_chunk& c, bool& writable) {
   if (writable)
-    writable =
-        process::write_all(stream == 2 ? STDERR_FILENO : STDOUT_FILENO, *bytes);
-  return c["seq"].get<uint64_t>();
+    writable = process::write_all(c.stream == 2 ? STDERR_FILENO : STDOUT_FILENO,
+                                  c.bytes);
+  return c.seq;
 }
 
 /// A task record sent by the server; leaves when it is malformed.
@@ -187,21 +180,14 @@ void print_output(api_client& api, const std::string& id) {
                         "/api/v1/tasks/" + encode(id)
                             + "/output?from=" + std::to_string(from),
                         {}, id);
-    json page;
-    try {
-      page = json::parse(res.body);
-    } catch (const std::exception&) {
-      fail(exit_internal, "the server sent malformed output of task " + id);
-    }
-    if (!page.is_object() || !page.contains("chunks")
-        || !page["chunks"].is_array())
-      fail(exit_internal, "the server sent malformed output of task " + id);
-    auto& chunks = page["chunks"];
-    for (auto& c : chunks)
+    auto page = makima::api::decode_page(res.body);
+    if (!page)
+      fail(exit_internal, "the server sent malformed output of task " + id
+                              + " (" + describe(page.error()) + ")");
+    for (auto& c : page->chunks)
       from = write_chunk(c, writable) + 1;
-    if (page.value("next", json()).is_number_unsigned())
-      from = std::max(from, page["next"].get<uint64_t>());
-    if (page.value("done", false) || chunks.empty() || !writable)
+    from = std::max(from, page->next);
+    if (page->done || page->chunks.empty() || !writable)
       return;
   }
 }
@@ -231,13 +217,11 @@ int follow(api_client& api, const std::string& id, uint64_t from, bool print) {
         return;
       progressed = true;
       if (e.event == "output") {
-        json c;
-        try {
-          c = json::parse(e.data);
-        } catch (const std::exception&) {
-          fail(exit_internal, "the server sent a malformed output event");
-        }
-        last_id = std::to_string(write_chunk(c, writable));
+        auto c = makima::api::decode_chunk(e.data);
+        if (!c)
+          fail(exit_internal, "the server sent a malformed output event ("
+                                  + describe(c.error()) + ")");
+        last_id = std::to_string(write_chunk(*c, writable));
       } else if (e.event == "end") {
         end = parse_record(e.data);
       }

@@ -83,3 +83,39 @@ TEST(api, error_body_has_code_and_message_and_survives_bad_utf8) {
   auto bad = api::error_body("bad_target", std::string{"\xff\xfe"});
   EXPECT_NO_THROW((void)nlohmann::json::parse(bad));
 }
+
+TEST(api, output_chunks_and_pages_round_trip_any_bytes) {
+  std::string bytes;
+  for (int i = 0; i < 256; ++i)
+    bytes.push_back(static_cast<char>(i));
+  output_chunk c{41, 2, bytes};
+  auto back = api::decode_chunk(api::encode_chunk(c));
+  ASSERT_TRUE(back) << describe(back.error());
+  EXPECT_EQ(back->seq, 41u);
+  EXPECT_EQ(back->stream, 2);
+  EXPECT_TRUE(back->bytes == bytes);
+  api::output_page page{{c, output_chunk{42, 1, "x"}}, 43, true};
+  auto p = api::decode_page(api::encode_page(page));
+  ASSERT_TRUE(p) << describe(p.error());
+  ASSERT_EQ(p->chunks.size(), 2u);
+  EXPECT_EQ(p->chunks[1].bytes, "x");
+  EXPECT_EQ(p->next, 43u);
+  EXPECT_TRUE(p->done);
+}
+
+TEST(api, malformed_chunks_and_pages_are_protocol_errors) {
+  for (std::string bad :
+       {"", "[]", R"({"data":"eA=="})", R"({"seq":-1,"data":"eA=="})",
+        R"({"seq":1})", R"({"seq":1,"data":"%%%"})",
+        R"({"seq":1,"data":"eA==","stream":3})"}) {
+    auto r = api::decode_chunk(bad);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_EQ(code_of(r.error()), ec::protocol_error) << bad;
+  }
+  for (std::string bad :
+       {"", "{}", R"({"chunks":{}})", R"({"chunks":[{"seq":1}]})"}) {
+    auto r = api::decode_page(bad);
+    ASSERT_FALSE(r) << bad;
+    EXPECT_EQ(code_of(r.error()), ec::protocol_error) << bad;
+  }
+}
