@@ -1,5 +1,6 @@
 // JSON forms of the message types and the exit-status rule.
 #include "actors/messages.hpp"
+#include "actors/json_codec.hpp"
 
 #include <caf/actor_system_config.hpp>
 #include <nlohmann/json.hpp>
@@ -53,7 +54,7 @@ bool is_terminal(task_state s) {
   }
 }
 
-std::string to_json(const task_record& x) {
+nlohmann::json record_value(const task_record& x) {
   nlohmann::json j;
   j["id"] = x.spec.id;
   j["state"] = to_string(x.state);
@@ -84,12 +85,20 @@ std::string to_json(const task_record& x) {
     j["spec"]["selector"] = x.spec.selector;
   if (x.spec.max_attempts != 0)
     j["spec"]["max_attempts"] = x.spec.max_attempts;
+  return j;
+}
+
+std::string to_json(const task_record& x) {
   // Invalid UTF-8 in argv/env must not make serialization throw.
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return record_value(x).dump(-1, ' ', false,
+                              nlohmann::json::error_handler_t::replace);
 }
 
 std::optional<task_record> record_from_json(const std::string& text) {
-  auto j = nlohmann::json::parse(text, nullptr, false);
+  return record_from_value(nlohmann::json::parse(text, nullptr, false));
+}
+
+std::optional<task_record> record_from_value(const nlohmann::json& j) {
   if (j.is_discarded() || !j.is_object())
     return std::nullopt;
   try {
@@ -136,16 +145,23 @@ std::optional<task_record> record_from_json(const std::string& text) {
   }
 }
 
+nlohmann::json change_value(const state_change& x) {
+  return nlohmann::json{{"attempt", x.attempt},
+                        {"state", to_string(x.state)},
+                        {"at", x.at},
+                        {"detail", x.detail}};
+}
+
 std::string to_json(const state_change& x) {
-  nlohmann::json j{{"attempt", x.attempt},
-                   {"state", to_string(x.state)},
-                   {"at", x.at},
-                   {"detail", x.detail}};
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return change_value(x).dump(-1, ' ', false,
+                              nlohmann::json::error_handler_t::replace);
 }
 
 std::optional<state_change> state_change_from_json(const std::string& text) {
-  auto j = nlohmann::json::parse(text, nullptr, false);
+  return change_from_value(nlohmann::json::parse(text, nullptr, false));
+}
+
+std::optional<state_change> change_from_value(const nlohmann::json& j) {
   if (j.is_discarded() || !j.is_object())
     return std::nullopt;
   try {

@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/json_codec.hpp"
+
 namespace makima::proto {
 
 using json = nlohmann::json;
@@ -135,14 +137,14 @@ std::vector<attempt_seq> positions_from(const json& j, const char* key) {
 }
 
 json record_json(const task_record& rec) {
-  return json::parse(to_json(rec));
+  return record_value(rec);
 }
 
 task_record record_from(const json& j, const char* key) {
   auto& v = field(j, key);
   if (!v.is_object())
     throw bad_field{std::string{"field '"} + key + "' must be an object"};
-  auto rec = record_from_json(v.dump());
+  auto rec = record_from_value(v);
   if (!rec)
     throw bad_field{std::string{"field '"} + key
                     + "' is not a valid task record"};
@@ -165,8 +167,9 @@ json to_json_value(const frame& f) {
           j["cached_repos"] = x.cached_repos;
           auto running = json::array();
           for (auto& r : x.running)
-            running.push_back(
-                {{"task", r.task}, {"attempt", r.attempt}, {"last_seq", r.seq}});
+            running.push_back({{"task", r.task},
+                               {"attempt", r.attempt},
+                               {"last_seq", r.seq}});
           j["running"] = std::move(running);
           j["version"] = x.version;
         } else if constexpr (std::is_same_v<T, heartbeat>) {
@@ -365,8 +368,7 @@ const char* to_string(event_kind k) {
 }
 
 std::string encode(const frame& f) {
-  return to_json_value(f).dump(-1, ' ', false,
-                               json::error_handler_t::replace);
+  return to_json_value(f).dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::variant<frame, decode_failure> decode(std::string_view text) {
@@ -379,15 +381,16 @@ std::variant<frame, decode_failure> decode(std::string_view text) {
                           close_invalid_payload};
   auto v = j.find("v");
   if (v == j.end() || !v->is_number_integer() || v->get<int64_t>() != version)
-    return decode_failure{"unsupported_version",
-                          "this side speaks protocol version "
-                              + std::to_string(version) + "; got "
-                              + (v == j.end() ? std::string{"no 'v'"}
-                                              : "v=" + v->dump()),
-                          close_unsupported_version};
+    return decode_failure{
+        "unsupported_version",
+        "this side speaks protocol version " + std::to_string(version)
+            + "; got "
+            + (v == j.end() ? std::string{"no 'v'"} : "v=" + v->dump()),
+        close_unsupported_version};
   auto t = j.find("type");
   if (t == j.end() || !t->is_string())
-    return decode_failure{"malformed", "field 'type' is missing or not a string",
+    return decode_failure{"malformed",
+                          "field 'type' is missing or not a string",
                           close_invalid_payload};
   auto type = t->get<std::string>();
   try {
@@ -442,8 +445,7 @@ std::optional<std::string> base64_decode(std::string_view text) {
     if (!ok)
       return std::nullopt;
   }
-  if (text.size() >= 2 && text[text.size() - 2] == '='
-      && text.back() != '=')
+  if (text.size() >= 2 && text[text.size() - 2] == '=' && text.back() != '=')
     return std::nullopt;
   std::string out(3 * (text.size() / 4), '\0');
   auto n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),

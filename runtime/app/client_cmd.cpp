@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/api.hpp"
+#include "actors/json_codec.hpp"
 #include "actors/messages.hpp"
 #include "actors/protocol.hpp"
 #include "runtime/error.hpp"
@@ -390,9 +391,12 @@ int remote_list(const server_target& target, bool json_out) {
     if (!page.is_object() || !page.contains("tasks")
         || !page["tasks"].is_array())
       fail(exit_internal, "the server sent a malformed task list");
-    for (auto& t : page["tasks"])
-      records.push_back(
-          parse_record(t.dump(-1, ' ', false, json::error_handler_t::replace)));
+    for (auto& t : page["tasks"]) {
+      auto rec = record_from_value(t);
+      if (!rec)
+        fail(exit_internal, "the server sent a malformed task record");
+      records.push_back(std::move(*rec));
+    }
     auto next = page.value("next", json());
     if (!next.is_string() || next.get<std::string>().empty()
         || next.get<std::string>() == after)
@@ -413,7 +417,7 @@ int remote_show(const server_target& target, const std::string& id,
   auto j = json::parse(res.body, nullptr, false);
   if (j.is_object() && j.contains("history") && j["history"].is_array())
     for (auto& h : j["history"])
-      if (auto sc = state_change_from_json(h.dump()))
+      if (auto sc = change_from_value(h))
         history.push_back(std::move(*sc));
   print_task(parse_record(res.body), &history, json_out);
   return exit_ok;

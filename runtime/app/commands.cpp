@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/actors.hpp"
+#include "actors/json_codec.hpp"
 #include "actors/local_node.hpp"
 #include "actors/persistence.hpp"
 #include "config/config.hpp"
@@ -237,7 +238,7 @@ void print_task_list(const std::vector<task_record>& records, bool json) {
   if (json) {
     auto arr = nlohmann::json::array();
     for (auto& r : records)
-      arr.push_back(nlohmann::json::parse(to_json(r)));
+      arr.push_back(record_value(r));
     std::cout << arr.dump(2, ' ', false,
                           nlohmann::json::error_handler_t::replace)
               << "\n";
@@ -256,7 +257,7 @@ void print_task_list(const std::vector<task_record>& records, bool json) {
 void print_task(const task_record& rec,
                 const std::vector<state_change>* history, bool json) {
   if (json) {
-    auto j = nlohmann::json::parse(to_json(rec));
+    auto j = record_value(rec);
     j["exit_status"] =
         is_terminal(rec.state) && rec.state != task_state::interrupted
             ? nlohmann::json(exit_status_of(rec))
@@ -264,7 +265,7 @@ void print_task(const task_record& rec,
     if (history) {
       auto hist = nlohmann::json::array();
       for (auto& h : *history)
-        hist.push_back(nlohmann::json::parse(to_json(h)));
+        hist.push_back(change_value(h));
       j["history"] = hist;
     }
     std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
