@@ -51,13 +51,12 @@ enum close_code : uint16_t {
   close_seq_gap = 4006,
 };
 
-/// (task, attempt, seq): one event's identity, or an ack position.
-struct attempt_seq {
-  std::string task;
-  uint32_t attempt = 0;
+/// (task, attempt, seq): one event's identity, or an ack position — an
+/// attempt_id (messages.hpp) plus a seq; `{task, attempt, seq}` initializes it.
+struct attempt_seq : attempt_id {
   uint64_t seq = 0;
   bool operator==(const attempt_seq& o) const {
-    return task == o.task && attempt == o.attempt && seq == o.seq;
+    return static_cast<const attempt_id&>(*this) == o && seq == o.seq;
   }
 };
 
