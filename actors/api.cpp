@@ -229,3 +229,22 @@ std::string error_body(std::string_view code, const std::string& message) {
 }
 
 } // namespace makima::api
+
+namespace makima::api {
+
+api_error decode_error(const std::string& text) {
+  api_error out;
+  auto j = json::parse(text, nullptr, false);
+  if (!j.is_object())
+    return out;
+  auto e = j.find("error");
+  if (e == j.end() || !e->is_object())
+    return out;
+  if (auto c = e->find("code"); c != e->end() && c->is_string())
+    out.code = c->get<std::string>();
+  if (auto m = e->find("message"); m != e->end() && m->is_string())
+    out.message = m->get<std::string>();
+  return out;
+}
+
+} // namespace makima::api

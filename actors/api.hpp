@@ -54,4 +54,14 @@ caf::expected<output_page> decode_page(const std::string& text);
 /// `{"error":{"code":CODE,"message":MESSAGE}}`; invalid UTF-8 replaced.
 std::string error_body(std::string_view code, const std::string& message);
 
+/// The code and message of an error body.
+struct api_error {
+  std::string code;
+  std::string message;
+};
+
+/// Parses `error_body` output; empty fields when `text` is not one (a
+/// proxy's HTML page, say), never an exception.
+api_error decode_error(const std::string& text);
+
 } // namespace makima::api

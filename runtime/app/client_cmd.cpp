@@ -148,15 +148,7 @@ public:
                            ? "the server refused the request: it needs an "
                              "API key (--api-key or MAKIMA_API_KEY)"
                            : "the server refused the API key");
-    std::string code;
-    std::string message;
-    try {
-      auto j = json::parse(res.body);
-      auto& e = j.at("error");
-      code = e.value("code", "");
-      message = e.value("message", "");
-    } catch (const std::exception&) {
-    }
+    auto [code, message] = makima::api::decode_error(res.body);
     if (res.status == 404 && !id.empty()
         && (code.empty() || code == "task_not_found" || code == "not_found"))
       fail(exit_usage, "no task " + id);

@@ -82,6 +82,15 @@ TEST(api, error_body_has_code_and_message_and_survives_bad_utf8) {
   EXPECT_EQ(j["error"]["message"], "no task t");
   auto bad = api::error_body("bad_target", std::string{"\xff\xfe"});
   EXPECT_NO_THROW((void)nlohmann::json::parse(bad));
+  auto e = api::decode_error(api::error_body("store_full", "disk is full"));
+  EXPECT_EQ(e.code, "store_full");
+  EXPECT_EQ(e.message, "disk is full");
+  for (std::string other : {"", "<html>502</html>", R"({"error":"x"})",
+                            R"({"error":{"code":1}})"}) {
+    auto d = api::decode_error(other);
+    EXPECT_TRUE(d.code.empty()) << other;
+    EXPECT_TRUE(d.message.empty()) << other;
+  }
 }
 
 TEST(api, output_chunks_and_pages_round_trip_any_bytes) {
