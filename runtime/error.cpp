@@ -34,6 +34,20 @@ std::string describe(const caf::error& err) {
   return "internal error: " + caf::to_string(err);
 }
 
+bool from_string(std::string_view name, ec& out) {
+  // Every value of the uint8_t range: the names are to_string's, so the two
+  // cannot disagree.
+  for (int i = 0; i <= 255; ++i) {
+    auto code = static_cast<ec>(i);
+    std::string_view n = to_string(code);
+    if (n != "unknown" && n == name) {
+      out = code;
+      return true;
+    }
+  }
+  return false;
+}
+
 const char* to_string(ec code) {
   switch (code) {
   case ec::none:

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include <caf/atom.hpp>
 #include <caf/error.hpp>
@@ -78,5 +79,9 @@ std::string describe(const caf::error& err);
 
 /// Returns the stable name of `code`, e.g. "repo_not_found".
 const char* to_string(ec code);
+
+/// The code named `name` (the inverse of to_string, e.g. for an `error_code`
+/// read back from a record or an API body); false for an unknown name.
+bool from_string(std::string_view name, ec& out);
 
 } // namespace makima

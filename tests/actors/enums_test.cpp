@@ -59,7 +59,7 @@ const std::vector<std::tuple<task_state, int, std::string>> all_states = {
     {task_state::queued, 9, "queued"},
 };
 
-TEST(enums, every_ec_keeps_its_number_and_a_unique_name) {
+TEST(enums, every_ec_keeps_its_number_and_round_trips_through_its_unique_name) {
   std::set<std::string> names;
   for (const auto& [code, number, name] : all_codes) {
     EXPECT_EQ(static_cast<int>(code), number) << name;
@@ -68,7 +68,14 @@ TEST(enums, every_ec_keeps_its_number_and_a_unique_name) {
     EXPECT_FALSE(got.empty()) << number;
     EXPECT_NE(got, "unknown") << number;
     EXPECT_TRUE(names.insert(got).second) << "duplicate name " << got;
+    ec back = ec::unspecified;
+    ASSERT_TRUE(from_string(got, back)) << got;
+    EXPECT_EQ(back, code) << got;
   }
+  ec untouched = ec::io_error;
+  for (std::string bad : {"", "unknown", "Repo_not_found", "repo_not_found "})
+    EXPECT_FALSE(from_string(bad, untouched)) << bad;
+  EXPECT_EQ(untouched, ec::io_error);
 }
 
 TEST(enums, no_other_ec_value_has_a_name) {
