@@ -377,8 +377,7 @@ TEST_F(server_test, unknown_assigned_attempt_in_hello_is_requeued) {
   EXPECT_EQ(a.record.attempt, 2u);
 }
 
-// -- scheduling
-// -----------------------------------------------------------------
+// -- scheduling ---------------------------------------------------------------
 
 TEST_F(server_test, selectors_route_and_tasks_queue_until_capacity) {
   start();
@@ -474,8 +473,7 @@ TEST_F(server_test, many_tasks_spread_over_daemons_each_result_once) {
   std::printf("[ info     ] %d tasks through 2 daemons in %.3f s\n", n, secs);
 }
 
-// -- restart ---
-// --------------------------------------------------------------------
+// -- restart ------------------------------------------------------------------
 
 TEST_F(server_test, restart_keeps_tasks_output_and_acks) {
   start();
@@ -544,8 +542,7 @@ TEST_F(server_test, start_fails_cleanly_when_the_port_is_taken) {
   EXPECT_EQ(http("GET", "/healthz", {}, "").body, "ok");
 }
 
-// -- bad input on the WebSocket (§9)
-// -------------------------------------------
+// -- bad input on the WebSocket (§9) ------------------------------------------
 
 TEST_F(server_test, bad_frames_get_their_error_and_close_code) {
   settings.max_frame_bytes = 64 << 10;
@@ -693,8 +690,7 @@ TEST_F(server_test, events_of_attempts_never_assigned_are_bad_messages) {
   EXPECT_EQ(owner.wait_closed(), proto::close_policy);
 }
 
-// -- authentication (§2)
-// ----------------------------------------------------------
+// -- authentication (§2) ------------------------------------------------------
 
 TEST_F(server_test, keys_are_checked_with_401_and_403) {
   start();
@@ -731,8 +727,7 @@ TEST_F(server_test, no_auth_accepts_requests_without_a_key) {
   d.hello("d-1");
 }
 
-// -- HTTP API (§10)
-// -------------------------------------------------------------
+// -- HTTP API (§10) -----------------------------------------------------------
 
 TEST_F(server_test, bad_requests_get_their_status) {
   settings.max_body_bytes = 1024;
