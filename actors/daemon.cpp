@@ -22,8 +22,9 @@ repo_actor repo_for(daemon_ptr self, const std::string& url) {
   auto& st = self->state;
   if (auto i = st.repos.find(url); i != st.repos.end())
     return i->second;
-  auto handle = spawn_repo(self->system(), url, st.ctx.repos_dir,
-                           st.ctx.author_name, st.ctx.author_email);
+  auto handle =
+      spawn_repo(self->system(), url, st.ctx.workspace.repos_dir,
+                 st.ctx.workspace.author_name, st.ctx.workspace.author_email);
   self->link_to(handle);
   st.repos.emplace(url, handle);
   return handle;
@@ -36,9 +37,9 @@ void start(daemon_ptr self, task_record rec) {
                    rec.spec.repo.empty() ? repo_actor{}
                                          : repo_for(self, rec.spec.repo),
                    st.ctx.reactor,
-                   st.ctx.worktrees_dir,
-                   st.ctx.state_root,
-                   st.ctx.base_env};
+                   st.ctx.workspace.worktrees_dir,
+                   st.ctx.workspace.state_dir,
+                   st.ctx.workspace.base_env};
   auto id = rec.spec.id;
   auto handle =
       self->spawn<caf::monitored>(task, std::move(rec), std::move(ctx));
@@ -49,7 +50,8 @@ void start(daemon_ptr self, task_record rec) {
 void admit(daemon_ptr self) {
   auto& st = self->state;
   while (!st.queue.empty()
-         && st.running.size() < static_cast<size_t>(st.ctx.max_tasks)) {
+         && st.running.size()
+                < static_cast<size_t>(st.ctx.workspace.max_tasks)) {
     auto rec = std::move(st.queue.front());
     st.queue.pop_front();
     start(self, std::move(rec));
@@ -133,23 +135,6 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
         }
       },
   };
-}
-
-daemon_context make_daemon_context(node_workspace w, persistence_actor persist,
-                                   link_actor link,
-                                   std::shared_ptr<process::reactor> reactor) {
-  daemon_context ctx;
-  ctx.persistence = std::move(persist);
-  ctx.link = std::move(link);
-  ctx.reactor = std::move(reactor);
-  ctx.repos_dir = std::move(w.repos_dir);
-  ctx.worktrees_dir = std::move(w.worktrees_dir);
-  ctx.state_root = std::move(w.state_dir);
-  ctx.author_name = std::move(w.author_name);
-  ctx.author_email = std::move(w.author_email);
-  ctx.max_tasks = w.max_tasks;
-  ctx.base_env = std::move(w.base_env);
-  return ctx;
 }
 
 daemon_actor spawn_daemon(caf::actor_system& sys, daemon_context ctx) {

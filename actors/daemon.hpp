@@ -32,24 +32,14 @@ struct node_workspace {
   std::vector<std::string> base_env;
 };
 
-/// What a node is made of, handed to DAEMON at spawn.
+/// What a node is made of, handed to DAEMON at spawn: its peers and its
+/// workspace (`{persist, link, reactor, workspace}`).
 struct daemon_context {
   persistence_actor persistence;
   link_actor link;
   std::shared_ptr<process::reactor> reactor;
-  std::filesystem::path repos_dir;
-  std::filesystem::path worktrees_dir;
-  std::filesystem::path state_root;
-  std::string author_name;
-  std::string author_email;
-  int max_tasks = 4;
-  std::vector<std::string> base_env;
+  node_workspace workspace;
 };
-
-/// The context of a DAEMON over `w` with its peers.
-daemon_context make_daemon_context(node_workspace w, persistence_actor persist,
-                                   link_actor link,
-                                   std::shared_ptr<process::reactor> reactor);
 
 /// State of the DAEMON actor. Receives `assign`/`cancel` from the LINK (or
 /// the local front end) and down messages from its TASK actors; spawns TASK

@@ -85,8 +85,8 @@ daemon_node::start(caf::actor_system& sys, daemon_settings s,
   // learns the DAEMON from start_atom.
   node->connection_ = spawn_connection(
       sys, std::move(s.connection), std::move(hooks), persist, std::move(io));
-  auto ctx = make_daemon_context(std::move(s.workspace), persist,
-                                 node->connection_, node->reactor_);
+  daemon_context ctx{persist, node->connection_, node->reactor_,
+                     std::move(s.workspace)};
   node->daemon_ = spawn_daemon(sys, std::move(ctx));
   caf::anon_send(node->connection_, start_atom::value, node->daemon_);
   return node;

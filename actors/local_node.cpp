@@ -52,8 +52,8 @@ local_node::start(caf::actor_system& sys, local_settings s,
         }
       });
   node->reactor_ = std::make_shared<process::reactor>();
-  auto ctx = make_daemon_context(std::move(s.workspace), persist, node->link_,
-                                 node->reactor_);
+  daemon_context ctx{persist, node->link_, node->reactor_,
+                     std::move(s.workspace)};
   node->daemon_ = spawn_daemon(sys, std::move(ctx));
   return node;
 }
