@@ -190,7 +190,7 @@ caf::expected<output_page> decode_page(const std::string& text) {
   return page;
 }
 
-std::string encode_submit(const task_spec& spec) {
+std::string encode_submit(const task_spec& spec, submit_fields given) {
   const task_spec defaults;
   json body;
   body["argv"] = spec.argv;
@@ -202,9 +202,9 @@ std::string encode_submit(const task_spec& spec) {
     body["ref"] = spec.ref;
   if (!spec.env.empty())
     body["env"] = spec.env;
-  if (spec.timeout != defaults.timeout)
+  if (given.timeout || spec.timeout != defaults.timeout)
     body["timeout"] = spec.timeout;
-  if (spec.grace != defaults.grace)
+  if (given.grace || spec.grace != defaults.grace)
     body["grace"] = spec.grace;
   if (spec.commit)
     body["commit"] = true;
@@ -217,8 +217,11 @@ std::string encode_submit(const task_spec& spec) {
   return dump(body);
 }
 
-caf::expected<task_spec> decode_submit(const std::string& body) {
+caf::expected<task_spec> decode_submit(const std::string& body,
+                                       const task_spec& defaults) {
   task_spec spec;
+  spec.timeout = defaults.timeout;
+  spec.grace = defaults.grace;
   if (auto msg = parse_submit(body, spec); !msg.empty())
     return make_error(ec::invalid_argument, msg);
   return spec;

@@ -14,18 +14,29 @@
 
 namespace makima::api {
 
+/// Fields of a submit body sent even when they equal task_spec's default:
+/// the user named them, so the server's own defaults (its task.timeout and
+/// task.grace) must not replace them.
+struct submit_fields {
+  bool timeout = false;
+  bool grace = false;
+};
+
 /// The body of `POST /api/v1/tasks` for `spec`: `argv` always, every other
-/// field only when it differs from task_spec's default (the server applies
-/// the same defaults), `created_at` never (the server stamps it). Invalid
-/// UTF-8 is replaced, never thrown on.
-std::string encode_submit(const task_spec& spec);
+/// field only when it differs from task_spec's default or is in `given`
+/// (the server applies its defaults to the rest), `created_at` never (the
+/// server stamps it). Invalid UTF-8 is replaced, never thrown on.
+std::string encode_submit(const task_spec& spec, submit_fields given = {});
 
 /// Parses and validates a submit body: argv a non-empty array of strings,
 /// no NUL byte anywhere, env entries KEY=VALUE with a name, timeout and grace
 /// from 0 to max_timeout_seconds, max_attempts from 1 to
-/// max_attempts_limit, commit/push_url only with a repo. Errors:
-/// ec::invalid_argument with the message the API answers with (400).
-caf::expected<task_spec> decode_submit(const std::string& body);
+/// max_attempts_limit, commit/push_url only with a repo. A body without
+/// timeout or grace gets those of `defaults` (the server's task.timeout and
+/// task.grace). Errors: ec::invalid_argument with the message the API
+/// answers with (400).
+caf::expected<task_spec> decode_submit(const std::string& body,
+                                       const task_spec& defaults = {});
 
 /// One output chunk as the API carries it: `{"seq":N,"stream":1|2,
 /// "data":BASE64}` (a page's element, an SSE `output` event's data).

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <system_error>
 
 #include <caf/actor_system.hpp>
@@ -284,7 +285,7 @@ void connect(conn_ptr self) {
   st.ph = phase::connecting;
   st.last_received = now_ms();
   if (auto err = st.client->connect(st.opts.url)) {
-    log::error(component, "cannot connect: " + describe(err));
+    st.failure = describe(err);
     st.client.reset();
     st.ph = phase::waiting;
     schedule_reconnect(self);
@@ -306,7 +307,16 @@ void schedule_reconnect(conn_ptr self) {
   std::uniform_real_distribution<double> dist(0, limit);
   auto delay = dist(st.rng);
   st.failures += 1;
-  log::debug(component, "reconnecting in " + std::to_string(delay) + " s");
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%.1f", delay);
+  if (!st.failure.empty())
+    log::warn(component, "cannot reach " + log::redact(st.opts.url) + ": "
+                             + st.failure + "; retrying in " + secs
+                             + " s (attempt " + std::to_string(st.failures)
+                             + ")");
+  else
+    log::info(component, std::string{"reconnecting in "} + secs + " s");
+  st.failure.clear();
   self->delayed_send(self, seconds_to_ms(delay), connect_atom::value,
                      st.generation);
 }
@@ -646,13 +656,16 @@ connection(connection_actor::stateful_pointer<connection_state> self,
             log::error(component, "the server refused the daemon key (HTTP "
                                       + std::to_string(http_status)
                                       + "); retrying with backoff");
+          // Once: the key will not change while the daemon retries.
           st.auth_error_logged = true;
         } else if (was_welcomed || code != 1006) {
           log::warn(component, "disconnected from " + log::redact(st.opts.url)
                                    + " (code " + std::to_string(code) + " "
                                    + reason + ")");
         } else {
-          log::debug(component, "cannot connect: " + reason);
+          st.failure = reason.empty() ? "connection failed" : reason;
+          if (http_status != 0)
+            st.failure += " (HTTP " + std::to_string(http_status) + ")";
         }
         schedule_reconnect(self);
       },

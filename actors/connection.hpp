@@ -126,6 +126,9 @@ struct connection_state {
   int64_t last_sent = 0;
   int64_t last_received = 0;
   bool auth_error_logged = false;
+  /// Why the last connection attempt failed ("" when it did not): logged
+  /// with the backoff that follows it.
+  std::string failure;
   bool draining = false;
   /// The connection was closed (1000) because a drain completed.
   bool drain_closed = false;

@@ -146,7 +146,7 @@ daemon_exit daemon_node::wait() {
     int sig = process::wait_signal(std::chrono::milliseconds{100});
     if (sig > 0 && out.signal == 0) {
       out.signal = sig;
-      std::fprintf(stderr, "makima: %s: stopping the daemon\n", strsignal(sig));
+      log::info("daemon", std::string{strsignal(sig)} + ": stopping the daemon");
       stop();
     }
   }

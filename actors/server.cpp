@@ -130,6 +130,10 @@ void on_hello(self_ptr self, uint64_t conn, conn_entry& c, proto::hello& h) {
   d.last_frame = clock::now();
   c.hello = true;
   c.daemon = d.id;
+  log::info("server", "daemon " + d.id + " connected (name " + d.name
+                          + ", pool " + (d.pool.empty() ? "-" : d.pool)
+                          + ", capacity " + std::to_string(d.capacity) + ", "
+                          + std::to_string(h.running.size()) + " running)");
   proto::welcome w;
   w.server_version = st.settings.version;
   w.heartbeat = st.settings.heartbeat;
@@ -233,6 +237,13 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
   }
   notify_state(e);
   if (is_terminal(e.rec.state)) {
+    log::info("server", "task " + e.rec.spec.id + " attempt "
+                            + std::to_string(e.rec.attempt) + " "
+                            + to_string(e.rec.state) + " (exit "
+                            + (e.rec.exit_code < 0
+                                   ? std::string{"-"}
+                                   : std::to_string(e.rec.exit_code))
+                            + ") on daemon " + d.id);
     d.tasks.erase(ev.task);
     dispatch(self);
   }

@@ -42,6 +42,10 @@ struct server_settings {
   /// `retry_backoff_max` [server.retry_backoff, server.retry_backoff_max].
   double retry_backoff = 1;
   double retry_backoff_max = 60;
+  /// Timeout and grace of a submitted task whose submission names none
+  /// [task.timeout, task.grace].
+  double task_timeout = 0;
+  double task_grace = 10;
   /// Heartbeat interval told to daemons [server.heartbeat].
   double heartbeat = 5;
   /// Limits [net.max_frame_bytes, net.max_body_bytes].

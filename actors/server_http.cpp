@@ -92,7 +92,10 @@ size_t assign_frame_bound(const task_spec& spec) {
 
 void submit(self_ptr self, net::request& req, net::http_reply& reply) {
   auto& st = self->state;
-  auto decoded = api::decode_submit(req.body);
+  task_spec defaults;
+  defaults.timeout = st.settings.task_timeout;
+  defaults.grace = st.settings.task_grace;
+  auto decoded = api::decode_submit(req.body, defaults);
   if (!decoded) {
     respond_error(self, reply, 400, "invalid_argument",
                   describe(decoded.error()));
@@ -146,6 +149,10 @@ void submit(self_ptr self, net::request& req, net::http_reply& reply) {
     return;
   }
   st.queue.push_back(id);
+  log::info("server", "task " + id + " submitted"
+                          + (spec.repo.empty()
+                                 ? std::string{}
+                                 : " (repo " + log::redact(spec.repo) + ")"));
   respond(self, reply, 201, record_json(entry), "application/json",
           {{"Location", "/api/v1/tasks/" + id}});
   dispatch(self);

@@ -220,13 +220,13 @@ server_node::exit_info server_node::wait(std::chrono::milliseconds bound) {
     stop();
     return out;
   }
-  std::fprintf(stderr, "makima: %s: draining (again to stop now)\n",
-               strsignal(sig));
+  log::info("server",
+            std::string{strsignal(sig)} + ": draining (again to stop now)");
   auto drained = std::async(std::launch::async, [&] { return drain(bound); });
   while (drained.wait_for(std::chrono::seconds(0))
          != std::future_status::ready) {
     if (process::wait_signal(std::chrono::milliseconds{100}) != 0) {
-      std::fprintf(stderr, "makima: stopping now\n");
+      log::info("server", "stopping now");
       out.cut_short = true;
       break;
     }

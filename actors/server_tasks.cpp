@@ -81,6 +81,9 @@ bool assign(self_ptr self, task_entry& e, daemon_entry& d) {
   }
   d.tasks.insert(rec.spec.id);
   st.net->send(d.conn, std::move(text));
+  log::info("server", "task " + rec.spec.id + " attempt "
+                          + std::to_string(rec.attempt)
+                          + " assigned to daemon " + d.id);
   observe_latency(st, seconds_since(e.queued_at));
   notify_state(e);
   return true;

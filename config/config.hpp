@@ -51,7 +51,9 @@ struct config {
   bool sync = false;
 
   // [log]
-  std::string log_level = "warn";
+  /// Empty: the command's default (`info` for `server`, `daemon` and
+  /// `local`, `warn` for every other command).
+  std::string log_level;
   /// "text" or "json".
   std::string log_format = "text";
 

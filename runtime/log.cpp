@@ -105,6 +105,8 @@ void setup(level lvl, bool json) {
     l->set_pattern("makima: %v");
 }
 
+bool json() { return json_output; }
+
 void write(level lvl, std::string_view component, std::string_view msg) {
   auto l = logger();
   auto spd = to_spd(lvl);

@@ -17,6 +17,10 @@ bool parse_level(std::string_view text, level& out);
 /// Configures the process-wide logger (call once, early).
 void setup(level lvl, bool json);
 
+/// Whether lines are JSON (`log.format = json`): a caller that prints a
+/// line of its own (an error before exit) routes it through `write` then.
+bool json();
+
 /// Writes one message at `lvl`. `component` names the actor or module.
 void write(level lvl, std::string_view component, std::string_view msg);
 

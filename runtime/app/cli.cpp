@@ -38,7 +38,8 @@ int status_for(const caf::error& err) {
 }
 
 config resolve_config(const common_options& opts,
-                      const std::function<void(config&)>& apply_flags) {
+                      const std::function<void(config&)>& apply_flags,
+                      log::level default_level) {
   auto env = process_env();
   std::optional<std::filesystem::path> file;
   if (!opts.config_file.empty())
@@ -52,8 +53,9 @@ config resolve_config(const common_options& opts,
   if (apply_flags)
     apply_flags(*cfg);
   finalize(*cfg, env);
-  log::level lvl = log::level::warn;
-  log::parse_level(cfg->log_level, lvl);
+  log::level lvl = default_level;
+  if (!cfg->log_level.empty())
+    log::parse_level(cfg->log_level, lvl);
   log::setup(lvl, cfg->log_format == "json");
   return std::move(*cfg);
 }

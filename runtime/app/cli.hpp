@@ -18,6 +18,7 @@
 
 #include "config/config.hpp"
 #include "runtime/app/commands.hpp"
+#include "runtime/log.hpp"
 
 namespace CLI {
 class App;
@@ -60,9 +61,11 @@ struct common_options {
 void add_common(CLI::App* cmd, common_options& o);
 
 /// Loads file + env, applies the command's flags, finalizes paths and sets
-/// up logging; leaves with exit_usage on a bad value.
+/// up logging (at `log.level`, else `default_level`); leaves with
+/// exit_usage on a bad value.
 config resolve_config(const common_options& opts,
-                      const std::function<void(config&)>& apply_flags = {});
+                      const std::function<void(config&)>& apply_flags = {},
+                      log::level default_level = log::level::warn);
 
 /// The actor system of one command. Two scheduler threads: the machine has
 /// two cores, and every blocking actor is detached anyway.

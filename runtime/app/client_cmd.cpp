@@ -300,7 +300,9 @@ int cmd_submit(submit_options& o) {
   spec.max_attempts = o.max_attempts;
   api_client api{*resolve_server(o.common, o.server, true)};
   auto res =
-      api.call("POST", "/api/v1/tasks", makima::api::encode_submit(spec));
+      api.call("POST", "/api/v1/tasks",
+               makima::api::encode_submit(
+                   spec, {t.timeout >= 0, t.grace >= 0}));
   auto rec = parse_record(res.body);
   std::printf("%s\n", rec.spec.id.c_str());
   return exit_ok;

@@ -553,7 +553,10 @@ int run_cli(int argc, char** argv) {
       if (*cmd)
         return fn();
   } catch (const command_exit& e) {
-    if (!e.message.empty())
+    // With log.format = json every line on stderr is JSON, this one too.
+    if (!e.message.empty() && log::json())
+      log::error("makima", e.message);
+    else if (!e.message.empty())
       std::fprintf(stderr, "makima: %s\n", e.message.c_str());
     return e.status;
   }

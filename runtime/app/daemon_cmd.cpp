@@ -90,7 +90,7 @@ int cmd_daemon(daemon_options& o) {
       set("server.heartbeat", std::to_string(o.heartbeat), "--heartbeat");
     if (!o.api_key.empty())
       set("server.api_key", o.api_key, "--api-key");
-  });
+  }, log::level::info);
   if (cfg.server_url.empty())
     fail(exit_usage, "daemon: no server given (--server ws://HOST:PORT/ws/"
                      "daemon, or MAKIMA_SERVER)");
@@ -125,7 +125,7 @@ int cmd_daemon(daemon_options& o) {
     auto io = std::make_shared<net::io_thread>();
     connection_hooks hooks;
     hooks.on_welcome = [](const std::string& where) {
-      std::fprintf(stderr, "makima: connected to %s\n", where.c_str());
+      log::info("daemon", "connected to " + where);
     };
     auto node =
         daemon_node::start_with_store(sys, std::move(settings), io, hooks);

@@ -71,6 +71,8 @@ server_settings settings_for(const config& cfg, const std::string& host,
   s.retry_backoff = cfg.retry_backoff;
   s.retry_backoff_max = cfg.retry_backoff_max;
   s.heartbeat = heartbeat_for(cfg);
+  s.task_timeout = cfg.timeout;
+  s.task_grace = cfg.grace;
   s.max_frame_bytes = cfg.max_frame_bytes;
   s.max_body_bytes = cfg.max_body_bytes;
   s.max_streams_per_key = cfg.max_streams_per_key;
@@ -94,11 +96,9 @@ struct server_options {
 /// makima's own failure, so that a supervisor restarts the server rather
 /// than leave a process up that answers every request with 503.
 int exit_failed(server_node& node) {
-  std::fprintf(stderr,
-               "makima: the server failed (its SERVER actor "
-               "terminated); exiting with status %d\n",
-               exit_internal);
-  std::fflush(stderr);
+  log::error("server", "the server failed (its SERVER actor terminated); "
+                       "exiting with status "
+                           + std::to_string(exit_internal));
   node.stop();
   return exit_internal;
 }
@@ -117,7 +117,7 @@ int cmd_server(server_options& o) {
       c.user_keys = o.user_keys;
     if (!o.daemon_keys.empty())
       c.daemon_keys = o.daemon_keys;
-  });
+  }, log::level::info);
   auto [host, port] = split_listen(cfg.listen);
   if (cfg.lease <= 0)
     fail(exit_usage, "--lease must be > 0");
@@ -155,8 +155,7 @@ int cmd_server(server_options& o) {
   auto node = server_node::start(sys, s);
   if (!node)
     fail(status_for(node.error()), describe(node.error()));
-  std::fprintf(stderr, "makima: listening on %s\n", (*node)->url().c_str());
-  std::fflush(stderr);
+  log::info("server", "listening on " + (*node)->url());
   auto end = (*node)->wait(drain_bound);
   if (end.failed)
     return exit_failed(**node);
@@ -198,7 +197,7 @@ int cmd_local(local_options& o) {
                                std::to_string(o.max_tasks), "--max-tasks"))
         fail(exit_usage, describe(err));
     apply_pass_env(c, o.pass_env);
-  });
+  }, log::level::info);
   auto [host, port] = split_listen(cfg.listen);
   bool loopback = is_loopback(host);
   if (!loopback && cfg.user_keys.empty())
@@ -246,8 +245,7 @@ int cmd_local(local_options& o) {
   if (first_welcome.wait_for(std::chrono::seconds(30))
       != std::future_status::ready)
     log::warn("local", "the in-process daemon has not connected yet");
-  std::fprintf(stderr, "makima: listening on %s\n", (*server)->url().c_str());
-  std::fflush(stderr);
+  log::info("local", "listening on " + (*server)->url());
   int sig = (*server)->wait_signal_or_failure();
   if (sig == 0) {
     node->stop();
@@ -258,10 +256,9 @@ int cmd_local(local_options& o) {
     io->stop();
     return status;
   }
-  std::fprintf(stderr,
-               "makima: %s: stopping; running tasks are re-run at the next "
-               "start\n",
-               strsignal(sig));
+  log::info("local", std::string{strsignal(sig)}
+                        + ": stopping; running tasks are re-run at the next "
+                          "start");
   node->stop();
   node.reset();
   (*server)->stop();

@@ -52,6 +52,29 @@ TEST(api, defaults_are_omitted_and_stay_defaults) {
   EXPECT_TRUE(back->id.empty());
 }
 
+TEST(api, server_defaults_fill_what_a_submit_omits_and_named_fields_are_sent) {
+  task_spec server;
+  server.timeout = 600;
+  server.grace = 3;
+  auto back = api::decode_submit(R"({"argv":["true"]})", server);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->timeout, 600);
+  EXPECT_EQ(back->grace, 3);
+  back = api::decode_submit(R"({"argv":["true"],"timeout":0,"grace":10})",
+                            server);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->timeout, 0);
+  EXPECT_EQ(back->grace, 10);
+  // A user's explicit `--timeout 0` equals task_spec's default but must
+  // reach the server, or its default would replace it.
+  task_spec spec;
+  spec.argv = {"true"};
+  EXPECT_EQ(api::encode_submit(spec, {true, false}),
+            R"({"argv":["true"],"timeout":0.0})");
+  EXPECT_EQ(api::encode_submit(spec, {false, true}),
+            R"({"argv":["true"],"grace":10.0})");
+}
+
 TEST(api, bad_submit_bodies_are_invalid_arguments_with_the_reason) {
   struct bad_case {
     std::string body, reason;

@@ -59,7 +59,7 @@ TEST(daemon_process,
     test::background d(daemon_argv(e, srv), e.opts());
     auto [id, hello] = srv.accept();
     daemon_id = hello.daemon_id;
-    ASSERT_TRUE(d.wait_for_output("makima: connected to " + srv.url(), 10s));
+    ASSERT_TRUE(d.wait_for_output("makima: daemon: connected to " + srv.url(), 10s));
     srv.send(id,
              assignment("k1", {"sh", "-c", "echo one; echo two >&2; sleep 60"},
                         3, 40));

@@ -3,6 +3,7 @@
 // client on net::http_request.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <regex>
 #include <string>
@@ -31,10 +32,15 @@ server_args(const fs::path& data, std::vector<std::string> extra = {}) {
 /// A background makima process (server, daemon or local).
 struct proc {
   std::vector<std::string> argv;
+  /// Variables added to the process's environment (e.g. MAKIMA_LOG_FORMAT).
+  std::map<std::string, std::string> extra_env;
   std::unique_ptr<test::background> bg;
 
   void start(const env& e) {
-    bg = std::make_unique<test::background>(argv, e.opts(600000ms));
+    auto o = e.opts(600000ms);
+    for (auto& [k, v] : extra_env)
+      o.env[k] = v;
+    bg = std::make_unique<test::background>(argv, o);
   }
   bool wait_for(const std::string& needle,
                 std::chrono::milliseconds timeout = 20000ms) {
