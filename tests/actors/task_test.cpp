@@ -8,6 +8,7 @@
 #include "actors/repo.hpp"
 #include "tests/fixtures/git_repo.hpp"
 
+#include <map>
 #include <thread>
 
 #include "tests/actors/actor_fixture.hpp"
@@ -238,6 +239,19 @@ TEST_F(task_prepare_test, cancel_while_cloning_aborts_the_clone) {
   // The next task clones afresh and runs.
   auto next = run(make_record("t2", {"sh", "-c", "test -f README.md"}));
   EXPECT_EQ(next.state, task_state::succeeded) << next.error;
+  // REPO's progress reached the LINK through the TASK: each phase starts,
+  // updates and ends with its counts.
+  std::lock_guard<std::mutex> guard{log->mtx};
+  std::map<std::string, task_progress> ended;
+  for (const auto& p : log->progress)
+    if (p.task == "t2" && p.finished)
+      ended[p.phase] = p;
+  ASSERT_EQ(ended.count("cloning"), 1u);
+  EXPECT_EQ(ended["cloning"].done, ended["cloning"].total);
+  EXPECT_GT(ended["cloning"].bytes, 800u * 32 * 1024);
+  EXPECT_EQ(ended["cloning"].target, origin.string());
+  ASSERT_EQ(ended.count("checking_out"), 1u);
+  EXPECT_EQ(ended["checking_out"].done, 801u); // the blobs and README.md
 }
 
 TEST_F(task_prepare_test, timeout_while_cloning_ends_as_timed_out) {
