@@ -611,8 +611,8 @@ connection(connection_actor::stateful_pointer<connection_state> self,
         // Not part of the protocol: phases go to the debug log only.
         if (p.finished)
           log::debug("task " + p.task, p.phase + " done in "
-                                          + std::to_string(p.elapsed_ms)
-                                          + " ms");
+                                           + std::to_string(p.elapsed_ms)
+                                           + " ms");
       },
       // -- wiring and transport --
       [self](start_atom, daemon_actor daemon) {

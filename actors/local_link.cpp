@@ -63,8 +63,7 @@ std::string finished_text(const task_progress& p) {
 std::string status_text(const task_progress& p) {
   std::string name = p.phase == "checking_out" ? "checking out" : p.phase;
   std::string out = name;
-  if (!p.target.empty() && p.phase != "checking_out"
-      && p.phase != "committing")
+  if (!p.target.empty() && p.phase != "checking_out" && p.phase != "committing")
     out += " " + p.target;
   out += ":";
   if (p.total > 0)
@@ -155,8 +154,7 @@ local_link(link_actor::stateful_pointer<local_link_state> self, int out_fd,
         }
         if (st.mode != progress_mode::live)
           return;
-        process::write_all(st.err_fd,
-                           "\r\033[Kmakima: " + status_text(p));
+        process::write_all(st.err_fd, "\r\033[Kmakima: " + status_text(p));
         st.status_shown = true;
       },
   };

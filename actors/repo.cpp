@@ -102,10 +102,9 @@ repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
         ctl.cancel = token.flag;
         auto target = log::redact(st.url);
         {
-          bool fresh =
-              !st.mirror
-              && !std::filesystem::exists(st.repos_dir
-                                          / git::mirror_dir_name(st.url));
+          bool fresh = !st.mirror
+                       && !std::filesystem::exists(
+                           st.repos_dir / git::mirror_dir_name(st.url));
           phase_reporter rep{self->current_sender(), id,
                              fresh ? "cloning" : "fetching", target};
           ctl.on_progress = rep.sink();
@@ -179,10 +178,10 @@ repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
         git::control ctl;
         ctl.cancel = token.flag;
         auto slash = branch.rfind('/');
-        phase_reporter rep{self->current_sender(),
-                           slash == std::string::npos ? branch
-                                                      : branch.substr(slash + 1),
-                           "pushing", log::redact(url)};
+        phase_reporter rep{
+            self->current_sender(),
+            slash == std::string::npos ? branch : branch.substr(slash + 1),
+            "pushing", log::redact(url)};
         ctl.on_progress = rep.sink();
         if (auto err = st.mirror->push(branch, url, ctl))
           return err;

@@ -120,15 +120,14 @@ task_record run_attempt(caf::actor_system& sys, const config& cfg,
 void report_outcome(const task_record& rec, double seconds, bool quiet) {
   auto id = rec.spec.id.c_str();
   if (rec.state == task_state::failed && !rec.error.empty()) {
-    std::fprintf(stderr, "makima: task %s failed: %s\n", id,
-                 rec.error.c_str());
+    std::fprintf(stderr, "makima: task %s failed: %s\n", id, rec.error.c_str());
     return;
   }
   if (quiet)
     return;
   std::string line = "makima: task " + rec.spec.id + " ";
-  line += rec.state == task_state::timed_out ? "timed out"
-                                             : to_string(rec.state);
+  line +=
+      rec.state == task_state::timed_out ? "timed out" : to_string(rec.state);
   char buf[64];
   if (rec.state == task_state::timed_out) {
     std::snprintf(buf, sizeof buf, " after %g s", rec.spec.timeout);
@@ -150,11 +149,11 @@ int run_to_completion(store_session& node, const config& cfg, task_record rec,
   auto start = std::chrono::steady_clock::now();
   auto final_record =
       run_attempt(node.sys, cfg, node.persist, std::move(rec), quiet);
-  report_outcome(final_record,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now()
-                                               - start)
-                     .count(),
-                 quiet);
+  report_outcome(
+      final_record,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count(),
+      quiet);
   return exit_status_of(final_record);
 }
 

@@ -166,7 +166,7 @@ struct op_payload {
   op_payload(const control* c, git::phase ph) : ctl(c), phase(ph) {}
   const control* ctl;
   git::phase phase;
-  bool aborted = false;     // a callback asked libgit2 to stop
+  bool aborted = false;      // a callback asked libgit2 to stop
   std::string push_rejected; // push: status of the first refused update
   bool check() {
     if (ctl->cancelled())
@@ -191,9 +191,9 @@ int on_sideband(const char*, int, void* payload) {
   return static_cast<op_payload*>(payload)->check() ? GIT_EUSER : 0;
 }
 
-int on_checkout_notify(git_checkout_notify_t, const char*,
+int on_checkout_notify(git_checkout_notify_t, const char*, const git_diff_file*,
                        const git_diff_file*, const git_diff_file*,
-                       const git_diff_file*, void* payload) {
+                       void* payload) {
   return static_cast<op_payload*>(payload)->check() ? GIT_EUSER : 0;
 }
 
@@ -296,8 +296,7 @@ caf::error fetch_origin(git_repository* repo, const std::string& url,
                         const control& ctl, git::phase ph) {
   op_payload st{&ctl, ph};
   if (st.check())
-    return cancelled_error(std::string{ph == phase::cloning ? "clone"
-                                                            : "fetch"}
+    return cancelled_error(std::string{ph == phase::cloning ? "clone" : "fetch"}
                            + " of " + url);
   git_remote* raw = nullptr;
   if (git_remote_lookup(&raw, repo, "origin") != 0)
@@ -324,9 +323,8 @@ caf::error fetch_origin(git_repository* repo, const std::string& url,
     default_branch = def.str();
   if (git_remote_fetch(remote.get(), nullptr, &opts, "makima: fetch") != 0) {
     if (st.check())
-      return cancelled_error(std::string{ph == phase::cloning ? "clone"
-                                                              : "fetch"}
-                             + " of " + url);
+      return cancelled_error(
+          std::string{ph == phase::cloning ? "clone" : "fetch"} + " of " + url);
     return git_fail(ec::git_error, "cannot fetch from " + url);
   }
   // Set origin/HEAD (update_origin_head re-reads the advertised heads, which
@@ -599,8 +597,7 @@ const fs::path& mirror::path() const {
 
 caf::expected<mirror> mirror::open(const std::string& url,
                                    const fs::path& repos_dir,
-                                   bool fetch_existing,
-                                   const control& ctl) {
+                                   bool fetch_existing, const control& ctl) {
   init();
   if (url.empty())
     return make_error(ec::repo_not_found,
@@ -1169,9 +1166,9 @@ caf::error mirror::push(const std::string& branch, const std::string& url,
   if (rc != 0)
     return git_fail(ec::git_error, "cannot push " + branch + " to " + url);
   if (!st.push_rejected.empty())
-    return make_error(ec::push_rejected, "push of " + branch + " to " + url
-                                             + " rejected: "
-                                             + st.push_rejected);
+    return make_error(ec::push_rejected,
+                      "push of " + branch + " to " + url
+                          + " rejected: " + st.push_rejected);
   return {};
 }
 

@@ -110,7 +110,7 @@ TEST_F(repo_actor_test, commit_then_push_to_a_bare_repo) {
   auto bare = makima::test::make_bare_repo(dir.path() / "bare.git");
   (*self)
       ->request(repo, timeout, push_atom::value, wt.branch, bare.string(),
-               cancel_token{})
+                cancel_token{})
       .receive([](ok_atom) {},
                [](caf::error& err) { FAIL() << describe(err); });
   EXPECT_EQ(git_cli(bare, {"rev-parse", "refs/heads/makima/t1"}), commit);

@@ -70,8 +70,8 @@ protected:
   bool clone_started() {
     for (int i = 0; i < 3000; ++i) {
       std::error_code err;
-      for (auto it = std::filesystem::directory_iterator(
-               dir.path() / "repos", err);
+      for (auto it =
+               std::filesystem::directory_iterator(dir.path() / "repos", err);
            !err && it != std::filesystem::directory_iterator();
            it.increment(err))
         if (it->path().filename().string().find(".tmp-") != std::string::npos)
@@ -86,15 +86,15 @@ protected:
   void expect_nothing_half_made(const std::string& id) {
     EXPECT_FALSE(std::filesystem::exists(dir.path() / "worktrees" / id));
     std::error_code err;
-    for (auto it = std::filesystem::directory_iterator(dir.path() / "repos",
-                                                       err);
+    for (auto it =
+             std::filesystem::directory_iterator(dir.path() / "repos", err);
          !err && it != std::filesystem::directory_iterator();
          it.increment(err)) {
       auto name = it->path().filename().string();
       EXPECT_EQ(name.find(".tmp-"), std::string::npos) << name;
-      EXPECT_EQ(makima::test::git(it->path(),
-                                  {"for-each-ref", "refs/heads/makima/"}),
-                "")
+      EXPECT_EQ(
+          makima::test::git(it->path(), {"for-each-ref", "refs/heads/makima/"}),
+          "")
           << name;
     }
   }
@@ -186,11 +186,11 @@ TEST_F(task_actor_test, cancel_terminates_the_process_group) {
   auto marker = dir.path() / "grandchild.pid";
   // Written aside and renamed, so the file exists only once it holds the
   // pid (a cancel between create and write left it empty: stoi threw).
-  auto rec = make_record("t1", {"sh", "-c",
-                                "sleep 60 & echo $! > " + marker.string()
-                                    + ".tmp && mv " + marker.string()
-                                    + ".tmp " + marker.string()
-                                    + "; echo started; wait"});
+  auto rec =
+      make_record("t1", {"sh", "-c",
+                         "sleep 60 & echo $! > " + marker.string()
+                             + ".tmp && mv " + marker.string() + ".tmp "
+                             + marker.string() + "; echo started; wait"});
   auto result = run(rec, [&](task_actor handle) {
     // Wait until the child is up before cancelling.
     for (int i = 0; i < 500 && !std::filesystem::exists(marker); ++i)

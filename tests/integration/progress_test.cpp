@@ -40,7 +40,8 @@ void expect_nothing_half_made(const env& e, const std::string& id) {
   }
   for (auto it = fs::directory_iterator(e.data() / "repos", err);
        !err && it != fs::directory_iterator(); it.increment(err))
-    EXPECT_EQ(test::git(it->path(), {"for-each-ref", "refs/heads/makima/" + id}), "");
+    EXPECT_EQ(
+        test::git(it->path(), {"for-each-ref", "refs/heads/makima/" + id}), "");
 }
 
 using steady = std::chrono::steady_clock;
@@ -96,12 +97,12 @@ TEST(run_progress, without_a_tty_one_line_per_phase_then_the_summary) {
                   "sh", "-c", "echo out; echo err >&2; echo x > new.txt"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "out\n");
-  for (auto want : {"makima: cloned " + origin.string() + " (",
-                    std::string{"makima: checked out "},
-                    std::string{"makima: ran for "},
-                    std::string{"makima: committed in "},
-                    std::string{"makima: task p1 succeeded (exit 0) in "},
-                    std::string{"; committed "}})
+  for (auto want :
+       {"makima: cloned " + origin.string() + " (",
+        std::string{"makima: checked out "}, std::string{"makima: ran for "},
+        std::string{"makima: committed in "},
+        std::string{"makima: task p1 succeeded (exit 0) in "},
+        std::string{"; committed "}})
     EXPECT_NE(r.err.find(want), std::string::npos) << want << "\n" << r.err;
   EXPECT_EQ(r.err.find('\r'), std::string::npos) << r.err;
   // Every line of makima's is whole; the child's line is intact.
@@ -110,8 +111,7 @@ TEST(run_progress, without_a_tty_one_line_per_phase_then_the_summary) {
   EXPECT_NE(r.err.find(" on " + branch), std::string::npos) << r.err;
   // A second run fetches instead of cloning.
   auto again = e.run({"--id", "p2", "--repo", origin.string(), "--", "true"});
-  EXPECT_NE(again.err.find("makima: fetched "), std::string::npos)
-      << again.err;
+  EXPECT_NE(again.err.find("makima: fetched "), std::string::npos) << again.err;
 }
 
 TEST(run_progress, quiet_prints_no_phase_or_summary_but_errors) {
@@ -121,8 +121,8 @@ TEST(run_progress, quiet_prints_no_phase_or_summary_but_errors) {
                   origin.string(), "--", "sh", "-c", "echo err >&2"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err, "err\n");
-  auto bad = e.run({"--id", "q2", "--quiet", "--repo", origin.string(),
-                    "--ref", "no-such-ref", "--", "true"});
+  auto bad = e.run({"--id", "q2", "--quiet", "--repo", origin.string(), "--ref",
+                    "no-such-ref", "--", "true"});
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.err.find("makima: task q2 failed:"), std::string::npos)
       << bad.err;
@@ -153,11 +153,11 @@ TEST(run_progress, on_a_tty_a_live_status_line_and_the_summary) {
   auto line_start = tty.rfind('\n', child);
   auto before = tty.substr(line_start + 1, child - line_start - 1);
   static const std::string clear = "\r\x1b[K";
-  EXPECT_TRUE(before.empty()
-              || (before.size() >= clear.size()
-                  && before.compare(before.size() - clear.size(), clear.size(),
-                                    clear)
-                         == 0))
+  EXPECT_TRUE(
+      before.empty()
+      || (before.size() >= clear.size()
+          && before.compare(before.size() - clear.size(), clear.size(), clear)
+                 == 0))
       << before;
 }
 

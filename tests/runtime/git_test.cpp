@@ -600,8 +600,8 @@ TEST_F(git_test, cancelled_clone_leaves_no_mirror_and_a_later_open_works) {
   EXPECT_EQ(rec.of(makima::git::phase::cloning).size(), 1u); // aborted at once
   EXPECT_EQ(entries(repos), std::set<std::string>{});
   // A cancel flag already set stops before anything is made.
-  auto again = makima::git::mirror::open(upstream.string(), repos, true,
-                                         rec.ctl);
+  auto again =
+      makima::git::mirror::open(upstream.string(), repos, true, rec.ctl);
   ASSERT_FALSE(again);
   EXPECT_EQ(code_of(again.error()), ec::cancelled);
   EXPECT_EQ(entries(repos), std::set<std::string>{});
