@@ -54,6 +54,9 @@
 // they are (local messages only, never serialized).
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(makima::net::request)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(makima::net::http_reply)
+// TASK → REPO (same process): the flag that aborts a clone, fetch, checkout
+// or push in progress.
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(makima::cancel_token)
 
 namespace makima {
 
@@ -109,7 +112,10 @@ using link_actor = caf::typed_actor<
     // A state transition of an attempt (record after the transition).
     caf::reacts_to<state_atom, task_record>,
     // The attempt's final record; the attempt is over.
-    caf::reacts_to<result_atom, task_record>>;
+    caf::reacts_to<result_atom, task_record>,
+    // Progress of the attempt's git work (clone, fetch, checkout, commit,
+    // push): not persisted, not sent to a server; `makima run` shows it.
+    caf::reacts_to<progress_atom, task_progress>>;
 
 /// The REPO actor serializes all git work on one repository: a bare mirror
 /// cache (clone, fetch), task worktrees, commits, WIP snapshots, pushes and
@@ -117,8 +123,12 @@ using link_actor = caf::typed_actor<
 /// DAEMON; receives from TASK.
 using repo_actor = caf::typed_actor<
     // Clones or fetches the mirror, resolves the ref and creates the task's
-    // worktree on branch makima/<id>.
-    caf::replies_to<prepare_atom, prepare_request>::with<worktree>,
+    // worktree on branch makima/<id>; reports progress to the requester
+    // (progress_atom, task_progress). Setting the token aborts it within a
+    // second with ec::cancelled, leaving no worktree or branch (a new
+    // mirror is removed; an existing one stays usable).
+    caf::replies_to<prepare_atom, prepare_request,
+                    cancel_token>::with<worktree>,
     // Returns the preserved worktree of task `id` on `branch` (resume);
     // ec::worktree_missing when it is gone.
     caf::replies_to<reopen_atom, std::string, std::string>::with<worktree>,
@@ -128,8 +138,10 @@ using repo_actor = caf::typed_actor<
     // Snapshots worktree `dir` of task `id` to refs/wip/<id>; returns commit.
     caf::replies_to<snapshot_atom, std::string /*worktree dir*/,
                     std::string /*task id*/>::with<std::string>,
-    // Pushes `branch` to `url`.
-    caf::replies_to<push_atom, std::string, std::string>::with<ok_atom>,
+    // Pushes `branch` to `url` (progress to the requester, as prepare); the
+    // token aborts it (ec::cancelled).
+    caf::replies_to<push_atom, std::string, std::string,
+                    cancel_token>::with<ok_atom>,
     // Removes task `id`'s worktree (files and metadata) and deletes `branch`.
     caf::replies_to<remove_atom, std::string /*task id*/,
                     std::string /*branch*/>::with<ok_atom>>;
@@ -152,7 +164,9 @@ using task_actor = caf::typed_actor<
     // Timer: the task's timeout expired.
     caf::reacts_to<timeout_atom>,
     // Timer: the grace period after SIGTERM expired (signal generation).
-    caf::reacts_to<kill_atom, uint32_t>>;
+    caf::reacts_to<kill_atom, uint32_t>,
+    // From REPO: progress of this attempt's git work, passed to the LINK.
+    caf::reacts_to<progress_atom, task_progress>>;
 
 /// The DAEMON supervises a node's task actors: it takes assignments from
 /// the LINK, runs at most `max_tasks` attempts at once (queueing the rest),

@@ -26,6 +26,7 @@ using ok_atom = caf::atom_constant<caf::atom("ok")>;
 using outbox_atom = caf::atom_constant<caf::atom("outbox")>;
 using output_atom = caf::atom_constant<caf::atom("output")>;
 using prepare_atom = caf::atom_constant<caf::atom("prepare")>;
+using progress_atom = caf::atom_constant<caf::atom("progress")>;
 using push_atom = caf::atom_constant<caf::atom("push")>;
 using put_atom = caf::atom_constant<caf::atom("put")>;
 using recover_atom = caf::atom_constant<caf::atom("recover")>;

@@ -617,6 +617,13 @@ connection(connection_actor::stateful_pointer<connection_state> self,
       [self](result_atom, task_record& rec) {
         report_record(self, proto::event_kind::result, std::move(rec));
       },
+      [](progress_atom, const task_progress& p) {
+        // Not part of the protocol: phases go to the debug log only.
+        if (p.finished)
+          log::debug("task " + p.task, p.phase + " done in "
+                                           + std::to_string(p.elapsed_ms)
+                                           + " ms");
+      },
       // -- wiring and transport --
       [self](start_atom, daemon_actor daemon) {
         self->state.daemon = std::move(daemon);

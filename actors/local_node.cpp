@@ -50,7 +50,8 @@ local_node::start(caf::actor_system& sys, local_settings s,
           run->result->set_value(r);
           run->result.reset();
         }
-      });
+      },
+      s.progress);
   node->reactor_ = std::make_shared<process::reactor>();
   daemon_context ctx{persist, node->link_, node->reactor_,
                      std::move(s.workspace)};

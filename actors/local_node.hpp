@@ -18,6 +18,7 @@
 
 #include "actors/actors.hpp"
 #include "actors/daemon.hpp"
+#include "actors/local_link.hpp"
 
 namespace makima::process {
 class reactor;
@@ -32,6 +33,8 @@ struct local_settings {
   /// Where the task's output goes, byte for byte.
   int out_fd = 1;
   int err_fd = 2;
+  /// What the LINK shows of the attempt's phases on `err_fd`.
+  progress_mode progress = progress_mode::quiet;
 };
 
 /// A running local node. Destroying it stops it (like `stop()`).

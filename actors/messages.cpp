@@ -207,6 +207,7 @@ void add_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<task_record>>(
       "std::vector<makima::task_record>");
   cfg.add_message_type<output_chunk>("makima::output_chunk");
+  cfg.add_message_type<task_progress>("makima::task_progress");
   cfg.add_message_type<std::vector<output_chunk>>(
       "std::vector<makima::output_chunk>");
   cfg.add_message_type<state_change>("makima::state_change");

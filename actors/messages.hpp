@@ -4,8 +4,10 @@
 // they take in RocksDB, in `task show --json` and, later, on the wire.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -244,6 +246,41 @@ typename Inspector::result_type inspect(Inspector& f, prepare_request& x) {
   return f(caf::meta::type_name("makima::prepare_request"), x.task, x.ref,
            x.dir);
 }
+
+/// Progress of one phase of an attempt's git work: REPO → TASK → LINK
+/// (`makima run` renders it on the terminal; a CONNECTION ignores it: it is
+/// not part of the wire protocol). `phase` is cloning, fetching,
+/// checking_out, committing or pushing; `target` the (redacted) repository
+/// or push URL; `done` of `total` objects (files when checking out; total 0
+/// when unknown) and `bytes` transferred. A phase starts with a report of
+/// `done` 0, is updated at most ten times a second and ends with a
+/// `finished` report carrying its `elapsed_ms` (only when it succeeded).
+struct task_progress {
+  std::string task;
+  std::string phase;
+  std::string target;
+  uint64_t done = 0;
+  uint64_t total = 0;
+  uint64_t bytes = 0;
+  bool finished = false;
+  int64_t elapsed_ms = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, task_progress& x) {
+  return f(caf::meta::type_name("makima::task_progress"), x.task, x.phase,
+           x.target, x.done, x.total, x.bytes, x.finished, x.elapsed_ms);
+}
+
+/// Aborts the REPO's git work for one request (clone, fetch, checkout,
+/// push) when its flag is set, from any thread: the REPO is detached and
+/// blocked inside libgit2, so the TASK cannot reach it by message. Local
+/// only, never serialized (actors.hpp allows it as an unsafe message type).
+struct cancel_token {
+  std::shared_ptr<std::atomic<bool>> flag =
+      std::make_shared<std::atomic<bool>>(false);
+  void cancel() const { flag->store(true); }
+};
 
 /// One event of a daemon's outbox (network mode): an attempt's event
 /// `seq` and its encoded `event` frame (docs/protocol.md §6).

@@ -2,6 +2,8 @@
 // time, on the bare mirror of one repository.
 #include "actors/repo.hpp"
 
+#include <chrono>
+
 #include <caf/actor_system.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
@@ -17,13 +19,62 @@ repo_state::~repo_state() = default;
 
 namespace {
 
+using clock_type = std::chrono::steady_clock;
+
+// Reports one phase of git work to the requester (the TASK): a start, at
+// most ten updates a second, and an end with the phase's duration.
+class phase_reporter {
+public:
+  phase_reporter(caf::strong_actor_ptr to, std::string task, std::string phase,
+                 std::string target)
+      : to_(caf::actor_cast<caf::actor>(std::move(to))) {
+    p_.task = std::move(task);
+    p_.phase = std::move(phase);
+    p_.target = std::move(target);
+    start_ = clock_type::now();
+    send();
+  }
+  void update(const git::progress& g) {
+    p_.phase = git::to_string(g.phase);
+    p_.done = g.done;
+    p_.total = g.total;
+    p_.bytes = g.bytes;
+    auto now = clock_type::now();
+    if (now - last_ >= std::chrono::milliseconds(100)) {
+      last_ = now;
+      send();
+    }
+  }
+  void finish() {
+    p_.finished = true;
+    p_.elapsed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        clock_type::now() - start_)
+                        .count();
+    send();
+  }
+  git::progress_fn sink() {
+    return [this](const git::progress& g) { update(g); };
+  }
+
+private:
+  void send() {
+    if (to_)
+      caf::anon_send(to_, progress_atom::value, p_);
+  }
+  caf::actor to_;
+  task_progress p_;
+  clock_type::time_point start_;
+  clock_type::time_point last_ = clock_type::now();
+};
+
 // Opens the mirror (clone when missing). `fetch` also fetches an existing
 // mirror; a resumed attempt reuses what is there.
-caf::error ensure_mirror(repo_state& st, bool fetch) {
+caf::error ensure_mirror(repo_state& st, bool fetch,
+                         const git::control& ctl = {}) {
   if (st.mirror) {
-    return fetch ? st.mirror->fetch() : caf::none;
+    return fetch ? st.mirror->fetch(ctl) : caf::none;
   }
-  auto m = git::mirror::open(st.url, st.repos_dir, fetch);
+  auto m = git::mirror::open(st.url, st.repos_dir, fetch, ctl);
   if (!m)
     return m.error();
   st.mirror = std::make_unique<git::mirror>(std::move(*m));
@@ -43,21 +94,38 @@ repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
   st.author_name = std::move(author_name);
   st.author_email = std::move(author_email);
   return {
-      [self](prepare_atom,
-             const prepare_request& req) -> caf::result<worktree> {
+      [self](prepare_atom, const prepare_request& req,
+             const cancel_token& token) -> caf::result<worktree> {
         auto& st = self->state;
         auto& [id, ref, dir] = req;
-        if (auto err = ensure_mirror(st, true)) {
-          log::warn("repo", "cannot prepare " + log::redact(st.url)
-                                + " for task " + id + ": " + describe(err));
-          return err;
+        git::control ctl;
+        ctl.cancel = token.flag;
+        auto target = log::redact(st.url);
+        {
+          bool fresh = !st.mirror
+                       && !std::filesystem::exists(
+                           st.repos_dir / git::mirror_dir_name(st.url));
+          phase_reporter rep{self->current_sender(), id,
+                             fresh ? "cloning" : "fetching", target};
+          ctl.on_progress = rep.sink();
+          if (auto err = ensure_mirror(st, true, ctl)) {
+            if (code_of(err) != ec::cancelled)
+              log::warn("repo", "cannot prepare " + target + " for task " + id
+                                    + ": " + describe(err));
+            return err;
+          }
+          rep.finish();
         }
         auto commit = st.mirror->resolve(ref);
         if (!commit)
           return commit.error();
-        auto wt = st.mirror->add_worktree(id, dir, *commit, "makima/" + id);
+        phase_reporter rep{self->current_sender(), id, "checking_out", target};
+        ctl.on_progress = rep.sink();
+        auto wt =
+            st.mirror->add_worktree(id, dir, *commit, "makima/" + id, ctl);
         if (!wt)
           return wt.error();
+        rep.finish();
         log::debug("repo", "task " + id + ": worktree " + wt->path.string()
                                + " at " + wt->base_commit);
         return worktree{wt->path.string(), wt->branch, wt->base_commit};
@@ -78,9 +146,13 @@ repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
         if (auto err = ensure_mirror(st, false))
           return err;
         git::signature sig{st.author_name, st.author_email};
+        phase_reporter rep{self->current_sender(),
+                           std::filesystem::path{dir}.filename().string(),
+                           "committing", log::redact(st.url)};
         auto id = st.mirror->commit_all(dir, message, sig);
         if (!id)
           return id.error();
+        rep.finish();
         return *id ? **id : std::string{};
       },
       [self](snapshot_atom, const std::string& dir,
@@ -98,13 +170,22 @@ repo_actor::behavior_type repo(repo_actor::stateful_pointer<repo_state> self,
         }
         return *commit;
       },
-      [self](push_atom, const std::string& branch,
-             const std::string& url) -> caf::result<ok_atom> {
+      [self](push_atom, const std::string& branch, const std::string& url,
+             const cancel_token& token) -> caf::result<ok_atom> {
         auto& st = self->state;
         if (auto err = ensure_mirror(st, false))
           return err;
-        if (auto err = st.mirror->push(branch, url))
+        git::control ctl;
+        ctl.cancel = token.flag;
+        auto slash = branch.rfind('/');
+        phase_reporter rep{
+            self->current_sender(),
+            slash == std::string::npos ? branch : branch.substr(slash + 1),
+            "pushing", log::redact(url)};
+        ctl.on_progress = rep.sink();
+        if (auto err = st.mirror->push(branch, url, ctl))
           return err;
+        rep.finish();
         return ok_atom::value;
       },
       [self](remove_atom, const std::string& id,

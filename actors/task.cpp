@@ -187,13 +187,20 @@ void publish(task_ptr self, task_state outcome) {
         return;
       }
       self->request(st.ctx.repo, caf::infinite, push_atom::value, st.rec.branch,
-                    st.rec.spec.push_url)
+                    st.rec.spec.push_url, st.git_cancel)
           .then(
               [self, outcome](ok_atom) {
                 self->state.rec.pushed = true;
                 finish(self, outcome);
               },
               [self](caf::error& err) {
+                auto& st = self->state;
+                if (code_of(err) == ec::cancelled) {
+                  set_error(st.rec, err);
+                  finish(self, st.timed_out ? task_state::timed_out
+                                            : task_state::cancelled);
+                  return;
+                }
                 log::error(component(self), "push failed: " + describe(err));
                 set_error(self->state.rec, err);
                 finish(self, task_state::failed);
@@ -281,8 +288,8 @@ void finish(task_ptr self, task_state final_state) {
 // Starts the child in the prepared directory.
 void launch(task_ptr self) {
   auto& st = self->state;
-  if (st.cancel_requested) {
-    finish(self, task_state::cancelled);
+  if (st.timed_out || st.cancel_requested) {
+    finish(self, st.timed_out ? task_state::timed_out : task_state::cancelled);
     return;
   }
   std::error_code fs_err;
@@ -312,12 +319,6 @@ void launch(task_ptr self) {
   st.child = *child;
   st.rec.state = task_state::running;
   st.rec.started_at = now_ms();
-  if (st.rec.spec.timeout > 0) {
-    auto timeout = std::chrono::duration<double>(st.rec.spec.timeout);
-    self->delayed_send(
-        self, std::chrono::duration_cast<std::chrono::milliseconds>(timeout),
-        timeout_atom::value);
-  }
   persist_state(self, [] {});
 }
 
@@ -349,9 +350,15 @@ void prepare(task_ptr self) {
     launch(self);
   };
   auto on_error = [self](caf::error& err) {
+    auto& st = self->state;
     log::debug(component(self), "prepare failed: " + describe(err));
-    set_error(self->state.rec, err);
-    finish(self, task_state::failed);
+    set_error(st.rec, err);
+    if (st.timed_out)
+      finish(self, task_state::timed_out);
+    else if (st.cancel_requested)
+      finish(self, task_state::cancelled);
+    else
+      finish(self, task_state::failed);
   };
   if (!rec.branch.empty()) {
     // A resumed attempt: the worktree from the earlier attempt is the work.
@@ -360,7 +367,8 @@ void prepare(task_ptr self) {
         .then(on_worktree, on_error);
   } else {
     self->request(st.ctx.repo, caf::infinite, prepare_atom::value,
-                  prepare_request{rec.spec.id, rec.spec.ref, dir.string()})
+                  prepare_request{rec.spec.id, rec.spec.ref, dir.string()},
+                  st.git_cancel)
         .then(on_worktree, on_error);
   }
 }
@@ -390,6 +398,13 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
   st.rec.error_code.clear();
   st.rec.finished_at = 0;
   st.rec.state_dir = (st.ctx.state_root / st.rec.spec.id).string();
+  // The timeout covers the whole attempt, preparing included.
+  if (st.rec.spec.timeout > 0) {
+    auto timeout = std::chrono::duration<double>(st.rec.spec.timeout);
+    self->delayed_send(
+        self, std::chrono::duration_cast<std::chrono::milliseconds>(timeout),
+        timeout_atom::value);
+  }
   if (st.rec.attempt > 1) {
     // A new attempt starts by recording that it prepares again.
     persist_state(self, [self] { prepare(self); });
@@ -400,20 +415,28 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
   return {
       [self](cancel_atom) {
         auto& st = self->state;
-        if (st.finishing)
+        if (st.finishing) {
+          if (st.rec.state == task_state::publishing)
+            st.git_cancel.cancel(); // a push in progress stops
           return;
+        }
         if (st.cancel_requested && st.child && !st.exited) {
           kill_child(self); // second cancel: no more grace
           return;
         }
         st.cancel_requested = true;
+        st.git_cancel.cancel(); // preparing or pushing: abort the git work
         terminate_child(self);
       },
       [self](cancel_atom, kill_atom) {
         auto& st = self->state;
-        if (st.finishing)
+        if (st.finishing) {
+          if (st.rec.state == task_state::publishing)
+            st.git_cancel.cancel();
           return;
+        }
         st.cancel_requested = true;
+        st.git_cancel.cancel();
         kill_child(self);
       },
       [self](output_atom, uint8_t stream, std::string& bytes) {
@@ -431,7 +454,19 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
       },
       [self](timeout_atom) {
         auto& st = self->state;
-        if (!st.child || st.exited || st.finishing)
+        if (st.finishing || st.timed_out)
+          return;
+        if (!st.child) {
+          // Still preparing: abort the clone, fetch or checkout; the REPO's
+          // answer (or launch) ends the attempt as timed_out.
+          log::info(component(self), "timed out while preparing after "
+                                         + std::to_string(st.rec.spec.timeout)
+                                         + " s");
+          st.timed_out = true;
+          st.git_cancel.cancel();
+          return;
+        }
+        if (st.exited)
           return;
         log::info(component(self), "timed out after "
                                        + std::to_string(st.rec.spec.timeout)
@@ -442,6 +477,9 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
       [self](kill_atom, uint32_t generation) {
         if (generation == self->state.term_generation)
           kill_child(self);
+      },
+      [self](progress_atom, task_progress& p) {
+        self->send(self->state.ctx.link, progress_atom::value, std::move(p));
       },
   };
 }

@@ -50,6 +50,8 @@ struct task_actor_state {
   process::exit_status status;
   bool cancel_requested = false;
   bool timed_out = false;
+  /// Aborts the REPO's clone, fetch, checkout or push of this attempt.
+  cancel_token git_cancel;
   /// Set when a RocksDB write failed; the attempt then fails.
   caf::error store_failure;
   /// Increments with every SIGTERM sent; a kill timer carries it.

@@ -64,6 +64,8 @@ const char* to_string(ec code) {
     return "task_not_found";
   case ec::bad_state:
     return "bad_state";
+  case ec::cancelled:
+    return "cancelled";
   case ec::repo_not_found:
     return "repo_not_found";
   case ec::ref_not_found:

@@ -30,6 +30,8 @@ enum class ec : uint8_t {
   task_not_found = 5,
   /// The task is in a state that does not allow the operation.
   bad_state = 6,
+  /// The operation was cancelled (Ctrl-C, `task cancel`, a timeout).
+  cancelled = 7,
   /// The repository does not exist or cannot be reached.
   repo_not_found = 10,
   /// The ref (branch, tag, commit) does not exist in the repository.

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <future>
 #include <iostream>
@@ -93,11 +94,15 @@ task_record get_record(caf::scoped_actor& self,
 /// returns its final record. Output streams to the terminal as it is
 /// persisted; stop signals cancel the task (the node's policy).
 task_record run_attempt(caf::actor_system& sys, const config& cfg,
-                        const persistence_actor& persist, task_record rec) {
+                        const persistence_actor& persist, task_record rec,
+                        bool quiet) {
   local_settings s;
   s.workspace = node_workspace_for(cfg);
   s.out_fd = STDOUT_FILENO;
   s.err_fd = STDERR_FILENO;
+  s.progress = quiet                   ? progress_mode::quiet
+               : isatty(STDERR_FILENO) ? progress_mode::live
+                                       : progress_mode::lines;
   // Config read: makima's keys leave this process's environment before the
   // task starts (a task could read /proc/$PPID/environ).
   process::hide_own_secrets();
@@ -109,37 +114,46 @@ task_record run_attempt(caf::actor_system& sys, const config& cfg,
   return final_record;
 }
 
-void report_outcome(const task_record& rec) {
+/// The one-line summary on stderr: `makima: task ID STATE (exit N) in S s`
+/// with the commit and branch when there is one. An error is always
+/// printed (`makima: task ID failed: ERROR`), the rest not with --quiet.
+void report_outcome(const task_record& rec, double seconds, bool quiet) {
   auto id = rec.spec.id.c_str();
-  switch (rec.state) {
-  case task_state::succeeded:
-    if (!rec.commit.empty())
-      std::fprintf(stderr, "makima: task %s committed %s on %s%s\n", id,
-                   rec.commit.c_str(), rec.branch.c_str(),
-                   rec.pushed ? " (pushed)" : "");
-    break;
-  case task_state::timed_out:
-    std::fprintf(stderr, "makima: task %s timed out after %g s\n", id,
-                 rec.spec.timeout);
-    break;
-  case task_state::cancelled:
-    std::fprintf(stderr, "makima: task %s cancelled\n", id);
-    break;
-  case task_state::failed:
-    if (!rec.error.empty())
-      std::fprintf(stderr, "makima: task %s failed: %s\n", id,
-                   rec.error.c_str());
-    break;
-  default:
-    break;
+  if (rec.state == task_state::failed && !rec.error.empty()) {
+    std::fprintf(stderr, "makima: task %s failed: %s\n", id, rec.error.c_str());
+    return;
   }
+  if (quiet)
+    return;
+  std::string line = "makima: task " + rec.spec.id + " ";
+  line +=
+      rec.state == task_state::timed_out ? "timed out" : to_string(rec.state);
+  char buf[64];
+  if (rec.state == task_state::timed_out) {
+    std::snprintf(buf, sizeof buf, " after %g s", rec.spec.timeout);
+    line += buf;
+  }
+  line += " (exit " + std::to_string(exit_status_of(rec)) + ")";
+  std::snprintf(buf, sizeof buf, " in %.1f s", seconds);
+  line += buf;
+  if (!rec.commit.empty())
+    line += "; committed " + rec.commit.substr(0, 7) + " on " + rec.branch
+            + (rec.pushed ? " (pushed)" : "");
+  std::fprintf(stderr, "%s\n", line.c_str());
 }
 
 /// Runs one attempt of `rec` on `node`, reports its outcome on stderr and
 /// returns the exit status of `makima run` / `task resume`.
-int run_to_completion(store_session& node, const config& cfg, task_record rec) {
-  auto final_record = run_attempt(node.sys, cfg, node.persist, std::move(rec));
-  report_outcome(final_record);
+int run_to_completion(store_session& node, const config& cfg, task_record rec,
+                      bool quiet) {
+  auto start = std::chrono::steady_clock::now();
+  auto final_record =
+      run_attempt(node.sys, cfg, node.persist, std::move(rec), quiet);
+  report_outcome(
+      final_record,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count(),
+      quiet);
   return exit_status_of(final_record);
 }
 
@@ -149,6 +163,7 @@ struct run_options {
   common_options common;
   task_flags task;
   std::vector<std::string> pass_env;
+  bool quiet = false;
 };
 
 int cmd_run(run_options& o) {
@@ -190,11 +205,13 @@ int cmd_run(run_options& o) {
   self->request(node.persist, caf::infinite, create_atom::value, rec)
       .receive([](ok_atom) {},
                [&](caf::error& err) { fail(status_for(err), describe(err)); });
-  std::fprintf(stderr, "makima: task %s\n", rec.spec.id.c_str());
-  return run_to_completion(node, cfg, std::move(rec));
+  if (!o.quiet)
+    std::fprintf(stderr, "makima: task %s\n", rec.spec.id.c_str());
+  return run_to_completion(node, cfg, std::move(rec), o.quiet);
 }
 
-int cmd_resume(const common_options& common, const std::string& id) {
+int cmd_resume(const common_options& common, const std::string& id,
+               bool quiet) {
   auto cfg = resolve_config(common);
   store_session node{open_primary(cfg)};
   caf::scoped_actor self{node.sys};
@@ -213,7 +230,7 @@ int cmd_resume(const common_options& common, const std::string& id) {
   rec.attempt += 1;
   std::fprintf(stderr, "makima: task %s: resuming as attempt %u\n", id.c_str(),
                rec.attempt);
-  return run_to_completion(node, cfg, std::move(rec));
+  return run_to_completion(node, cfg, std::move(rec), quiet);
 }
 
 std::string shorten(std::string s, size_t n) {
@@ -426,6 +443,8 @@ int run_cli(int argc, char** argv) {
   add_common(run, run_opts.common);
   auto id_opt = add_task_flags(run, run_opts.task);
   add_pass_env_flag(run, run_opts.pass_env);
+  run->add_flag("--quiet", run_opts.quiet,
+                "no phase lines or summary on stderr (errors still print)");
 
   run->footer(
       "Usage: makima run [OPTIONS] [--] COMMAND [ARGS...]\n\n"
@@ -473,6 +492,9 @@ int run_cli(int argc, char** argv) {
       "resume", "run an interrupted task again (next attempt) in its worktree");
   add_common(resume, resume_opts);
   resume->add_option("id", resume_id, "task id")->required();
+  bool resume_quiet = false;
+  resume->add_flag("--quiet", resume_quiet,
+                   "no phase lines or summary on stderr (errors still print)");
 
   command_table network;
   trailing_table trailing{{run, &run_opts.task.command}};
@@ -548,7 +570,7 @@ int run_cli(int argc, char** argv) {
       return cmd_logs(logs_opts, logs_id);
     }
     if (*resume)
-      return cmd_resume(resume_opts, resume_id);
+      return cmd_resume(resume_opts, resume_id, resume_quiet);
     for (auto& [cmd, fn] : network)
       if (*cmd)
         return fn();

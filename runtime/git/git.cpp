@@ -159,6 +159,80 @@ void force_remove_all(const fs::path& p) {
   fs::remove_all(p, err);
 }
 
+// -- progress and cancellation ----------------------------------------------
+
+// What libgit2's callbacks see through their payload.
+struct op_payload {
+  op_payload(const control* c, git::phase ph) : ctl(c), phase(ph) {}
+  const control* ctl;
+  git::phase phase;
+  bool aborted = false;      // a callback asked libgit2 to stop
+  std::string push_rejected; // push: status of the first refused update
+  bool check() {
+    if (ctl->cancelled())
+      aborted = true;
+    return aborted;
+  }
+  void report(uint64_t done, uint64_t total, uint64_t bytes) {
+    if (ctl->on_progress)
+      ctl->on_progress(progress{phase, done, total, bytes});
+  }
+};
+
+int on_transfer(const git_indexer_progress* p, void* payload) {
+  auto* st = static_cast<op_payload*>(payload);
+  if (st->check())
+    return GIT_EUSER;
+  st->report(p->received_objects, p->total_objects, p->received_bytes);
+  return 0;
+}
+
+int on_sideband(const char*, int, void* payload) {
+  return static_cast<op_payload*>(payload)->check() ? GIT_EUSER : 0;
+}
+
+int on_checkout_notify(git_checkout_notify_t, const char*, const git_diff_file*,
+                       const git_diff_file*, const git_diff_file*,
+                       void* payload) {
+  return static_cast<op_payload*>(payload)->check() ? GIT_EUSER : 0;
+}
+
+void on_checkout_progress(const char*, size_t done, size_t total,
+                          void* payload) {
+  static_cast<op_payload*>(payload)->report(done, total, 0);
+}
+
+int on_pack_progress(int, uint32_t, uint32_t, void* payload) {
+  return static_cast<op_payload*>(payload)->check() ? GIT_EUSER : 0;
+}
+
+int on_push_transfer(unsigned int done, unsigned int total, size_t bytes,
+                     void* payload) {
+  auto* st = static_cast<op_payload*>(payload);
+  if (st->check())
+    return GIT_EUSER;
+  st->report(done, total, bytes);
+  return 0;
+}
+
+int on_push_update(const char* refname, const char* status, void* payload) {
+  auto* st = static_cast<op_payload*>(payload);
+  if (status != nullptr && st->push_rejected.empty())
+    st->push_rejected = std::string{refname} + ": " + status;
+  return 0;
+}
+
+caf::error cancelled_error(const std::string& what) {
+  git_error_clear();
+  return make_error(ec::cancelled, what + " cancelled");
+}
+
+void set_remote_callbacks(git_remote_callbacks& cbs, op_payload& st) {
+  cbs.transfer_progress = on_transfer;
+  cbs.sideband_progress = on_sideband;
+  cbs.payload = &st;
+}
+
 // -- remote helpers -----------------------------------------------------------
 
 constexpr const char* heads_spec = "+refs/heads/*:refs/remotes/origin/*";
@@ -218,17 +292,27 @@ caf::error update_origin_head(git_repository* repo, git_remote* remote,
 }
 
 // Connects to origin, records its default branch and fetches (prune).
-caf::error fetch_origin(git_repository* repo, const std::string& url) {
+caf::error fetch_origin(git_repository* repo, const std::string& url,
+                        const control& ctl, git::phase ph) {
+  op_payload st{&ctl, ph};
+  if (st.check())
+    return cancelled_error(std::string{ph == phase::cloning ? "clone" : "fetch"}
+                           + " of " + url);
   git_remote* raw = nullptr;
   if (git_remote_lookup(&raw, repo, "origin") != 0)
     return git_fail(ec::git_error, "mirror of " + url + " has no origin");
   remote_ptr remote{raw};
   git_remote_callbacks cbs = GIT_REMOTE_CALLBACKS_INIT;
+  set_remote_callbacks(cbs, st);
   if (git_remote_connect(remote.get(), GIT_DIRECTION_FETCH, &cbs, nullptr,
                          nullptr)
-      != 0)
+      != 0) {
+    if (st.check())
+      return cancelled_error("fetch of " + url);
     return git_fail(ec::repo_not_found, "repository not found: " + url);
+  }
   git_fetch_options opts = GIT_FETCH_OPTIONS_INIT;
+  set_remote_callbacks(opts.callbacks, st);
   opts.prune = GIT_FETCH_PRUNE;
   opts.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_NONE; // the refspec has them
   opts.update_fetchhead = 0;
@@ -237,8 +321,12 @@ caf::error fetch_origin(git_repository* repo, const std::string& url) {
   std::string default_branch;
   if (git_remote_default_branch(&def.buf, remote.get()) == 0)
     default_branch = def.str();
-  if (git_remote_fetch(remote.get(), nullptr, &opts, "makima: fetch") != 0)
+  if (git_remote_fetch(remote.get(), nullptr, &opts, "makima: fetch") != 0) {
+    if (st.check())
+      return cancelled_error(
+          std::string{ph == phase::cloning ? "clone" : "fetch"} + " of " + url);
     return git_fail(ec::git_error, "cannot fetch from " + url);
+  }
   // Set origin/HEAD (update_origin_head re-reads the advertised heads, which
   // the transport keeps after the disconnect; fall back to what we read).
   std::string target;
@@ -378,6 +466,20 @@ bool needs_filters(git_repository* repo, git_commit* commit) {
 
 // -- free functions -----------------------------------------------------------
 
+const char* to_string(phase p) {
+  switch (p) {
+  case phase::cloning:
+    return "cloning";
+  case phase::fetching:
+    return "fetching";
+  case phase::checking_out:
+    return "checking_out";
+  case phase::pushing:
+    return "pushing";
+  }
+  return "unknown";
+}
+
 void init() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -495,7 +597,7 @@ const fs::path& mirror::path() const {
 
 caf::expected<mirror> mirror::open(const std::string& url,
                                    const fs::path& repos_dir,
-                                   bool fetch_existing) {
+                                   bool fetch_existing, const control& ctl) {
   init();
   if (url.empty())
     return make_error(ec::repo_not_found,
@@ -529,7 +631,7 @@ caf::expected<mirror> mirror::open(const std::string& url,
       if (fetch_existing) {
         if (auto e = check_local_repo(canon))
           return e;
-        if (auto e = fetch_origin(st->repo.get(), canon))
+        if (auto e = fetch_origin(st->repo.get(), canon, ctl, phase::fetching))
           return e;
       }
       return mirror{std::move(st)};
@@ -577,7 +679,7 @@ caf::expected<mirror> mirror::open(const std::string& url,
       cleanup();
       return e;
     }
-    if (auto e = fetch_origin(raw, canon)) {
+    if (auto e = fetch_origin(raw, canon, ctl, phase::cloning)) {
       cleanup();
       return e;
     }
@@ -602,10 +704,10 @@ caf::expected<mirror> mirror::open(const std::string& url,
   return mirror{std::move(st)};
 }
 
-caf::error mirror::fetch() {
+caf::error mirror::fetch(const control& ctl) {
   if (auto e = check_local_repo(impl_->url))
     return e;
-  return fetch_origin(impl_->repo.get(), impl_->url);
+  return fetch_origin(impl_->repo.get(), impl_->url, ctl, phase::fetching);
 }
 
 caf::expected<std::string> mirror::resolve(const std::string& ref) {
@@ -659,8 +761,12 @@ caf::expected<std::string> mirror::resolve(const std::string& ref) {
 caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
                                                   const fs::path& dir,
                                                   const std::string& commit,
-                                                  const std::string& branch) {
+                                                  const std::string& branch,
+                                                  const control& ctl) {
   auto* repo = impl_->repo.get();
+  op_payload cst{&ctl, phase::checking_out};
+  if (cst.check())
+    return cancelled_error("checkout of worktree " + name);
   if (name.empty() || name.find('/') != std::string::npos
       || name.find('\\') != std::string::npos)
     return make_error(ec::invalid_argument,
@@ -733,12 +839,26 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
   // a (nonexistent) workdir state.
   opts.checkout_options.checkout_strategy = GIT_CHECKOUT_FORCE;
   opts.checkout_options.disable_filters = needs_filters(repo, craw) ? 0 : 1;
+  // The analysis asks notify about every file (it may abort there);
+  // libgit2's progress callback cannot abort, so the files written are
+  // checked once after.
+  opts.checkout_options.notify_flags = GIT_CHECKOUT_NOTIFY_ALL;
+  opts.checkout_options.notify_cb = on_checkout_notify;
+  opts.checkout_options.notify_payload = &cst;
+  opts.checkout_options.progress_cb = on_checkout_progress;
+  opts.checkout_options.progress_payload = &cst;
   git_worktree* wraw = nullptr;
-  if (git_worktree_add(&wraw, repo, name.c_str(), abs_dir.c_str(), &opts) != 0)
+  if (git_worktree_add(&wraw, repo, name.c_str(), abs_dir.c_str(), &opts)
+      != 0) {
+    if (cst.check())
+      return fail(cancelled_error("checkout of worktree " + name));
     return fail(git_fail(ec::git_error, "cannot add worktree " + name + " at "
                                             + abs_dir.string() + " for "
                                             + impl_->url));
+  }
   git_worktree_free(wraw);
+  if (cst.check())
+    return fail(cancelled_error("checkout of worktree " + name));
   {
     std::ofstream out{admin / base_file, std::ios::trunc};
     out << base_hex << '\n';
@@ -999,23 +1119,12 @@ caf::expected<std::string> mirror::snapshot(const fs::path& dir,
   return oid_hex(out);
 }
 
-namespace {
-
-struct push_state {
-  std::string rejected; // status of the first refused update
-};
-
-int on_push_update(const char* refname, const char* status, void* payload) {
-  auto* st = static_cast<push_state*>(payload);
-  if (status != nullptr && st->rejected.empty())
-    st->rejected = std::string{refname} + ": " + status;
-  return 0;
-}
-
-} // namespace
-
-caf::error mirror::push(const std::string& branch, const std::string& url) {
+caf::error mirror::push(const std::string& branch, const std::string& url,
+                        const control& ctl) {
   auto* repo = impl_->repo.get();
+  op_payload st{&ctl, phase::pushing};
+  if (st.check())
+    return cancelled_error("push of " + branch);
   auto target = canonical_url(url);
   if (auto e = check_local_repo(target))
     return e;
@@ -1032,26 +1141,34 @@ caf::error mirror::push(const std::string& branch, const std::string& url) {
   if (git_remote_create_anonymous(&rraw, repo, target.c_str()) != 0)
     return git_fail(ec::repo_not_found, "repository not found: " + url);
   remote_ptr remote{rraw};
-  push_state st;
   git_push_options opts = GIT_PUSH_OPTIONS_INIT;
   opts.callbacks.push_update_reference = on_push_update;
+  opts.callbacks.sideband_progress = on_sideband;
+  opts.callbacks.pack_progress = on_pack_progress;
+  opts.callbacks.push_transfer_progress = on_push_transfer;
   opts.callbacks.payload = &st;
   if (git_remote_connect(rraw, GIT_DIRECTION_PUSH, &opts.callbacks, nullptr,
                          nullptr)
-      != 0)
+      != 0) {
+    if (st.check())
+      return cancelled_error("push of " + branch);
     return git_fail(ec::repo_not_found, "repository not found: " + url);
+  }
   auto spec = ref + ":" + ref;
   char* specs[] = {spec.data()};
   git_strarray refspecs{specs, 1};
   int rc = git_remote_push(rraw, &refspecs, &opts);
+  if (rc != 0 && st.check())
+    return cancelled_error("push of " + branch);
   if (rc == GIT_ENONFASTFORWARD)
     return git_fail(ec::push_rejected, "push of " + branch + " to " + url
                                            + " rejected (non-fast-forward)");
   if (rc != 0)
     return git_fail(ec::git_error, "cannot push " + branch + " to " + url);
-  if (!st.rejected.empty())
-    return make_error(ec::push_rejected, "push of " + branch + " to " + url
-                                             + " rejected: " + st.rejected);
+  if (!st.push_rejected.empty())
+    return make_error(ec::push_rejected,
+                      "push of " + branch + " to " + url
+                          + " rejected: " + st.push_rejected);
   return {};
 }
 

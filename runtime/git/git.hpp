@@ -9,7 +9,10 @@
 // prune-fetch never deletes task branches, which live in `refs/heads/`.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +56,39 @@ struct signature {
   std::string email = "makima@localhost";
 };
 
+/// A long operation's phase, as reported to a `progress_fn`.
+enum class phase : uint8_t { cloning, fetching, checking_out, pushing };
+
+/// "cloning", "fetching", "checking_out", "pushing".
+const char* to_string(phase p);
+
+/// One progress report: `done` of `total` units (objects for cloning,
+/// fetching and pushing, files for checking out; `total` 0 when unknown)
+/// and the bytes transferred so far.
+struct progress {
+  git::phase phase = phase::cloning;
+  uint64_t done = 0;
+  uint64_t total = 0;
+  uint64_t bytes = 0;
+};
+
+/// Receives progress reports on the calling thread, from inside libgit2's
+/// callbacks (often: the sink rate-limits). Must not throw.
+using progress_fn = std::function<void(const progress&)>;
+
+/// Set to true (from any thread) to abort the operation holding it.
+using cancel_flag = std::shared_ptr<std::atomic<bool>>;
+
+/// Observes and may abort a long operation (clone, fetch, checkout, push).
+/// libgit2's callbacks check `cancel` and abort the transfer, the checkout
+/// analysis or the push; the operation then fails with ec::cancelled and
+/// leaves nothing half-made (see each operation). Both members are optional.
+struct control {
+  cancel_flag cancel;
+  progress_fn on_progress;
+  bool cancelled() const { return cancel && cancel->load(); }
+};
+
 /// The bare mirror cache of one remote repository.
 class mirror {
 public:
@@ -64,13 +100,17 @@ public:
   /// fetching from origin when it exists (`fetch_existing`). After this,
   /// `refs/remotes/origin/HEAD` names the remote's default branch.
   /// Errors: ec::repo_not_found (missing path, unreachable or not a git
-  /// repository), ec::git_error, ec::io_error.
+  /// repository), ec::git_error, ec::io_error, ec::cancelled (`ctl` asked;
+  /// a new mirror is removed, an existing one keeps its refs and a later
+  /// fetch gets what is missing).
   static caf::expected<mirror> open(const std::string& url,
                                     const std::filesystem::path& repos_dir,
-                                    bool fetch_existing = true);
+                                    bool fetch_existing = true,
+                                    const control& ctl = {});
 
   /// Fetches from origin (prune), updating refs/remotes/origin/* and tags.
-  caf::error fetch();
+  /// Errors: as open's; ec::cancelled leaves the refs as they were.
+  caf::error fetch(const control& ctl = {});
 
   /// Resolves `ref` to a commit id (hex). Empty `ref` means the remote's
   /// default branch. Tries, in order: a full or abbreviated commit id,
@@ -80,11 +120,14 @@ public:
 
   /// Creates branch `branch` at `commit` and a linked worktree named `name`
   /// (no '/') at `dir` (must not exist; its parent is created). On failure
-  /// nothing is left behind (no branch, no dir, no worktree metadata).
+  /// nothing is left behind (no branch, no dir, no worktree metadata),
+  /// also when `ctl` cancels it (ec::cancelled): during the checkout's
+  /// analysis, or checked once the files are written.
   caf::expected<worktree_info> add_worktree(const std::string& name,
                                             const std::filesystem::path& dir,
                                             const std::string& commit,
-                                            const std::string& branch);
+                                            const std::string& branch,
+                                            const control& ctl = {});
 
   /// Returns the info of the existing worktree `name` if its directory and
   /// branch still exist (used to resume a task in its preserved worktree).
@@ -115,8 +158,10 @@ public:
 
   /// Pushes `refs/heads/<branch>` to `url` (any path or URL libgit2
   /// accepts) under the same name. Errors: ec::push_rejected (the remote
-  /// refused the update), ec::repo_not_found, ec::git_error.
-  caf::error push(const std::string& branch, const std::string& url);
+  /// refused the update), ec::repo_not_found, ec::git_error,
+  /// ec::cancelled (`ctl` asked before the remote's refs were updated).
+  caf::error push(const std::string& branch, const std::string& url,
+                  const control& ctl = {});
 
   /// Removes worktree `name` (files and metadata) and deletes `branch`.
   caf::error remove_worktree(const std::string& name,

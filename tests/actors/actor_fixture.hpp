@@ -36,6 +36,7 @@ struct link_log {
   std::vector<uint64_t> seqs;
   std::vector<task_state> states;
   std::vector<task_record> results;
+  std::vector<task_progress> progress;
   /// Facts that reached the LINK before they were in RocksDB.
   std::vector<std::string> violations;
 
@@ -101,6 +102,10 @@ recording_link(link_actor::stateful_pointer<recording_link_state> self,
         std::lock_guard<std::mutex> guard{self->state.log->mtx};
         self->state.log->results.push_back(rec);
         self->state.log->cv.notify_all();
+      },
+      [self](progress_atom, const task_progress& p) {
+        std::lock_guard<std::mutex> guard{self->state.log->mtx};
+        self->state.log->progress.push_back(p);
       },
   };
 }

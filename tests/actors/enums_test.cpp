@@ -28,6 +28,7 @@ const std::vector<std::tuple<ec, int, std::string>> all_codes = {
     {ec::task_exists, 4, "task_exists"},
     {ec::task_not_found, 5, "task_not_found"},
     {ec::bad_state, 6, "bad_state"},
+    {ec::cancelled, 7, "cancelled"},
     {ec::repo_not_found, 10, "repo_not_found"},
     {ec::ref_not_found, 11, "ref_not_found"},
     {ec::git_error, 12, "git_error"},

@@ -37,7 +37,8 @@ protected:
     worktree out;
     (*self)
         ->request(repo, std::chrono::seconds(60), prepare_atom::value,
-                  prepare_request{id, ref, (dir.path() / "wt" / id).string()})
+                  prepare_request{id, ref, (dir.path() / "wt" / id).string()},
+                  cancel_token{})
         .receive([&](worktree& wt) { out = std::move(wt); },
                  [](caf::error& err) { FAIL() << describe(err); });
     return out;
@@ -108,7 +109,8 @@ TEST_F(repo_actor_test, commit_then_push_to_a_bare_repo) {
                [](caf::error& err) { FAIL() << describe(err); });
   auto bare = makima::test::make_bare_repo(dir.path() / "bare.git");
   (*self)
-      ->request(repo, timeout, push_atom::value, wt.branch, bare.string())
+      ->request(repo, timeout, push_atom::value, wt.branch, bare.string(),
+                cancel_token{})
       .receive([](ok_atom) {},
                [](caf::error& err) { FAIL() << describe(err); });
   EXPECT_EQ(git_cli(bare, {"rev-parse", "refs/heads/makima/t1"}), commit);
@@ -120,7 +122,8 @@ TEST_F(repo_actor_test, missing_repository_and_bad_ref_are_errors) {
                             dir.path() / "repos", "m", "m@x");
   (*self)
       ->request(missing, timeout, prepare_atom::value,
-                prepare_request{"t1", "", (dir.path() / "wt/t1").string()})
+                prepare_request{"t1", "", (dir.path() / "wt/t1").string()},
+                cancel_token{})
       .receive(
           [](worktree&) { FAIL() << "prepared a missing repository"; },
           [](caf::error& err) { EXPECT_EQ(code_of(err), ec::repo_not_found); });
@@ -128,7 +131,8 @@ TEST_F(repo_actor_test, missing_repository_and_bad_ref_are_errors) {
   (*self)
       ->request(
           repo, timeout, prepare_atom::value,
-          prepare_request{"t2", "no-such-ref", (dir.path() / "wt/t2").string()})
+          prepare_request{"t2", "no-such-ref", (dir.path() / "wt/t2").string()},
+          cancel_token{})
       .receive([](worktree&) { FAIL() << "prepared a missing ref"; },
                [](caf::error& err) {
                  EXPECT_EQ(code_of(err), ec::ref_not_found);

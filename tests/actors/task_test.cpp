@@ -5,6 +5,10 @@
 
 #include <signal.h>
 
+#include "actors/repo.hpp"
+#include "tests/fixtures/git_repo.hpp"
+
+#include <map>
 #include <thread>
 
 #include "tests/actors/actor_fixture.hpp"
@@ -20,7 +24,7 @@ protected:
   task_context context() {
     return task_context{persist,
                         link,
-                        repo_actor{},
+                        repo,
                         reactor,
                         dir.path() / "worktrees",
                         dir.path() / "state",
@@ -43,6 +47,59 @@ protected:
 
   std::shared_ptr<process::reactor> reactor =
       std::make_shared<process::reactor>();
+  repo_actor repo; // none: scratch tasks
+};
+
+// A TASK on a real REPO whose origin takes seconds to clone.
+class task_prepare_test : public task_actor_test {
+protected:
+  void SetUp() override {
+    task_actor_test::SetUp();
+    origin =
+        makima::test::make_large_repo(dir.path() / "origin", 800, 32 * 1024);
+    repo = spawn_repo(*sys, origin.string(), dir.path() / "repos", "makima",
+                      "makima@localhost");
+  }
+  void TearDown() override {
+    caf::anon_send_exit(repo, caf::exit_reason::user_shutdown);
+    repo = repo_actor{};
+    task_actor_test::TearDown();
+  }
+
+  // Waits until the REPO has started the clone (its temp mirror exists).
+  bool clone_started() {
+    for (int i = 0; i < 3000; ++i) {
+      std::error_code err;
+      for (auto it =
+               std::filesystem::directory_iterator(dir.path() / "repos", err);
+           !err && it != std::filesystem::directory_iterator();
+           it.increment(err))
+        if (it->path().filename().string().find(".tmp-") != std::string::npos)
+          return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+  }
+
+  // Nothing half-made: no worktree dir, no task branch, and the repos dir
+  // holds no temp mirror (a finished mirror may stay).
+  void expect_nothing_half_made(const std::string& id) {
+    EXPECT_FALSE(std::filesystem::exists(dir.path() / "worktrees" / id));
+    std::error_code err;
+    for (auto it =
+             std::filesystem::directory_iterator(dir.path() / "repos", err);
+         !err && it != std::filesystem::directory_iterator();
+         it.increment(err)) {
+      auto name = it->path().filename().string();
+      EXPECT_EQ(name.find(".tmp-"), std::string::npos) << name;
+      EXPECT_EQ(
+          makima::test::git(it->path(), {"for-each-ref", "refs/heads/makima/"}),
+          "")
+          << name;
+    }
+  }
+
+  std::filesystem::path origin;
 };
 
 } // namespace
@@ -129,11 +186,11 @@ TEST_F(task_actor_test, cancel_terminates_the_process_group) {
   auto marker = dir.path() / "grandchild.pid";
   // Written aside and renamed, so the file exists only once it holds the
   // pid (a cancel between create and write left it empty: stoi threw).
-  auto rec = make_record("t1", {"sh", "-c",
-                                "sleep 60 & echo $! > " + marker.string()
-                                    + ".tmp && mv " + marker.string()
-                                    + ".tmp " + marker.string()
-                                    + "; echo started; wait"});
+  auto rec =
+      make_record("t1", {"sh", "-c",
+                         "sleep 60 & echo $! > " + marker.string()
+                             + ".tmp && mv " + marker.string() + ".tmp "
+                             + marker.string() + "; echo started; wait"});
   auto result = run(rec, [&](task_actor handle) {
     // Wait until the child is up before cancelling.
     for (int i = 0; i < 500 && !std::filesystem::exists(marker); ++i)
@@ -167,4 +224,41 @@ TEST_F(task_actor_test, timeout_escalates_to_sigkill_after_grace) {
   EXPECT_EQ(result.signal, SIGKILL);
   EXPECT_EQ(exit_status_of(result), 124);
   EXPECT_LT(took, std::chrono::seconds(20)) << "SIGKILL never came";
+}
+
+TEST_F(task_prepare_test, cancel_while_cloning_aborts_the_clone) {
+  auto rec = make_record("t1", {"sh", "-c", "echo ran > ran.txt"});
+  auto result = run(rec, [&](task_actor handle) {
+    ASSERT_TRUE(clone_started());
+    caf::anon_send(handle, cancel_atom::value);
+  });
+  EXPECT_EQ(result.state, task_state::cancelled);
+  EXPECT_EQ(result.error_code, "cancelled") << result.error;
+  EXPECT_EQ(result.started_at, 0); // the child never ran
+  expect_nothing_half_made("t1");
+  // The next task clones afresh and runs.
+  auto next = run(make_record("t2", {"sh", "-c", "test -f README.md"}));
+  EXPECT_EQ(next.state, task_state::succeeded) << next.error;
+  // REPO's progress reached the LINK through the TASK: each phase starts,
+  // updates and ends with its counts.
+  std::lock_guard<std::mutex> guard{log->mtx};
+  std::map<std::string, task_progress> ended;
+  for (const auto& p : log->progress)
+    if (p.task == "t2" && p.finished)
+      ended[p.phase] = p;
+  ASSERT_EQ(ended.count("cloning"), 1u);
+  EXPECT_EQ(ended["cloning"].done, ended["cloning"].total);
+  EXPECT_GT(ended["cloning"].bytes, 800u * 32 * 1024);
+  EXPECT_EQ(ended["cloning"].target, origin.string());
+  ASSERT_EQ(ended.count("checking_out"), 1u);
+  EXPECT_EQ(ended["checking_out"].done, 801u); // the blobs and README.md
+}
+
+TEST_F(task_prepare_test, timeout_while_cloning_ends_as_timed_out) {
+  auto rec = make_record("t1", {"true"});
+  rec.spec.timeout = 0.05;
+  auto result = run(rec);
+  EXPECT_EQ(result.state, task_state::timed_out) << result.error;
+  EXPECT_EQ(result.started_at, 0);
+  expect_nothing_half_made("t1");
 }

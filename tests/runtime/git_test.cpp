@@ -525,3 +525,136 @@ TEST(git_mirror_origins, missing_repos_dir_has_none) {
   temp_dir tmp;
   EXPECT_TRUE(makima::git::mirror_origins(tmp.path() / "absent").empty());
 }
+
+// -- progress and cancellation ------------------------------------------------
+
+namespace {
+
+// A control that records every report and sets its cancel flag at the
+// first report of `stop_at` (when given).
+struct recorder {
+  std::vector<makima::git::progress> seen;
+  makima::git::control ctl;
+  explicit recorder(std::optional<makima::git::phase> stop_at = std::nullopt) {
+    ctl.cancel = std::make_shared<std::atomic<bool>>(false);
+    ctl.on_progress = [this, stop_at](const makima::git::progress& p) {
+      seen.push_back(p);
+      if (stop_at && p.phase == *stop_at)
+        ctl.cancel->store(true);
+    };
+  }
+  std::vector<makima::git::progress> of(makima::git::phase ph) const {
+    std::vector<makima::git::progress> out;
+    for (const auto& p : seen)
+      if (p.phase == ph)
+        out.push_back(p);
+    return out;
+  }
+};
+
+// The entries of `dir` (names), empty when it is missing.
+std::set<std::string> entries(const fs::path& dir) {
+  std::set<std::string> out;
+  std::error_code err;
+  for (auto it = fs::directory_iterator(dir, err);
+       !err && it != fs::directory_iterator(); it.increment(err))
+    out.insert(it->path().filename().string());
+  return out;
+}
+
+} // namespace
+
+TEST_F(git_test, clone_and_checkout_report_progress) {
+  for (int i = 0; i < 20; ++i)
+    write_file(upstream / ("f" + std::to_string(i) + ".txt"),
+               std::string(1000 + i, 'a' + i % 26));
+  git(upstream, {"add", "-A"});
+  git(upstream, {"commit", "-q", "-m", "more files"});
+  recorder rec;
+  auto m = makima::git::mirror::open(upstream.string(), repos, true, rec.ctl);
+  ASSERT_TRUE(m) << makima::describe(m.error());
+  auto cloning = rec.of(makima::git::phase::cloning);
+  ASSERT_FALSE(cloning.empty());
+  for (const auto& p : cloning) {
+    EXPECT_LE(p.done, p.total);
+    EXPECT_GT(p.total, 20u); // 22+ blobs, trees and commits
+  }
+  EXPECT_EQ(cloning.back().done, cloning.back().total);
+  EXPECT_GT(cloning.back().bytes, 20u * 1000u / 50u); // compressed, but some
+  auto dir = tmp / "work" / "prog";
+  auto wt =
+      m->add_worktree("prog", dir, resolved(*m, ""), "makima/prog", rec.ctl);
+  ASSERT_TRUE(wt) << makima::describe(wt.error());
+  auto checkout = rec.of(makima::git::phase::checking_out);
+  ASSERT_FALSE(checkout.empty());
+  EXPECT_EQ(checkout.back().done, checkout.back().total);
+  EXPECT_EQ(checkout.back().total, files_under(dir).size());
+  EXPECT_FALSE(rec.ctl.cancelled());
+}
+
+TEST_F(git_test, cancelled_clone_leaves_no_mirror_and_a_later_open_works) {
+  recorder rec{makima::git::phase::cloning};
+  auto m = makima::git::mirror::open(upstream.string(), repos, true, rec.ctl);
+  ASSERT_FALSE(m);
+  EXPECT_EQ(code_of(m.error()), ec::cancelled) << makima::describe(m.error());
+  EXPECT_EQ(rec.of(makima::git::phase::cloning).size(), 1u); // aborted at once
+  EXPECT_EQ(entries(repos), std::set<std::string>{});
+  // A cancel flag already set stops before anything is made.
+  auto again =
+      makima::git::mirror::open(upstream.string(), repos, true, rec.ctl);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(code_of(again.error()), ec::cancelled);
+  EXPECT_EQ(entries(repos), std::set<std::string>{});
+  auto ok = open_mirror();
+  EXPECT_EQ(resolved(ok, ""), git(upstream, {"rev-parse", "HEAD"}));
+}
+
+TEST_F(git_test, cancelled_fetch_keeps_the_mirror_and_a_later_fetch_gets_it) {
+  auto m = open_mirror();
+  auto old_head = resolved(m, "");
+  write_file(upstream / "new.txt", "new\n");
+  git(upstream, {"add", "-A"});
+  git(upstream, {"commit", "-q", "-m", "new"});
+  auto new_head = git(upstream, {"rev-parse", "HEAD"});
+  recorder rec{makima::git::phase::fetching};
+  auto err = m.fetch(rec.ctl);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(code_of(err), ec::cancelled) << makima::describe(err);
+  EXPECT_EQ(resolved(m, ""), old_head);
+  // Reopening (which fetches) works, then the new commit is there.
+  auto reopened = makima::git::mirror::open(upstream.string(), repos);
+  ASSERT_TRUE(reopened) << makima::describe(reopened.error());
+  EXPECT_EQ(resolved(*reopened, ""), new_head);
+}
+
+TEST_F(git_test, cancelled_checkout_leaves_no_worktree_or_branch) {
+  auto m = open_mirror();
+  recorder rec{makima::git::phase::checking_out};
+  auto dir = tmp / "work" / "c";
+  auto wt = m.add_worktree("c", dir, resolved(m, ""), "makima/c", rec.ctl);
+  ASSERT_FALSE(wt);
+  EXPECT_EQ(code_of(wt.error()), ec::cancelled) << makima::describe(wt.error());
+  EXPECT_FALSE(rec.of(makima::git::phase::checking_out).empty());
+  EXPECT_EQ(git(m.path(), {"for-each-ref", "refs/heads/"}), "");
+  EXPECT_FALSE(fs::exists(m.path() / "worktrees" / "c"));
+  EXPECT_FALSE(fs::exists(dir));
+  EXPECT_FALSE(fs::exists(tmp / "work")); // the parent it created, too
+  // The same name works afterwards.
+  EXPECT_TRUE(m.add_worktree("c", dir, resolved(m, ""), "makima/c"));
+}
+
+TEST_F(git_test, cancelled_push_updates_nothing) {
+  auto m = open_mirror();
+  auto bare = make_bare_repo(tmp / "bare.git");
+  auto dir = tmp / "work" / "p";
+  ASSERT_TRUE(m.add_worktree("p", dir, resolved(m, ""), "makima/p"));
+  write_file(dir / "pushed.txt", "pushed\n");
+  ASSERT_TRUE(m.commit_all(dir, "to push", {}));
+  makima::git::control ctl;
+  ctl.cancel = std::make_shared<std::atomic<bool>>(true);
+  auto err = m.push("makima/p", bare.string(), ctl);
+  ASSERT_TRUE(err);
+  EXPECT_EQ(code_of(err), ec::cancelled) << makima::describe(err);
+  EXPECT_EQ(git(bare, {"for-each-ref", "refs/heads/makima/"}), "");
+  EXPECT_FALSE(m.push("makima/p", bare.string()));
+}
