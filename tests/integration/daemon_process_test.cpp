@@ -37,18 +37,6 @@ proto::assign assignment(const std::string& id, std::vector<std::string> argv,
   return a;
 }
 
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 TEST(daemon_process,
      sigkilled_mid_task_restarts_replays_and_reports_interrupted) {
   env e;
@@ -59,7 +47,8 @@ TEST(daemon_process,
     test::background d(daemon_argv(e, srv), e.opts());
     auto [id, hello] = srv.accept();
     daemon_id = hello.daemon_id;
-    ASSERT_TRUE(d.wait_for_output("makima: daemon: connected to " + srv.url(), 10s));
+    ASSERT_TRUE(
+        d.wait_for_output("makima: daemon: connected to " + srv.url(), 10s));
     srv.send(id,
              assignment("k1", {"sh", "-c", "echo one; echo two >&2; sleep 60"},
                         3, 40));

@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -155,6 +158,82 @@ inline std::vector<pid_t> pids_with_env(const std::string& needle) {
       continue;
     out.push_back(static_cast<pid_t>(std::stoi(name)));
   }
+  return out;
+}
+
+/// A loopback port that was free a moment ago, for a process the test
+/// starts later with an explicit --listen (bound to port 0, then released).
+inline uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+struct raw_result {
+  /// 0 when no status line came back (connection closed or timed out).
+  int status = 0;
+  std::string head;
+  std::string body;
+};
+
+/// One HTTP/1.1 request with Connection: close on a raw socket; `headers`
+/// are sent as given (any number of Authorization lines). Bounded: 5 s.
+/// Stops after the head of a 101 (a WebSocket stays open).
+inline raw_result raw_http(uint16_t port, const std::string& method,
+                           const std::string& target,
+                           const std::vector<std::string>& headers,
+                           const std::string& body = {}) {
+  raw_result out;
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return out;
+  }
+  std::string req = method + " " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+  bool connection = false;
+  for (auto& h : headers)
+    connection = connection || h.rfind("Connection:", 0) == 0;
+  if (!connection)
+    req += "Connection: close\r\n";
+  for (auto& h : headers)
+    req += h + "\r\n";
+  if (!body.empty() || method == "POST")
+    req += "Content-Type: application/json\r\nContent-Length: "
+           + std::to_string(body.size()) + "\r\n";
+  req += "\r\n" + body;
+  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  std::string raw;
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0)
+      continue;
+    char buf[4096];
+    auto n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0)
+      break;
+    raw.append(buf, static_cast<size_t>(n));
+    if (raw.rfind("HTTP/1.1 101", 0) == 0
+        && raw.find("\r\n\r\n") != std::string::npos)
+      break;
+  }
+  ::close(fd);
+  if (raw.rfind("HTTP/1.1 ", 0) == 0 && raw.size() >= 12)
+    out.status = std::stoi(raw.substr(9, 3));
+  auto sep = raw.find("\r\n\r\n");
+  out.head = raw.substr(0, sep);
+  if (sep != std::string::npos)
+    out.body = raw.substr(sep + 4);
   return out;
 }
 

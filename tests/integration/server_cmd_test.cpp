@@ -16,64 +16,14 @@
 namespace makima::it {
 namespace {
 
-/// A free port on 127.0.0.1 (bound to 0, then released).
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-struct http_result {
-  int status = 0;
-  std::string body;
-};
-
-/// One HTTP/1.1 request with Connection: close on a raw socket (bounded).
-http_result http(uint16_t port, const std::string& method,
-                 const std::string& target, const std::string& key,
-                 const std::string& body = {}) {
-  http_result out;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return out;
-  }
-  std::string req = method + " " + target
-                    + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+/// One request with a Bearer `key` (none when empty) and a JSON body.
+raw_result http(uint16_t port, const std::string& method,
+                const std::string& target, const std::string& key,
+                const std::string& body = {}) {
+  std::vector<std::string> headers;
   if (!key.empty())
-    req += "Authorization: Bearer " + key + "\r\n";
-  req += "Content-Type: application/json\r\nContent-Length: "
-         + std::to_string(body.size()) + "\r\n\r\n" + body;
-  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-  std::string raw;
-  auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0)
-      continue;
-    char buf[4096];
-    auto n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0)
-      break;
-    raw.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  if (raw.rfind("HTTP/1.1 ", 0) == 0)
-    out.status = std::stoi(raw.substr(9, 3));
-  auto sep = raw.find("\r\n\r\n");
-  if (sep != std::string::npos)
-    out.body = raw.substr(sep + 4);
-  return out;
+    headers.push_back("Authorization: Bearer " + key);
+  return raw_http(port, method, target, headers, body);
 }
 
 class server_cmd_test : public ::testing::Test {

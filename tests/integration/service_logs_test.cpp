@@ -15,19 +15,6 @@ using namespace makima::it;
 
 namespace {
 
-/// A loopback port that was free a moment ago (for a server started later).
-uint16_t unused_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 size_t count_of(const std::string& text, const std::string& needle) {
   size_t n = 0;
   for (auto p = text.find(needle); p != std::string::npos;
@@ -70,12 +57,11 @@ TEST(service_logs, server_and_daemon_log_the_lifecycle_at_the_default_level) {
 
 TEST(service_logs, daemon_logs_each_failure_to_reach_the_server_then_connects) {
   env e;
-  auto port = unused_port();
+  auto port = free_port();
   auto url = "ws://127.0.0.1:" + std::to_string(port) + "/ws/daemon";
   daemon_proc d;
-  d.argv = {MAKIMA_BINARY, "daemon",     "--server",
-            url,           "--name",     "late",
-            "--data-dir",  (e.root() / "d").string(),
+  d.argv = {MAKIMA_BINARY, "daemon",  "--server",   url,
+            "--name",      "late",    "--data-dir", (e.root() / "d").string(),
             "--api-key",   daemon_key};
   // A short reconnect base so that several failures happen quickly.
   d.extra_env["MAKIMA_RECONNECT"] = "0.1";
@@ -138,14 +124,14 @@ TEST(service_logs, json_format_makes_every_line_of_server_and_daemon_json) {
   EXPECT_NE(dr.err.find(R"("msg":"connected to )"), std::string::npos)
       << dr.err;
   // An error before exit is JSON too.
-  auto bad = makima::test::run({MAKIMA_BINARY, "server", "--data-dir",
-                        (e.root() / "s2").string(), "--listen",
-                        "127.0.0.1:0"},
-                       [&] {
-                         auto o = e.opts();
-                         o.env["MAKIMA_LOG_FORMAT"] = "json";
-                         return o;
-                       }());
+  auto bad =
+      makima::test::run({MAKIMA_BINARY, "server", "--data-dir",
+                         (e.root() / "s2").string(), "--listen", "127.0.0.1:0"},
+                        [&] {
+                          auto o = e.opts();
+                          o.env["MAKIMA_LOG_FORMAT"] = "json";
+                          return o;
+                        }());
   EXPECT_EQ(bad.exit_code, 2);
   auto j = json::parse(bad.err, nullptr, false);
   ASSERT_TRUE(j.is_object()) << bad.err;
@@ -177,10 +163,10 @@ TEST(service_logs, server_task_timeout_and_grace_apply_to_submits_naming_none) {
   EXPECT_EQ(n["spec"].value("grace", -1.0), 5.0) << n.dump();
   // `task submit --timeout 0` sends its 0 (the server's 1 would apply
   // otherwise).
-  auto r = makima::test::run({MAKIMA_BINARY, "task", "submit", "--server", srv.http(),
-                      "--api-key", user_key, "--id", "cli0", "--timeout", "0",
-                      "--", "true"},
-                     e.opts());
+  auto r = makima::test::run({MAKIMA_BINARY, "task", "submit", "--server",
+                              srv.http(), "--api-key", user_key, "--id", "cli0",
+                              "--timeout", "0", "--", "true"},
+                             e.opts());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_TRUE(http.wait_terminal({"cli0"}, 30000ms));
   EXPECT_EQ(http.task("cli0")["spec"].value("timeout", -1.0), 0.0);
