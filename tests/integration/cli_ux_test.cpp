@@ -221,6 +221,16 @@ TEST(cli_ux, listen_accepts_a_host_name_of_loopback) {
   srv.kill(SIGTERM);
   EXPECT_EQ(srv.wait(20s).exit_code, 0);
 
+  // `makima local` (a server and its daemon) on localhost too.
+  test::background lo{{MAKIMA_BINARY, "local", "--data-dir",
+                       (e.root() / "local").string(), "--listen",
+                       "localhost:0"},
+                      o};
+  ASSERT_TRUE(lo.wait_for_output("listening on http://127.0.0.1:", 30s))
+      << lo.output();
+  lo.kill(SIGTERM);
+  EXPECT_EQ(lo.wait(30s).exit_code, 0);
+
   // The daemon's health endpoint too.
   test::background d{{MAKIMA_BINARY, "daemon", "--data-dir",
                       (e.root() / "daemon").string(), "--server",
