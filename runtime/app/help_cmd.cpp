@@ -342,7 +342,9 @@ std::string roff(const std::string& text) {
 }
 
 /// A footer as roff: paragraphs kept, lines of examples as they are.
-std::string roff_block(const std::string& text) {
+std::string roff_block(std::string text) {
+  while (!text.empty() && text.back() == '\n')
+    text.pop_back();
   return ".nf\n" + roff(text) + "\n.fi\n";
 }
 
@@ -501,8 +503,9 @@ void add_examples(CLI::App& app, const std::vector<std::string>& path,
     cmd = next;
   }
   auto footer = cmd->get_footer();
-  cmd->footer((footer.empty() ? "" : footer + "\n\n") + "Examples:\n"
-              + examples);
+  // The trailing newline ends the help text on its own line.
+  cmd->footer((footer.empty() ? "" : footer + "\n\n") + "Examples:\n" + examples
+              + "\n");
 }
 
 } // namespace
@@ -578,7 +581,7 @@ void add_help_commands(CLI::App& app, command_table& out) {
       ->required()
       ->check(CLI::IsMember({"bash", "zsh"}));
   completion->footer("Examples:\n  source <(makima completion bash)\n"
-                     "  makima completion zsh > ~/.zfunc/_makima");
+                     "  makima completion zsh > ~/.zfunc/_makima\n");
   out.emplace_back(completion, [root, shell] {
     std::cout << (*shell == "zsh" ? zsh_completion(*root)
                                   : bash_completion(*root));
@@ -587,7 +590,7 @@ void add_help_commands(CLI::App& app, command_table& out) {
 
   auto man = app.add_subcommand("man", "print the man page (roff) on stdout");
   man->footer("Examples:\n  makima man | man -l -\n"
-              "  makima man > /usr/local/share/man/man1/makima.1");
+              "  makima man > /usr/local/share/man/man1/makima.1\n");
   out.emplace_back(man, [root] {
     std::cout << man_page(*root);
     return exit_ok;
