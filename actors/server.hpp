@@ -62,8 +62,10 @@ struct server_settings {
   uint32_t max_streams = 1024;
   /// Interval of `: keep-alive` comments on SSE streams (§10).
   std::chrono::milliseconds keep_alive{15000};
-  /// The version reported in `welcome`.
+  /// The version reported in `welcome` and /metrics' makima_build_info.
   std::string version = "0.0.0";
+  /// The source commit of this build (makima_build_info).
+  std::string commit = "unknown";
 };
 
 } // namespace makima

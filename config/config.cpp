@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 
@@ -170,7 +171,8 @@ const std::vector<key_def>& defs() {
         seconds_setter(&config::timeout, "task.timeout", true,
                        max_timeout_seconds));
     add("task.grace", {"MAKIMA_TASK_GRACE"}, "SIGTERM to SIGKILL delay",
-        seconds_setter(&config::grace, "task.grace", true, max_timeout_seconds));
+        seconds_setter(&config::grace, "task.grace", true,
+                       max_timeout_seconds));
     add("task.pass_env", {"MAKIMA_PASS_ENV"},
         "more variable names passed to tasks (comma-separated)",
         [](config& c, const std::string& v,
@@ -450,7 +452,10 @@ caf::error set_config_value(config& cfg, const std::string& key,
   if (d == nullptr)
     return make_error(ec::invalid_config,
                       "unknown config key '" + key + "' (from " + origin + ")");
-  return d->set(cfg, value, origin);
+  auto err = d->set(cfg, value, origin);
+  if (!err)
+    cfg.origins[key] = origin;
+  return err;
 }
 
 caf::expected<config>
@@ -499,12 +504,82 @@ load_config(const std::optional<std::filesystem::path>& file,
       auto it = env.find(name);
       if (it == env.end() || it->second.empty())
         continue;
-      if (auto err = d.set(cfg, it->second, "environment variable " + name))
+      auto origin = "environment variable " + name;
+      if (auto err = d.set(cfg, it->second, origin))
         return err;
+      cfg.origins[d.doc.key] = origin;
       break;
     }
   }
   return cfg;
+}
+
+bool is_secret_key(const std::string& key) {
+  return key == "server.api_key" || key == "server.user_keys"
+         || key == "server.daemon_keys";
+}
+
+std::vector<std::pair<std::string, std::string>>
+config_values(const config& c) {
+  auto num = [](double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return std::string{buf};
+  };
+  auto join = [](const std::vector<std::string>& v) {
+    std::string out;
+    for (auto& s : v)
+      out += (out.empty() ? "" : ",") + s;
+    return out;
+  };
+  std::string labels;
+  for (auto& [k, v] : c.labels)
+    labels += (labels.empty() ? "" : ",") + k + "=" + v;
+  const std::map<std::string, std::string> values{
+      {"paths.data_dir", c.data_dir.string()},
+      {"paths.db_dir", c.db_dir.string()},
+      {"paths.repos_dir", c.repos_dir.string()},
+      {"paths.worktrees_dir", c.worktrees_dir.string()},
+      {"paths.state_dir", c.state_dir.string()},
+      {"task.timeout", num(c.timeout)},
+      {"task.grace", num(c.grace)},
+      {"task.pass_env", join(c.pass_env)},
+      {"git.author_name", c.author_name},
+      {"git.author_email", c.author_email},
+      {"store.sync", c.sync ? "true" : "false"},
+      {"log.level", c.log_level},
+      {"log.format", c.log_format},
+      {"daemon.max_tasks", std::to_string(c.max_tasks)},
+      {"daemon.name", c.daemon_name},
+      {"daemon.pool", c.pool},
+      {"daemon.labels", labels},
+      {"daemon.health_listen", c.health_listen},
+      {"server.url", c.server_url},
+      {"server.api_key", c.api_key},
+      {"server.heartbeat", num(c.heartbeat)},
+      {"server.reconnect", num(c.reconnect)},
+      {"server.ca_file", c.ca_file.string()},
+      {"server.listen", c.listen},
+      {"server.user_keys", join(c.user_keys)},
+      {"server.daemon_keys", join(c.daemon_keys)},
+      {"server.lease", num(c.lease)},
+      {"server.max_attempts", std::to_string(c.max_attempts)},
+      {"server.retry_backoff", num(c.retry_backoff)},
+      {"server.retry_backoff_max", num(c.retry_backoff_max)},
+      {"server.tls_cert", c.tls_cert.string()},
+      {"server.tls_key", c.tls_key.string()},
+      {"server.max_streams_per_key", std::to_string(c.max_streams_per_key)},
+      {"server.max_streams", std::to_string(c.max_streams)},
+      {"net.max_frame_bytes", std::to_string(c.max_frame_bytes)},
+      {"net.max_body_bytes", std::to_string(c.max_body_bytes)},
+  };
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto& d : defs()) {
+    auto it = values.find(d.doc.key);
+    out.emplace_back(d.doc.key,
+                     it == values.end() ? std::string{} : it->second);
+  }
+  return out;
 }
 
 void finalize(config& cfg, const env_map& env) {

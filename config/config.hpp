@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <caf/error.hpp>
@@ -102,6 +103,10 @@ struct config {
 
   /// The file the values came from, if any.
   std::optional<std::filesystem::path> source_file;
+  /// Where each key set so far got its value: the `origin` given to
+  /// set_config_value ("config file PATH", "environment variable NAME",
+  /// "--flag"); a key not in it has its default (`makima config show`).
+  std::map<std::string, std::string> origins;
 };
 
 /// Environment as a map (for tests: pass a synthetic one).
@@ -133,6 +138,15 @@ load_config(const std::optional<std::filesystem::path>& file,
 caf::error set_config_value(config& cfg, const std::string& key,
                             const std::string& value,
                             const std::string& origin);
+
+/// Every key of config_keys() with its value in `cfg` as text (a list
+/// comma-separated; secrets as they are: the caller redacts them).
+std::vector<std::pair<std::string, std::string>>
+config_values(const config& cfg);
+
+/// Whether `key` holds secrets (server.api_key, server.user_keys,
+/// server.daemon_keys): never shown.
+bool is_secret_key(const std::string& key);
 
 /// Fills data_dir (default_data_dir) and the paths derived from it that are
 /// still empty, making all of them absolute.

@@ -1,10 +1,17 @@
 // Shared pieces of the `makima` subcommands (see cli.hpp).
 #include "runtime/app/cli.hpp"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
+#include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <string_view>
 
 #include <CLI/CLI.hpp>
@@ -49,6 +56,7 @@ config resolve_config(const common_options& opts,
     fail(exit_usage, describe(cfg.error()));
   if (!opts.data_dir.empty()) {
     cfg->data_dir = opts.data_dir;
+    cfg->origins["paths.data_dir"] = "--data-dir";
   }
   if (apply_flags)
     apply_flags(*cfg);
@@ -252,43 +260,125 @@ void add_common(CLI::App* cmd, common_options& o) {
 
 namespace {
 
-/// A number of seconds from 0 to max_timeout_seconds (checked on the text:
-/// CLI11 would accept "inf", "nan" and 1e308).
-CLI::Validator seconds_validator() {
-  return CLI::Validator(
-      [](std::string& text) -> std::string {
-        char* end = nullptr;
-        double d = std::strtod(text.c_str(), &end);
-        if (text.empty() || end == nullptr || *end != '\0' || !std::isfinite(d)
-            || d < 0 || d > max_timeout_seconds)
-          return "must be a number of seconds from 0 to "
-                 + std::to_string(static_cast<long>(max_timeout_seconds))
-                 + " (30 days), got '" + text + "'";
-        return {};
-      },
-      "SECONDS");
+/// "2592000 (30 days)" for max_timeout_seconds, else the number as written.
+std::string bound_text(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.15g", v);
+  std::string out = buf;
+  if (v == max_timeout_seconds)
+    out += " (30 days)";
+  return out;
 }
 
 } // namespace
+
+void check_number(CLI::Option* opt, number_kind kind, double min, double max,
+                  bool min_exclusive) {
+  bool seconds = kind == number_kind::seconds;
+  std::string what = seconds ? "seconds" : "a whole number";
+  std::string range =
+      min_exclusive ? "above " + bound_text(min) + " up to " + bound_text(max)
+                    : "from " + bound_text(min) + " to " + bound_text(max);
+  opt->type_name(seconds ? "SECONDS" : "N");
+  opt->check(CLI::Validator(
+      [=](std::string& text) -> std::string {
+        // Checked on the text: CLI11 would accept "1e308" for an int's
+        // range check and print DBL_MAX in full.
+        const char* p = text.c_str();
+        char* end = nullptr;
+        errno = 0;
+        double d = std::strtod(p, &end);
+        bool number = !text.empty() && end != nullptr && *end == '\0'
+                      && !std::isspace(static_cast<unsigned char>(text[0]));
+        if (number && !seconds)
+          number = text.find_first_not_of("+-0123456789") == std::string::npos;
+        if (!number)
+          return "expected " + what
+                 + (seconds ? " (e.g. 30, 1.5)" : " (e.g. 4)") + ", got '"
+                 + text + "'";
+        if (!std::isfinite(d) || d < min || d > max
+            || (min_exclusive && d == min))
+          return "expected " + what + " " + range + ", got '" + text + "'";
+        return {};
+      },
+      "", "number"));
+}
+
+bool is_loopback_address(const std::string& host) {
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1)
+    return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1)
+    return IN6_IS_ADDR_LOOPBACK(&v6);
+  return false;
+}
+
+std::string listen_host(const std::string& host, const std::string& flag) {
+  in_addr v4{};
+  in6_addr v6{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1
+      || inet_pton(AF_INET6, host.c_str(), &v6) == 1)
+    return host;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  int rc = getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  if (rc != 0)
+    fail(exit_usage, flag + ": cannot resolve host '" + host
+                         + "': " + gai_strerror(rc)
+                         + " (give an IP address or a name of loopback)");
+  std::vector<std::string> addrs;
+  for (auto* ai = res; ai != nullptr; ai = ai->ai_next) {
+    char buf[INET6_ADDRSTRLEN] = {};
+    const void* src =
+        ai->ai_family == AF_INET
+            ? static_cast<const void*>(
+                &reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_addr)
+            : static_cast<const void*>(
+                &reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_addr);
+    if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+      continue;
+    if (inet_ntop(ai->ai_family, src, buf, sizeof buf) != nullptr)
+      addrs.emplace_back(buf);
+  }
+  freeaddrinfo(res);
+  bool all_loopback = !addrs.empty();
+  for (auto& a : addrs)
+    all_loopback = all_loopback && is_loopback_address(a);
+  if (!all_loopback)
+    fail(exit_usage,
+         flag + ": host '" + host
+             + "' is a name that does not resolve to loopback only; give "
+               "an IP address to listen on (e.g. 0.0.0.0 or 127.0.0.1)");
+  for (auto& a : addrs)
+    if (a == "127.0.0.1")
+      return a;
+  return addrs.front();
+}
 
 CLI::Option* add_task_flags(CLI::App* cmd, task_flags& f) {
   cmd->add_option("--repo", f.repo, "git repository (path or URL)");
   cmd->add_option("--ref", f.ref,
                   "branch, tag or commit (default: the remote's HEAD)");
   auto id = cmd->add_option("--id", f.id, "task id (default: generated)");
-  cmd->add_option("--timeout", f.timeout,
-                  "seconds until SIGTERM (0 = none; at most 30 days)")
-      ->check(seconds_validator());
-  cmd->add_option("--grace", f.grace,
-                  "seconds from SIGTERM to SIGKILL (default 10)")
-      ->check(seconds_validator());
+  check_number(
+      cmd->add_option("--timeout", f.timeout,
+                      "seconds until SIGTERM (0 = none; at most 30 days)"),
+      number_kind::seconds, 0, max_timeout_seconds);
+  check_number(cmd->add_option("--grace", f.grace,
+                               "seconds from SIGTERM to SIGKILL (default 10)"),
+               number_kind::seconds, 0, max_timeout_seconds);
   cmd->add_option("--env", f.env, "KEY=VALUE for the child (repeatable)")
       ->type_size(1)
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_flag("--commit", f.commit,
                 "commit every change on the task branch at the end");
-  cmd->add_option("--push", f.push, "push the task branch to URL");
+  cmd->add_option("--push", f.push,
+                  "push the task branch to URL at the end (implies --commit: "
+                  "the task's changes are committed first)");
   return id;
 }
 

@@ -162,6 +162,52 @@ void add_daemon_command(CLI::App& app, command_table& out);
 /// `makima db repair` (cli.cpp).
 void add_db_commands(CLI::App& app, command_table& out);
 
+/// `makima help [CMD...]`, `version`, `completion bash|zsh`, `man` and
+/// `config show` (help_cmd.cpp). Add them last: help, completion and man
+/// walk the whole command tree when they run.
+void add_help_commands(CLI::App& app, command_table& out);
+
+/// The unknown command among the leading words of `args` (the arguments
+/// after the program name), as "unknown command 'task lst' (did you mean
+/// 'task list'?)", or that a command needs a subcommand; nullopt when the
+/// words name commands (help_cmd.cpp). The caller prints it after
+/// "makima: " and exits with exit_usage.
+std::optional<std::string>
+unknown_command(const CLI::App& app, const std::vector<std::string>& args);
+
+/// The version of this build (CMake's project version).
+const char* build_version();
+/// `git rev-parse --short HEAD` of the source tree at configure time, or
+/// "unknown" (generated build_info.cpp).
+const char* build_commit();
+/// CMAKE_BUILD_TYPE of this build.
+const char* build_type();
+
+/// What a numeric flag takes, for its error message.
+enum class number_kind {
+  /// A number of seconds, e.g. 30 or 1.5.
+  seconds,
+  /// A whole number, e.g. 4.
+  whole,
+};
+
+/// Checks `opt`'s text before CLI11 converts it: a number of `kind` from
+/// `min` to `max` (above `min` when `min_exclusive`). Errors read
+/// "--timeout: expected seconds (e.g. 30, 1.5), got 'abc'" and
+/// "--max-tasks: expected a whole number from 1 to 4096, got '0'".
+void check_number(CLI::Option* opt, number_kind kind, double min, double max,
+                  bool min_exclusive = false);
+
+/// Resolves the host of a listen address (--listen, --health-listen): an
+/// IP literal stays as it is; a host name (e.g. localhost) is resolved and
+/// accepted only when every address it resolves to is loopback, and
+/// becomes the loopback address to bind (127.0.0.1 when among them).
+/// Leaves with exit_usage naming `flag` otherwise.
+std::string listen_host(const std::string& host, const std::string& flag);
+
+/// Whether `host` is a loopback IP literal (127.0.0.0/8, ::1).
+bool is_loopback_address(const std::string& host);
+
 /// Subcommands whose trailing words are a command line (`run`, `task
 /// submit`): run_cli takes everything after "--" or from the first word
 /// that is no option out of the arguments into the vector before CLI11

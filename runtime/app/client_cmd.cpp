@@ -294,15 +294,15 @@ int cmd_submit(submit_options& o) {
     spec.timeout = t.timeout;
   if (t.grace >= 0)
     spec.grace = t.grace;
-  spec.commit = t.commit;
+  // --push implies --commit: pushing the unchanged base is never meant.
+  spec.commit = t.commit || !t.push.empty();
   if (!t.push.empty())
     spec.push_url = git::canonical_url(t.push);
   spec.max_attempts = o.max_attempts;
   api_client api{*resolve_server(o.common, o.server, true)};
-  auto res =
-      api.call("POST", "/api/v1/tasks",
-               makima::api::encode_submit(
-                   spec, {t.timeout >= 0, t.grace >= 0}));
+  auto res = api.call(
+      "POST", "/api/v1/tasks",
+      makima::api::encode_submit(spec, {t.timeout >= 0, t.grace >= 0}));
   auto rec = parse_record(res.body);
   std::printf("%s\n", rec.spec.id.c_str());
   return exit_ok;
@@ -444,11 +444,10 @@ void add_client_commands(CLI::App& task, command_table& out,
       ->type_size(1)
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  submit
-      ->add_option("--max-attempts", so->max_attempts,
-                   "attempts the server makes before the task fails "
-                   "(default: its server.max_attempts)")
-      ->check(CLI::Range(1u, max_attempts_limit));
+  check_number(submit->add_option("--max-attempts", so->max_attempts,
+                                  "attempts the server makes before the task "
+                                  "fails (default: its server.max_attempts)"),
+               number_kind::whole, 1, max_attempts_limit);
   submit->footer("Usage: makima task submit --server URL [OPTIONS] -- COMMAND "
                  "[ARGS...]\nPrints the task id on stdout.");
   trailing.emplace_back(submit, &so->task.command);

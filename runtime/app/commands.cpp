@@ -192,7 +192,8 @@ int cmd_run(run_options& o) {
   rec.spec.env = t.env;
   rec.spec.timeout = cfg.timeout;
   rec.spec.grace = cfg.grace;
-  rec.spec.commit = t.commit;
+  // --push implies --commit: pushing the unchanged base is never meant.
+  rec.spec.commit = t.commit || !t.push.empty();
   rec.spec.push_url =
       t.push.empty() ? std::string{} : git::canonical_url(t.push);
   rec.spec.created_at = now_ms();
@@ -434,8 +435,14 @@ int run_cli(int argc, char** argv) {
 
   CLI::App app{"makima — run tasks in isolated git worktrees, durably",
                "makima"};
-  app.set_version_flag("--version", std::string{"makima "} + MAKIMA_VERSION);
+  app.set_version_flag("--version", std::string{"makima "} + build_version()
+                                        + " (" + build_commit() + ")");
   app.require_subcommand(1);
+  // Every usage error reads "makima: ..." like the others.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return "makima: " + std::string{e.what()}
+           + "\nRun with --help for more information.\n";
+  });
 
   run_options run_opts;
   auto run = app.add_subcommand(
@@ -502,6 +509,7 @@ int run_cli(int argc, char** argv) {
   add_server_commands(app, network);
   add_daemon_command(app, network);
   add_db_commands(app, network);
+  add_help_commands(app, network);
 
   // `makima run [OPTIONS] [--] COMMAND [ARGS...]` (and `task submit`):
   // everything from the first word that is not an option of the
@@ -537,6 +545,10 @@ int run_cli(int argc, char** argv) {
     }
     args.resize(std::min(i, args.size()));
     break;
+  }
+  if (auto unknown = unknown_command(app, args)) {
+    std::fprintf(stderr, "makima: %s\n", unknown->c_str());
+    return exit_usage;
   }
   try {
     std::vector<std::string> reversed(args.rbegin(), args.rend());

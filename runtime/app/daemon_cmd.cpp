@@ -24,6 +24,7 @@
 #include <caf/scoped_actor.hpp>
 
 #include "actors/daemon_node.hpp"
+#include "actors/messages.hpp"
 #include "actors/persistence.hpp"
 #include "actors/protocol.hpp"
 #include "runtime/error.hpp"
@@ -111,7 +112,7 @@ int cmd_daemon(daemon_options& o) {
       fail(exit_usage, "daemon: --health-listen expects HOST:PORT or "
                        "[V6]:PORT, got '"
                            + cfg.health_listen + "'");
-    settings.health_host = hp->host;
+    settings.health_host = listen_host(hp->host, "--health-listen");
     settings.health_port = hp->port;
   }
 
@@ -178,14 +179,15 @@ void add_daemon_command(CLI::App& app, command_table& out) {
       ->type_size(1)
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  cmd->add_option("--max-tasks", o->max_tasks, "tasks run at once")
-      ->check(CLI::PositiveNumber);
+  check_number(cmd->add_option("--max-tasks", o->max_tasks, "tasks run at once"),
+               number_kind::whole, 1, 4096);
   cmd->add_option("--health-listen", o->health_listen,
                   "HOST:PORT serving /healthz and /readyz");
   cmd->add_option("--ca-file", o->ca_file, "CA bundle for wss://");
-  cmd->add_option("--heartbeat", o->heartbeat,
-                  "seconds between heartbeats until the server says")
-      ->check(CLI::PositiveNumber);
+  check_number(
+      cmd->add_option("--heartbeat", o->heartbeat,
+                      "seconds between heartbeats until the server says"),
+      number_kind::seconds, 0, max_timeout_seconds, true);
   cmd->add_option("--api-key", o->api_key,
                   "daemon key (default: $MAKIMA_API_KEY; never logged)");
   add_pass_env_flag(cmd, o->pass_env);

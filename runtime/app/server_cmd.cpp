@@ -17,6 +17,7 @@
 #include <caf/send.hpp>
 
 #include "actors/daemon_node.hpp"
+#include "actors/messages.hpp"
 #include "actors/persistence.hpp"
 #include "actors/server_node.hpp"
 #include "runtime/error.hpp"
@@ -36,19 +37,19 @@ namespace {
 /// How long a graceful shutdown waits for daemons to finish and close.
 constexpr std::chrono::seconds drain_bound{30};
 
-/// Splits --listen's "HOST:PORT" ("[::1]:PORT" for IPv6); leaves on a bad
-/// value.
+/// Splits --listen's "HOST:PORT" ("[::1]:PORT" for IPv6) and resolves a
+/// host name of loopback (listen_host); leaves on a bad value.
 std::pair<std::string, uint16_t> split_listen(const std::string& listen) {
   auto hp = net::parse_host_port(listen);
   if (!hp)
     fail(exit_usage,
          "--listen expects HOST:PORT or [V6]:PORT (port 0-65535), got '"
              + listen + "'");
-  return {hp->host, hp->port};
+  return {listen_host(hp->host, "--listen"), hp->port};
 }
 
 bool is_loopback(const std::string& host) {
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+  return is_loopback_address(host);
 }
 
 /// The heartbeat interval told to daemons: the configured one, but at most
@@ -77,7 +78,8 @@ server_settings settings_for(const config& cfg, const std::string& host,
   s.max_body_bytes = cfg.max_body_bytes;
   s.max_streams_per_key = cfg.max_streams_per_key;
   s.max_streams = cfg.max_streams;
-  s.version = MAKIMA_VERSION;
+  s.version = build_version();
+  s.commit = build_commit();
   return s;
 }
 
@@ -280,9 +282,10 @@ void add_server_commands(CLI::App& app, command_table& out) {
                   "any free port)");
   cmd->add_option("--tls-cert", o->tls_cert, "PEM certificate chain (TLS)");
   cmd->add_option("--tls-key", o->tls_key, "PEM private key (TLS)");
-  cmd->add_option("--lease", o->lease,
-                  "seconds of silence after which a daemon loses its tasks")
-      ->check(CLI::PositiveNumber);
+  check_number(
+      cmd->add_option("--lease", o->lease,
+                      "seconds of silence after which a daemon loses its tasks"),
+      number_kind::seconds, 0, max_timeout_seconds, true);
   cmd->add_option("--user-key", o->user_keys,
                   "key for the HTTP API (repeatable; never logged)")
       ->type_size(1)
@@ -304,8 +307,9 @@ void add_server_commands(CLI::App& app, command_table& out) {
   local->add_option("--listen", lo->listen,
                     "HOST:PORT of the HTTP API (default 127.0.0.1:7420; port "
                     "0 = any free port)");
-  local->add_option("--max-tasks", lo->max_tasks, "tasks run at once")
-      ->check(CLI::Range(1, 4096));
+  check_number(
+      local->add_option("--max-tasks", lo->max_tasks, "tasks run at once"),
+      number_kind::whole, 1, 4096);
   add_pass_env_flag(local, lo->pass_env);
   out.emplace_back(local, [lo] { return cmd_local(*lo); });
 }
