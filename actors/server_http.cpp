@@ -378,6 +378,11 @@ std::string num(double v) {
 void metrics(self_ptr self, net::http_reply& reply) {
   auto& st = self->state;
   std::string o;
+  o += "# HELP makima_build_info The version and commit of this build.\n"
+       "# TYPE makima_build_info gauge\n"
+       "makima_build_info{version=\""
+       + label(st.settings.version) + "\",commit=\"" + label(st.settings.commit)
+       + "\"} 1\n";
   std::map<task_state, uint64_t> by_state;
   for (auto& [id, e] : st.tasks)
     ++by_state[e.rec.state];
@@ -508,11 +513,6 @@ void metrics(self_ptr self, net::http_reply& reply) {
   for (auto& [r, n] : accept_errors)
     o += std::string{"makima_accept_errors_total{reason=\""} + r + "\"} "
          + std::to_string(n) + "\n";
-  o += "# HELP makima_build_info The version and commit of this build.\n"
-       "# TYPE makima_build_info gauge\n"
-       "makima_build_info{version=\""
-       + label(st.settings.version) + "\",commit=\"" + label(st.settings.commit)
-       + "\"} 1\n";
   respond(self, reply, 200, std::move(o), "text/plain; version=0.0.4");
 }
 
