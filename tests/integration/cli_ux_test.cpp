@@ -31,36 +31,9 @@ bool has(const std::string& text, const std::string& needle) {
   return text.find(needle) != std::string::npos;
 }
 
-/// GET `target` from 127.0.0.1:`port` (HTTP/1.1, Connection: close);
-/// the whole response, bounded to 5 s.
+/// The body of GET `target` from 127.0.0.1:`port` (bounded to 5 s).
 std::string http_get(uint16_t port, const std::string& target) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return {};
-  }
-  std::string req =
-      "GET " + target
-      + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-  std::string raw;
-  auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0)
-      continue;
-    char buf[4096];
-    auto n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0)
-      break;
-    raw.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return raw;
+  return raw_http(port, "GET", target, {}).body;
 }
 
 uint16_t port_in(const std::string& out) {
