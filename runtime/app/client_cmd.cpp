@@ -299,10 +299,9 @@ int cmd_submit(submit_options& o) {
     spec.push_url = git::canonical_url(t.push);
   spec.max_attempts = o.max_attempts;
   api_client api{*resolve_server(o.common, o.server, true)};
-  auto res =
-      api.call("POST", "/api/v1/tasks",
-               makima::api::encode_submit(
-                   spec, {t.timeout >= 0, t.grace >= 0}));
+  auto res = api.call(
+      "POST", "/api/v1/tasks",
+      makima::api::encode_submit(spec, {t.timeout >= 0, t.grace >= 0}));
   auto rec = parse_record(res.body);
   std::printf("%s\n", rec.spec.id.c_str());
   return exit_ok;
@@ -367,7 +366,8 @@ std::optional<server_target> resolve_server(const common_options& common,
   return server_target{*base, cfg.api_key, cfg.ca_file.string()};
 }
 
-int remote_list(const server_target& target, bool json_out) {
+int remote_list(const server_target& target, bool json_out,
+                std::optional<task_state> state) {
   api_client api{target};
   std::vector<task_record> records;
   std::string after;
@@ -397,7 +397,7 @@ int remote_list(const server_target& target, bool json_out) {
       break;
     after = next.get<std::string>();
   }
-  print_task_list(records, json_out);
+  print_task_list(select_tasks(std::move(records), state), json_out);
   return exit_ok;
 }
 
