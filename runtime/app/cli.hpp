@@ -84,6 +84,10 @@ struct opened_db {
   ~opened_db();
 };
 
+/// "another makima is using the data dir DIR (pid N); …" with the pid of
+/// the lock holder when known, and what to do instead.
+std::string locked_data_dir_message(const config& cfg);
+
 /// Opens `cfg.db_dir` read-write; leaves when another makima holds it.
 std::unique_ptr<opened_db> open_primary(const config& cfg);
 

@@ -519,6 +519,72 @@ int cmd_logs(const common_options& common, const std::string& id) {
   return exit_ok;
 }
 
+/// `task logs -f` in local mode: prints the output so far, then, while
+/// another makima runs the task (this one reads as a RocksDB secondary),
+/// catches up with it every 150 ms and prints what is new, until the task
+/// ends: returns its exit status. A task nobody runs any more (its makima
+/// died) ends the follow as interrupted (exit 125). SIGINT, SIGTERM and
+/// SIGHUP (blocked by run_cli) end it with 128+N.
+int cmd_logs_follow(const common_options& common, const std::string& id) {
+  auto cfg = resolve_config(common);
+  auto opened = open_for_reading(cfg);
+  if (!opened)
+    fail(exit_usage, "no task with id '" + id + "'");
+  auto& db = *opened->db;
+  bool secondary = !opened->primary && store::lock_holder(cfg.db_dir);
+  uint64_t from = 0;
+  auto drain = [&] {
+    auto err = db.for_each_output(id, from, [&](const store::stored_chunk& c) {
+      auto fd = c.stream == 2 ? STDERR_FILENO : STDOUT_FILENO;
+      from = c.seq + 1;
+      return process::write_all(fd, c.bytes);
+    });
+    if (err)
+      fail(status_for(err), describe(err));
+  };
+  auto record = [&]() -> task_record {
+    auto json = db.get_task(id);
+    if (!json)
+      fail(status_for(json.error()), describe(json.error()));
+    std::optional<task_record> rec;
+    if (*json)
+      rec = record_from_json(**json);
+    if (!rec)
+      fail(exit_usage, "no task with id '" + id + "'");
+    return std::move(*rec);
+  };
+  auto interrupted = [&] {
+    std::fprintf(stderr,
+                 "makima: task %s is interrupted (the makima process running "
+                 "it ended); `makima task resume %s` runs it again\n",
+                 id.c_str(), id.c_str());
+    return int{exit_internal};
+  };
+  for (;;) {
+    auto rec = record();
+    drain();
+    if (rec.state == task_state::interrupted)
+      return interrupted();
+    if (is_terminal(rec.state))
+      return exit_status_of(rec);
+    if (!secondary)
+      return interrupted(); // nobody holds the data dir: nobody runs it
+    if (int sig = process::wait_signal(std::chrono::milliseconds{150}))
+      return 128 + sig;
+    bool held = store::lock_holder(cfg.db_dir).has_value();
+    if (auto err = db.catch_up())
+      fail(status_for(err), describe(err));
+    if (!held) {
+      // The primary is gone: what it wrote last decides.
+      rec = record();
+      drain();
+      if (is_terminal(rec.state) && rec.state != task_state::interrupted)
+        return exit_status_of(rec);
+      return interrupted();
+    }
+  }
+}
+
 } // namespace
 
 namespace {
@@ -613,8 +679,9 @@ int run_cli(int argc, char** argv) {
   add_server_flags(logs, logs_server);
   logs->add_option("id", logs_id, "task id")->required();
   logs->add_flag("-f,--follow", logs_follow,
-                 "follow the output until the task ends (with --server); "
-                 "exits with the task's exit status");
+                 "follow the output until the task ends (of a server's task "
+                 "or one another `makima run` runs); exits with the task's "
+                 "exit status");
 
   common_options resume_opts;
   std::string resume_id;
@@ -683,11 +750,13 @@ int run_cli(int argc, char** argv) {
     }
     if (*list) {
       auto state = parse_state_flag(list_state);
+      process::unblock_stop_signals();
       if (auto target = resolve_server(list_opts, list_server, false))
         return remote_list(*target, list_json, state);
       return cmd_list(list_opts, list_json, state);
     }
     if (*show) {
+      process::unblock_stop_signals();
       if (auto target = resolve_server(show_opts, show_server, false))
         return remote_show(*target, show_id, show_json);
       return cmd_show(show_opts, show_id, show_json);
@@ -696,9 +765,10 @@ int run_cli(int argc, char** argv) {
       if (auto target = resolve_server(logs_opts, logs_server, false))
         return remote_logs(*target, logs_id, logs_follow);
       if (logs_follow)
-        fail(exit_usage, "task logs -f needs a server (--server URL or "
-                         "MAKIMA_SERVER); a local task's output is complete "
-                         "once `makima run` returned");
+        return cmd_logs_follow(logs_opts, logs_id);
+      // Nothing to clean up but a reader's temporary dir: Ctrl-C ends a
+      // read command at once (130).
+      process::unblock_stop_signals();
       return cmd_logs(logs_opts, logs_id);
     }
     if (*resume)

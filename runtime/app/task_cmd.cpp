@@ -84,11 +84,11 @@ fs::path task_dir(const std::string& recorded, const fs::path& root,
   return root / id;
 }
 
-/// The message for a data dir another makima holds.
+/// The start of locked_data_dir_message: "another makima is using the
+/// data dir DIR (pid N)".
 std::string locked_message(const config& cfg) {
-  auto pid = store::lock_holder(cfg.db_dir);
-  return "another makima is using the data dir " + cfg.data_dir.string()
-         + (pid ? " (pid " + std::to_string(*pid) + ")" : std::string{});
+  auto m = locked_data_dir_message(cfg);
+  return m.substr(0, m.find(';'));
 }
 
 /// Every task record of the database.
