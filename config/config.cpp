@@ -170,7 +170,8 @@ const std::vector<key_def>& defs() {
         seconds_setter(&config::timeout, "task.timeout", true,
                        max_timeout_seconds));
     add("task.grace", {"MAKIMA_TASK_GRACE"}, "SIGTERM to SIGKILL delay",
-        seconds_setter(&config::grace, "task.grace", true, max_timeout_seconds));
+        seconds_setter(&config::grace, "task.grace", true,
+                       max_timeout_seconds));
     add("task.pass_env", {"MAKIMA_PASS_ENV"},
         "more variable names passed to tasks (comma-separated)",
         [](config& c, const std::string& v,
@@ -187,6 +188,12 @@ const std::vector<key_def>& defs() {
         string_setter(&config::author_name, "git.author_name", false));
     add("git.author_email", {"MAKIMA_GIT_AUTHOR_EMAIL"}, "commit author email",
         string_setter(&config::author_email, "git.author_email", false));
+    add("task.remove_worktree_on_push", {"MAKIMA_TASK_REMOVE_WORKTREE_ON_PUSH"},
+        "remove the worktree of a task that succeeded and was pushed",
+        [](config& c, const std::string& v, const std::string& o) {
+          return parse_bool("task.remove_worktree_on_push", o, v,
+                            c.remove_worktree_on_push);
+        });
     add("store.sync", {"MAKIMA_STORE_SYNC"}, "fsync every write",
         [](config& c, const std::string& v, const std::string& o) {
           return parse_bool("store.sync", o, v, c.sync);

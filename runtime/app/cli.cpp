@@ -85,6 +85,7 @@ node_workspace node_workspace_for(const config& cfg) {
   w.author_email = cfg.author_email;
   w.max_tasks = cfg.max_tasks;
   w.base_env = task_base_env(cfg);
+  w.remove_worktree_on_push = cfg.remove_worktree_on_push;
   return w;
 }
 

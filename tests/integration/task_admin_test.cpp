@@ -323,3 +323,40 @@ TEST(TaskAdmin, CtrlCEndsLogsFollowAndReadCommandsPromptly) {
   run.kill(SIGINT);
   EXPECT_EQ(run.wait(15000ms).exit_code, 130);
 }
+
+TEST(TaskAdmin, RemoveWorktreeOnPushKeepsRecordsAndBranch) {
+  env e;
+  auto repo = test::make_repo(e.root() / "src");
+  auto target = test::make_bare_repo(e.root() / "target.git");
+  auto o = e.opts();
+  o.env["MAKIMA_TASK_REMOVE_WORKTREE_ON_PUSH"] = "true";
+  auto r = test::run(e.run_argv({"--repo", repo.string(), "--id", "pushed",
+                                 "--commit", "--push", target.string(), "--",
+                                 "sh", "-c", "echo hi > made.txt"}),
+                     o);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto rec = e.show("pushed");
+  EXPECT_EQ(rec["pushed"], true);
+  EXPECT_FALSE(fs::exists(rec["worktree"].get<std::string>()));
+  fs::path mirror;
+  for (auto& m : fs::directory_iterator(e.data() / "repos"))
+    mirror = m.path();
+  EXPECT_FALSE(
+      test::git(mirror, {"branch", "--list", "makima/pushed"}).empty());
+  EXPECT_FALSE(test::git(target, {"log", "-1", "--format=%H",
+                                  "refs/heads/makima/pushed"})
+                   .empty());
+  // A failed task keeps its worktree; so does a pushed one by default.
+  r = test::run(e.run_argv({"--repo", repo.string(), "--id", "failed", "--push",
+                            target.string(), "--", "false"}),
+                o);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(fs::exists(e.show("failed")["worktree"].get<std::string>()));
+  ASSERT_EQ(e.run({"--repo", repo.string(), "--id", "kept", "--push",
+                   target.string(), "--", "true"})
+                .exit_code,
+            0);
+  EXPECT_TRUE(fs::exists(e.show("kept")["worktree"].get<std::string>()));
+  // Later a `task rm` of the pushed task still works.
+  EXPECT_EQ(e.task("rm", {"pushed"}).exit_code, 0);
+}
