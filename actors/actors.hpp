@@ -142,7 +142,8 @@ using repo_actor = caf::typed_actor<
     // token aborts it (ec::cancelled).
     caf::replies_to<push_atom, std::string, std::string,
                     cancel_token>::with<ok_atom>,
-    // Removes task `id`'s worktree (files and metadata) and deletes `branch`.
+    // Removes task `id`'s worktree (files and metadata) and deletes `branch`
+    // (none when empty).
     caf::replies_to<remove_atom, std::string /*task id*/,
                     std::string /*branch*/>::with<ok_atom>>;
 

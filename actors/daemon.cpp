@@ -39,7 +39,8 @@ void start(daemon_ptr self, task_record rec) {
                    st.ctx.reactor,
                    st.ctx.workspace.worktrees_dir,
                    st.ctx.workspace.state_dir,
-                   st.ctx.workspace.base_env};
+                   st.ctx.workspace.base_env,
+                   st.ctx.workspace.remove_worktree_on_push};
   auto id = rec.spec.id;
   auto handle =
       self->spawn<caf::monitored>(task, std::move(rec), std::move(ctx));

@@ -30,6 +30,9 @@ struct node_workspace {
   int max_tasks = 4;
   /// The environment every task starts from (runtime/process/environment).
   std::vector<std::string> base_env;
+  /// Remove a task's worktree (not its branch) once it succeeded and was
+  /// pushed (task.remove_worktree_on_push).
+  bool remove_worktree_on_push = false;
 };
 
 /// What a node is made of, handed to DAEMON at spawn: its peers and its

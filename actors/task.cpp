@@ -190,8 +190,24 @@ void publish(task_ptr self, task_state outcome) {
                     st.rec.spec.push_url, st.git_cancel)
           .then(
               [self, outcome](ok_atom) {
-                self->state.rec.pushed = true;
-                finish(self, outcome);
+                auto& st = self->state;
+                st.rec.pushed = true;
+                if (outcome != task_state::succeeded
+                    || !st.ctx.remove_worktree_on_push) {
+                  finish(self, outcome);
+                  return;
+                }
+                // An empty branch name: REPO removes the worktree only.
+                self->request(st.ctx.repo, caf::infinite, remove_atom::value,
+                              st.rec.spec.id, std::string{})
+                    .then([self, outcome](ok_atom) { finish(self, outcome); },
+                          [self, outcome](caf::error& err) {
+                            log::warn(component(self),
+                                      "cannot remove the worktree after the "
+                                      "push: "
+                                          + describe(err));
+                            finish(self, outcome);
+                          });
               },
               [self](caf::error& err) {
                 auto& st = self->state;

@@ -29,6 +29,8 @@ struct task_context {
   /// makima's own environment as a whole. The task's own env and the
   /// MAKIMA_* task variables are applied on top (child_env).
   std::vector<std::string> base_env;
+  /// Remove the worktree (REPO, branch kept) after a successful push.
+  bool remove_worktree_on_push = false;
 };
 
 /// State of the TASK actor (`task_state` is the enum of a task's states).

@@ -189,6 +189,12 @@ const std::vector<key_def>& defs() {
         string_setter(&config::author_name, "git.author_name", false));
     add("git.author_email", {"MAKIMA_GIT_AUTHOR_EMAIL"}, "commit author email",
         string_setter(&config::author_email, "git.author_email", false));
+    add("task.remove_worktree_on_push", {"MAKIMA_TASK_REMOVE_WORKTREE_ON_PUSH"},
+        "remove the worktree of a task that succeeded and was pushed",
+        [](config& c, const std::string& v, const std::string& o) {
+          return parse_bool("task.remove_worktree_on_push", o, v,
+                            c.remove_worktree_on_push);
+        });
     add("store.sync", {"MAKIMA_STORE_SYNC"}, "fsync every write",
         [](config& c, const std::string& v, const std::string& o) {
           return parse_bool("store.sync", o, v, c.sync);

@@ -42,6 +42,10 @@ struct config {
   /// the built-in list (`task.pass_env`, MAKIMA_PASS_ENV; the --pass-env
   /// flags add to it). Never one of makima's secrets (rejected).
   std::vector<std::string> pass_env;
+  /// Remove a task's worktree once it succeeded and its branch was pushed
+  /// (`task.remove_worktree_on_push`, MAKIMA_TASK_REMOVE_WORKTREE_ON_PUSH);
+  /// the records and the branch stay.
+  bool remove_worktree_on_push = false;
 
   // [git]
   std::string author_name = "makima";

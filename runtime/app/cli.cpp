@@ -93,7 +93,16 @@ node_workspace node_workspace_for(const config& cfg) {
   w.author_email = cfg.author_email;
   w.max_tasks = cfg.max_tasks;
   w.base_env = task_base_env(cfg);
+  w.remove_worktree_on_push = cfg.remove_worktree_on_push;
   return w;
+}
+
+std::string locked_data_dir_message(const config& cfg) {
+  auto pid = store::lock_holder(cfg.db_dir);
+  return "another makima is using the data dir " + cfg.data_dir.string()
+         + (pid ? " (pid " + std::to_string(*pid) + ")" : std::string{})
+         + "; give this one its own with --data-dir DIR, or run tasks side "
+           "by side with `makima local` and `makima task submit`";
 }
 
 std::unique_ptr<opened_db> open_primary(const config& cfg) {
@@ -106,6 +115,8 @@ std::unique_ptr<opened_db> open_primary(const config& cfg) {
   opts.mode = store::open_mode::primary;
   opts.sync = cfg.sync;
   auto db = store::db::open(cfg.db_dir, opts);
+  if (!db && code_of(db.error()) == ec::store_locked)
+    fail(status_for(db.error()), locked_data_dir_message(cfg));
   if (!db)
     fail(status_for(db.error()), describe(db.error()));
   auto out = std::make_unique<opened_db>();

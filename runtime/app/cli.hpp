@@ -4,6 +4,7 @@
 // `local`), daemon_cmd.cpp (`daemon`) and client_cmd.cpp (`task ... --server`).
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -30,6 +31,7 @@ class db;
 } // namespace makima::store
 
 namespace makima {
+enum class task_state : uint8_t;
 struct task_record;
 struct state_change;
 struct daemon_settings;
@@ -81,6 +83,10 @@ struct opened_db {
   bool primary = false;
   ~opened_db();
 };
+
+/// "another makima is using the data dir DIR (pid N); …" with the pid of
+/// the lock holder when known, and what to do instead.
+std::string locked_data_dir_message(const config& cfg);
 
 /// Opens `cfg.db_dir` read-write; leaves when another makima holds it.
 std::unique_ptr<opened_db> open_primary(const config& cfg);
@@ -220,8 +226,30 @@ using trailing_table =
 void add_client_commands(CLI::App& task, command_table& out,
                          trailing_table& trailing);
 
-/// Prints tasks as `task list` does: a table, or a JSON array of records.
+/// Prints tasks as `task list` does: a table (with AGE since creation and
+/// DURATION of the last attempt), or a JSON array of records.
 void print_task_list(const std::vector<task_record>& records, bool json);
+
+/// The state a `--state NAME` flag names (nullopt for an empty name);
+/// leaves with exit_usage listing the valid names when `name` is none.
+std::optional<task_state> parse_state_flag(const std::string& name);
+
+/// `records` sorted by creation time (newest last; ties by id), only those
+/// in `state` when given.
+std::vector<task_record> select_tasks(std::vector<task_record> records,
+                                      std::optional<task_state> state);
+
+/// A span of milliseconds the way `task list` shows it: "850ms", "42s",
+/// "3m", "2h", "5d" when `coarse`, else "4.2s", "3m05s", "2h07m", "1d03h".
+std::string format_span(int64_t ms, bool coarse);
+
+/// Parses a duration such as "30s", "10m", "2h", "7d" (a plain number is
+/// seconds) into milliseconds; nullopt when malformed.
+std::optional<int64_t> parse_span(const std::string& text);
+
+/// `makima task rm|prune` and `makima gc` (task_cmd.cpp); `task` is the
+/// `task` subcommand, `app` the top level.
+void add_task_commands(CLI::App& task, CLI::App& app, command_table& out);
 
 /// Prints one task as `task show` does (with "exit_status" in JSON);
 /// `history` is null when unknown (a server's record).
@@ -258,7 +286,9 @@ std::optional<server_target> resolve_server(const common_options& common,
                                             bool required);
 
 /// `task list|show|logs` against a server (client_cmd.cpp).
-int remote_list(const server_target& target, bool json);
+/// `state`: only the tasks in that state (filtered here, after paging).
+int remote_list(const server_target& target, bool json,
+                std::optional<task_state> state);
 int remote_show(const server_target& target, const std::string& id, bool json);
 /// Without `follow`: prints the output so far; with it: follows the event
 /// stream until the task ends and returns its exit status.

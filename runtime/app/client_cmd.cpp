@@ -367,7 +367,8 @@ std::optional<server_target> resolve_server(const common_options& common,
   return server_target{*base, cfg.api_key, cfg.ca_file.string()};
 }
 
-int remote_list(const server_target& target, bool json_out) {
+int remote_list(const server_target& target, bool json_out,
+                std::optional<task_state> state) {
   api_client api{target};
   std::vector<task_record> records;
   std::string after;
@@ -397,7 +398,7 @@ int remote_list(const server_target& target, bool json_out) {
       break;
     after = next.get<std::string>();
   }
-  print_task_list(records, json_out);
+  print_task_list(select_tasks(std::move(records), state), json_out);
   return exit_ok;
 }
 

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <future>
 #include <iostream>
@@ -252,6 +253,114 @@ std::string command_line(const task_spec& spec) {
 
 } // namespace
 
+std::string format_span(int64_t ms, bool coarse) {
+  if (ms < 0)
+    ms = 0;
+  char buf[32];
+  int64_t s = ms / 1000;
+  if (ms < 1000 && !coarse)
+    std::snprintf(buf, sizeof buf, "%lldms", static_cast<long long>(ms));
+  else if (s < 60 && coarse)
+    std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
+  else if (s < 60)
+    std::snprintf(buf, sizeof buf, "%.1fs", static_cast<double>(ms) / 1000);
+  else if (s < 3600 && coarse)
+    std::snprintf(buf, sizeof buf, "%lldm", static_cast<long long>(s / 60));
+  else if (s < 3600)
+    std::snprintf(buf, sizeof buf, "%lldm%02llds",
+                  static_cast<long long>(s / 60),
+                  static_cast<long long>(s % 60));
+  else if (s < 86400 && coarse)
+    std::snprintf(buf, sizeof buf, "%lldh", static_cast<long long>(s / 3600));
+  else if (s < 86400)
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm",
+                  static_cast<long long>(s / 3600),
+                  static_cast<long long>(s % 3600 / 60));
+  else if (coarse)
+    std::snprintf(buf, sizeof buf, "%lldd", static_cast<long long>(s / 86400));
+  else
+    std::snprintf(buf, sizeof buf, "%lldd%02lldh",
+                  static_cast<long long>(s / 86400),
+                  static_cast<long long>(s % 86400 / 3600));
+  return buf;
+}
+
+std::optional<int64_t> parse_span(const std::string& text) {
+  if (text.empty())
+    return std::nullopt;
+  char* end = nullptr;
+  double n = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || !std::isfinite(n) || n < 0)
+    return std::nullopt;
+  std::string unit{end};
+  double factor = 0;
+  if (unit.empty() || unit == "s")
+    factor = 1000;
+  else if (unit == "ms")
+    factor = 1;
+  else if (unit == "m")
+    factor = 60e3;
+  else if (unit == "h")
+    factor = 3600e3;
+  else if (unit == "d")
+    factor = 86400e3;
+  else if (unit == "w")
+    factor = 7 * 86400e3;
+  else
+    return std::nullopt;
+  double ms = n * factor;
+  if (ms > 1e15) // about 30 000 years
+    return std::nullopt;
+  return static_cast<int64_t>(ms);
+}
+
+std::optional<task_state> parse_state_flag(const std::string& name) {
+  if (name.empty())
+    return std::nullopt;
+  task_state st;
+  if (from_string(name, st))
+    return st;
+  std::string valid;
+  for (uint8_t n = 1; n <= 9; ++n) {
+    if (!valid.empty())
+      valid += ", ";
+    valid += to_string(static_cast<task_state>(n));
+  }
+  fail(exit_usage,
+       "unknown task state '" + name + "' for --state (one of: " + valid + ")");
+}
+
+std::vector<task_record> select_tasks(std::vector<task_record> records,
+                                      std::optional<task_state> state) {
+  if (state)
+    records.erase(
+        std::remove_if(records.begin(), records.end(),
+                       [&](const task_record& r) { return r.state != *state; }),
+        records.end());
+  std::stable_sort(records.begin(), records.end(),
+                   [](const task_record& a, const task_record& b) {
+                     if (a.spec.created_at != b.spec.created_at)
+                       return a.spec.created_at < b.spec.created_at;
+                     return a.spec.id < b.spec.id;
+                   });
+  return records;
+}
+
+namespace {
+
+/// How long the last attempt of `r` ran (so far, while it runs); "-"
+/// before it started.
+std::string run_duration(const task_record& r, int64_t now) {
+  if (r.started_at <= 0)
+    return "-";
+  int64_t end = r.finished_at >= r.started_at ? r.finished_at
+                : is_terminal(r.state)        ? r.updated_at
+                                              : now;
+  return format_span(end - r.started_at, false);
+}
+
+} // namespace
+
 void print_task_list(const std::vector<task_record>& records, bool json) {
   if (json) {
     auto arr = nlohmann::json::array();
@@ -262,13 +371,16 @@ void print_task_list(const std::vector<task_record>& records, bool json) {
               << "\n";
     return;
   }
-  std::printf("%-28s %-12s %-7s %-5s %-24s %s\n", "ID", "STATE", "ATTEMPT",
-              "EXIT", "CREATED", "COMMAND");
+  auto now = now_ms();
+  std::printf("%-28s %-12s %-7s %-5s %-24s %-5s %-8s %s\n", "ID", "STATE",
+              "ATTEMPT", "EXIT", "CREATED", "AGE", "DURATION", "COMMAND");
   for (auto& r : records)
-    std::printf("%-28s %-12s %-7u %-5s %-24s %s\n", r.spec.id.c_str(),
+    std::printf("%-28s %-12s %-7u %-5s %-24s %-5s %-8s %s\n", r.spec.id.c_str(),
                 to_string(r.state), r.attempt,
                 r.exit_code < 0 ? "-" : std::to_string(r.exit_code).c_str(),
                 format_time(r.spec.created_at).c_str(),
+                format_span(now - r.spec.created_at, true).c_str(),
+                run_duration(r, now).c_str(),
                 shorten(command_line(r.spec), 60).c_str());
 }
 
@@ -315,15 +427,27 @@ void print_task(const task_record& rec,
   line("output:", std::to_string(rec.next_seq) + " chunks");
   if (!history)
     return;
+  // Each change with how long the task stayed in that state: until the
+  // next change, or until now while it is the current, unfinished one.
   std::printf("history:\n");
-  for (auto& h : *history)
-    std::printf("  %s  #%u %-12s %s\n", format_time(h.at).c_str(), h.attempt,
-                to_string(h.state), h.detail.c_str());
+  auto now = now_ms();
+  for (size_t i = 0; i < history->size(); ++i) {
+    auto& h = (*history)[i];
+    std::string stayed = i + 1 < history->size()
+                             ? format_span((*history)[i + 1].at - h.at, false)
+                         : is_terminal(h.state)
+                             ? "-"
+                             : format_span(now - h.at, false) + "+";
+    std::printf("  %s  #%u %-12s %-9s %s\n", format_time(h.at).c_str(),
+                h.attempt, to_string(h.state), stayed.c_str(),
+                h.detail.c_str());
+  }
 }
 
 namespace {
 
-int cmd_list(const common_options& common, bool json) {
+int cmd_list(const common_options& common, bool json,
+             std::optional<task_state> state) {
   auto cfg = resolve_config(common);
   auto db = open_for_reading(cfg);
   std::vector<task_record> records;
@@ -338,7 +462,7 @@ int cmd_list(const common_options& common, bool json) {
             [&](std::vector<task_record>& v) { records = std::move(v); },
             [&](caf::error& err) { fail(status_for(err), describe(err)); });
   }
-  print_task_list(records, json);
+  print_task_list(select_tasks(std::move(records), state), json);
   return exit_ok;
 }
 
@@ -394,6 +518,72 @@ int cmd_logs(const common_options& common, const std::string& id) {
     }
   }
   return exit_ok;
+}
+
+/// `task logs -f` in local mode: prints the output so far, then, while
+/// another makima runs the task (this one reads as a RocksDB secondary),
+/// catches up with it every 150 ms and prints what is new, until the task
+/// ends: returns its exit status. A task nobody runs any more (its makima
+/// died) ends the follow as interrupted (exit 125). SIGINT, SIGTERM and
+/// SIGHUP (blocked by run_cli) end it with 128+N.
+int cmd_logs_follow(const common_options& common, const std::string& id) {
+  auto cfg = resolve_config(common);
+  auto opened = open_for_reading(cfg);
+  if (!opened)
+    fail(exit_usage, "no task with id '" + id + "'");
+  auto& db = *opened->db;
+  bool secondary = !opened->primary && store::lock_holder(cfg.db_dir);
+  uint64_t from = 0;
+  auto drain = [&] {
+    auto err = db.for_each_output(id, from, [&](const store::stored_chunk& c) {
+      auto fd = c.stream == 2 ? STDERR_FILENO : STDOUT_FILENO;
+      from = c.seq + 1;
+      return process::write_all(fd, c.bytes);
+    });
+    if (err)
+      fail(status_for(err), describe(err));
+  };
+  auto record = [&]() -> task_record {
+    auto json = db.get_task(id);
+    if (!json)
+      fail(status_for(json.error()), describe(json.error()));
+    std::optional<task_record> rec;
+    if (*json)
+      rec = record_from_json(**json);
+    if (!rec)
+      fail(exit_usage, "no task with id '" + id + "'");
+    return std::move(*rec);
+  };
+  auto interrupted = [&] {
+    std::fprintf(stderr,
+                 "makima: task %s is interrupted (the makima process running "
+                 "it ended); `makima task resume %s` runs it again\n",
+                 id.c_str(), id.c_str());
+    return int{exit_internal};
+  };
+  for (;;) {
+    auto rec = record();
+    drain();
+    if (rec.state == task_state::interrupted)
+      return interrupted();
+    if (is_terminal(rec.state))
+      return exit_status_of(rec);
+    if (!secondary)
+      return interrupted(); // nobody holds the data dir: nobody runs it
+    if (int sig = process::wait_signal(std::chrono::milliseconds{150}))
+      return 128 + sig;
+    bool held = store::lock_holder(cfg.db_dir).has_value();
+    if (auto err = db.catch_up())
+      fail(status_for(err), describe(err));
+    if (!held) {
+      // The primary is gone: what it wrote last decides.
+      rec = record();
+      drain();
+      if (is_terminal(rec.state) && rec.state != task_state::interrupted)
+        return exit_status_of(rec);
+      return interrupted();
+    }
+  }
 }
 
 } // namespace
@@ -466,10 +656,16 @@ int run_cli(int argc, char** argv) {
   common_options list_opts;
   server_flags list_server;
   bool list_json = false;
-  auto list = task->add_subcommand("list", "list tasks");
+  std::string list_state;
+  auto list = task->add_subcommand(
+      "list", "list tasks, oldest first (AGE: since created; DURATION: of "
+              "the last attempt)");
   add_common(list, list_opts);
   add_server_flags(list, list_server);
   list->add_flag("--json", list_json, "JSON output");
+  list->add_option("--state", list_state,
+                   "only tasks in this state (succeeded, failed, running, "
+                   "interrupted, …)");
 
   common_options show_opts;
   server_flags show_server;
@@ -490,8 +686,9 @@ int run_cli(int argc, char** argv) {
   add_server_flags(logs, logs_server);
   logs->add_option("id", logs_id, "task id")->required();
   logs->add_flag("-f,--follow", logs_follow,
-                 "follow the output until the task ends (with --server); "
-                 "exits with the task's exit status");
+                 "follow the output until the task ends (of a server's task "
+                 "or one another `makima run` runs); exits with the task's "
+                 "exit status");
 
   common_options resume_opts;
   std::string resume_id;
@@ -506,6 +703,7 @@ int run_cli(int argc, char** argv) {
   command_table network;
   trailing_table trailing{{run, &run_opts.task.command}};
   add_client_commands(*task, network, trailing);
+  add_task_commands(*task, app, network);
   add_server_commands(app, network);
   add_daemon_command(app, network);
   add_db_commands(app, network);
@@ -563,11 +761,14 @@ int run_cli(int argc, char** argv) {
       return cmd_run(run_opts);
     }
     if (*list) {
+      auto state = parse_state_flag(list_state);
+      process::unblock_stop_signals();
       if (auto target = resolve_server(list_opts, list_server, false))
-        return remote_list(*target, list_json);
-      return cmd_list(list_opts, list_json);
+        return remote_list(*target, list_json, state);
+      return cmd_list(list_opts, list_json, state);
     }
     if (*show) {
+      process::unblock_stop_signals();
       if (auto target = resolve_server(show_opts, show_server, false))
         return remote_show(*target, show_id, show_json);
       return cmd_show(show_opts, show_id, show_json);
@@ -576,9 +777,10 @@ int run_cli(int argc, char** argv) {
       if (auto target = resolve_server(logs_opts, logs_server, false))
         return remote_logs(*target, logs_id, logs_follow);
       if (logs_follow)
-        fail(exit_usage, "task logs -f needs a server (--server URL or "
-                         "MAKIMA_SERVER); a local task's output is complete "
-                         "once `makima run` returned");
+        return cmd_logs_follow(logs_opts, logs_id);
+      // Nothing to clean up but a reader's temporary dir: Ctrl-C ends a
+      // read command at once (130).
+      process::unblock_stop_signals();
       return cmd_logs(logs_opts, logs_id);
     }
     if (*resume)

@@ -62,36 +62,39 @@ struct daemon_options {
 };
 
 int cmd_daemon(daemon_options& o) {
-  auto cfg = resolve_config(o.common, [&](config& c) {
-    auto set = [&](const char* key, const std::string& value,
-                   const char* flag) {
-      if (auto err = set_config_value(c, key, value, flag))
-        fail(exit_usage, describe(err));
-    };
-    if (!o.server.empty())
-      set("server.url", o.server, "--server");
-    if (!o.name.empty())
-      set("daemon.name", o.name, "--name");
-    if (!o.pool.empty())
-      set("daemon.pool", o.pool, "--pool");
-    if (!o.labels.empty()) {
-      std::string joined;
-      for (auto& l : o.labels)
-        joined += (joined.empty() ? "" : ",") + l;
-      set("daemon.labels", joined, "--label");
-    }
-    if (o.max_tasks > 0)
-      set("daemon.max_tasks", std::to_string(o.max_tasks), "--max-tasks");
-    if (!o.health_listen.empty())
-      set("daemon.health_listen", o.health_listen, "--health-listen");
-    apply_pass_env(c, o.pass_env);
-    if (!o.ca_file.empty())
-      set("server.ca_file", o.ca_file, "--ca-file");
-    if (o.heartbeat > 0)
-      set("server.heartbeat", std::to_string(o.heartbeat), "--heartbeat");
-    if (!o.api_key.empty())
-      set("server.api_key", o.api_key, "--api-key");
-  }, log::level::info);
+  auto cfg = resolve_config(
+      o.common,
+      [&](config& c) {
+        auto set = [&](const char* key, const std::string& value,
+                       const char* flag) {
+          if (auto err = set_config_value(c, key, value, flag))
+            fail(exit_usage, describe(err));
+        };
+        if (!o.server.empty())
+          set("server.url", o.server, "--server");
+        if (!o.name.empty())
+          set("daemon.name", o.name, "--name");
+        if (!o.pool.empty())
+          set("daemon.pool", o.pool, "--pool");
+        if (!o.labels.empty()) {
+          std::string joined;
+          for (auto& l : o.labels)
+            joined += (joined.empty() ? "" : ",") + l;
+          set("daemon.labels", joined, "--label");
+        }
+        if (o.max_tasks > 0)
+          set("daemon.max_tasks", std::to_string(o.max_tasks), "--max-tasks");
+        if (!o.health_listen.empty())
+          set("daemon.health_listen", o.health_listen, "--health-listen");
+        apply_pass_env(c, o.pass_env);
+        if (!o.ca_file.empty())
+          set("server.ca_file", o.ca_file, "--ca-file");
+        if (o.heartbeat > 0)
+          set("server.heartbeat", std::to_string(o.heartbeat), "--heartbeat");
+        if (!o.api_key.empty())
+          set("server.api_key", o.api_key, "--api-key");
+      },
+      log::level::info);
   if (cfg.server_url.empty())
     fail(exit_usage, "daemon: no server given (--server ws://HOST:PORT/ws/"
                      "daemon, or MAKIMA_SERVER)");

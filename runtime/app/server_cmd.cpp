@@ -106,20 +106,23 @@ int exit_failed(server_node& node) {
 }
 
 int cmd_server(server_options& o) {
-  auto cfg = resolve_config(o.common, [&](config& c) {
-    if (!o.listen.empty())
-      c.listen = o.listen;
-    if (!o.tls_cert.empty())
-      c.tls_cert = o.tls_cert;
-    if (!o.tls_key.empty())
-      c.tls_key = o.tls_key;
-    if (o.lease >= 0)
-      c.lease = o.lease;
-    if (!o.user_keys.empty())
-      c.user_keys = o.user_keys;
-    if (!o.daemon_keys.empty())
-      c.daemon_keys = o.daemon_keys;
-  }, log::level::info);
+  auto cfg = resolve_config(
+      o.common,
+      [&](config& c) {
+        if (!o.listen.empty())
+          c.listen = o.listen;
+        if (!o.tls_cert.empty())
+          c.tls_cert = o.tls_cert;
+        if (!o.tls_key.empty())
+          c.tls_key = o.tls_key;
+        if (o.lease >= 0)
+          c.lease = o.lease;
+        if (!o.user_keys.empty())
+          c.user_keys = o.user_keys;
+        if (!o.daemon_keys.empty())
+          c.daemon_keys = o.daemon_keys;
+      },
+      log::level::info);
   auto [host, port] = split_listen(cfg.listen);
   if (cfg.lease <= 0)
     fail(exit_usage, "--lease must be > 0");
@@ -190,16 +193,19 @@ std::string random_key() {
 /// and the usual DATA/db, repos, worktrees, state of the daemon, so `task
 /// list --data-dir DATA` shows what ran here.
 int cmd_local(local_options& o) {
-  auto cfg = resolve_config(o.common, [&](config& c) {
-    if (!o.listen.empty())
-      c.listen = o.listen;
-    if (o.max_tasks > 0)
-      if (auto err =
-              set_config_value(c, "daemon.max_tasks",
-                               std::to_string(o.max_tasks), "--max-tasks"))
-        fail(exit_usage, describe(err));
-    apply_pass_env(c, o.pass_env);
-  }, log::level::info);
+  auto cfg = resolve_config(
+      o.common,
+      [&](config& c) {
+        if (!o.listen.empty())
+          c.listen = o.listen;
+        if (o.max_tasks > 0)
+          if (auto err =
+                  set_config_value(c, "daemon.max_tasks",
+                                   std::to_string(o.max_tasks), "--max-tasks"))
+            fail(exit_usage, describe(err));
+        apply_pass_env(c, o.pass_env);
+      },
+      log::level::info);
   auto [host, port] = split_listen(cfg.listen);
   bool loopback = is_loopback(host);
   if (!loopback && cfg.user_keys.empty())
@@ -259,8 +265,8 @@ int cmd_local(local_options& o) {
     return status;
   }
   log::info("local", std::string{strsignal(sig)}
-                        + ": stopping; running tasks are re-run at the next "
-                          "start");
+                         + ": stopping; running tasks are re-run at the next "
+                           "start");
   node->stop();
   node.reset();
   (*server)->stop();

@@ -854,18 +854,24 @@ std::string describe_wal_damage(const wal_report& r) {
 // Whether another process holds the RocksDB lock of `dir` (fcntl, like
 // RocksDB). Opens LOCK read-only; creates nothing.
 bool locked_elsewhere(const fs::path& dir) {
+  return lock_holder(dir).has_value();
+}
+
+} // namespace
+
+std::optional<long> lock_holder(const fs::path& dir) {
   int fd = ::open((dir / "LOCK").c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
-    return false;
+    return std::nullopt;
   struct flock f {};
   f.l_type = F_WRLCK;
   f.l_whence = SEEK_SET;
   bool locked = ::fcntl(fd, F_GETLK, &f) == 0 && f.l_type != F_UNLCK;
   ::close(fd);
-  return locked;
+  if (!locked)
+    return std::nullopt;
+  return static_cast<long>(f.l_pid);
 }
-
-} // namespace
 
 // -- write_batch --------------------------------------------------------------
 
@@ -963,6 +969,15 @@ void write_batch::delete_outbox(std::string_view task, uint32_t attempt,
                  : outbox_key(task, attempt, upto + 1);
   impl_->ops.push_back({cf_outbox, outbox_key(task, attempt, 0), std::move(end),
                         impl::kind::del_range});
+}
+
+void write_batch::delete_task(std::string_view id) {
+  if (!impl_->check(id))
+    return;
+  impl_->ops.push_back({cf_tasks, std::string{id}, {}, impl::kind::del});
+  for (auto cf : {cf_events, cf_output, cf_outbox})
+    impl_->ops.push_back(
+        {cf, lower_bound_of(id), upper_bound_of(id), impl::kind::del_range});
 }
 
 size_t write_batch::size() const {
@@ -1247,6 +1262,32 @@ caf::error db::write(write_batch&& batch) {
                            "next write after that succeeds)");
     d.write_error = e;
     return e;
+  }
+  return caf::none;
+}
+
+caf::error db::catch_up() {
+  auto& d = *impl_;
+  if (d.opts.mode != open_mode::secondary)
+    return caf::none;
+  auto s = d.rdb->TryCatchUpWithPrimary();
+  if (!s.ok())
+    return map_status(s, "catch up with", d.dir);
+  return caf::none;
+}
+
+caf::error db::compact() {
+  auto& d = *impl_;
+  if (d.secondary())
+    return make_error(ec::store_error, "the database in " + d.dir.string()
+                                           + " is open read-only");
+  rocksdb::CompactRangeOptions co;
+  co.bottommost_level_compaction =
+      rocksdb::BottommostLevelCompaction::kForceOptimized;
+  for (auto* h : d.handles) {
+    auto s = d.rdb->CompactRange(co, h, nullptr, nullptr);
+    if (!s.ok())
+      return map_status(s, "compact", d.dir);
   }
   return caf::none;
 }

@@ -84,6 +84,10 @@ public:
   /// Deletes the outbox entries of (task, attempt) with seq <= `upto`
   /// (UINT64_MAX: all of the attempt).
   void delete_outbox(std::string_view task, uint32_t attempt, uint64_t upto);
+  /// Deletes everything stored of task `id`: its record, state events,
+  /// output chunks and outbox entries (range deletes; other tasks' keys,
+  /// also of ids that `id` is a prefix of, stay).
+  void delete_task(std::string_view id);
   /// Number of operations in the batch.
   size_t size() const;
 
@@ -121,6 +125,11 @@ struct repair_report {
   /// Output seqs missing between stored chunks (holes left by the damage).
   uint64_t output_gaps = 0;
 };
+
+/// The pid of the process holding the RocksDB lock of the database in
+/// `dir` (fcntl F_GETLK on its LOCK file), or nullopt when none holds it or
+/// it cannot be told.
+std::optional<long> lock_holder(const std::filesystem::path& dir);
 
 /// The database of one data dir.
 class db {
@@ -186,6 +195,14 @@ public:
   caf::error for_each_outbox(
       const std::function<void(std::string_view task, uint32_t attempt,
                                uint64_t seq, std::string_view value)>& f);
+
+  /// Secondary only: reads what the primary wrote since the open or the
+  /// last catch-up (RocksDB TryCatchUpWithPrimary). A no-op otherwise.
+  caf::error catch_up();
+
+  /// Primary only: compacts every column family (RocksDB CompactRange),
+  /// dropping deleted keys from the table files.
+  caf::error compact();
 
 private:
   struct impl;

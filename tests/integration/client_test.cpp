@@ -587,10 +587,10 @@ TEST_F(client_fixture, environment_and_daemon_url_select_the_server) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out), json::array());
   EXPECT_EQ(server.requests().size(), before);
-  // Local mode without a server: -f is refused.
+  // Local mode without a server: -f follows a local task (none here).
   r = e.task("logs", {"x", "-f"});
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("needs a server"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("no task with id 'x'"), std::string::npos) << r.err;
 }
 
 TEST_F(client_fixture, unreachable_server_is_exit_125) {

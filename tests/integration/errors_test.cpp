@@ -90,7 +90,7 @@ TEST(errors, locked_data_dir_is_125_while_reads_still_work) {
   ASSERT_TRUE(bg.wait_for_output("ready", 10000ms));
   auto r = e.run({"--id", "other", "--", "true"});
   EXPECT_EQ(r.exit_code, 125) << r.err;
-  EXPECT_TRUE(contains(r.err, "in use")) << r.err;
+  EXPECT_TRUE(contains(r.err, "another makima is using the data dir")) << r.err;
   // Read-only commands work meanwhile and see the running task.
   auto l = e.list();
   ASSERT_EQ(l.size(), 1u) << l.dump(2);

@@ -380,6 +380,7 @@ TEST(store, second_primary_in_another_process_is_locked) {
       << describe(second.error());
   EXPECT_NE(describe(second.error()).find("in use by another makima process"),
             std::string::npos);
+  EXPECT_EQ(lock_holder(dir), std::optional<long>{pid});
   // A secondary works while the other process is the primary.
   auto sec = db::open(dir, secondary(tmp / "sec"));
   EXPECT_TRUE(sec) << describe(sec.error());
@@ -812,4 +813,82 @@ TEST(store, writes_resume_on_a_small_disk_after_space_is_freed) {
     return true;
   }));
   EXPECT_EQ(expect, acked + 1);
+}
+
+TEST(store, delete_task_removes_every_key_of_the_task_only) {
+  test::temp_dir tmp;
+  auto d = open_ok(tmp / "data");
+  ASSERT_TRUE(d);
+  {
+    write_batch b;
+    for (std::string id : {"a", "ab", "b"}) {
+      b.put_task(id, "rec " + id);
+      b.put_event(id, 0, id + " ev0");
+      b.put_event(id, 1, id + " ev1");
+      b.put_output(id, 0, 1, id + " out0");
+      b.put_output(id, 7, 2, pattern(70000, 9));
+      b.put_outbox(id, 1, 1, id + " frame");
+    }
+    ASSERT_FALSE(d->write(std::move(b)));
+  }
+  write_batch del;
+  del.delete_task("a");
+  ASSERT_FALSE(d->write(std::move(del)));
+  EXPECT_EQ(d->get_task("a").value(), std::nullopt);
+  EXPECT_TRUE(events(*d, "a").empty());
+  EXPECT_TRUE(outputs(*d, "a").empty());
+  EXPECT_EQ(last_seq(*d, "a"), std::nullopt);
+  std::vector<std::string> tasks;
+  ASSERT_FALSE(d->for_each_task(
+      [&](std::string_view id, std::string_view) { tasks.emplace_back(id); }));
+  EXPECT_EQ(tasks, (std::vector<std::string>{"ab", "b"}));
+  std::vector<std::string> outbox;
+  ASSERT_FALSE(
+      d->for_each_outbox([&](std::string_view t, uint32_t, uint64_t,
+                             std::string_view) { outbox.emplace_back(t); }));
+  EXPECT_EQ(outbox, (std::vector<std::string>{"ab", "b"}));
+  for (std::string id : {"ab", "b"}) {
+    EXPECT_EQ(events(*d, id).size(), 2u) << id;
+    EXPECT_EQ(outputs(*d, id).size(), 2u) << id;
+  }
+  // Compaction keeps what is left and drops the deleted keys for good.
+  ASSERT_FALSE(d->compact());
+  EXPECT_TRUE(outputs(*d, "a").empty());
+  EXPECT_EQ(outputs(*d, "ab").size(), 2u);
+  d.reset();
+  auto again = open_ok(tmp / "data");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->get_task("a").value(), std::nullopt);
+  EXPECT_EQ(again->get_task("b").value(), std::optional<std::string>{"rec b"});
+  // An invalid id refuses the batch.
+  write_batch bad;
+  bad.delete_task("");
+  EXPECT_EQ(code_of(again->write(std::move(bad))), ec::invalid_argument);
+}
+
+TEST(store, secondary_catches_up_with_the_primary) {
+  test::temp_dir tmp;
+  auto dir = tmp / "data";
+  auto primary = open_ok(dir);
+  ASSERT_TRUE(primary);
+  // fcntl locks do not conflict within a process: no other holder.
+  EXPECT_EQ(lock_holder(dir), std::nullopt);
+  EXPECT_EQ(lock_holder(tmp / "nowhere"), std::nullopt);
+  write_batch b;
+  b.put_output("t", 0, 1, "first");
+  ASSERT_FALSE(primary->write(std::move(b)));
+  auto sec = db::open(dir, secondary(tmp / "sec"));
+  ASSERT_TRUE(sec) << describe(sec.error());
+  auto& s = **sec;
+  EXPECT_EQ(outputs(s, "t").size(), 1u);
+  write_batch b2;
+  b2.put_output("t", 1, 1, "second");
+  ASSERT_FALSE(primary->write(std::move(b2)));
+  ASSERT_FALSE(s.catch_up());
+  auto out = outputs(s, "t");
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[1].bytes, "second");
+  EXPECT_EQ(code_of(s.compact()), ec::store_error);
+  // catch_up is a no-op on a primary.
+  EXPECT_FALSE(primary->catch_up());
 }
