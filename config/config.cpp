@@ -552,6 +552,7 @@ config_values(const config& c) {
       {"task.pass_env", join(c.pass_env)},
       {"git.author_name", c.author_name},
       {"git.author_email", c.author_email},
+      {"task.remove_worktree_on_push", c.remove_worktree_on_push ? "true" : "false"},
       {"store.sync", c.sync ? "true" : "false"},
       {"log.level", c.log_level},
       {"log.format", c.log_format},

@@ -420,8 +420,8 @@ void print_task(const task_record& rec,
       line("pushed:",
            rec.pushed ? "yes, to " + log::redact(rec.spec.push_url) : "no");
   }
-  line("worktree:", rec.worktree);
-  line("state dir:", rec.state_dir);
+  line("worktree:", rec.worktree.empty() ? "-" : rec.worktree);
+  line("state dir:", rec.state_dir.empty() ? "-" : rec.state_dir);
   if (!rec.error.empty())
     line("error:", rec.error);
   line("output:", std::to_string(rec.next_seq) + " chunks");

@@ -148,12 +148,18 @@ caf::expected<uint64_t> remove_task(const config& cfg, store::db& db,
   if (err)
     return make_error(ec::io_error, "cannot remove the state dir " + sd.string()
                                         + ": " + err.message());
-  if (!keep_records) {
-    store::write_batch b;
+  store::write_batch b;
+  if (keep_records) {
+    // The record stays; its paths no longer name anything.
+    auto kept = rec;
+    kept.worktree.clear();
+    kept.state_dir.clear();
+    b.put_task(id, to_json(kept));
+  } else {
     b.delete_task(id);
-    if (auto e = db.write(std::move(b)))
-      return e;
   }
+  if (auto e = db.write(std::move(b)))
+    return e;
   return freed;
 }
 
@@ -396,6 +402,18 @@ int cmd_gc(const common_options& common) {
       mirrors.push_back(it->path());
   err.clear();
   std::sort(mirrors.begin(), mirrors.end());
+  for (auto& m : mirrors) {
+    // Branches makima/<id> and refs/wip/<id> of tasks whose records are gone.
+    if (auto mm = git::mirror::open_path(m)) {
+      auto n = mm->prune_task_refs(
+          [&](const std::string& id) { return tasks.count(id) > 0; });
+      if (!n)
+        std::fprintf(stderr, "makima: %s\n", describe(n.error()).c_str());
+      else if (*n > 0)
+        std::printf("mirror %s: %zu orphan task ref%s deleted\n",
+                    m.filename().c_str(), *n, *n == 1 ? "" : "s");
+    }
+  }
   uint64_t repos_before = dir_bytes(cfg.repos_dir);
   bool have_git = mirrors.empty() || run_git({"--version"}) == 0;
   if (!have_git)

@@ -399,13 +399,16 @@ bool is_hex(const std::string& s) {
   return true;
 }
 
-void delete_branch(git_repository* repo, const std::string& branch) {
+void delete_ref(git_repository* repo, const std::string& name) {
   git_reference* raw = nullptr;
-  auto name = "refs/heads/" + branch;
   if (git_reference_lookup(&raw, repo, name.c_str()) != 0)
     return;
   ref_ptr ref{raw};
   git_reference_delete(raw);
+}
+
+void delete_branch(git_repository* repo, const std::string& branch) {
+  delete_ref(repo, "refs/heads/" + branch);
 }
 
 constexpr const char* base_file = "makima-base";
@@ -593,6 +596,23 @@ mirror& mirror::operator=(mirror&&) noexcept = default;
 
 const fs::path& mirror::path() const {
   return impl_->path;
+}
+
+caf::expected<mirror> mirror::open_path(const fs::path& path) {
+  init();
+  git_repository* raw = nullptr;
+  if (git_repository_open_bare(&raw, path.c_str()) != 0)
+    return git_fail(ec::repo_not_found, "not a mirror: " + path.string());
+  auto st = std::make_unique<impl>();
+  st->repo = repo_ptr{raw};
+  st->path = path;
+  git_remote* rr = nullptr;
+  if (git_remote_lookup(&rr, raw, "origin") == 0) {
+    if (const char* u = git_remote_url(rr))
+      st->url = u;
+    git_remote_free(rr);
+  }
+  return mirror{std::move(st)};
 }
 
 caf::expected<mirror> mirror::open(const std::string& url,
@@ -1197,6 +1217,7 @@ caf::error mirror::remove_worktree(const std::string& name,
                                   "cannot remove worktree " + dir.string());
   }
   delete_branch(repo, branch);
+  delete_ref(repo, "refs/wip/" + name);
   git_reference* r = nullptr;
   auto ref = "refs/heads/" + branch;
   if (git_reference_lookup(&r, repo, ref.c_str()) == 0) {
@@ -1205,6 +1226,39 @@ caf::error mirror::remove_worktree(const std::string& name,
                                        + impl_->path.string());
   }
   return {};
+}
+
+caf::expected<size_t>
+mirror::prune_task_refs(const std::function<bool(const std::string&)>& live) {
+  auto* repo = impl_->repo.get();
+  std::vector<std::string> doomed;
+  for (const char* glob : {"refs/heads/makima/*", "refs/wip/*"}) {
+    git_reference_iterator* raw = nullptr;
+    if (git_reference_iterator_glob_new(&raw, repo, glob) != 0)
+      return git_fail(ec::git_error, "cannot list the refs of "
+                                         + impl_->path.string());
+    const char* name = nullptr;
+    while (git_reference_next_name(&name, raw) == 0) {
+      std::string ref = name;
+      auto id = ref.substr(ref.rfind('/') + 1);
+      if (!live(id))
+        doomed.push_back(ref);
+    }
+    git_reference_iterator_free(raw);
+  }
+  size_t n = 0;
+  for (auto& ref : doomed) {
+    // A ref a live worktree has checked out stays (libgit2 refuses anyway).
+    git_reference* raw = nullptr;
+    if (git_reference_lookup(&raw, repo, ref.c_str()) != 0)
+      continue;
+    ref_ptr r{raw};
+    if (git_branch_is_checked_out(raw) == 1)
+      continue;
+    if (git_reference_delete(raw) == 0)
+      ++n;
+  }
+  return n;
 }
 
 } // namespace makima::git

@@ -108,6 +108,10 @@ public:
                                     bool fetch_existing = true,
                                     const control& ctl = {});
 
+  /// Opens the existing bare mirror at `path` as it is (no fetch, no
+  /// clone), e.g. for maintenance. Errors: ec::repo_not_found.
+  static caf::expected<mirror> open_path(const std::filesystem::path& path);
+
   /// Fetches from origin (prune), updating refs/remotes/origin/* and tags.
   /// Errors: as open's; ec::cancelled leaves the refs as they were.
   caf::error fetch(const control& ctl = {});
@@ -163,9 +167,16 @@ public:
   caf::error push(const std::string& branch, const std::string& url,
                   const control& ctl = {});
 
-  /// Removes worktree `name` (files and metadata) and deletes `branch`.
+  /// Removes worktree `name` (files and metadata) and deletes `branch`
+  /// and the snapshot ref `refs/wip/<name>`.
   caf::error remove_worktree(const std::string& name,
                              const std::string& branch);
+
+  /// Deletes every task branch `refs/heads/makima/<id>` and snapshot ref
+  /// `refs/wip/<id>` for which `live(id)` is false and that no worktree has
+  /// checked out. Returns how many refs were deleted.
+  caf::expected<size_t>
+  prune_task_refs(const std::function<bool(const std::string&)>& live);
 
   /// Path of the bare mirror.
   const std::filesystem::path& path() const;

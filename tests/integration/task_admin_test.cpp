@@ -123,6 +123,10 @@ TEST(TaskAdmin, RmRemovesWorktreeBranchStateDirAndRecords) {
   for (auto& m : fs::directory_iterator(e.data() / "repos"))
     mirror = m.path();
   ASSERT_FALSE(test::git(mirror, {"branch", "--list", "makima/r1"}).empty());
+  // A snapshot ref of the task, as a checkpoint leaves one.
+  test::git(mirror, {"update-ref", "refs/wip/r1", "makima/r1"});
+  ASSERT_FALSE(
+      test::git(mirror, {"for-each-ref", "refs/wip/r1"}).empty());
 
   auto r = e.task("rm", {"r1"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -130,6 +134,7 @@ TEST(TaskAdmin, RmRemovesWorktreeBranchStateDirAndRecords) {
   EXPECT_FALSE(fs::exists(wt));
   EXPECT_FALSE(fs::exists(sd));
   EXPECT_TRUE(test::git(mirror, {"branch", "--list", "makima/r1"}).empty());
+  EXPECT_TRUE(test::git(mirror, {"for-each-ref", "refs/wip/r1"}).empty());
   EXPECT_FALSE(test::git(mirror, {"branch", "--list", "makima/r2"}).empty());
   auto show = e.task("show", {"r1"});
   EXPECT_EQ(show.exit_code, 2);
@@ -146,6 +151,10 @@ TEST(TaskAdmin, RmRemovesWorktreeBranchStateDirAndRecords) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_FALSE(fs::exists(wt2));
   EXPECT_EQ(e.show("r2")["state"], "succeeded");
+  // The kept record no longer names the removed paths.
+  EXPECT_EQ(e.show("r2").value("worktree", std::string{"?"}), "");
+  EXPECT_EQ(e.show("r2").value("state_dir", std::string{"?"}), "");
+  EXPECT_TRUE(contains(e.task("show", {"r2"}).out, "worktree:")) << "show";
 
   // Unknown id.
   r = e.task("rm", {"nope"});
@@ -226,6 +235,14 @@ TEST(TaskAdmin, GcCompactsAndRemovesOrphansButRefusesABusyDataDir) {
   // An orphan: a worktree and state dir no record knows.
   fs::create_directories(e.data() / "worktrees" / "ghost" / "sub");
   fs::create_directories(e.data() / "state" / "ghost");
+  // Orphan refs in the mirror: a task branch and a snapshot of a task whose
+  // records are gone.
+  fs::path mirror;
+  for (auto& m : fs::directory_iterator(e.data() / "repos"))
+    mirror = m.path();
+  test::git(mirror, {"branch", "makima/ghost", "makima/g1"});
+  test::git(mirror, {"update-ref", "refs/wip/ghost", "makima/g1"});
+  ASSERT_FALSE(test::git(mirror, {"branch", "--list", "makima/ghost"}).empty());
   auto r = test::run({MAKIMA_BINARY, "gc", "--data-dir", e.data().string()},
                      e.opts());
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -235,6 +252,10 @@ TEST(TaskAdmin, GcCompactsAndRemovesOrphansButRefusesABusyDataDir) {
   EXPECT_TRUE(contains(r.out, "orphans: 2 removed")) << r.out;
   EXPECT_FALSE(fs::exists(e.data() / "worktrees" / "ghost"));
   EXPECT_TRUE(fs::exists(e.data() / "worktrees" / "g1"));
+  EXPECT_TRUE(contains(r.out, "2 orphan task refs deleted")) << r.out;
+  EXPECT_TRUE(test::git(mirror, {"branch", "--list", "makima/ghost"}).empty());
+  EXPECT_TRUE(test::git(mirror, {"for-each-ref", "refs/wip/ghost"}).empty());
+  EXPECT_FALSE(test::git(mirror, {"branch", "--list", "makima/g1"}).empty());
   EXPECT_EQ(e.show("g1")["state"], "succeeded");
   EXPECT_EQ(e.task("logs", {"g1"}).exit_code, 0);
 

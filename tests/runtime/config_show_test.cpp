@@ -46,6 +46,7 @@ TEST(config_show, every_key_has_its_value_as_text) {
       {"task.timeout", "30"},
       {"task.grace", "1.5"},
       {"task.pass_env", "A,B"},
+      {"task.remove_worktree_on_push", "true"},
       {"git.author_name", "n"},
       {"git.author_email", "e@x"},
       {"store.sync", "true"},
