@@ -292,6 +292,88 @@ caf::error update_origin_head(git_repository* repo, git_remote* remote,
 }
 
 // Connects to origin, records its default branch and fetches (prune).
+// The way `git clone --local` starts: every object file of the local
+// repository at `origin` (packs, indexes, loose objects) is hard-linked
+// (copied across file systems) into the new bare repository `dest`, so the
+// fetch that follows finds every object present and only writes refs.
+// libgit2's local transport would instead build a pack in-process, with a
+// delta search that ignores aborts (seconds to minutes on a large
+// repository). Objects are immutable, so sharing their inodes is safe.
+// `ctl` is checked between files; returns ec::cancelled when it asks.
+caf::error link_local_objects(const fs::path& origin, const fs::path& dest,
+                              const control& ctl) {
+  git_repository* raw = nullptr;
+  if (git_repository_open_ext(&raw, origin.c_str(),
+                              GIT_REPOSITORY_OPEN_NO_SEARCH, nullptr)
+      != 0)
+    return git_fail(ec::repo_not_found,
+                    "repository not found: " + origin.string());
+  repo_ptr repo{raw};
+  fs::path src = fs::path{git_repository_commondir(raw)} / "objects";
+  fs::path dst = dest / "objects";
+  op_payload st{&ctl, phase::cloning};
+  std::error_code err;
+  std::vector<fs::path> files;
+  for (fs::recursive_directory_iterator it{src, err}, end; !err && it != end;
+       it.increment(err)) {
+    if (!it->is_regular_file(err))
+      continue;
+    auto rel = it->path().lexically_relative(src);
+    // The destination's own metadata; alternates are rewritten below.
+    if (rel.begin() != rel.end() && *rel.begin() == "info")
+      continue;
+    files.push_back(rel);
+  }
+  if (err)
+    return make_error(ec::io_error, "cannot list the objects of "
+                                        + origin.string() + ": "
+                                        + err.message());
+  // Packs before their indexes: an index never names a pack not yet there.
+  std::stable_sort(files.begin(), files.end(), [](auto& a, auto& b) {
+    return (a.extension() == ".idx") < (b.extension() == ".idx");
+  });
+  uint64_t done = 0, bytes = 0;
+  for (auto& rel : files) {
+    if (st.check())
+      return cancelled_error("clone of " + origin.string());
+    auto from = src / rel;
+    auto to = dst / rel;
+    fs::create_directories(to.parent_path(), err);
+    if (!err)
+      fs::create_hard_link(from, to, err);
+    if (err) {
+      err.clear();
+      fs::copy_file(from, to, fs::copy_options::overwrite_existing, err);
+    }
+    if (err)
+      return make_error(ec::io_error, "cannot copy " + from.string() + " to "
+                                          + to.string() + ": "
+                                          + err.message());
+    bytes += fs::file_size(to, err);
+    err.clear();
+    st.report(++done, files.size(), bytes);
+  }
+  // The origin's alternates, as absolute paths (relative ones name
+  // directories next to the origin's objects, not ours).
+  std::ifstream alt{src / "info" / "alternates"};
+  std::string line, out;
+  while (std::getline(alt, line))
+    if (!line.empty() && line[0] != '#')
+      out += (fs::path{line}.is_absolute() ? fs::path{line} : src / line)
+                 .lexically_normal()
+                 .string()
+             + "\n";
+  if (!out.empty()) {
+    fs::create_directories(dst / "info", err);
+    std::ofstream f{dst / "info" / "alternates"};
+    f << out;
+    if (!f)
+      return make_error(ec::io_error, "cannot write the alternates of "
+                                          + dest.string());
+  }
+  return {};
+}
+
 caf::error fetch_origin(git_repository* repo, const std::string& url,
                         const control& ctl, git::phase ph) {
   op_payload st{&ctl, ph};
@@ -699,6 +781,11 @@ caf::expected<mirror> mirror::open(const std::string& url,
       cleanup();
       return e;
     }
+    if (auto dir = local_dir_of(canon))
+      if (auto e = link_local_objects(*dir, tmp, ctl)) {
+        cleanup();
+        return e;
+      }
     if (auto e = fetch_origin(raw, canon, ctl, phase::cloning)) {
       cleanup();
       return e;
