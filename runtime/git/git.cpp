@@ -865,6 +865,78 @@ caf::expected<std::string> mirror::resolve(const std::string& ref) {
   return not_found();
 }
 
+namespace {
+
+// Progress of one batch, reported as progress of the whole checkout.
+struct batch_progress {
+  op_payload* st;
+  size_t offset;
+  size_t total;
+};
+
+void on_batch_progress(const char*, size_t done, size_t, void* payload) {
+  auto* b = static_cast<batch_progress*>(payload);
+  b->st->report(b->offset + done, b->total, 0);
+}
+
+int collect_path(const char* root, const git_tree_entry* e, void* payload) {
+  auto type = git_tree_entry_type(e);
+  if (type == GIT_OBJECT_BLOB || type == GIT_OBJECT_COMMIT)
+    static_cast<std::vector<std::string>*>(payload)->push_back(
+        std::string{root} + git_tree_entry_name(e));
+  return 0;
+}
+
+// Writes every file of `commit` into the empty worktree at `dir` (whose HEAD
+// is already `commit`), at most `batch` paths per libgit2 checkout, checking
+// `st` before each batch and in libgit2's notify callback.
+caf::error checkout_in_batches(const fs::path& dir, git_commit* commit,
+                               bool filters, op_payload& st,
+                               size_t batch = 256) {
+  git_repository* raw = nullptr;
+  if (git_repository_open(&raw, dir.c_str()) != 0)
+    return git_fail(ec::git_error, "cannot open worktree " + dir.string());
+  repo_ptr wt{raw};
+  // The tree as an object of the worktree's repository (libgit2 checks).
+  git_tree* traw = nullptr;
+  if (git_tree_lookup(&traw, raw, git_commit_tree_id(commit)) != 0)
+    return git_fail(ec::git_error, "cannot read the tree of "
+                                       + oid_hex(*git_commit_id(commit)));
+  tree_ptr tree{traw};
+  std::vector<std::string> paths;
+  if (git_tree_walk(traw, GIT_TREEWALK_PRE, collect_path, &paths) != 0)
+    return git_fail(ec::git_error, "cannot list the tree of "
+                                       + oid_hex(*git_commit_id(commit)));
+  batch_progress bp{&st, 0, paths.size()};
+  // An empty tree still gets its (empty) index written.
+  for (size_t i = 0; i < paths.size() || i == 0; i += batch) {
+    if (st.check())
+      return cancelled_error("checkout of " + dir.string());
+    std::vector<char*> strs;
+    for (size_t j = i; j < std::min(paths.size(), i + batch); ++j)
+      strs.push_back(paths[j].data());
+    git_checkout_options co = GIT_CHECKOUT_OPTIONS_INIT;
+    // The target is new: FORCE writes every file without comparing against
+    // a (nonexistent) workdir state.
+    co.checkout_strategy = GIT_CHECKOUT_FORCE
+                           | GIT_CHECKOUT_DISABLE_PATHSPEC_MATCH;
+    co.disable_filters = filters ? 0 : 1;
+    co.paths.strings = strs.data();
+    co.paths.count = strs.size();
+    co.notify_flags = GIT_CHECKOUT_NOTIFY_ALL;
+    co.notify_cb = on_checkout_notify;
+    co.notify_payload = &st;
+    co.progress_cb = on_batch_progress;
+    co.progress_payload = &bp;
+    bp.offset = i;
+    if (git_checkout_tree(raw, reinterpret_cast<git_object*>(traw), &co) != 0)
+      return git_fail(ec::git_error, "cannot check out " + dir.string());
+  }
+  return {};
+}
+
+} // namespace
+
 caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
                                                   const fs::path& dir,
                                                   const std::string& commit,
@@ -944,16 +1016,11 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
   opts.ref = bref.get();
   // The target is new: FORCE writes every file without comparing against
   // a (nonexistent) workdir state.
-  opts.checkout_options.checkout_strategy = GIT_CHECKOUT_FORCE;
-  opts.checkout_options.disable_filters = needs_filters(repo, craw) ? 0 : 1;
-  // The analysis asks notify about every file (it may abort there);
-  // libgit2's progress callback cannot abort, so the files written are
-  // checked once after.
-  opts.checkout_options.notify_flags = GIT_CHECKOUT_NOTIFY_ALL;
-  opts.checkout_options.notify_cb = on_checkout_notify;
-  opts.checkout_options.notify_payload = &cst;
-  opts.checkout_options.progress_cb = on_checkout_progress;
-  opts.checkout_options.progress_payload = &cst;
+  // The worktree is made without files; they are written below in
+  // batches of paths, because libgit2 cannot abort a checkout while it
+  // writes files (its progress callback cannot fail): the cancel is checked
+  // between batches, so it takes effect within one batch.
+  opts.checkout_options.checkout_strategy = GIT_CHECKOUT_NONE;
   git_worktree* wraw = nullptr;
   if (git_worktree_add(&wraw, repo, name.c_str(), abs_dir.c_str(), &opts)
       != 0) {
@@ -964,6 +1031,10 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
                                             + impl_->url));
   }
   git_worktree_free(wraw);
+  if (auto e = checkout_in_batches(abs_dir, craw, needs_filters(repo, craw),
+                                   cst))
+    return fail(cst.check() ? cancelled_error("checkout of worktree " + name)
+                            : e);
   if (cst.check())
     return fail(cancelled_error("checkout of worktree " + name));
   {
