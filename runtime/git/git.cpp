@@ -292,6 +292,88 @@ caf::error update_origin_head(git_repository* repo, git_remote* remote,
 }
 
 // Connects to origin, records its default branch and fetches (prune).
+// The way `git clone --local` starts: every object file of the local
+// repository at `origin` (packs, indexes, loose objects) is hard-linked
+// (copied across file systems) into the new bare repository `dest`, so the
+// fetch that follows finds every object present and only writes refs.
+// libgit2's local transport would instead build a pack in-process, with a
+// delta search that ignores aborts (seconds to minutes on a large
+// repository). Objects are immutable, so sharing their inodes is safe.
+// `ctl` is checked between files; returns ec::cancelled when it asks.
+caf::error link_local_objects(const fs::path& origin, const fs::path& dest,
+                              const control& ctl) {
+  git_repository* raw = nullptr;
+  if (git_repository_open_ext(&raw, origin.c_str(),
+                              GIT_REPOSITORY_OPEN_NO_SEARCH, nullptr)
+      != 0)
+    return git_fail(ec::repo_not_found,
+                    "repository not found: " + origin.string());
+  repo_ptr repo{raw};
+  fs::path src = fs::path{git_repository_commondir(raw)} / "objects";
+  fs::path dst = dest / "objects";
+  op_payload st{&ctl, phase::cloning};
+  std::error_code err;
+  std::vector<fs::path> files;
+  for (fs::recursive_directory_iterator it{src, err}, end; !err && it != end;
+       it.increment(err)) {
+    if (!it->is_regular_file(err))
+      continue;
+    auto rel = it->path().lexically_relative(src);
+    // The destination's own metadata; alternates are rewritten below.
+    if (rel.begin() != rel.end() && *rel.begin() == "info")
+      continue;
+    files.push_back(rel);
+  }
+  if (err)
+    return make_error(ec::io_error, "cannot list the objects of "
+                                        + origin.string() + ": "
+                                        + err.message());
+  // Packs before their indexes: an index never names a pack not yet there.
+  std::stable_sort(files.begin(), files.end(), [](auto& a, auto& b) {
+    return (a.extension() == ".idx") < (b.extension() == ".idx");
+  });
+  uint64_t done = 0, bytes = 0;
+  for (auto& rel : files) {
+    if (st.check())
+      return cancelled_error("clone of " + origin.string());
+    auto from = src / rel;
+    auto to = dst / rel;
+    fs::create_directories(to.parent_path(), err);
+    if (!err)
+      fs::create_hard_link(from, to, err);
+    if (err) {
+      err.clear();
+      fs::copy_file(from, to, fs::copy_options::overwrite_existing, err);
+    }
+    if (err)
+      return make_error(ec::io_error, "cannot copy " + from.string() + " to "
+                                          + to.string() + ": "
+                                          + err.message());
+    bytes += fs::file_size(to, err);
+    err.clear();
+    st.report(++done, files.size(), bytes);
+  }
+  // The origin's alternates, as absolute paths (relative ones name
+  // directories next to the origin's objects, not ours).
+  std::ifstream alt{src / "info" / "alternates"};
+  std::string line, out;
+  while (std::getline(alt, line))
+    if (!line.empty() && line[0] != '#')
+      out += (fs::path{line}.is_absolute() ? fs::path{line} : src / line)
+                 .lexically_normal()
+                 .string()
+             + "\n";
+  if (!out.empty()) {
+    fs::create_directories(dst / "info", err);
+    std::ofstream f{dst / "info" / "alternates"};
+    f << out;
+    if (!f)
+      return make_error(ec::io_error, "cannot write the alternates of "
+                                          + dest.string());
+  }
+  return {};
+}
+
 caf::error fetch_origin(git_repository* repo, const std::string& url,
                         const control& ctl, git::phase ph) {
   op_payload st{&ctl, ph};
@@ -699,6 +781,11 @@ caf::expected<mirror> mirror::open(const std::string& url,
       cleanup();
       return e;
     }
+    if (auto dir = local_dir_of(canon))
+      if (auto e = link_local_objects(*dir, tmp, ctl)) {
+        cleanup();
+        return e;
+      }
     if (auto e = fetch_origin(raw, canon, ctl, phase::cloning)) {
       cleanup();
       return e;
@@ -777,6 +864,78 @@ caf::expected<std::string> mirror::resolve(const std::string& ref) {
   }
   return not_found();
 }
+
+namespace {
+
+// Progress of one batch, reported as progress of the whole checkout.
+struct batch_progress {
+  op_payload* st;
+  size_t offset;
+  size_t total;
+};
+
+void on_batch_progress(const char*, size_t done, size_t, void* payload) {
+  auto* b = static_cast<batch_progress*>(payload);
+  b->st->report(b->offset + done, b->total, 0);
+}
+
+int collect_path(const char* root, const git_tree_entry* e, void* payload) {
+  auto type = git_tree_entry_type(e);
+  if (type == GIT_OBJECT_BLOB || type == GIT_OBJECT_COMMIT)
+    static_cast<std::vector<std::string>*>(payload)->push_back(
+        std::string{root} + git_tree_entry_name(e));
+  return 0;
+}
+
+// Writes every file of `commit` into the empty worktree at `dir` (whose HEAD
+// is already `commit`), at most `batch` paths per libgit2 checkout, checking
+// `st` before each batch and in libgit2's notify callback.
+caf::error checkout_in_batches(const fs::path& dir, git_commit* commit,
+                               bool filters, op_payload& st,
+                               size_t batch = 256) {
+  git_repository* raw = nullptr;
+  if (git_repository_open(&raw, dir.c_str()) != 0)
+    return git_fail(ec::git_error, "cannot open worktree " + dir.string());
+  repo_ptr wt{raw};
+  // The tree as an object of the worktree's repository (libgit2 checks).
+  git_tree* traw = nullptr;
+  if (git_tree_lookup(&traw, raw, git_commit_tree_id(commit)) != 0)
+    return git_fail(ec::git_error, "cannot read the tree of "
+                                       + oid_hex(*git_commit_id(commit)));
+  tree_ptr tree{traw};
+  std::vector<std::string> paths;
+  if (git_tree_walk(traw, GIT_TREEWALK_PRE, collect_path, &paths) != 0)
+    return git_fail(ec::git_error, "cannot list the tree of "
+                                       + oid_hex(*git_commit_id(commit)));
+  batch_progress bp{&st, 0, paths.size()};
+  // An empty tree still gets its (empty) index written.
+  for (size_t i = 0; i < paths.size() || i == 0; i += batch) {
+    if (st.check())
+      return cancelled_error("checkout of " + dir.string());
+    std::vector<char*> strs;
+    for (size_t j = i; j < std::min(paths.size(), i + batch); ++j)
+      strs.push_back(paths[j].data());
+    git_checkout_options co = GIT_CHECKOUT_OPTIONS_INIT;
+    // The target is new: FORCE writes every file without comparing against
+    // a (nonexistent) workdir state.
+    co.checkout_strategy = GIT_CHECKOUT_FORCE
+                           | GIT_CHECKOUT_DISABLE_PATHSPEC_MATCH;
+    co.disable_filters = filters ? 0 : 1;
+    co.paths.strings = strs.data();
+    co.paths.count = strs.size();
+    co.notify_flags = GIT_CHECKOUT_NOTIFY_ALL;
+    co.notify_cb = on_checkout_notify;
+    co.notify_payload = &st;
+    co.progress_cb = on_batch_progress;
+    co.progress_payload = &bp;
+    bp.offset = i;
+    if (git_checkout_tree(raw, reinterpret_cast<git_object*>(traw), &co) != 0)
+      return git_fail(ec::git_error, "cannot check out " + dir.string());
+  }
+  return {};
+}
+
+} // namespace
 
 caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
                                                   const fs::path& dir,
@@ -857,16 +1016,11 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
   opts.ref = bref.get();
   // The target is new: FORCE writes every file without comparing against
   // a (nonexistent) workdir state.
-  opts.checkout_options.checkout_strategy = GIT_CHECKOUT_FORCE;
-  opts.checkout_options.disable_filters = needs_filters(repo, craw) ? 0 : 1;
-  // The analysis asks notify about every file (it may abort there);
-  // libgit2's progress callback cannot abort, so the files written are
-  // checked once after.
-  opts.checkout_options.notify_flags = GIT_CHECKOUT_NOTIFY_ALL;
-  opts.checkout_options.notify_cb = on_checkout_notify;
-  opts.checkout_options.notify_payload = &cst;
-  opts.checkout_options.progress_cb = on_checkout_progress;
-  opts.checkout_options.progress_payload = &cst;
+  // The worktree is made without files; they are written below in
+  // batches of paths, because libgit2 cannot abort a checkout while it
+  // writes files (its progress callback cannot fail): the cancel is checked
+  // between batches, so it takes effect within one batch.
+  opts.checkout_options.checkout_strategy = GIT_CHECKOUT_NONE;
   git_worktree* wraw = nullptr;
   if (git_worktree_add(&wraw, repo, name.c_str(), abs_dir.c_str(), &opts)
       != 0) {
@@ -877,6 +1031,10 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
                                             + impl_->url));
   }
   git_worktree_free(wraw);
+  if (auto e = checkout_in_batches(abs_dir, craw, needs_filters(repo, craw),
+                                   cst))
+    return fail(cst.check() ? cancelled_error("checkout of worktree " + name)
+                            : e);
   if (cst.check())
     return fail(cancelled_error("checkout of worktree " + name));
   {

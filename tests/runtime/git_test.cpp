@@ -1,6 +1,8 @@
 // Tests of the libgit2 wrapper, checked against the git CLI.
 #include "runtime/git/git.hpp"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <set>
 #include <sstream>
@@ -657,4 +659,52 @@ TEST_F(git_test, cancelled_push_updates_nothing) {
   EXPECT_EQ(code_of(err), ec::cancelled) << makima::describe(err);
   EXPECT_EQ(git(bare, {"for-each-ref", "refs/heads/makima/"}), "");
   EXPECT_FALSE(m.push("makima/p", bare.string()));
+}
+
+// A local origin is cloned as `git clone --local` does: its object files are
+// hard-linked into the mirror (same inode), not repacked by libgit2.
+TEST_F(git_test, local_origin_objects_are_hard_linked_into_the_mirror) {
+  git(upstream, {"gc", "-q"});
+  std::vector<fs::path> packs;
+  for (auto& e : fs::directory_iterator(upstream / ".git" / "objects" / "pack"))
+    if (e.path().extension() == ".pack")
+      packs.push_back(e.path());
+  ASSERT_EQ(packs.size(), 1u);
+  auto m = open_mirror();
+  auto linked = m.path() / "objects" / "pack" / packs[0].filename();
+  ASSERT_TRUE(fs::exists(linked));
+  struct stat a{}, b{};
+  ASSERT_EQ(::stat(packs[0].c_str(), &a), 0);
+  ASSERT_EQ(::stat(linked.c_str(), &b), 0);
+  EXPECT_EQ(a.st_ino, b.st_ino);
+  EXPECT_EQ(resolved(m, ""), git(upstream, {"rev-parse", "HEAD"}));
+  // The mirror is whole: git's own check passes and a worktree checks out.
+  EXPECT_EQ(git(m.path(), {"fsck", "--no-progress"}), "");
+  auto wt = m.add_worktree("h", tmp / "work" / "h", resolved(m, ""),
+                           "makima/h");
+  ASSERT_TRUE(wt) << makima::describe(wt.error());
+  EXPECT_EQ(git(wt->path, {"status", "--porcelain"}), "");
+}
+
+// A cancel while files are being written stops the checkout before the
+// last file (libgit2 checks out in batches; the cancel is seen between
+// them), and nothing of the worktree is left.
+TEST_F(git_test, checkout_cancelled_while_writing_stops_before_the_last_file) {
+  for (int i = 0; i < 1200; ++i)
+    write_file(upstream / "many" / ("f" + std::to_string(i)), "x\n");
+  git(upstream, {"add", "-A"});
+  git(upstream, {"commit", "-q", "-m", "many"});
+  auto m = open_mirror();
+  recorder rec{makima::git::phase::checking_out};
+  auto dir = tmp / "work" / "many";
+  auto wt = m.add_worktree("many", dir, resolved(m, ""), "makima/many",
+                           rec.ctl);
+  ASSERT_FALSE(wt);
+  EXPECT_EQ(code_of(wt.error()), ec::cancelled) << makima::describe(wt.error());
+  auto seen = rec.of(makima::git::phase::checking_out);
+  ASSERT_FALSE(seen.empty());
+  EXPECT_LT(seen.back().done, seen.back().total);
+  EXPECT_GT(seen.back().total, 1200u);
+  EXPECT_FALSE(fs::exists(dir));
+  EXPECT_EQ(git(m.path(), {"for-each-ref", "refs/heads/"}), "");
 }
