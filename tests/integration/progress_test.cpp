@@ -81,14 +81,16 @@ TEST(run_prepare, timeout_while_preparing_exits_124_and_leaves_nothing) {
   env e;
   auto origin = large_origin(e);
   auto start = steady::now();
-  auto r = e.run({"--id", "slow", "--timeout", "1", "--repo", origin.string(),
-                  "--", "true"},
+  // 0.3 s: on an idle machine the whole preparation (linked clone, then a
+  // 78 MiB checkout) takes under a second, so the timeout must land in it.
+  auto r = e.run({"--id", "slow", "--timeout", "0.3", "--repo",
+                  origin.string(), "--", "true"},
                  120000ms);
   auto took = steady::now() - start;
   EXPECT_EQ(r.exit_code, 124) << r.err;
   EXPECT_LT(took, 4s) << "the timeout did not abort the preparation";
   EXPECT_EQ(e.show("slow")["state"], "timed_out");
-  EXPECT_NE(r.err.find("makima: task slow timed out after 1 s"),
+  EXPECT_NE(r.err.find("makima: task slow timed out after 0.3 s"),
             std::string::npos)
       << r.err;
   expect_nothing_half_made(e, "slow");
