@@ -234,6 +234,10 @@ void print_task_list(const std::vector<task_record>& records, bool json);
 /// leaves with exit_usage listing the valid names when `name` is none.
 std::optional<task_state> parse_state_flag(const std::string& name);
 
+/// The record of task `id` in `db`; nullopt when there is none (or it cannot
+/// be parsed). Leaves with the store's status on a read error.
+std::optional<task_record> stored_record(store::db& db, const std::string& id);
+
 /// `records` sorted by creation time (newest last; ties by id), only those
 /// in `state` when given.
 std::vector<task_record> select_tasks(std::vector<task_record> records,

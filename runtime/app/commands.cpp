@@ -314,6 +314,15 @@ std::optional<int64_t> parse_span(const std::string& text) {
   return static_cast<int64_t>(ms);
 }
 
+std::optional<task_record> stored_record(store::db& db, const std::string& id) {
+  auto json = db.get_task(id);
+  if (!json)
+    fail(status_for(json.error()), describe(json.error()));
+  if (!*json)
+    return std::nullopt;
+  return record_from_json(**json);
+}
+
 std::optional<task_state> parse_state_flag(const std::string& name) {
   if (name.empty())
     return std::nullopt;
@@ -544,12 +553,7 @@ int cmd_logs_follow(const common_options& common, const std::string& id) {
       fail(status_for(err), describe(err));
   };
   auto record = [&]() -> task_record {
-    auto json = db.get_task(id);
-    if (!json)
-      fail(status_for(json.error()), describe(json.error()));
-    std::optional<task_record> rec;
-    if (*json)
-      rec = record_from_json(**json);
+    auto rec = stored_record(db, id);
     if (!rec)
       fail(exit_usage, "no task with id '" + id + "'");
     return std::move(*rec);

@@ -222,12 +222,7 @@ int cmd_rm(rm_options& o) {
   auto& db = *opened->db;
   int status = exit_ok;
   for (auto& id : o.ids) {
-    auto json = db.get_task(id);
-    if (!json)
-      fail(status_for(json.error()), describe(json.error()));
-    std::optional<task_record> rec;
-    if (*json)
-      rec = record_from_json(**json);
+    auto rec = stored_record(db, id);
     if (!rec) {
       std::fprintf(stderr, "makima: no task with id '%s'\n", id.c_str());
       status = exit_usage;
