@@ -98,6 +98,28 @@ const char* to_string(ec code) {
     return "net_timeout";
   case ec::protocol_error:
     return "protocol_error";
+  case ec::object_store_error:
+    return "object_store_error";
+  case ec::object_store_unreachable:
+    return "object_store_unreachable";
+  case ec::object_store_denied:
+    return "object_store_denied";
+  case ec::object_not_found:
+    return "object_not_found";
+  case ec::checkpoint_not_found:
+    return "checkpoint_not_found";
+  case ec::checkpoint_corrupt:
+    return "checkpoint_corrupt";
+  case ec::checkpoint_version:
+    return "checkpoint_version";
+  case ec::checkpoint_unsigned:
+    return "checkpoint_unsigned";
+  case ec::checkpoint_bad_signature:
+    return "checkpoint_bad_signature";
+  case ec::checkpoint_limit:
+    return "checkpoint_limit";
+  case ec::checkpoint_unsafe_path:
+    return "checkpoint_unsafe_path";
   }
   return "unknown";
 }

@@ -64,6 +64,32 @@ enum class ec : uint8_t {
   net_timeout = 51,
   /// The peer broke the HTTP/WebSocket/makima protocol.
   protocol_error = 52,
+  /// The object store failed (an unexpected answer, a local I/O error).
+  object_store_error = 60,
+  /// The object store cannot be reached or kept failing (connect errors,
+  /// timeouts, 5xx and 429 after the bounded retries).
+  object_store_unreachable = 61,
+  /// The object store refused the credentials or the signature (401, 403).
+  object_store_denied = 62,
+  /// No object under this key.
+  object_not_found = 63,
+  /// No checkpoint matches the reference.
+  checkpoint_not_found = 64,
+  /// A checkpoint blob or manifest is damaged (SHA-256 or size mismatch,
+  /// unreadable content); the message names the blob.
+  checkpoint_corrupt = 65,
+  /// A manifest of an unknown format or a newer version.
+  checkpoint_version = 66,
+  /// A checkpoint key is configured and the manifest carries no HMAC.
+  checkpoint_unsigned = 67,
+  /// The manifest's HMAC does not match the configured checkpoint key.
+  checkpoint_bad_signature = 68,
+  /// A checkpoint exceeds a configured limit (manifest, pack, archive,
+  /// entries, records, chain length); the message names the limit.
+  checkpoint_limit = 69,
+  /// A checkpoint names a path that would escape its directory (absolute,
+  /// `..`, a symlink leading out).
+  checkpoint_unsafe_path = 70,
 };
 
 /// The error category atom of makima's errors.

@@ -54,6 +54,18 @@ struct worktree_info {
 struct signature {
   std::string name = "makima";
   std::string email = "makima@localhost";
+  /// Seconds since the epoch (UTC offset 0) for author and committer;
+  /// nullopt: now. A checkpoint's WIP commit uses 0, so an unchanged
+  /// worktree gives the same commit id.
+  std::optional<int64_t> time;
+};
+
+/// A pack file written by `mirror::write_pack`.
+struct pack_info {
+  /// Objects in the pack (0: an empty pack, nothing to ship).
+  uint64_t objects = 0;
+  /// Size of the pack file in bytes.
+  uint64_t size = 0;
 };
 
 /// A long operation's phase, as reported to a `progress_fn`.
@@ -159,6 +171,39 @@ public:
                                       const std::string& ref_name,
                                       const std::string& message,
                                       const signature& sig);
+
+  /// Whether the object `id` (hex) exists in the mirror.
+  bool has_object(const std::string& id);
+
+  /// Writes to `out` a self-contained pack (no delta names an object outside
+  /// it) of every object reachable from the commits `tips` and not from the
+  /// commits `hide` (commits of `hide` missing from the mirror are ignored:
+  /// the pack then holds more, never less). `max_size` bounds the pack
+  /// (ec::checkpoint_limit, `out` removed). Errors: ec::ref_not_found (a
+  /// tip is missing), ec::git_error, ec::io_error.
+  caf::expected<pack_info> write_pack(const std::vector<std::string>& tips,
+                                      const std::vector<std::string>& hide,
+                                      const std::filesystem::path& out,
+                                      uint64_t max_size = 2ull << 30);
+
+  /// Adds the objects of the pack file `pack` (as written by write_pack)
+  /// to the mirror: indexes it (git_indexer, which checks every object's
+  /// id) into objects/pack. A damaged pack is ec::checkpoint_corrupt and
+  /// adds nothing. Errors: ec::git_error, ec::io_error.
+  caf::error index_pack(const std::filesystem::path& pack);
+
+  /// Recreates a checkpointed worktree: creates branch `branch` at
+  /// `branch_head` and worktree `name` at `dir` (like add_worktree, nothing
+  /// left behind on failure), checks out `wip_commit`'s tree (FORCE:
+  /// modified, deleted and untracked files as captured) and sets the index
+  /// to `branch_head`'s tree, so the uncommitted work shows as unstaged
+  /// changes and untracked files. Both commits must be in the mirror
+  /// (index_pack). Errors: ec::ref_not_found, ec::git_error, ec::io_error,
+  /// ec::cancelled.
+  caf::expected<worktree_info>
+  restore_worktree(const std::string& name, const std::filesystem::path& dir,
+                   const std::string& branch, const std::string& branch_head,
+                   const std::string& wip_commit, const control& ctl = {});
 
   /// Pushes `refs/heads/<branch>` to `url` (any path or URL libgit2
   /// accepts) under the same name. Errors: ec::push_rejected (the remote

@@ -97,6 +97,15 @@ private:
   std::unique_ptr<impl> impl_;
 };
 
+/// One SST file of a task's records, as `db::export_task` writes it.
+struct sst_file {
+  /// Column family: "tasks", "events" or "output".
+  std::string family;
+  std::filesystem::path path;
+  /// Keys in the file.
+  uint64_t entries = 0;
+};
+
 /// What `db::repair` found and did.
 struct repair_report {
   /// Copy of the directory as it was, made before anything changed.
@@ -195,6 +204,23 @@ public:
   caf::error for_each_outbox(
       const std::function<void(std::string_view task, uint32_t attempt,
                                uint64_t seq, std::string_view value)>& f);
+
+  /// Writes the records of task `id` as SST files (RocksDB SstFileWriter)
+  /// into `dir` (created if missing), one per column family that has keys:
+  /// its record ("tasks"), every state event ("events") and the output
+  /// chunks with `from_seq` <= seq < `to_seq` ("output"). Files are named
+  /// `<family>.sst`. Errors: ec::store_error, ec::io_error.
+  caf::expected<std::vector<sst_file>>
+  export_task(std::string_view id, uint64_t from_seq, uint64_t to_seq,
+              const std::filesystem::path& dir);
+
+  /// Primary only: ingests `files` (as export_task writes them, possibly
+  /// from another database) with RocksDB IngestExternalFile, in order, so a
+  /// later file's keys win over earlier ones and over what the database
+  /// held. Each file's keys must all belong to one task. Errors:
+  /// ec::checkpoint_corrupt (not an SST of this layout), ec::store_full,
+  /// ec::store_error.
+  caf::error ingest(const std::vector<sst_file>& files);
 
   /// Secondary only: reads what the primary wrote since the open or the
   /// last catch-up (RocksDB TryCatchUpWithPrimary). A no-op otherwise.
