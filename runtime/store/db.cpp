@@ -25,6 +25,8 @@
 #include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
+#include <rocksdb/sst_file_reader.h>
+#include <rocksdb/sst_file_writer.h>
 #include <rocksdb/status.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
@@ -1641,6 +1643,176 @@ caf::expected<repair_report> db::repair(const fs::path& dir) {
                         + (e1 || e2 ? "restoring it failed, the original is in "
                                     : "it is back as it was; a copy is in ")
                         + r.backup.string());
+}
+
+// -- task export and ingest (checkpoints)
+// ---------------------------------------
+
+namespace {
+
+// The family index of `name` among those a task's records use, or cf_count.
+cf_index task_family(std::string_view name) {
+  for (auto cf : {cf_tasks, cf_events, cf_output})
+    if (name == cf_names[cf])
+      return cf;
+  return cf_count;
+}
+
+// The task id a key of family `cf` belongs to, or nullopt when the key is not
+// of makima's layout.
+std::optional<std::string_view> key_task(cf_index cf, std::string_view key) {
+  if (cf == cf_tasks)
+    return valid_id(key) ? std::optional<std::string_view>{key} : std::nullopt;
+  if (key.size() < 10 || key[key.size() - 9] != '\0')
+    return std::nullopt;
+  auto id = key.substr(0, key.size() - 9);
+  if (!valid_id(id))
+    return std::nullopt;
+  return id;
+}
+
+} // namespace
+
+caf::expected<std::vector<sst_file>> db::export_task(std::string_view id,
+                                                     uint64_t from_seq,
+                                                     uint64_t to_seq,
+                                                     const fs::path& dir) {
+  auto& d = *impl_;
+  if (!valid_id(id))
+    return bad_id(id);
+  std::error_code fec;
+  fs::create_directories(dir, fec);
+  if (fec)
+    return make_error(ec::io_error,
+                      "cannot create " + dir.string() + ": " + fec.message());
+  std::vector<sst_file> out;
+  for (auto cf : {cf_tasks, cf_events, cf_output}) {
+    if (!d.cfs[cf])
+      continue;
+    auto path = dir / (std::string{cf_names[cf]} + ".sst");
+    fs::remove(path, fec);
+    rocksdb::Options o{rocksdb::DBOptions{}, cf_options(cf_names[cf])};
+    rocksdb::SstFileWriter writer{rocksdb::EnvOptions{}, o};
+    bool opened = false;
+    uint64_t entries = 0;
+    caf::error failed;
+    auto add = [&](const rocksdb::Slice& k, const rocksdb::Slice& v) {
+      if (!opened) {
+        auto s = writer.Open(path.string());
+        if (!s.ok()) {
+          failed = map_status(s, "write an export file of", d.dir);
+          return false;
+        }
+        opened = true;
+      }
+      auto s = writer.Put(k, v);
+      if (!s.ok()) {
+        failed = map_status(s, "write an export file of", d.dir);
+        return false;
+      }
+      ++entries;
+      return true;
+    };
+    if (cf == cf_tasks) {
+      std::string value;
+      auto s = d.rdb->Get(rocksdb::ReadOptions{}, d.cfs[cf],
+                          rocksdb::Slice{id.data(), id.size()}, &value);
+      if (s.ok())
+        add(rocksdb::Slice{id.data(), id.size()}, value);
+      else if (!s.IsNotFound())
+        return d.read_error(s);
+    } else {
+      uint64_t from = cf == cf_output ? from_seq : 0;
+      uint64_t to =
+          cf == cf_output ? to_seq : std::numeric_limits<uint64_t>::max();
+      auto err = d.scan(cf, id, from, [&](uint64_t n, const rocksdb::Slice& v) {
+        if (n >= to)
+          return false;
+        return add(rocksdb::Slice{seq_key(id, n)}, v);
+      });
+      if (err)
+        return err;
+    }
+    if (failed) {
+      fs::remove(path, fec);
+      return failed;
+    }
+    if (entries == 0)
+      continue;
+    auto s = writer.Finish();
+    if (!s.ok()) {
+      fs::remove(path, fec);
+      return map_status(s, "finish an export file of", d.dir);
+    }
+    out.push_back({cf_names[cf], path, entries});
+  }
+  return out;
+}
+
+caf::error db::ingest(const std::vector<sst_file>& files) {
+  auto& d = *impl_;
+  if (d.secondary())
+    return make_error(ec::store_error, "the database in " + d.dir.string()
+                                           + " is open read-only");
+  // Check every file before the first is ingested: a damaged or foreign
+  // file refuses the whole set.
+  std::vector<cf_index> families;
+  for (auto& f : files) {
+    auto cf = task_family(f.family);
+    if (cf == cf_count || !d.cfs[cf])
+      return make_error(ec::checkpoint_corrupt,
+                        "records file " + f.path.filename().string()
+                            + " names an unknown column family '" + f.family
+                            + "'");
+    rocksdb::Options o{rocksdb::DBOptions{}, cf_options(cf_names[cf])};
+    rocksdb::SstFileReader reader{o};
+    auto s = reader.Open(f.path.string());
+    if (s.ok())
+      s = reader.VerifyChecksum();
+    if (!s.ok())
+      return make_error(ec::checkpoint_corrupt,
+                        "records file " + f.path.filename().string()
+                            + " is not a readable table file: " + s.ToString());
+    std::unique_ptr<rocksdb::Iterator> it{
+        reader.NewIterator(rocksdb::ReadOptions{})};
+    std::optional<std::string> task;
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      auto k = it->key();
+      auto id = key_task(cf, std::string_view{k.data(), k.size()});
+      if (!id || (task && *task != *id))
+        return make_error(ec::checkpoint_corrupt,
+                          "records file " + f.path.filename().string()
+                              + " holds a key that is not of "
+                              + (task ? "task " + *task : "one task"));
+      if (!task)
+        task = std::string{*id};
+      if (cf == cf_output && it->value().empty())
+        return make_error(ec::checkpoint_corrupt,
+                          "records file " + f.path.filename().string()
+                              + " holds an empty output record");
+    }
+    if (!it->status().ok())
+      return make_error(ec::checkpoint_corrupt,
+                        "records file " + f.path.filename().string()
+                            + " cannot be read: " + it->status().ToString());
+    families.push_back(cf);
+  }
+  for (size_t i = 0; i < files.size(); ++i) {
+    rocksdb::IngestExternalFileOptions io;
+    io.move_files = false; // the caller's staging files stay its own
+    io.allow_global_seqno = true;
+    io.allow_blocking_flush = true;
+    auto s = d.rdb->IngestExternalFile(d.cfs[families[i]],
+                                       {files[i].path.string()}, io);
+    if (!s.ok()) {
+      if (s.IsCorruption())
+        return make_error(ec::checkpoint_corrupt,
+                          "records file " + files[i].path.filename().string()
+                              + " cannot be ingested: " + s.ToString());
+      return map_status(s, "ingest records into", d.dir);
+    }
+  }
+  return caf::none;
 }
 
 } // namespace makima::store
