@@ -199,6 +199,59 @@ const std::vector<key_def>& defs() {
         [](config& c, const std::string& v, const std::string& o) {
           return parse_bool("store.sync", o, v, c.sync);
         });
+    add("checkpoint.store", {"MAKIMA_STORE"},
+        "object store of checkpoints: file:///abs/path or s3://BUCKET[/PREFIX]",
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
+          if (!v.empty() && v.rfind("file:///", 0) != 0
+              && v.rfind("s3://", 0) != 0)
+            return bad("checkpoint.store", o, log::redact(v),
+                       "must start with file:/// or s3://");
+          c.store_url = v;
+          return caf::none;
+        });
+    add("checkpoint.s3_endpoint", {"MAKIMA_S3_ENDPOINT"},
+        "S3 endpoint URL (R2: https://ACCOUNT.r2.cloudflarestorage.com)",
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
+          if (!v.empty() && v.rfind("http://", 0) != 0
+              && v.rfind("https://", 0) != 0)
+            return bad("checkpoint.s3_endpoint", o, log::redact(v),
+                       "must start with http:// or https://");
+          c.s3_endpoint = v;
+          return caf::none;
+        });
+    add("checkpoint.s3_region", {"MAKIMA_S3_REGION"},
+        "SigV4 region (auto for R2)",
+        string_setter(&config::s3_region, "checkpoint.s3_region", false));
+    add("checkpoint.s3_access_key_id", {"AWS_ACCESS_KEY_ID"},
+        "S3 access key id (never logged)",
+        [](config& c, const std::string& v, const std::string&) {
+          c.s3_access_key_id = v;
+          return caf::error{};
+        });
+    add("checkpoint.s3_secret_access_key", {"AWS_SECRET_ACCESS_KEY"},
+        "S3 secret access key (never logged)",
+        [](config& c, const std::string& v, const std::string&) {
+          c.s3_secret_access_key = v;
+          return caf::error{};
+        });
+    add("checkpoint.s3_session_token", {"AWS_SESSION_TOKEN"},
+        "S3 session token (never logged)",
+        [](config& c, const std::string& v, const std::string&) {
+          c.s3_session_token = v;
+          return caf::error{};
+        });
+    add("checkpoint.key", {"MAKIMA_CHECKPOINT_KEY"},
+        "HMAC key of checkpoint manifests (never logged)",
+        [](config& c, const std::string& v, const std::string&) {
+          c.checkpoint_key = v;
+          return caf::error{};
+        });
+    add("checkpoint.interval", {"MAKIMA_CHECKPOINT_INTERVAL"},
+        "seconds between checkpoints of a running task, 0 = off",
+        seconds_setter(&config::checkpoint_interval, "checkpoint.interval",
+                       true, max_timeout_seconds));
     add("log.level", {"MAKIMA_LOG_LEVEL"}, "trace|debug|info|warn|error|off",
         [](config& c, const std::string& v,
            const std::string& o) -> caf::error {
@@ -522,7 +575,10 @@ load_config(const std::optional<std::filesystem::path>& file,
 
 bool is_secret_key(const std::string& key) {
   return key == "server.api_key" || key == "server.user_keys"
-         || key == "server.daemon_keys";
+         || key == "server.daemon_keys" || key == "checkpoint.key"
+         || key == "checkpoint.s3_access_key_id"
+         || key == "checkpoint.s3_secret_access_key"
+         || key == "checkpoint.s3_session_token";
 }
 
 std::vector<std::pair<std::string, std::string>>
@@ -553,6 +609,14 @@ config_values(const config& c) {
       {"git.author_name", c.author_name},
       {"git.author_email", c.author_email},
       {"task.remove_worktree_on_push", c.remove_worktree_on_push ? "true" : "false"},
+      {"checkpoint.store", c.store_url},
+      {"checkpoint.s3_endpoint", c.s3_endpoint},
+      {"checkpoint.s3_region", c.s3_region},
+      {"checkpoint.s3_access_key_id", c.s3_access_key_id},
+      {"checkpoint.s3_secret_access_key", c.s3_secret_access_key},
+      {"checkpoint.s3_session_token", c.s3_session_token},
+      {"checkpoint.key", c.checkpoint_key},
+      {"checkpoint.interval", num(c.checkpoint_interval)},
       {"store.sync", c.sync ? "true" : "false"},
       {"log.level", c.log_level},
       {"log.format", c.log_format},
@@ -602,6 +666,8 @@ void finalize(config& cfg, const env_map& env) {
   derive(cfg.repos_dir, "repos");
   derive(cfg.worktrees_dir, "worktrees");
   derive(cfg.state_dir, "state");
+  if (cfg.store_url.empty())
+    cfg.store_url = "file://" + (cfg.data_dir / "store").string();
 }
 
 } // namespace makima

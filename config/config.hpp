@@ -55,6 +55,29 @@ struct config {
   /// fsync the WAL on every write (`store.sync`).
   bool sync = false;
 
+  // [checkpoint]
+  /// Object store of checkpoints (`checkpoint.store`, MAKIMA_STORE):
+  /// file:///abs/path or s3://BUCKET[/PREFIX]; default file://DATA/store.
+  std::string store_url;
+  /// s3:// endpoint (`checkpoint.s3_endpoint`, MAKIMA_S3_ENDPOINT).
+  std::string s3_endpoint;
+  /// SigV4 region (`checkpoint.s3_region`, MAKIMA_S3_REGION).
+  std::string s3_region = "auto";
+  /// S3 credentials (`checkpoint.s3_access_key_id` / AWS_ACCESS_KEY_ID,
+  /// `checkpoint.s3_secret_access_key` / AWS_SECRET_ACCESS_KEY,
+  /// `checkpoint.s3_session_token` / AWS_SESSION_TOKEN); never logged,
+  /// never passed to a task.
+  std::string s3_access_key_id;
+  std::string s3_secret_access_key;
+  std::string s3_session_token;
+  /// HMAC key of manifests (`checkpoint.key`, MAKIMA_CHECKPOINT_KEY);
+  /// empty: unsigned, and signatures are not checked.
+  std::string checkpoint_key;
+  /// Seconds between checkpoints of a running task, 0 = off
+  /// (`checkpoint.interval`, MAKIMA_CHECKPOINT_INTERVAL; flag
+  /// --checkpoint-interval).
+  double checkpoint_interval = 0;
+
   // [log]
   /// Empty: the command's default (`info` for `server`, `daemon` and
   /// `local`, `warn` for every other command).

@@ -251,6 +251,32 @@ std::string format_span(int64_t ms, bool coarse);
 /// seconds) into milliseconds; nullopt when malformed.
 std::optional<int64_t> parse_span(const std::string& text);
 
+/// "512 B", "3.4 KiB", "1.2 MiB", "2.0 GiB" (task_cmd.cpp).
+std::string format_bytes(uint64_t n);
+
+/// --store, --s3-endpoint and --s3-region of the commands that use the
+/// checkpoint store (each also from the environment and the config file:
+/// MAKIMA_STORE / checkpoint.store, MAKIMA_S3_ENDPOINT /
+/// checkpoint.s3_endpoint, MAKIMA_S3_REGION / checkpoint.s3_region).
+struct store_flags {
+  std::string url;
+  std::string s3_endpoint;
+  std::string s3_region;
+};
+
+/// Adds --store, --s3-endpoint and --s3-region to `cmd`.
+void add_store_flags(CLI::App* cmd, store_flags& f);
+
+/// Applies the given store flags to `cfg` (for resolve_config's
+/// apply_flags); leaves with exit_usage on a bad value.
+void apply_store_flags(config& cfg, const store_flags& f);
+
+/// `makima task checkpoint|restore` and `makima checkpoint …`
+/// (checkpoint_cmd.cpp); `task` is the `task` subcommand, `app` the top
+/// level.
+void add_checkpoint_commands(CLI::App& task, CLI::App& app,
+                             command_table& out);
+
 /// `makima task rm|prune` and `makima gc` (task_cmd.cpp); `task` is the
 /// `task` subcommand, `app` the top level.
 void add_task_commands(CLI::App& task, CLI::App& app, command_table& out);

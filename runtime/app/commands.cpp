@@ -708,6 +708,7 @@ int run_cli(int argc, char** argv) {
   trailing_table trailing{{run, &run_opts.task.command}};
   add_client_commands(*task, network, trailing);
   add_task_commands(*task, app, network);
+  add_checkpoint_commands(*task, app, network);
   add_server_commands(app, network);
   add_daemon_command(app, network);
   add_db_commands(app, network);

@@ -26,6 +26,23 @@ namespace makima::app {
 
 namespace fs = std::filesystem;
 
+// "512 B", "3.4 KiB", "1.2 MiB", "2.0 GiB".
+std::string format_bytes(uint64_t n) {
+  char buf[32];
+  if (n < 1024)
+    std::snprintf(buf, sizeof buf, "%llu B",
+                  static_cast<unsigned long long>(n));
+  else if (n < (uint64_t{1} << 20))
+    std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(n) / 1024);
+  else if (n < (uint64_t{1} << 30))
+    std::snprintf(buf, sizeof buf, "%.1f MiB",
+                  static_cast<double>(n) / (1024.0 * 1024));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f GiB",
+                  static_cast<double>(n) / (1024.0 * 1024 * 1024));
+  return buf;
+}
+
 namespace {
 
 /// Bytes of the regular files under `p` (symlinks not followed).
@@ -52,22 +69,6 @@ uint64_t dir_bytes(const fs::path& p) {
   return n;
 }
 
-/// "512 B", "3.4 KiB", "1.2 MiB", "2.0 GiB".
-std::string format_bytes(uint64_t n) {
-  char buf[32];
-  if (n < 1024)
-    std::snprintf(buf, sizeof buf, "%llu B",
-                  static_cast<unsigned long long>(n));
-  else if (n < (uint64_t{1} << 20))
-    std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(n) / 1024);
-  else if (n < (uint64_t{1} << 30))
-    std::snprintf(buf, sizeof buf, "%.1f MiB",
-                  static_cast<double>(n) / (1024.0 * 1024));
-  else
-    std::snprintf(buf, sizeof buf, "%.1f GiB",
-                  static_cast<double>(n) / (1024.0 * 1024 * 1024));
-  return buf;
-}
 
 /// Whether `p` lies inside `root` (lexically, after normalization).
 bool inside(const fs::path& p, const fs::path& root) {
