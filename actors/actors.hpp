@@ -10,6 +10,8 @@
 //    │                                                   commit, push │
 //    │                          PERSISTENCE (RocksDB) ◀─ create, put, ┤
 //    │                                                   output       │
+//    │                          CHECKPOINTER (detached) ◀ checkpoint ┤
+//    │                            (object store; optional)            │
 //    └──────── output / state / result (each already persisted) ──────┘
 //
 // The TASK actor writes every fact to PERSISTENCE first and reports it to
@@ -147,6 +149,17 @@ using repo_actor = caf::typed_actor<
     caf::replies_to<remove_atom, std::string /*task id*/,
                     std::string /*branch*/>::with<ok_atom>>;
 
+/// The CHECKPOINTER actor takes checkpoints of running tasks
+/// (actors/checkpoint.hpp, docs/checkpoint-format.md): one at a time, into
+/// the node's object store. Detached (git, RocksDB reads, disk, network
+/// block). Spawned by the CLI when checkpoints are on; receives from TASK.
+using checkpointer_actor = caf::typed_actor<
+    // Checkpoints task `id` now; while its worktree and state dir are
+    // captured, process group `pgid` (0: none) is stopped (SIGSTOP, then
+    // SIGCONT). A failure leaves the task untouched (the next tick retries).
+    caf::replies_to<checkpoint_atom, std::string /*task id*/,
+                    int32_t /*pgid*/>::with<checkpoint_report>>;
+
 /// The TASK actor runs one attempt of one task: a state machine
 /// (preparing → running → publishing → succeeded | failed | cancelled |
 /// timed_out) that owns the child's process group. Spawned by DAEMON; talks
@@ -167,7 +180,9 @@ using task_actor = caf::typed_actor<
     // Timer: the grace period after SIGTERM expired (signal generation).
     caf::reacts_to<kill_atom, uint32_t>,
     // From REPO: progress of this attempt's git work, passed to the LINK.
-    caf::reacts_to<progress_atom, task_progress>>;
+    caf::reacts_to<progress_atom, task_progress>,
+    // Timer: time for a periodic checkpoint (asks CHECKPOINTER).
+    caf::reacts_to<checkpoint_atom>>;
 
 /// The DAEMON supervises a node's task actors: it takes assignments from
 /// the LINK, runs at most `max_tasks` attempts at once (queueing the rest),

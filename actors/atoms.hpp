@@ -8,6 +8,7 @@ namespace makima {
 using ack_atom = caf::atom_constant<caf::atom("ack")>;
 using assign_atom = caf::atom_constant<caf::atom("assign")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
+using checkpoint_atom = caf::atom_constant<caf::atom("checkpoint")>;
 using commit_atom = caf::atom_constant<caf::atom("commit")>;
 using connect_atom = caf::atom_constant<caf::atom("connect")>;
 using create_atom = caf::atom_constant<caf::atom("create")>;

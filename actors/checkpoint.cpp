@@ -922,9 +922,9 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
   rec->worktree = wt_dir.string();
   rec->state_dir = state_dir.string();
   rec->attempt = m.attempt;
-  if (rec->state == task_state::preparing || rec->state == task_state::running
-      || rec->state == task_state::publishing)
-    rec->state = task_state::interrupted;
+  // Whatever it was (running when the node died, or finished), the task
+  // is now interrupted: `task resume` runs its next attempt here.
+  rec->state = task_state::interrupted;
   rec->updated_at = now_ms();
   if (!m.origin.empty()) {
     rec->branch = m.branch;

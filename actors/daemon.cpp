@@ -40,7 +40,10 @@ void start(daemon_ptr self, task_record rec) {
                    st.ctx.workspace.worktrees_dir,
                    st.ctx.workspace.state_dir,
                    st.ctx.workspace.base_env,
-                   st.ctx.workspace.remove_worktree_on_push};
+                   st.ctx.workspace.remove_worktree_on_push,
+                   st.ctx.checkpointer,
+                   std::chrono::milliseconds{static_cast<int64_t>(
+                       st.ctx.workspace.checkpoint_interval * 1000)}};
   auto id = rec.spec.id;
   auto handle =
       self->spawn<caf::monitored>(task, std::move(rec), std::move(ctx));

@@ -33,6 +33,9 @@ struct node_workspace {
   /// Remove a task's worktree (not its branch) once it succeeded and was
   /// pushed (task.remove_worktree_on_push).
   bool remove_worktree_on_push = false;
+  /// Seconds between checkpoints of a running task; 0: none
+  /// (checkpoint.interval; needs daemon_context::checkpointer).
+  double checkpoint_interval = 0;
 };
 
 /// What a node is made of, handed to DAEMON at spawn: its peers and its
@@ -42,6 +45,8 @@ struct daemon_context {
   link_actor link;
   std::shared_ptr<process::reactor> reactor;
   node_workspace workspace;
+  /// Takes the periodic checkpoints; null when they are off.
+  checkpointer_actor checkpointer = {};
 };
 
 /// State of the DAEMON actor. Receives `assign`/`cancel` from the LINK (or

@@ -54,7 +54,7 @@ local_node::start(caf::actor_system& sys, local_settings s,
       s.progress);
   node->reactor_ = std::make_shared<process::reactor>();
   daemon_context ctx{persist, node->link_, node->reactor_,
-                     std::move(s.workspace)};
+                     std::move(s.workspace), s.checkpointer};
   node->daemon_ = spawn_daemon(sys, std::move(ctx));
   return node;
 }

@@ -35,6 +35,8 @@ struct local_settings {
   int err_fd = 2;
   /// What the LINK shows of the attempt's phases on `err_fd`.
   progress_mode progress = progress_mode::quiet;
+  /// Takes periodic checkpoints (workspace.checkpoint_interval); null: off.
+  checkpointer_actor checkpointer = {};
 };
 
 /// A running local node. Destroying it stops it (like `stop()`).

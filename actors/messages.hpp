@@ -247,6 +247,25 @@ typename Inspector::result_type inspect(Inspector& f, prepare_request& x) {
            x.dir);
 }
 
+/// What the CHECKPOINTER actor did for one checkpoint of a running task
+/// (actors/checkpoint.hpp has the whole story; this is what the TASK logs).
+struct checkpoint_report {
+  /// `<task>/<n>`.
+  std::string ref;
+  /// Blobs and bytes uploaded (manifest included).
+  uint64_t blobs = 0;
+  uint64_t bytes = 0;
+  /// How long the task's processes were stopped, and the whole checkpoint.
+  int64_t pause_ms = 0;
+  int64_t total_ms = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, checkpoint_report& x) {
+  return f(caf::meta::type_name("makima::checkpoint_report"), x.ref, x.blobs,
+           x.bytes, x.pause_ms, x.total_ms);
+}
+
 /// Progress of one phase of an attempt's git work: REPO → TASK → LINK
 /// (`makima run` renders it on the terminal; a CONNECTION ignores it: it is
 /// not part of the wire protocol). `phase` is cloning, fetching,

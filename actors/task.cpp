@@ -301,6 +301,45 @@ void finish(task_ptr self, task_state final_state) {
             });
 }
 
+// Asks for the next periodic checkpoint one interval from now (when on).
+void schedule_checkpoint(task_ptr self) {
+  auto& st = self->state;
+  if (st.ctx.checkpointer && st.ctx.checkpoint_interval.count() > 0)
+    self->delayed_send(self, st.ctx.checkpoint_interval,
+                       checkpoint_atom::value);
+}
+
+// A periodic checkpoint while the child runs. A failed one is logged and
+// the task goes on; the next tick tries again.
+void take_checkpoint(task_ptr self) {
+  auto& st = self->state;
+  if (st.finishing || st.exited || !st.child
+      || st.rec.state != task_state::running)
+    return;
+  if (st.checkpointing) {
+    schedule_checkpoint(self);
+    return;
+  }
+  st.checkpointing = true;
+  self->request(st.ctx.checkpointer, caf::infinite, checkpoint_atom::value,
+                st.rec.spec.id, static_cast<int32_t>(st.child->pgid))
+      .then(
+          [self](const checkpoint_report& r) {
+            self->state.checkpointing = false;
+            log::debug(component(self),
+                       "checkpoint " + r.ref + ": paused "
+                           + std::to_string(r.pause_ms) + " ms, "
+                           + std::to_string(r.bytes) + " bytes uploaded");
+            schedule_checkpoint(self);
+          },
+          [self](caf::error& err) {
+            self->state.checkpointing = false;
+            log::warn(component(self),
+                      "checkpoint failed, the task goes on: " + describe(err));
+            schedule_checkpoint(self);
+          });
+}
+
 // Starts the child in the prepared directory.
 void launch(task_ptr self) {
   auto& st = self->state;
@@ -335,7 +374,7 @@ void launch(task_ptr self) {
   st.child = *child;
   st.rec.state = task_state::running;
   st.rec.started_at = now_ms();
-  persist_state(self, [] {});
+  persist_state(self, [self] { schedule_checkpoint(self); });
 }
 
 // Prepares the worktree (or scratch dir), then launches.
@@ -497,6 +536,7 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
       [self](progress_atom, task_progress& p) {
         self->send(self->state.ctx.link, progress_atom::value, std::move(p));
       },
+      [self](checkpoint_atom) { take_checkpoint(self); },
   };
 }
 

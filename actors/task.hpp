@@ -1,6 +1,8 @@
 // The TASK actor: one attempt of one task.
 #pragma once
 
+#include <chrono>
+
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -31,6 +33,10 @@ struct task_context {
   std::vector<std::string> base_env;
   /// Remove the worktree (REPO, branch kept) after a successful push.
   bool remove_worktree_on_push = false;
+  /// Takes periodic checkpoints while the child runs, every
+  /// `checkpoint_interval`; null or 0: none.
+  checkpointer_actor checkpointer;
+  std::chrono::milliseconds checkpoint_interval{0};
 };
 
 /// State of the TASK actor (`task_state` is the enum of a task's states).
@@ -59,6 +65,8 @@ struct task_actor_state {
   /// Increments with every SIGTERM sent; a kill timer carries it.
   uint32_t term_generation = 0;
   bool finishing = false;
+  /// A checkpoint request is in flight (ticks meanwhile are skipped).
+  bool checkpointing = false;
   static inline const char* name = "task";
 };
 

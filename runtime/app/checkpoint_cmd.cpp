@@ -50,10 +50,7 @@ void apply_store_flags(config& cfg, const store_flags& f) {
   set("checkpoint.s3_region", f.s3_region, "--s3-region");
 }
 
-namespace {
-
-/// The checkpoint store of `cfg`; leaves on a bad URL.
-std::unique_ptr<store::object_store> open_store(const config& cfg) {
+std::unique_ptr<store::object_store> open_checkpoint_store(const config& cfg) {
   store::object_store_options o;
   o.url = cfg.store_url;
   o.s3_endpoint = cfg.s3_endpoint;
@@ -67,8 +64,7 @@ std::unique_ptr<store::object_store> open_store(const config& cfg) {
   return std::move(*os);
 }
 
-/// How this data dir makes and restores checkpoints.
-checkpoint::settings settings_for(const config& cfg) {
+checkpoint::settings checkpoint_settings(const config& cfg) {
   checkpoint::settings s;
   s.repos_dir = cfg.repos_dir;
   s.worktrees_dir = cfg.worktrees_dir;
@@ -79,6 +75,16 @@ checkpoint::settings settings_for(const config& cfg) {
   if (gethostname(host, sizeof host - 1) == 0)
     s.node = host;
   return s;
+}
+
+namespace {
+
+std::unique_ptr<store::object_store> open_store(const config& cfg) {
+  return open_checkpoint_store(cfg);
+}
+
+checkpoint::settings settings_for(const config& cfg) {
+  return checkpoint_settings(cfg);
 }
 
 /// Leaves with the error of a checkpoint operation: the user's mistakes

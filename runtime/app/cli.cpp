@@ -94,6 +94,7 @@ node_workspace node_workspace_for(const config& cfg) {
   w.max_tasks = cfg.max_tasks;
   w.base_env = task_base_env(cfg);
   w.remove_worktree_on_push = cfg.remove_worktree_on_push;
+  w.checkpoint_interval = cfg.checkpoint_interval;
   return w;
 }
 

@@ -28,7 +28,12 @@ class Option;
 
 namespace makima::store {
 class db;
+class object_store;
 } // namespace makima::store
+
+namespace makima::checkpoint {
+struct settings;
+} // namespace makima::checkpoint
 
 namespace makima {
 enum class task_state : uint8_t;
@@ -270,6 +275,14 @@ void add_store_flags(CLI::App* cmd, store_flags& f);
 /// Applies the given store flags to `cfg` (for resolve_config's
 /// apply_flags); leaves with exit_usage on a bad value.
 void apply_store_flags(config& cfg, const store_flags& f);
+
+/// The checkpoint store of `cfg` (checkpoint.store and the S3 keys);
+/// leaves with a clear message on a bad URL or missing credentials.
+std::unique_ptr<store::object_store> open_checkpoint_store(const config& cfg);
+
+/// How the data dir of `cfg` makes and restores checkpoints (paths, key,
+/// node name: the host name).
+checkpoint::settings checkpoint_settings(const config& cfg);
 
 /// `makima task checkpoint|restore` and `makima checkpoint …`
 /// (checkpoint_cmd.cpp); `task` is the `task` subcommand, `app` the top

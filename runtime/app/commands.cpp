@@ -27,6 +27,8 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/actors.hpp"
+#include "actors/checkpoint.hpp"
+#include "actors/checkpointer.hpp"
 #include "actors/json_codec.hpp"
 #include "actors/local_node.hpp"
 #include "actors/persistence.hpp"
@@ -41,6 +43,7 @@
 #include "runtime/process/reactor.hpp"
 #include "runtime/process/signals.hpp"
 #include "runtime/store/db.hpp"
+#include "runtime/store/object_store.hpp"
 
 #ifndef MAKIMA_VERSION
 #define MAKIMA_VERSION "0.0.0"
@@ -95,10 +98,20 @@ task_record get_record(caf::scoped_actor& self,
 /// returns its final record. Output streams to the terminal as it is
 /// persisted; stop signals cancel the task (the node's policy).
 task_record run_attempt(caf::actor_system& sys, const config& cfg,
-                        const persistence_actor& persist, task_record rec,
+                        const persistence_actor& persist,
+                        const std::shared_ptr<store::db>& db, task_record rec,
                         bool quiet) {
   local_settings s;
   s.workspace = node_workspace_for(cfg);
+  if (cfg.checkpoint_interval > 0) {
+    // Opened before the secrets leave the environment (they are in cfg).
+    std::shared_ptr<store::object_store> os = open_checkpoint_store(cfg);
+    s.checkpointer =
+        spawn_checkpointer(sys, db, std::move(os), checkpoint_settings(cfg));
+    if (!quiet)
+      std::fprintf(stderr, "makima: checkpoints every %g s to %s\n",
+                   cfg.checkpoint_interval, cfg.store_url.c_str());
+  }
   s.out_fd = STDOUT_FILENO;
   s.err_fd = STDERR_FILENO;
   s.progress = quiet                   ? progress_mode::quiet
@@ -112,6 +125,8 @@ task_record run_attempt(caf::actor_system& sys, const config& cfg,
     fail(status_for(node.error()), describe(node.error()));
   auto final_record = (*node)->run(std::move(rec));
   (*node)->stop();
+  if (s.checkpointer)
+    caf::anon_send_exit(s.checkpointer, caf::exit_reason::user_shutdown);
   return final_record;
 }
 
@@ -148,8 +163,8 @@ void report_outcome(const task_record& rec, double seconds, bool quiet) {
 int run_to_completion(store_session& node, const config& cfg, task_record rec,
                       bool quiet) {
   auto start = std::chrono::steady_clock::now();
-  auto final_record =
-      run_attempt(node.sys, cfg, node.persist, std::move(rec), quiet);
+  auto final_record = run_attempt(node.sys, cfg, node.persist, node.db->db,
+                                  std::move(rec), quiet);
   report_outcome(
       final_record,
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
@@ -165,7 +180,32 @@ struct run_options {
   task_flags task;
   std::vector<std::string> pass_env;
   bool quiet = false;
+  store_flags store;
+  /// Seconds; -1 = not given.
+  double checkpoint_interval = -1;
 };
+
+/// Adds --store, --s3-endpoint, --s3-region and --checkpoint-interval to
+/// `cmd` (run, task resume).
+void add_checkpoint_flags(CLI::App* cmd, store_flags& store,
+                          double& interval) {
+  add_store_flags(cmd, store);
+  check_number(cmd->add_option("--checkpoint-interval", interval,
+                               "seconds between checkpoints while the task "
+                               "runs (0 = off, the default; "
+                               "checkpoint.interval)"),
+               number_kind::seconds, 0, max_timeout_seconds);
+}
+
+/// Applies the flags of add_checkpoint_flags to `cfg`.
+void apply_checkpoint_flags(config& c, const store_flags& store,
+                            double interval) {
+  apply_store_flags(c, store);
+  if (interval >= 0) {
+    c.checkpoint_interval = interval;
+    c.origins["checkpoint.interval"] = "--checkpoint-interval";
+  }
+}
 
 int cmd_run(run_options& o) {
   auto& t = o.task;
@@ -183,6 +223,7 @@ int cmd_run(run_options& o) {
     if (t.grace >= 0)
       c.grace = t.grace;
     apply_pass_env(c, o.pass_env);
+    apply_checkpoint_flags(c, o.store, o.checkpoint_interval);
   });
   check_task_flags(t);
   task_record rec;
@@ -213,8 +254,10 @@ int cmd_run(run_options& o) {
 }
 
 int cmd_resume(const common_options& common, const std::string& id,
-               bool quiet) {
-  auto cfg = resolve_config(common);
+               bool quiet, const store_flags& store, double interval) {
+  auto cfg = resolve_config(common, [&](config& c) {
+    apply_checkpoint_flags(c, store, interval);
+  });
   store_session node{open_primary(cfg)};
   caf::scoped_actor self{node.sys};
   recover(self, node.persist);
@@ -646,6 +689,7 @@ int run_cli(int argc, char** argv) {
   add_pass_env_flag(run, run_opts.pass_env);
   run->add_flag("--quiet", run_opts.quiet,
                 "no phase lines or summary on stderr (errors still print)");
+  add_checkpoint_flags(run, run_opts.store, run_opts.checkpoint_interval);
 
   run->footer(
       "Usage: makima run [OPTIONS] [--] COMMAND [ARGS...]\n\n"
@@ -703,6 +747,9 @@ int run_cli(int argc, char** argv) {
   bool resume_quiet = false;
   resume->add_flag("--quiet", resume_quiet,
                    "no phase lines or summary on stderr (errors still print)");
+  store_flags resume_store;
+  double resume_interval = -1;
+  add_checkpoint_flags(resume, resume_store, resume_interval);
 
   command_table network;
   trailing_table trailing{{run, &run_opts.task.command}};
@@ -789,7 +836,8 @@ int run_cli(int argc, char** argv) {
       return cmd_logs(logs_opts, logs_id);
     }
     if (*resume)
-      return cmd_resume(resume_opts, resume_id, resume_quiet);
+      return cmd_resume(resume_opts, resume_id, resume_quiet, resume_store,
+                        resume_interval);
     for (auto& [cmd, fn] : network)
       if (*cmd)
         return fn();

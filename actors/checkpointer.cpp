@@ -1,0 +1,80 @@
+// The CHECKPOINTER actor: one checkpoint at a time, on its own thread.
+#include "actors/checkpointer.hpp"
+
+#include <signal.h>
+
+#include <caf/actor_system.hpp>
+#include <caf/stateful_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include "actors/messages.hpp"
+#include "runtime/error.hpp"
+#include "runtime/log.hpp"
+#include "runtime/store/db.hpp"
+#include "runtime/store/object_store.hpp"
+
+namespace makima {
+
+checkpointer_actor::behavior_type
+checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
+             std::shared_ptr<store::db> db,
+             std::shared_ptr<store::object_store> store,
+             checkpoint::settings settings) {
+  auto& st = self->state;
+  st.db = std::move(db);
+  st.store = std::move(store);
+  st.settings = std::move(settings);
+  return {
+      [self](checkpoint_atom, const std::string& id,
+             int32_t pgid) -> caf::result<checkpoint_report> {
+        auto& st = self->state;
+        auto text = st.db->get_task(id);
+        if (!text)
+          return text.error();
+        if (!*text)
+          return make_error(ec::task_not_found, "no task " + id);
+        auto rec = record_from_json(**text);
+        if (!rec)
+          return make_error(ec::store_corrupt,
+                            "the record of task " + id + " is malformed");
+        checkpoint::pause_hooks pause;
+        if (pgid > 0) {
+          // The child leads its group; the reactor watches it by pidfd, so
+          // a stop is not an exit. Resumed on every path (take's contract).
+          pause.stop = [pgid] { ::kill(-pgid, SIGSTOP); };
+          pause.resume = [pgid] { ::kill(-pgid, SIGCONT); };
+        }
+        auto t = checkpoint::take(*st.db, *rec, *st.store, st.settings, pause);
+        if (!t) {
+          log::warn("checkpointer", "task " + id + ": checkpoint failed ("
+                                        + describe(t.error())
+                                        + "); the task goes on");
+          return t.error();
+        }
+        checkpoint_report r;
+        r.ref = id + "/" + std::to_string(t->m.n);
+        r.blobs = t->blobs_uploaded;
+        r.bytes = t->bytes_uploaded;
+        r.pause_ms = t->pause_ms;
+        r.total_ms = t->total_ms;
+        log::info("checkpointer",
+                  "task " + id + ": checkpoint " + r.ref + " in "
+                      + st.store->describe() + ": "
+                      + std::to_string(r.blobs) + " blobs, "
+                      + std::to_string(r.bytes) + " bytes uploaded, paused "
+                      + std::to_string(r.pause_ms) + " ms, "
+                      + std::to_string(r.total_ms) + " ms in all");
+        return r;
+      },
+  };
+}
+
+checkpointer_actor spawn_checkpointer(caf::actor_system& sys,
+                                      std::shared_ptr<store::db> db,
+                                      std::shared_ptr<store::object_store> store,
+                                      checkpoint::settings settings) {
+  return sys.spawn<caf::detached>(checkpointer, std::move(db),
+                                  std::move(store), std::move(settings));
+}
+
+} // namespace makima
