@@ -50,7 +50,8 @@ struct object_store_options {
   /// Time to establish a connection.
   std::chrono::milliseconds connect_timeout{5000};
   /// A transfer fails when it moves fewer than 1 KiB/s for this long (curl's
-  /// low-speed limit): slow is fine, stalled is not.
+  /// low-speed limit, in whole seconds, at least 1 s): slow is fine, stalled
+  /// is not.
   std::chrono::milliseconds stall_timeout{30000};
   /// Attempts per request (1 = no retry) on connect errors, timeouts, 5xx
   /// and 429; waits grow exponentially from `retry_base` with full jitter,

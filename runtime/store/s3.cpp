@@ -757,8 +757,22 @@ private:
     complete.headers = {"Content-Type: application/xml"};
     complete.payload_hash = sha256_hex(xml);
     response rs;
-    if (auto err = execute(complete, rs, &xml))
+    if (auto err = execute(complete, rs, &xml)) {
+      // A retried Complete whose first try succeeded (the answer was lost)
+      // finds no upload any more: the object is there.
+      if (code_of(err) == ec::object_not_found) {
+        request check;
+        check.op = "put_file (check the completed upload)";
+        check.key = key;
+        check.method = "HEAD";
+        check.path = object_path(key);
+        response hrs;
+        if (!execute(check, hrs) && hrs.content_length >= 0
+            && static_cast<uint64_t>(hrs.content_length) == size)
+          return {};
+      }
       return err;
+    }
     // S3 may answer 200 and report the failure in the body.
     if (rs.body.find("<Error>") != std::string::npos)
       return fail(ec::object_store_error, complete.op, key,
