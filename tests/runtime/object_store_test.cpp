@@ -780,3 +780,72 @@ TEST_F(ObjectStoreFaults, closed_port_is_unreachable_after_bounded_attempts) {
 }
 
 } // namespace
+
+namespace {
+
+TEST_F(ObjectStoreFaults, retried_part_reads_back_identical) {
+  auto o = options(proxy->endpoint());
+  o.multipart_threshold = 6 << 20;
+  o.part_size = 5 << 20;
+  auto s = must_open(o);
+  ASSERT_TRUE(s);
+  auto src = scratch / "twelve.bin";
+  write_noise_file(src, 12, 77);
+  // Part 2 fails once mid-connection (after the create and part 1).
+  proxy->arm(makima::test::fault_proxy::fault::http_500, 1, 0ms,
+             "partNumber=2&");
+  ASSERT_FALSE(s->put_file("twelve", src));
+  EXPECT_EQ(proxy->injected(), 1);
+  EXPECT_EQ(requests("?partNumber=2&").size(), 1u); // the retry
+  EXPECT_EQ(requests("?partNumber=").size(), 3u);
+  auto out = scratch / "twelve.out";
+  ASSERT_FALSE(s->get_file("twelve", out));
+  EXPECT_EQ(*sha256_file(out), *sha256_file(src));
+}
+
+TEST_F(ObjectStoreFaults, failed_multipart_upload_is_aborted) {
+  auto o = options(proxy->endpoint());
+  o.multipart_threshold = 6 << 20;
+  o.part_size = 5 << 20;
+  o.attempts = 2;
+  auto s = must_open(o);
+  ASSERT_TRUE(s);
+  auto src = scratch / "twelve.bin";
+  write_noise_file(src, 12, 78);
+  proxy->always(makima::test::fault_proxy::fault::http_500, "partNumber=2&");
+  auto err = s->put_file("twelve", src);
+  ASSERT_EQ(code_of(err), ec::object_store_unreachable) << describe(err);
+  EXPECT_NE(describe(err).find("upload part"), std::string::npos)
+      << describe(err);
+  EXPECT_EQ(proxy->injected(), 2);
+  EXPECT_EQ(requests("?uploads=").size(), 1u);
+  EXPECT_EQ(requests("?partNumber=").size(), 1u); // part 1 only
+  EXPECT_EQ(requests("POST /makima/failed_multipart_upload_is_aborted/"
+                     "twelve?uploadId=")
+                .size(),
+            0u); // never completed
+  // Aborted (s3rver answers 405 to AbortMultipartUpload; best effort).
+  EXPECT_EQ(requests("DELETE /makima/failed_multipart_upload_is_aborted/"
+                     "twelve?uploadId=")
+                .size(),
+            1u);
+  auto h = s->head("twelve");
+  ASSERT_TRUE(h) << describe(h.error());
+  EXPECT_FALSE(h->has_value());
+}
+
+TEST_F(ObjectStoreFaults, faults_on_a_kept_alive_connection) {
+  auto s = open(proxy->endpoint());
+  ASSERT_TRUE(s);
+  ASSERT_FALSE(s->put("k", "value"));
+  ASSERT_FALSE(s->put("k2", "value2"));
+  EXPECT_EQ(proxy->connections(), 1); // kept alive
+  proxy->arm(makima::test::fault_proxy::fault::reset, 1, 0ms, "GET ");
+  auto g = s->get("k");
+  ASSERT_TRUE(g) << describe(g.error());
+  EXPECT_EQ(*g, "value");
+  EXPECT_EQ(proxy->injected(), 1);
+  EXPECT_EQ(proxy->connections(), 2);
+}
+
+} // namespace
