@@ -95,7 +95,14 @@ namespace detail {
 caf::error check_key(std::string_view op, std::string_view key,
                      bool allow_empty) {
   auto bad = [&](const char* why) {
+    // Name the key unless it is unprintable or long.
+    std::string shown;
+    if (key.size() <= 200 && std::none_of(key.begin(), key.end(), [](char c) {
+          return static_cast<unsigned char>(c) < 0x20;
+        }))
+      shown = " '" + std::string{key} + "'";
     return make_error(ec::invalid_argument, "object store: " + std::string{op}
+                                                + shown
                                                 + ": invalid key: " + why);
   };
   if (key.empty())

@@ -237,6 +237,7 @@ struct body_sink {
   uint64_t max = UINT64_MAX;
   uint64_t got = 0;
   bool too_large = false;
+  curl_off_t announced = -1; // the Content-Length, when known
   int write_errno = 0;
 };
 
@@ -286,6 +287,7 @@ size_t on_write(char* p, size_t size, size_t n, void* ud) {
     if (sink.got == 0) {
       curl_off_t cl = -1;
       curl_easy_getinfo(c.h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+      sink.announced = cl;
       if (cl > 0 && static_cast<uint64_t>(cl) > sink.max) {
         sink.too_large = true;
         return 0;
@@ -942,8 +944,11 @@ private:
       }
       if (rq.sink != nullptr && rq.sink->too_large)
         return fail(ec::object_store_error, rq.op, rq.key,
-                    "larger than the limit of " + std::to_string(rq.sink->max)
-                        + " bytes");
+                    (rq.sink->announced >= 0
+                         ? std::to_string(rq.sink->announced) + " bytes, "
+                         : std::string{"the object is "})
+                        + "larger than the limit of "
+                        + std::to_string(rq.sink->max) + " bytes");
       if (rq.sink != nullptr && rq.sink->write_errno != 0)
         return fail(ec::object_store_error, rq.op, rq.key,
                     std::string{"write the target file: "}
@@ -956,9 +961,11 @@ private:
         return fail(ec::object_store_error, rq.op, rq.key,
                     "the answer exceeds " + std::to_string(max_answer_body)
                         + " bytes");
-      last = std::string{curl_easy_strerror(rc)};
-      if (errbuf[0] != '\0')
-        last += std::string{" ("} + errbuf + ")";
+      // curl's error buffer says more than curl_easy_strerror (the host,
+      // the port, the time), and never a credential.
+      last = errbuf[0] != '\0' ? std::string{errbuf}
+                               : std::string{curl_easy_strerror(rc)};
+      last += " (curl " + std::to_string(static_cast<int>(rc)) + ")";
       if (!retryable(rc))
         return fail(ec::object_store_error, rq.op, rq.key, last);
       if (again) {
