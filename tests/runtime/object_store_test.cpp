@@ -849,3 +849,22 @@ TEST_F(ObjectStoreFaults, faults_on_a_kept_alive_connection) {
 }
 
 } // namespace
+
+namespace {
+
+TEST_F(ObjectStoreS3, bucket_without_prefix) {
+  auto o = options();
+  o.url = "s3://makima";
+  auto s = must_open(o);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->describe(), "s3://makima");
+  ASSERT_FALSE(s->put("bucket_without_prefix/k", "v"));
+  EXPECT_EQ(server_->requests("PUT /makima/bucket_without_prefix/k").size(),
+            1u);
+  auto l = s->list("bucket_without_prefix/");
+  ASSERT_TRUE(l) << describe(l.error());
+  EXPECT_EQ(keys_of(*l), (std::vector<std::string>{"bucket_without_prefix/k"}));
+  ASSERT_FALSE(s->remove("bucket_without_prefix/k"));
+}
+
+} // namespace
