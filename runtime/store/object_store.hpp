@@ -50,7 +50,8 @@ struct object_store_options {
   /// Time to establish a connection.
   std::chrono::milliseconds connect_timeout{5000};
   /// A transfer fails when it moves fewer than 1 KiB/s for this long (curl's
-  /// low-speed limit): slow is fine, stalled is not.
+  /// low-speed limit, in whole seconds, at least 1 s): slow is fine, stalled
+  /// is not.
   std::chrono::milliseconds stall_timeout{30000};
   /// Attempts per request (1 = no retry) on connect errors, timeouts, 5xx
   /// and 429; waits grow exponentially from `retry_base` with full jitter,
@@ -63,6 +64,10 @@ struct object_store_options {
   /// Size of each part of a multipart upload (S3 needs >= 5 MiB but the
   /// last).
   uint64_t part_size = 16ull << 20;
+  /// s3:// only: keys per ListObjectsV2 page (`max-keys`, at most 1000);
+  /// `list` follows the continuation tokens over all pages. Tests make it
+  /// small to check the pagination.
+  int list_page_size = 1000;
 };
 
 /// One stored object, as head and list report it.
@@ -93,23 +98,21 @@ public:
   /// is larger than `max_size` (the limit is checked before or while
   /// reading, never after reading everything).
   virtual caf::expected<std::string> get(std::string_view key,
-                                         uint64_t max_size = 1ull << 30)
-      = 0;
+                                         uint64_t max_size = 1ull << 30) = 0;
 
   /// Writes the object to the file at `path` (created or truncated),
   /// streaming it; fails like `get` above `max_size`, leaving no file.
   virtual caf::error get_file(std::string_view key,
                               const std::filesystem::path& path,
-                              uint64_t max_size = 1ull << 34)
-      = 0;
+                              uint64_t max_size = 1ull << 34) = 0;
 
   /// The object's size and time, or nullopt when there is no such key.
-  virtual caf::expected<std::optional<object_info>> head(std::string_view key)
-      = 0;
+  virtual caf::expected<std::optional<object_info>>
+  head(std::string_view key) = 0;
 
   /// Every object whose key starts with `prefix`, sorted by key (all pages).
-  virtual caf::expected<std::vector<object_info>> list(std::string_view prefix)
-      = 0;
+  virtual caf::expected<std::vector<object_info>>
+  list(std::string_view prefix) = 0;
 
   /// Deletes `key`; deleting a missing key succeeds.
   virtual caf::error remove(std::string_view key) = 0;
