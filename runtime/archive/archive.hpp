@@ -57,6 +57,10 @@ struct blob {
   uint64_t size = 0;
   /// `staging / sha256`.
   std::filesystem::path file;
+  /// Whether `file` was written by this capture. False only for a chunk
+  /// reused from `previous_index` (its bytes are in the caller's store, not
+  /// in staging); `sha256` and `size` are still exact.
+  bool staged = true;
 };
 
 /// What `capture` produced.
@@ -65,7 +69,8 @@ struct captured {
   /// Absent when the directory holds no file under `large_file`.
   std::optional<blob> archive;
   /// Every chunk of every large file, in path and offset order, each once
-  /// (a chunk shared by two files or two offsets appears once).
+  /// (a chunk shared by two files or two offsets appears once). Chunks
+  /// reused from `previous_index` are listed too, with `staged == false`.
   std::vector<blob> chunks;
   /// Entries in the index and bytes of all files (uncompressed).
   uint64_t entries = 0;
@@ -88,8 +93,8 @@ capture(const std::filesystem::path& dir, const std::filesystem::path& staging,
 
 /// Finds the file of the chunk with digest `sha256` (already verified by
 /// the caller), or fails.
-using chunk_source
-    = std::function<caf::expected<std::filesystem::path>(const std::string&)>;
+using chunk_source =
+    std::function<caf::expected<std::filesystem::path>(const std::string&)>;
 
 /// Recreates the captured directory at `target`, which must not exist (its
 /// parent must): every entry with its mode and mtime, symlinks as recorded,
