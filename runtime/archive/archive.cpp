@@ -49,8 +49,19 @@ caf::error corrupt(const std::string& what) {
   return make_error(ec::checkpoint_corrupt, what);
 }
 
+/// `s` in single quotes, control bytes (a NUL in a hostile path) as \xNN.
 std::string in_quotes(const std::string& s) {
-  return "'" + s + "'";
+  std::string out = "'";
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) {
+      char buf[5];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "'";
 }
 
 /// Closes a file descriptor on scope exit.
