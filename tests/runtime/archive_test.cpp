@@ -552,10 +552,15 @@ TEST(ArchiveRestore, RoundTripKeepsBytesModesTimesAndSymlinks) {
     EXPECT_EQ(it->second, n) << path;
   }
   EXPECT_EQ(fs::read_symlink(t / "out/dangling"), "nowhere/x");
+  // Capturing the copy gives the same blobs: nothing was lost.
+  auto again = capture_ok(t / "out", t / "staging2");
+  EXPECT_EQ(again.index.sha256, c.index.sha256);
+  ASSERT_TRUE(again.archive);
+  EXPECT_EQ(again.archive->sha256, c.archive->sha256);
   EXPECT_EQ(read_file(t / "out/link"), "hello\n");
   // Only `out` appeared beside the state dir (no temporary dir left).
   EXPECT_EQ(listing(t.path()),
-            (std::vector<std::string>{"out", "staging", "state"}));
+            (std::vector<std::string>{"out", "staging", "staging2", "state"}));
 }
 
 TEST(ArchiveRestore, RefusesAnExistingTarget) {
@@ -729,6 +734,56 @@ TEST(ArchiveRefusal, TotalOverMaxBytes) {
               json::array({file_entry("a", 600), file_entry("b", 600)}));
   write_tar(t / "archive",
             {{"a", std::string(600, 'a')}, {"b", std::string(600, 'b')}});
+  archive::limits lim;
+  lim.max_bytes = 1000;
+  expect_refused(t / "index", t / "archive", no_chunks(), t / "p",
+                 ec::checkpoint_limit, "max_bytes", lim);
+}
+
+/// One ustar header block, written by hand (for what libarchive's writer
+/// would not produce).
+std::string tar_header(const std::string& name, size_t size, char type) {
+  std::string h(512, '\0');
+  std::memcpy(h.data(), name.data(), std::min<size_t>(name.size(), 100));
+  std::snprintf(h.data() + 100, 8, "%07o", 0644);
+  std::snprintf(h.data() + 108, 8, "%07o", 0);
+  std::snprintf(h.data() + 116, 8, "%07o", 0);
+  std::snprintf(h.data() + 124, 12, "%011zo", size);
+  std::snprintf(h.data() + 136, 12, "%011o", 0);
+  h[156] = type;
+  std::memcpy(h.data() + 257,
+              "ustar\0"
+              "00",
+              8);
+  std::memset(h.data() + 148, ' ', 8);
+  unsigned sum = 0;
+  for (unsigned char c : h)
+    sum += c;
+  std::snprintf(h.data() + 148, 8, "%06o", sum);
+  h[155] = ' ';
+  return h;
+}
+
+std::string padded(std::string s) {
+  s.resize((s.size() + 511) / 512 * 512, '\0');
+  return s;
+}
+
+TEST(ArchiveRefusal, ArchiveDecompressingBeyondTheBound) {
+  tmp t;
+  // Three 900 KB pax records (libarchive takes up to 1 MiB each) before
+  // the one small member: the decompressed stream passes max_bytes plus
+  // the headers' allowance (16 KiB a member and 1 MiB).
+  std::string rec = " comment=" + std::string(900'000, 'c') + "\n";
+  auto len = rec.size() + 6; // 6 digits
+  rec = std::to_string(len) + rec;
+  ASSERT_EQ(rec.size(), len);
+  std::string tar;
+  for (int i = 0; i < 3; ++i)
+    tar += tar_header("PaxHeader/x", rec.size(), 'x') + padded(rec);
+  tar += tar_header("x", 1, '0') + padded("y") + std::string(1024, '\0');
+  write_file(t / "archive", zstd(tar));
+  write_index(t / "index", json::array({file_entry("x", 1)}));
   archive::limits lim;
   lim.max_bytes = 1000;
   expect_refused(t / "index", t / "archive", no_chunks(), t / "p",
