@@ -57,6 +57,10 @@ struct blob {
   uint64_t size = 0;
   /// `staging / sha256`.
   std::filesystem::path file;
+  /// Whether `file` was written by this capture. False only for a chunk
+  /// reused from `previous_index` (its bytes are in the caller's store, not
+  /// in staging); `sha256` and `size` are still exact.
+  bool staged = true;
 };
 
 /// What `capture` produced.
@@ -65,7 +69,8 @@ struct captured {
   /// Absent when the directory holds no file under `large_file`.
   std::optional<blob> archive;
   /// Every chunk of every large file, in path and offset order, each once
-  /// (a chunk shared by two files or two offsets appears once).
+  /// (a chunk shared by two files or two offsets appears once). Chunks
+  /// reused from `previous_index` are listed too, with `staged == false`.
   std::vector<blob> chunks;
   /// Entries in the index and bytes of all files (uncompressed).
   uint64_t entries = 0;
@@ -80,7 +85,10 @@ struct captured {
 /// the same dir) is given, a large file whose size, mtime and mode match its
 /// entry there reuses that entry's chunk digests without being read, and
 /// its chunks are not written to `staging` again (the caller's store has
-/// them). Errors: ec::io_error (unreadable entry), ec::checkpoint_limit.
+/// them); an unreadable `previous_index` is ignored (every file is read).
+/// Errors: ec::io_error (unreadable entry, a name or symlink target that is
+/// not UTF-8, a file whose size changed while it was read),
+/// ec::checkpoint_limit. Blobs written before a failure stay in `staging`.
 caf::expected<captured>
 capture(const std::filesystem::path& dir, const std::filesystem::path& staging,
         const limits& lim = {},
@@ -88,19 +96,25 @@ capture(const std::filesystem::path& dir, const std::filesystem::path& staging,
 
 /// Finds the file of the chunk with digest `sha256` (already verified by
 /// the caller), or fails.
-using chunk_source
-    = std::function<caf::expected<std::filesystem::path>(const std::string&)>;
+using chunk_source =
+    std::function<caf::expected<std::filesystem::path>(const std::string&)>;
 
 /// Recreates the captured directory at `target`, which must not exist (its
 /// parent must): every entry with its mode and mtime, symlinks as recorded,
 /// empty directories. Refuses, with ec::checkpoint_unsafe_path naming the
 /// path, absolute paths, `..` components, and any entry whose path passes
-/// through a symlink (libarchive's ARCHIVE_EXTRACT_SECURE_NODOTDOT,
-/// _SECURE_SYMLINKS and _SECURE_NOABSOLUTEPATHS for the archive, the same
-/// checks for the index). Refuses archive members the index does not list
-/// or lists with another size (ec::checkpoint_corrupt), and indexes or
-/// archives beyond `lim` (ec::checkpoint_limit, checked while reading). On
-/// any failure `target` is removed: nothing half-restored stays.
+/// through a symlink (libarchive's ARCHIVE_EXTRACT_SECURE_NODOTDOT and
+/// _SECURE_SYMLINKS for the archive, with the member names checked by
+/// makima in place of _SECURE_NOABSOLUTEPATHS, since members are written
+/// under an absolute temporary path; the same checks for the index; a link
+/// member is refused too). Refuses archive members the index does not list
+/// or lists with another size, and chunks that decompress to another size
+/// than recorded (ec::checkpoint_corrupt), and indexes or archives beyond
+/// `lim` (ec::checkpoint_limit, checked while reading). Owners, setuid and
+/// setgid bits are not restored. An existing `target` is ec::io_error;
+/// errors from `chunks` are returned as they are. On any failure `target` is
+/// removed: nothing half-restored stays (the work happens in a sibling
+/// `.<name>.restore-XXXXXX` renamed at the end).
 caf::error restore(const std::filesystem::path& index_file,
                    const std::optional<std::filesystem::path>& archive_file,
                    const chunk_source& chunks,
