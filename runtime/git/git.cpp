@@ -1494,7 +1494,10 @@ mirror::write_pack(const std::vector<std::string>& tips,
   if (git_packbuilder_new(&praw, repo) != 0)
     return git_fail(ec::git_error, "cannot build a pack of " + impl_->url);
   packbuilder_ptr pb{praw};
-  git_packbuilder_set_threads(praw, 0); // as many as there are cores
+  // One thread: the threaded delta search splits the work differently from
+  // run to run, so the same objects would give different bytes (and a new
+  // cas/ blob each checkpoint); single-threaded, the pack is reproducible.
+  git_packbuilder_set_threads(praw, 1);
   // Each new commit with its tree, minus the trees and blobs of the hidden
   // commits (libgit2 never writes thin packs: deltas stay inside the pack).
   if (git_packbuilder_insert_walk(praw, wraw) != 0)
