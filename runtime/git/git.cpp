@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -51,6 +52,10 @@ using index_ptr = handle<git_index, git_index_free>;
 using worktree_ptr = handle<git_worktree, git_worktree_free>;
 using signature_ptr = handle<git_signature, git_signature_free>;
 using config_ptr = handle<git_config, git_config_free>;
+using odb_ptr = handle<git_odb, git_odb_free>;
+using revwalk_ptr = handle<git_revwalk, git_revwalk_free>;
+using packbuilder_ptr = handle<git_packbuilder, git_packbuilder_free>;
+using indexer_ptr = handle<git_indexer, git_indexer_free>;
 
 struct buf_guard {
   git_buf buf = GIT_BUF_INIT;
@@ -347,8 +352,7 @@ caf::error link_local_objects(const fs::path& origin, const fs::path& dest,
     }
     if (err)
       return make_error(ec::io_error, "cannot copy " + from.string() + " to "
-                                          + to.string() + ": "
-                                          + err.message());
+                                          + to.string() + ": " + err.message());
     bytes += fs::file_size(to, err);
     err.clear();
     st.report(++done, files.size(), bytes);
@@ -368,8 +372,8 @@ caf::error link_local_objects(const fs::path& origin, const fs::path& dest,
     std::ofstream f{dst / "info" / "alternates"};
     f << out;
     if (!f)
-      return make_error(ec::io_error, "cannot write the alternates of "
-                                          + dest.string());
+      return make_error(ec::io_error,
+                        "cannot write the alternates of " + dest.string());
   }
   return {};
 }
@@ -918,8 +922,8 @@ caf::error checkout_in_batches(const fs::path& dir, git_commit* commit,
     git_checkout_options co = GIT_CHECKOUT_OPTIONS_INIT;
     // The target is new: FORCE writes every file without comparing against
     // a (nonexistent) workdir state.
-    co.checkout_strategy = GIT_CHECKOUT_FORCE
-                           | GIT_CHECKOUT_DISABLE_PATHSPEC_MATCH;
+    co.checkout_strategy =
+        GIT_CHECKOUT_FORCE | GIT_CHECKOUT_DISABLE_PATHSPEC_MATCH;
     co.disable_filters = filters ? 0 : 1;
     co.paths.strings = strs.data();
     co.paths.count = strs.size();
@@ -937,13 +941,78 @@ caf::error checkout_in_batches(const fs::path& dir, git_commit* commit,
 
 } // namespace
 
-caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
-                                                  const fs::path& dir,
-                                                  const std::string& commit,
-                                                  const std::string& branch,
-                                                  const control& ctl) {
-  auto* repo = impl_->repo.get();
-  op_payload cst{&ctl, phase::checking_out};
+namespace {
+
+// Opens the linked worktree at `dir` as a repository of its own.
+caf::expected<repo_ptr> open_worktree_repo(const fs::path& dir) {
+  std::error_code err;
+  if (!fs::is_directory(dir, err))
+    return make_error(ec::worktree_missing,
+                      "worktree " + dir.string() + " is missing");
+  git_repository* raw = nullptr;
+  if (git_repository_open_ext(&raw, dir.c_str(), GIT_REPOSITORY_OPEN_NO_SEARCH,
+                              nullptr)
+      != 0)
+    return git_fail(ec::worktree_missing,
+                    "cannot open worktree " + dir.string());
+  return repo_ptr{raw};
+}
+
+// Looks up the commit `commit` (full or abbreviated hex) in `repo`.
+caf::expected<commit_ptr> lookup_commit(git_repository* repo,
+                                        const std::string& commit,
+                                        const std::string& url) {
+  git_oid oid;
+  git_commit* craw = nullptr;
+  if (!is_hex(commit) || commit.size() > GIT_OID_HEXSZ
+      || git_oid_fromstrn(&oid, commit.data(), commit.size()) != 0
+      || git_commit_lookup_prefix(&craw, repo, &oid, commit.size()) != 0) {
+    git_error_clear();
+    return make_error(ec::ref_not_found,
+                      "commit '" + commit + "' not found in " + url);
+  }
+  return commit_ptr{craw};
+}
+
+// The commit a restored branch started from: its merge base with the
+// remote's default branch, or `head` itself when there is none.
+std::string restored_base(git_repository* repo, const git_commit* head) {
+  auto base = oid_hex(*git_commit_id(head));
+  git_reference* hraw = nullptr;
+  if (git_reference_lookup(&hraw, repo, origin_head) != 0)
+    return base;
+  ref_ptr href{hraw};
+  git_object* hobj = nullptr;
+  if (git_reference_peel(&hobj, hraw, GIT_OBJECT_COMMIT) != 0)
+    return base;
+  object_ptr hguard{hobj};
+  git_oid mb;
+  if (git_merge_base(&mb, repo, git_commit_id(head), git_object_id(hobj)) == 0)
+    return oid_hex(mb);
+  git_error_clear();
+  return base;
+}
+
+// What add_worktree and restore_worktree share.
+struct worktree_request {
+  git_repository* repo;
+  const fs::path& mirror_path;
+  const std::string& url;
+  const std::string& name;
+  const fs::path& dir;
+  const std::string& commit; // the branch's commit
+  const std::string& branch;
+  // Empty: check out `commit`. Otherwise check out this commit's tree and
+  // set the index to `commit`'s tree (restore_worktree).
+  const std::string& files_commit;
+  const control& ctl;
+};
+
+caf::expected<worktree_info> make_worktree(const worktree_request& rq) {
+  auto* repo = rq.repo;
+  const auto& name = rq.name;
+  const auto& branch = rq.branch;
+  op_payload cst{&rq.ctl, phase::checking_out};
   if (cst.check())
     return cancelled_error("checkout of worktree " + name);
   if (name.empty() || name.find('/') != std::string::npos
@@ -951,9 +1020,9 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
     return make_error(ec::invalid_argument,
                       "invalid worktree name '" + name + "'");
   std::error_code err;
-  auto abs_dir = fs::absolute(dir, err).lexically_normal();
+  auto abs_dir = fs::absolute(rq.dir, err).lexically_normal();
   if (err)
-    abs_dir = dir;
+    abs_dir = rq.dir;
   if (fs::exists(fs::symlink_status(abs_dir, err)))
     return make_error(ec::io_error, "cannot create worktree " + name + ": "
                                         + abs_dir.string() + " already exists");
@@ -961,18 +1030,23 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
   if (git_reference_is_valid_name(branch_ref.c_str()) == 0)
     return make_error(ec::invalid_argument,
                       "invalid branch name '" + branch + "'");
-  // Commit to start from.
-  git_oid oid;
-  git_commit* craw = nullptr;
-  if (!is_hex(commit) || commit.size() > GIT_OID_HEXSZ
-      || git_oid_fromstrn(&oid, commit.data(), commit.size()) != 0
-      || git_commit_lookup_prefix(&craw, repo, &oid, commit.size()) != 0)
-    return make_error(ec::ref_not_found,
-                      "commit '" + commit + "' not found in " + impl_->url);
-  commit_ptr base{craw};
-  auto base_hex = oid_hex(*git_commit_id(craw));
+  // Commit to start from, and the one whose files are written.
+  auto base = lookup_commit(repo, rq.commit, rq.url);
+  if (!base)
+    return base.error();
+  auto* craw = base->get();
+  commit_ptr files;
+  if (!rq.files_commit.empty()) {
+    auto c = lookup_commit(repo, rq.files_commit, rq.url);
+    if (!c)
+      return c.error();
+    files = std::move(*c);
+  }
+  auto* fraw = files ? files.get() : craw;
+  auto base_hex =
+      files ? restored_base(repo, craw) : oid_hex(*git_commit_id(craw));
   // A stale worktree of the same name whose directory is gone: prune it.
-  auto admin = impl_->path / "worktrees" / name;
+  auto admin = rq.mirror_path / "worktrees" / name;
   {
     git_worktree* wraw = nullptr;
     if (git_worktree_lookup(&wraw, repo, name.c_str()) == 0) {
@@ -994,7 +1068,7 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
   git_reference* braw = nullptr;
   if (git_branch_create(&braw, repo, branch.c_str(), craw, 0) != 0)
     return git_fail(ec::git_error, "cannot create branch " + branch + " in "
-                                       + impl_->path.string());
+                                       + rq.mirror_path.string());
   ref_ptr bref{braw};
   auto parent = abs_dir.parent_path();
   bool parent_existed = fs::exists(parent, err);
@@ -1014,8 +1088,6 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
                                              + ": " + err.message()));
   git_worktree_add_options opts = GIT_WORKTREE_ADD_OPTIONS_INIT;
   opts.ref = bref.get();
-  // The target is new: FORCE writes every file without comparing against
-  // a (nonexistent) workdir state.
   // The worktree is made without files; they are written below in
   // batches of paths, because libgit2 cannot abort a checkout while it
   // writes files (its progress callback cannot fail): the cancel is checked
@@ -1028,20 +1100,65 @@ caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
       return fail(cancelled_error("checkout of worktree " + name));
     return fail(git_fail(ec::git_error, "cannot add worktree " + name + " at "
                                             + abs_dir.string() + " for "
-                                            + impl_->url));
+                                            + rq.url));
   }
   git_worktree_free(wraw);
-  if (auto e = checkout_in_batches(abs_dir, craw, needs_filters(repo, craw),
-                                   cst))
+  if (auto e =
+          checkout_in_batches(abs_dir, fraw, needs_filters(repo, fraw), cst))
     return fail(cst.check() ? cancelled_error("checkout of worktree " + name)
                             : e);
   if (cst.check())
     return fail(cancelled_error("checkout of worktree " + name));
+  if (files) {
+    // The index says the branch head: the restored work shows as unstaged
+    // changes and untracked files. Entries whose id and mode did not change
+    // keep the stat data the checkout recorded.
+    auto wt = open_worktree_repo(abs_dir);
+    if (!wt)
+      return fail(wt.error());
+    git_index* iraw = nullptr;
+    git_tree* traw = nullptr;
+    if (git_repository_index(&iraw, wt->get()) != 0)
+      return fail(git_fail(ec::git_error, "cannot read the index of worktree "
+                                              + abs_dir.string()));
+    index_ptr index{iraw};
+    if (git_tree_lookup(&traw, wt->get(), git_commit_tree_id(craw)) != 0)
+      return fail(git_fail(ec::git_error, "cannot read the tree of "
+                                              + oid_hex(*git_commit_id(craw))));
+    tree_ptr tree{traw};
+    if (git_index_read_tree(iraw, traw) != 0 || git_index_write(iraw) != 0)
+      return fail(git_fail(ec::git_error, "cannot write the index of worktree "
+                                              + abs_dir.string()));
+  }
   {
     std::ofstream out{admin / base_file, std::ios::trunc};
     out << base_hex << '\n';
   }
   return worktree_info{abs_dir, branch, base_hex};
+}
+
+} // namespace
+
+caf::expected<worktree_info> mirror::add_worktree(const std::string& name,
+                                                  const fs::path& dir,
+                                                  const std::string& commit,
+                                                  const std::string& branch,
+                                                  const control& ctl) {
+  static const std::string none;
+  return make_worktree({impl_->repo.get(), impl_->path, impl_->url, name, dir,
+                        commit, branch, none, ctl});
+}
+
+caf::expected<worktree_info>
+mirror::restore_worktree(const std::string& name, const fs::path& dir,
+                         const std::string& branch,
+                         const std::string& branch_head,
+                         const std::string& wip_commit, const control& ctl) {
+  if (wip_commit.empty())
+    return make_error(ec::ref_not_found,
+                      "empty WIP commit for worktree " + name);
+  return make_worktree({impl_->repo.get(), impl_->path, impl_->url, name, dir,
+                        branch_head, branch, wip_commit, ctl});
 }
 
 caf::expected<worktree_info> mirror::open_worktree(const std::string& name,
@@ -1099,21 +1216,6 @@ caf::expected<worktree_info> mirror::open_worktree(const std::string& name,
 
 namespace {
 
-// Opens the linked worktree at `dir` as a repository of its own.
-caf::expected<repo_ptr> open_worktree_repo(const fs::path& dir) {
-  std::error_code err;
-  if (!fs::is_directory(dir, err))
-    return make_error(ec::worktree_missing,
-                      "worktree " + dir.string() + " is missing");
-  git_repository* raw = nullptr;
-  if (git_repository_open_ext(&raw, dir.c_str(), GIT_REPOSITORY_OPEN_NO_SEARCH,
-                              nullptr)
-      != 0)
-    return git_fail(ec::worktree_missing,
-                    "cannot open worktree " + dir.string());
-  return repo_ptr{raw};
-}
-
 // Returns HEAD's commit of the worktree repository, or null on an unborn
 // branch (no commit yet).
 caf::expected<commit_ptr> head_commit(git_repository* repo,
@@ -1146,7 +1248,11 @@ create_commit(git_repository* repo, const git_oid& tree_oid,
                     "cannot read the tree of worktree " + dir.string());
   tree_ptr tree{traw};
   git_signature* sraw = nullptr;
-  if (git_signature_now(&sraw, sig.name.c_str(), sig.email.c_str()) != 0)
+  int rc = sig.time
+               ? git_signature_new(&sraw, sig.name.c_str(), sig.email.c_str(),
+                                   *sig.time, 0)
+               : git_signature_now(&sraw, sig.name.c_str(), sig.email.c_str());
+  if (rc != 0)
     return git_fail(ec::git_error, "invalid commit signature '" + sig.name
                                        + " <" + sig.email + ">'");
   signature_ptr who{sraw};
@@ -1297,6 +1403,210 @@ caf::expected<std::string> mirror::snapshot(const fs::path& dir,
   return oid_hex(out);
 }
 
+bool mirror::has_object(const std::string& id) {
+  git_oid oid;
+  if (id.size() != GIT_OID_HEXSZ || !is_hex(id)
+      || git_oid_fromstr(&oid, id.c_str()) != 0)
+    return false;
+  git_odb* raw = nullptr;
+  if (git_repository_odb(&raw, impl_->repo.get()) != 0) {
+    git_error_clear();
+    return false;
+  }
+  odb_ptr odb{raw};
+  return git_odb_exists(raw, &oid) == 1;
+}
+
+namespace {
+
+// Streams a pack into a file, refusing to grow past `max`.
+struct pack_sink {
+  std::FILE* file = nullptr;
+  uint64_t written = 0;
+  uint64_t max = 0;
+  bool too_big = false;
+  bool write_failed = false;
+};
+
+int on_pack_data(void* buf, size_t size, void* payload) {
+  auto* sink = static_cast<pack_sink*>(payload);
+  if (sink->written + size > sink->max) {
+    sink->too_big = true;
+    return GIT_EUSER;
+  }
+  if (std::fwrite(buf, 1, size, sink->file) != size) {
+    sink->write_failed = true;
+    return GIT_EUSER;
+  }
+  sink->written += size;
+  return 0;
+}
+
+// Parses a full hex commit id; false when `hex` is not one.
+bool parse_oid(git_oid& oid, const std::string& hex) {
+  return hex.size() == GIT_OID_HEXSZ && is_hex(hex)
+         && git_oid_fromstr(&oid, hex.c_str()) == 0;
+}
+
+} // namespace
+
+caf::expected<pack_info>
+mirror::write_pack(const std::vector<std::string>& tips,
+                   const std::vector<std::string>& hide, const fs::path& out,
+                   uint64_t max_size) {
+  auto* repo = impl_->repo.get();
+  git_odb* oraw = nullptr;
+  if (git_repository_odb(&oraw, repo) != 0)
+    return git_fail(ec::git_error,
+                    "cannot open the objects of " + impl_->path.string());
+  odb_ptr odb{oraw};
+  git_revwalk* wraw = nullptr;
+  if (git_revwalk_new(&wraw, repo) != 0)
+    return git_fail(ec::git_error, "cannot walk " + impl_->path.string());
+  revwalk_ptr walk{wraw};
+  for (auto& tip : tips) {
+    git_oid oid;
+    git_commit* c = nullptr;
+    if (!parse_oid(oid, tip) || git_commit_lookup(&c, repo, &oid) != 0) {
+      git_error_clear();
+      return make_error(ec::ref_not_found, "commit '" + tip
+                                               + "' not found in the mirror of "
+                                               + impl_->url);
+    }
+    git_commit_free(c);
+    if (git_revwalk_push(wraw, &oid) != 0)
+      return git_fail(ec::git_error, "cannot walk from " + tip);
+  }
+  for (auto& h : hide) {
+    // A commit the mirror lacks hides nothing: the pack holds more.
+    git_oid oid;
+    git_commit* c = nullptr;
+    if (!parse_oid(oid, h) || git_odb_exists(oraw, &oid) != 1
+        || git_commit_lookup(&c, repo, &oid) != 0) {
+      git_error_clear();
+      continue;
+    }
+    git_commit_free(c);
+    if (git_revwalk_hide(wraw, &oid) != 0)
+      return git_fail(ec::git_error, "cannot hide " + h);
+  }
+  git_packbuilder* praw = nullptr;
+  if (git_packbuilder_new(&praw, repo) != 0)
+    return git_fail(ec::git_error, "cannot build a pack of " + impl_->url);
+  packbuilder_ptr pb{praw};
+  // One thread: the threaded delta search splits the work differently from
+  // run to run, so the same objects would give different bytes (and a new
+  // cas/ blob each checkpoint); single-threaded, the pack is reproducible.
+  git_packbuilder_set_threads(praw, 1);
+  // Each new commit with its tree, minus the trees and blobs of the hidden
+  // commits (libgit2 never writes thin packs: deltas stay inside the pack).
+  if (git_packbuilder_insert_walk(praw, wraw) != 0)
+    return git_fail(ec::git_error,
+                    "cannot list the objects to pack from " + impl_->url);
+  auto objects = static_cast<uint64_t>(git_packbuilder_object_count(praw));
+  std::error_code err;
+  if (!out.parent_path().empty())
+    fs::create_directories(out.parent_path(), err);
+  auto tmp = out;
+  tmp += ".tmp-" + random_suffix();
+  file_guard guard{tmp};
+  pack_sink sink;
+  sink.max = max_size;
+  sink.file = std::fopen(tmp.c_str(), "wb");
+  if (sink.file == nullptr)
+    return make_error(ec::io_error, "cannot create " + tmp.string() + ": "
+                                        + std::strerror(errno));
+  int rc = git_packbuilder_foreach(praw, on_pack_data, &sink);
+  bool closed = std::fclose(sink.file) == 0;
+  std::error_code ignore;
+  if (sink.too_big) {
+    git_error_clear();
+    fs::remove(out, ignore);
+    return make_error(ec::checkpoint_limit,
+                      "the pack of " + std::to_string(objects)
+                          + " objects is over the limit of "
+                          + std::to_string(max_size) + " bytes");
+  }
+  if (sink.write_failed || !closed) {
+    git_error_clear();
+    return make_error(ec::io_error, "cannot write " + tmp.string() + ": "
+                                        + std::strerror(errno));
+  }
+  if (rc != 0)
+    return git_fail(ec::git_error, "cannot write the pack of " + impl_->url);
+  fs::rename(tmp, out, err);
+  if (err)
+    return make_error(ec::io_error, "cannot move " + tmp.string() + " to "
+                                        + out.string() + ": " + err.message());
+  guard.path.clear();
+  return pack_info{objects, sink.written};
+}
+
+caf::error mirror::index_pack(const fs::path& pack) {
+  std::FILE* in = std::fopen(pack.c_str(), "rb");
+  if (in == nullptr)
+    return make_error(ec::io_error, "cannot open the pack " + pack.string()
+                                        + ": " + std::strerror(errno));
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> in_guard{in, std::fclose};
+  // Index into a staging directory of the mirror (same file system), then
+  // move the pack and then its index into objects/pack: a damaged pack
+  // leaves nothing there, and an index never names a missing pack.
+  auto staging = impl_->path / ("makima-index-" + random_suffix());
+  std::error_code err;
+  fs::create_directories(staging, err);
+  if (err)
+    return make_error(ec::io_error, "cannot create " + staging.string() + ": "
+                                        + err.message());
+  struct dir_guard {
+    fs::path p;
+    ~dir_guard() { force_remove_all(p); }
+  } staging_guard{staging};
+  git_indexer_options opts = GIT_INDEXER_OPTIONS_INIT;
+  git_indexer* iraw = nullptr;
+  // No odb: a delta against an object outside the pack (a thin pack) is an
+  // error instead of being completed from the mirror.
+  if (git_indexer_new(&iraw, staging.c_str(), 0, nullptr, &opts) != 0)
+    return git_fail(ec::git_error, "cannot index " + pack.string());
+  indexer_ptr idx{iraw};
+  git_indexer_progress stats{};
+  auto corrupt = [&] {
+    return git_fail(ec::checkpoint_corrupt,
+                    "checkpoint pack " + pack.string() + " is damaged");
+  };
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    auto n = std::fread(buf.data(), 1, buf.size(), in);
+    if (n > 0 && git_indexer_append(iraw, buf.data(), n, &stats) != 0)
+      return corrupt();
+    if (n < buf.size()) {
+      if (std::ferror(in))
+        return make_error(ec::io_error, "cannot read the pack " + pack.string()
+                                            + ": " + std::strerror(errno));
+      break;
+    }
+  }
+  if (git_indexer_commit(iraw, &stats) != 0)
+    return corrupt();
+  std::string name = git_indexer_name(iraw);
+  idx.reset();
+  auto dest = impl_->path / "objects" / "pack";
+  fs::create_directories(dest, err);
+  for (auto ext : {".pack", ".idx"}) {
+    auto file = "pack-" + name + ext;
+    fs::rename(staging / file, dest / file, err);
+    if (err)
+      return make_error(ec::io_error, "cannot move " + file + " into "
+                                          + dest.string() + ": "
+                                          + err.message());
+  }
+  git_odb* oraw = nullptr;
+  if (git_repository_odb(&oraw, impl_->repo.get()) == 0) {
+    git_odb_refresh(oraw);
+    git_odb_free(oraw);
+  }
+  return {};
+}
+
 caf::error mirror::push(const std::string& branch, const std::string& url,
                         const control& ctl) {
   auto* repo = impl_->repo.get();
@@ -1393,8 +1703,8 @@ mirror::prune_task_refs(const std::function<bool(const std::string&)>& live) {
   for (const char* glob : {"refs/heads/makima/*", "refs/wip/*"}) {
     git_reference_iterator* raw = nullptr;
     if (git_reference_iterator_glob_new(&raw, repo, glob) != 0)
-      return git_fail(ec::git_error, "cannot list the refs of "
-                                         + impl_->path.string());
+      return git_fail(ec::git_error,
+                      "cannot list the refs of " + impl_->path.string());
     const char* name = nullptr;
     while (git_reference_next_name(&name, raw) == 0) {
       std::string ref = name;
