@@ -282,7 +282,9 @@ void add_captured(manifest& m, const std::string& prefix,
     if (chain_blobs.count(ch.sha256) || !seen.insert(ch.sha256).second)
       continue;
     m.blobs.push_back({prefix + "-chunk", ch.sha256, ch.size, {}});
-    files[ch.sha256] = ch.file;
+    // A chunk reused from the previous index has no staged file: the store
+    // has it (checked before the manifest is written).
+    files[ch.sha256] = ch.staged ? ch.file : fs::path{};
   }
 }
 
@@ -735,7 +737,7 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
     if (it == files.end())
       continue;
     std::error_code fec;
-    if (!fs::exists(it->second, fec)) {
+    if (it->second.empty() || !fs::exists(it->second, fec)) {
       // A chunk the previous index named: the store must have it.
       auto h = os.head(blob_key(b.sha256));
       if (!h)

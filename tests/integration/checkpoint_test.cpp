@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "tests/fixtures/s3_server.hpp"
 #include "tests/integration/helpers.hpp"
 
 namespace makima::it {
@@ -515,6 +516,66 @@ TEST_F(Checkpoint, a_scratch_task_without_a_repository_round_trips) {
                  tree(b_.data() / "worktrees/s1")),
             "");
   EXPECT_EQ(slurp(b_.data() / "state/s1/s"), "st\n");
+}
+
+// The same round trip through a real S3 server that verifies SigV4
+// signatures, with 500s injected on the way (retried), and a wrong secret
+// (refused, and never printed).
+TEST_F(Checkpoint, through_s3_with_signatures_retries_and_no_secret_leaks) {
+  ASSERT_TRUE(test::s3_server::installed())
+      << test::s3_server::node_dir() << "/node_modules is missing: npm ci";
+  test::s3_server server{a_.root() / "s3", "makima"};
+  test::fault_proxy proxy{server.port()};
+  run_work("s3t");
+  std::map<std::string, std::string> creds{
+      {"AWS_ACCESS_KEY_ID", test::s3_server::access_key},
+      {"AWS_SECRET_ACCESS_KEY", test::s3_server::secret_key},
+      {"MAKIMA_S3_ENDPOINT", proxy.endpoint()},
+      {"MAKIMA_S3_REGION", "auto"}};
+  auto with = [&](env& e, const std::string& sub,
+                  std::vector<std::string> args,
+                  std::map<std::string, std::string> vars) {
+    args.push_back("--store");
+    args.push_back("s3://makima/fleet/one");
+    auto o = e.opts(120000ms);
+    for (auto& [k, v] : vars)
+      o.env[k] = v;
+    return test::run(e.task_argv(sub, args), o);
+  };
+  // Two 500s on the first uploads: retried, the checkpoint is written.
+  proxy.arm(test::fault_proxy::fault::http_500, 2, 0ms, "PUT ");
+  auto c = with(a_, "checkpoint", {"s3t"}, creds);
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_EQ(c.out, "s3t/1\n");
+  EXPECT_EQ(proxy.injected(), 2);
+  auto r = with(b_, "restore", {"s3t"}, creds);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(diff(tree(a_.data() / "worktrees/s3t", {"ignored.log"}),
+                 tree(b_.data() / "worktrees/s3t")),
+            "");
+  EXPECT_EQ(diff(tree(a_.data() / "state/s3t"), tree(b_.data() / "state/s3t")),
+            "");
+  // The manifest names no credential.
+  std::vector<std::string> show{MAKIMA_BINARY, "checkpoint", "show", "s3t",
+                                "--json", "--store", "s3://makima/fleet/one"};
+  auto o = a_.opts(60000ms);
+  for (auto& [k, v] : creds)
+    o.env[k] = v;
+  auto shown = test::run(show, o);
+  ASSERT_EQ(shown.exit_code, 0) << shown.err;
+  for (auto& out : {c.out, c.err, r.out, r.err, shown.out, shown.err}) {
+    EXPECT_EQ(out.find(test::s3_server::secret_key), std::string::npos) << out;
+    EXPECT_EQ(out.find(test::s3_server::access_key), std::string::npos) << out;
+  }
+  // A wrong secret: the server refuses the signature.
+  auto bad = creds;
+  bad["AWS_SECRET_ACCESS_KEY"] = "wrong-secret-value";
+  auto denied = with(a_, "checkpoint", {"s3t"}, bad);
+  EXPECT_EQ(denied.exit_code, 125) << denied.err;
+  EXPECT_EQ(denied.err.find("wrong-secret-value"), std::string::npos)
+      << denied.err;
+  EXPECT_NE(denied.err.find("s3://makima/fleet/one"), std::string::npos)
+      << denied.err;
 }
 
 } // namespace
