@@ -54,6 +54,11 @@ struct settings {
   std::string key;
   /// Written into manifests as `node`.
   std::string node;
+  /// Stop the task's processes (SIGSTOP … SIGCONT) while its worktree and
+  /// state dir are captured (checkpoint.stop_task): a consistent point in
+  /// time. Off: they go on, and a file written meanwhile may be captured
+  /// half-written.
+  bool stop_task = true;
   /// Every `full_every`-th checkpoint is full (parent null).
   uint32_t full_every = 20;
   checkpoint::limits limits;

@@ -38,7 +38,7 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
           return make_error(ec::store_corrupt,
                             "the record of task " + id + " is malformed");
         checkpoint::pause_hooks pause;
-        if (pgid > 0) {
+        if (pgid > 0 && st.settings.stop_task) {
           // The child leads its group; the reactor watches it by pidfd, so
           // a stop is not an exit. Resumed on every path (take's contract).
           pause.stop = [pgid] { ::kill(-pgid, SIGSTOP); };

@@ -252,6 +252,12 @@ const std::vector<key_def>& defs() {
         "seconds between checkpoints of a running task, 0 = off",
         seconds_setter(&config::checkpoint_interval, "checkpoint.interval",
                        true, max_timeout_seconds));
+    add("checkpoint.stop_task", {"MAKIMA_CHECKPOINT_STOP_TASK"},
+        "stop the task (SIGSTOP/SIGCONT) while a checkpoint captures it",
+        [](config& c, const std::string& v, const std::string& o) {
+          return parse_bool("checkpoint.stop_task", o, v,
+                            c.checkpoint_stop_task);
+        });
     add("log.level", {"MAKIMA_LOG_LEVEL"}, "trace|debug|info|warn|error|off",
         [](config& c, const std::string& v,
            const std::string& o) -> caf::error {
@@ -617,6 +623,7 @@ config_values(const config& c) {
       {"checkpoint.s3_session_token", c.s3_session_token},
       {"checkpoint.key", c.checkpoint_key},
       {"checkpoint.interval", num(c.checkpoint_interval)},
+      {"checkpoint.stop_task", c.checkpoint_stop_task ? "true" : "false"},
       {"store.sync", c.sync ? "true" : "false"},
       {"log.level", c.log_level},
       {"log.format", c.log_format},

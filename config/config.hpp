@@ -77,6 +77,9 @@ struct config {
   /// (`checkpoint.interval`, MAKIMA_CHECKPOINT_INTERVAL; flag
   /// --checkpoint-interval).
   double checkpoint_interval = 0;
+  /// Stop the task's process group while its files are captured
+  /// (`checkpoint.stop_task`, MAKIMA_CHECKPOINT_STOP_TASK).
+  bool checkpoint_stop_task = true;
 
   // [log]
   /// Empty: the command's default (`info` for `server`, `daemon` and

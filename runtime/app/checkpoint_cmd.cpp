@@ -35,6 +35,9 @@ void add_store_flags(CLI::App* cmd, store_flags& f) {
                   "com (default: $MAKIMA_S3_ENDPOINT)");
   cmd->add_option("--s3-region", f.s3_region,
                   "SigV4 region (default: $MAKIMA_S3_REGION, else auto)");
+  cmd->add_option("--checkpoint-key", f.key,
+                  "HMAC key: sign manifests, refuse unsigned or mis-signed "
+                  "ones (prefer $MAKIMA_CHECKPOINT_KEY: a flag shows in ps)");
 }
 
 void apply_store_flags(config& cfg, const store_flags& f) {
@@ -48,6 +51,7 @@ void apply_store_flags(config& cfg, const store_flags& f) {
   set("checkpoint.store", f.url, "--store");
   set("checkpoint.s3_endpoint", f.s3_endpoint, "--s3-endpoint");
   set("checkpoint.s3_region", f.s3_region, "--s3-region");
+  set("checkpoint.key", f.key, "--checkpoint-key");
 }
 
 std::unique_ptr<store::object_store> open_checkpoint_store(const config& cfg) {
@@ -71,6 +75,7 @@ checkpoint::settings checkpoint_settings(const config& cfg) {
   s.state_root = cfg.state_dir;
   s.work_dir = cfg.data_dir / "checkpoints";
   s.key = cfg.checkpoint_key;
+  s.stop_task = cfg.checkpoint_stop_task;
   char host[256] = {};
   if (gethostname(host, sizeof host - 1) == 0)
     s.node = host;

@@ -267,9 +267,11 @@ struct store_flags {
   std::string url;
   std::string s3_endpoint;
   std::string s3_region;
+  /// --checkpoint-key (MAKIMA_CHECKPOINT_KEY / checkpoint.key).
+  std::string key;
 };
 
-/// Adds --store, --s3-endpoint and --s3-region to `cmd`.
+/// Adds --store, --s3-endpoint, --s3-region and --checkpoint-key to `cmd`.
 void add_store_flags(CLI::App* cmd, store_flags& f);
 
 /// Applies the given store flags to `cfg` (for resolve_config's

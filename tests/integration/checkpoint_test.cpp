@@ -125,7 +125,7 @@ echo new > untracked/new.txt
 echo deeper > untracked/deeper/x.txt
 ln -s "$a" link-to-a
 printf '\000\001\002binary\377' > bin.dat
-head -c 3000000 /dev/urandom > big.bin
+head -c "$BIG" /dev/urandom > big.bin
 echo '*.log' > .gitignore
 echo ignored > ignored.log
 mkdir -p "$MAKIMA_STATE_DIR/empty" "$MAKIMA_STATE_DIR/sub"
@@ -150,8 +150,10 @@ protected:
     return args;
   }
   // Runs the work script as task `id` in data dir A (exits 3).
-  void run_work(const std::string& id) {
-    auto r = a_.run({"--id", id, "--repo", origin_.string(), "--", "sh", "-c",
+  // `big`: bytes of the large random file in the worktree.
+  void run_work(const std::string& id, size_t big = 3000000) {
+    auto r = a_.run({"--id", id, "--repo", origin_.string(), "--env",
+                     "BIG=" + std::to_string(big), "--", "sh", "-c",
                      work_script},
                     60000ms);
     ASSERT_EQ(r.exit_code, 3) << r.err;
@@ -190,7 +192,7 @@ protected:
 };
 
 TEST_F(Checkpoint, restores_worktree_state_dir_and_records_byte_for_byte) {
-  run_work("t1");
+  run_work("t1", 50u << 20);
   auto c = checkpoint(a_, "t1");
   ASSERT_EQ(c.exit_code, 0) << c.err;
   EXPECT_EQ(c.out, "t1/1\n");
@@ -207,7 +209,7 @@ TEST_F(Checkpoint, restores_worktree_state_dir_and_records_byte_for_byte) {
   EXPECT_EQ(diff(ta, tb), "");
   EXPECT_TRUE(tb.count("untracked/deeper/x.txt"));
   EXPECT_EQ(tb["link-to-a"].type, 'l');
-  EXPECT_EQ(tb["big.bin"].content.size(), 3000000u);
+  EXPECT_EQ(tb["big.bin"].content.size(), 50u << 20);
   EXPECT_FALSE(fs::exists(wb / "ignored.log"));
   EXPECT_EQ(test::git(wb, {"log", "-1", "--format=%s", "HEAD"}), "task commit");
   EXPECT_EQ(test::git(wb, {"rev-parse", "--abbrev-ref", "HEAD"}), "makima/t1");
