@@ -9,7 +9,8 @@
 // thread.
 //
 // Failures are makima errors:
-//   ec::object_not_found          the key does not exist (get, get_file)
+//   ec::object_not_found          the key does not exist (get, get_file;
+//                                 a missing bucket is object_store_error)
 //   ec::object_store_denied       401/403 (credentials, signature)
 //   ec::object_store_unreachable  connect errors, timeouts, 5xx and 429 after
 //                                 the bounded retries
