@@ -9,7 +9,8 @@
 // thread.
 //
 // Failures are makima errors:
-//   ec::object_not_found          the key does not exist (get, get_file)
+//   ec::object_not_found          the key does not exist (get, get_file;
+//                                 a missing bucket is object_store_error)
 //   ec::object_store_denied       401/403 (credentials, signature)
 //   ec::object_store_unreachable  connect errors, timeouts, 5xx and 429 after
 //                                 the bounded retries
@@ -98,21 +99,23 @@ public:
   /// is larger than `max_size` (the limit is checked before or while
   /// reading, never after reading everything).
   virtual caf::expected<std::string> get(std::string_view key,
-                                         uint64_t max_size = 1ull << 30) = 0;
+                                         uint64_t max_size = 1ull << 30)
+      = 0;
 
   /// Writes the object to the file at `path` (created or truncated),
   /// streaming it; fails like `get` above `max_size`, leaving no file.
   virtual caf::error get_file(std::string_view key,
                               const std::filesystem::path& path,
-                              uint64_t max_size = 1ull << 34) = 0;
+                              uint64_t max_size = 1ull << 34)
+      = 0;
 
   /// The object's size and time, or nullopt when there is no such key.
-  virtual caf::expected<std::optional<object_info>>
-  head(std::string_view key) = 0;
+  virtual caf::expected<std::optional<object_info>> head(std::string_view key)
+      = 0;
 
   /// Every object whose key starts with `prefix`, sorted by key (all pages).
-  virtual caf::expected<std::vector<object_info>>
-  list(std::string_view prefix) = 0;
+  virtual caf::expected<std::vector<object_info>> list(std::string_view prefix)
+      = 0;
 
   /// Deletes `key`; deleting a missing key succeeds.
   virtual caf::error remove(std::string_view key) = 0;

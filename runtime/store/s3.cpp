@@ -935,6 +935,12 @@ private:
                       "failing after " + std::to_string(attempt)
                           + " attempt(s) at " + endpoint_ + ", last: " + last);
         }
+        // A missing bucket is a configuration error, not a missing object
+        // (HEAD has no body to tell them apart).
+        if (rs.status == 404
+            && rs.body.find("<Code>NoSuchBucket</Code>") != std::string::npos)
+          return fail(ec::object_store_error, rq.op, rq.key,
+                      detail + "; check the bucket name and the endpoint");
         if (rs.status == 404)
           return fail(ec::object_not_found, rq.op, rq.key, detail);
         if (rs.status == 401 || rs.status == 403)

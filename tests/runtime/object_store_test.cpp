@@ -868,3 +868,41 @@ TEST_F(ObjectStoreS3, bucket_without_prefix) {
 }
 
 } // namespace
+
+namespace {
+
+TEST_F(ObjectStoreFaults, too_many_requests_is_retried) {
+  auto s = open(proxy->endpoint());
+  ASSERT_TRUE(s);
+  proxy->arm(makima::test::fault_proxy::fault::http_429, 2);
+  ASSERT_FALSE(s->put("k", "value"));
+  EXPECT_EQ(proxy->injected(), 2);
+  auto o = options(proxy->endpoint());
+  o.attempts = 2;
+  auto s2 = must_open(o);
+  proxy->always(makima::test::fault_proxy::fault::http_429);
+  auto g = s2->get("k");
+  ASSERT_FALSE(g);
+  EXPECT_EQ(code_of(g.error()), ec::object_store_unreachable);
+  EXPECT_NE(describe(g.error()).find("HTTP 429 (SlowDown"), std::string::npos)
+      << describe(g.error());
+}
+
+TEST_F(ObjectStoreS3, missing_bucket_is_an_error_not_a_missing_object) {
+  auto o = options();
+  o.url = "s3://no-such-bucket/p";
+  auto s = must_open(o);
+  ASSERT_TRUE(s);
+  auto err = s->put("k", "v");
+  EXPECT_EQ(code_of(err), ec::object_store_error) << describe(err);
+  EXPECT_NE(describe(err).find("NoSuchBucket"), std::string::npos)
+      << describe(err);
+  auto g = s->get("k");
+  ASSERT_FALSE(g);
+  EXPECT_EQ(code_of(g.error()), ec::object_store_error) << describe(g.error());
+  auto l = s->list("");
+  ASSERT_FALSE(l);
+  EXPECT_EQ(code_of(l.error()), ec::object_store_error) << describe(l.error());
+}
+
+} // namespace
