@@ -57,7 +57,7 @@ struct signature {
   /// Seconds since the epoch (UTC offset 0) for author and committer;
   /// nullopt: now. A checkpoint's WIP commit uses 0, so an unchanged
   /// worktree gives the same commit id.
-  std::optional<int64_t> time;
+  std::optional<int64_t> time = std::nullopt;
 };
 
 /// A pack file written by `mirror::write_pack`.
@@ -181,6 +181,16 @@ public:
   /// the pack then holds more, never less). `max_size` bounds the pack
   /// (ec::checkpoint_limit, `out` removed). Errors: ec::ref_not_found (a
   /// tip is missing), ec::git_error, ec::io_error.
+  ///
+  /// `tips` and `hide` are full hex commit ids. Excluded are the trees and
+  /// blobs of the `hide` commits themselves and every commit they reach
+  /// (libgit2 marks the hidden commits' trees, not those of their
+  /// ancestors, so a blob only an older hidden commit has is packed again).
+  /// The pack is written to a temporary file beside `out` and renamed, and
+  /// its bytes are reproducible (single-threaded delta search): the same
+  /// objects give the same file. Nothing new (objects 0): `out` is still
+  /// written, a valid 32-byte pack with no objects, which index_pack
+  /// accepts.
   caf::expected<pack_info> write_pack(const std::vector<std::string>& tips,
                                       const std::vector<std::string>& hide,
                                       const std::filesystem::path& out,
@@ -190,6 +200,11 @@ public:
   /// to the mirror: indexes it (git_indexer, which checks every object's
   /// id) into objects/pack. A damaged pack is ec::checkpoint_corrupt and
   /// adds nothing. Errors: ec::git_error, ec::io_error.
+  ///
+  /// The indexer runs without the mirror's objects, so a thin pack (a delta
+  /// against an object outside it) is refused as damaged too. It writes
+  /// into a staging directory of the mirror; the .pack, then the .idx, are
+  /// moved into objects/pack only once the whole pack checked out.
   caf::error index_pack(const std::filesystem::path& pack);
 
   /// Recreates a checkpointed worktree: creates branch `branch` at
@@ -198,8 +213,10 @@ public:
   /// modified, deleted and untracked files as captured) and sets the index
   /// to `branch_head`'s tree, so the uncommitted work shows as unstaged
   /// changes and untracked files. Both commits must be in the mirror
-  /// (index_pack). Errors: ec::ref_not_found, ec::git_error, ec::io_error,
-  /// ec::cancelled.
+  /// (index_pack). The returned (and recorded) base_commit is the merge
+  /// base of `branch_head` with the remote's default branch, or
+  /// `branch_head` when there is none. Errors: ec::ref_not_found,
+  /// ec::git_error, ec::io_error, ec::cancelled.
   caf::expected<worktree_info>
   restore_worktree(const std::string& name, const std::filesystem::path& dir,
                    const std::string& branch, const std::string& branch_head,

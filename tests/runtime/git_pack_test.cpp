@@ -586,3 +586,28 @@ TEST_F(GitRestore, timing_on_1500_files) {
       static_cast<unsigned long long>(full->size), ms(t5 - t4), ms(t6 - t5),
       ms(t7 - t6), ms(t4 - t3b));
 }
+
+TEST_F(GitRestore, clean_worktree_restores_at_its_head) {
+  auto m = open_mirror("repos");
+  auto base = *m.resolve("");
+  auto wdir = tmp / "work" / "c";
+  ASSERT_TRUE(m.add_worktree("c", wdir, base, "makima/c"));
+  write_file(wdir / "done.txt", "committed\n");
+  auto c = m.commit_all(wdir, "task commit", {});
+  ASSERT_TRUE(c && c->has_value());
+  // Nothing uncommitted: the WIP commit is the branch head.
+  auto s = m.snapshot(wdir, "refs/wip/c", "makima wip c", wip_sig());
+  ASSERT_TRUE(s) << describe(s.error());
+  EXPECT_EQ(*s, **c);
+  auto p = m.write_pack({*s}, {base}, tmp / "c.pack");
+  ASSERT_TRUE(p) << describe(p.error());
+  EXPECT_EQ(p->objects, 3u); // commit, root tree, done.txt
+  auto cold = open_mirror("repos2");
+  ASSERT_FALSE(cold.index_pack(tmp / "c.pack"));
+  auto rdir = tmp / "work2" / "c";
+  auto wt = cold.restore_worktree("c", rdir, "makima/c", **c, *s);
+  ASSERT_TRUE(wt) << describe(wt.error());
+  EXPECT_EQ(tree_of(rdir), tree_of(wdir));
+  EXPECT_EQ(git(rdir, {"status", "--porcelain"}), "");
+  EXPECT_EQ(git(rdir, {"rev-parse", "HEAD"}), **c);
+}
