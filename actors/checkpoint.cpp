@@ -731,6 +731,23 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
       files[*sha] = named;
     }
   }
+  // -- nothing changed: the latest checkpoint still holds ------------------
+  if (s.skip_unchanged && parent && parent->wip_commit == m.wip_commit
+      && parent->records_digest == m.records_digest
+      && parent->covers_seq == m.covers_seq) {
+    auto same_role = [&](const std::string& role) {
+      auto* a = find_role(*parent, role);
+      auto* b = find_role(m, role);
+      return (a == nullptr) == (b == nullptr) && (!a || a->sha256 == b->sha256);
+    };
+    if (same_role("state-index") && same_role("state-archive")
+        && same_role("scratch-index") && same_role("scratch-archive")) {
+      t.m = *parent;
+      t.skipped = true;
+      t.total_ms = elapsed_ms(t0);
+      return t;
+    }
+  }
   // -- upload: blobs first, the manifest last --------------------------------
   for (auto& b : m.blobs) {
     auto it = files.find(b.sha256);

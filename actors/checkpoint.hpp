@@ -59,6 +59,11 @@ struct settings {
   /// time. Off: they go on, and a file written meanwhile may be captured
   /// half-written.
   bool stop_task = true;
+  /// Write no checkpoint when nothing changed since the latest one (same
+  /// WIP commit, state dir, records and output): what periodic checkpoints
+  /// do, so an idle task costs no writes. `task checkpoint` writes one
+  /// anyway (a manifest only).
+  bool skip_unchanged = false;
   /// Every `full_every`-th checkpoint is full (parent null).
   uint32_t full_every = 20;
   checkpoint::limits limits;
@@ -164,6 +169,9 @@ struct taken {
   int64_t pause_ms = 0;
   /// How long the whole checkpoint took.
   int64_t total_ms = 0;
+  /// Nothing changed and `skip_unchanged` was set: nothing was written,
+  /// `m` is the latest checkpoint.
+  bool skipped = false;
 };
 
 /// Takes checkpoint n+1 of the task `rec` (its record as stored in `db`):

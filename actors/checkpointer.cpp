@@ -53,6 +53,14 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
         }
         checkpoint_report r;
         r.ref = id + "/" + std::to_string(t->m.n);
+        if (t->skipped) {
+          log::debug("checkpointer", "task " + id
+                                         + ": nothing changed since "
+                                         + r.ref + "; no checkpoint written");
+          r.pause_ms = t->pause_ms;
+          r.total_ms = t->total_ms;
+          return r;
+        }
         r.blobs = t->blobs_uploaded;
         r.bytes = t->bytes_uploaded;
         r.pause_ms = t->pause_ms;

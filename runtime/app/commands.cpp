@@ -106,8 +106,9 @@ task_record run_attempt(caf::actor_system& sys, const config& cfg,
   if (cfg.checkpoint_interval > 0) {
     // Opened before the secrets leave the environment (they are in cfg).
     std::shared_ptr<store::object_store> os = open_checkpoint_store(cfg);
-    s.checkpointer =
-        spawn_checkpointer(sys, db, std::move(os), checkpoint_settings(cfg));
+    auto cs = checkpoint_settings(cfg);
+    cs.skip_unchanged = true; // an idle task costs no writes
+    s.checkpointer = spawn_checkpointer(sys, db, std::move(os), std::move(cs));
     if (!quiet)
       std::fprintf(stderr, "makima: checkpoints every %g s to %s\n",
                    cfg.checkpoint_interval, cfg.store_url.c_str());

@@ -45,6 +45,17 @@ const std::vector<std::tuple<ec, int, std::string>> all_codes = {
     {ec::net_error, 50, "net_error"},
     {ec::net_timeout, 51, "net_timeout"},
     {ec::protocol_error, 52, "protocol_error"},
+    {ec::object_store_error, 60, "object_store_error"},
+    {ec::object_store_unreachable, 61, "object_store_unreachable"},
+    {ec::object_store_denied, 62, "object_store_denied"},
+    {ec::object_not_found, 63, "object_not_found"},
+    {ec::checkpoint_not_found, 64, "checkpoint_not_found"},
+    {ec::checkpoint_corrupt, 65, "checkpoint_corrupt"},
+    {ec::checkpoint_version, 66, "checkpoint_version"},
+    {ec::checkpoint_unsigned, 67, "checkpoint_unsigned"},
+    {ec::checkpoint_bad_signature, 68, "checkpoint_bad_signature"},
+    {ec::checkpoint_limit, 69, "checkpoint_limit"},
+    {ec::checkpoint_unsafe_path, 70, "checkpoint_unsafe_path"},
 };
 
 /// Every task state with its pinned number and name.

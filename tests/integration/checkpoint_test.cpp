@@ -458,6 +458,10 @@ sleep 60
       },
       20000ms));
   std::this_thread::sleep_for(700ms);
+  // Idle now (sleep 60): ticks find nothing changed and write nothing.
+  auto idle_before = count_files(store_ / "tasks/p1/checkpoints").first;
+  std::this_thread::sleep_for(1200ms);
+  EXPECT_EQ(count_files(store_ / "tasks/p1/checkpoints").first, idle_before);
   run.kill(SIGKILL);
   run.wait(10000ms);
   // Another machine: restore the latest checkpoint and resume.
