@@ -56,8 +56,8 @@ struct staging_dir {
 
 caf::expected<fs::path> make_staging(const settings& s, const char* what,
                                      const std::string& id) {
-  auto dir = s.work_dir / (std::string{"."} + what + "-" + id + "-"
-                           + random_suffix());
+  auto dir =
+      s.work_dir / (std::string{"."} + what + "-" + id + "-" + random_suffix());
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec)
@@ -128,9 +128,8 @@ json to_value(const manifest& m) {
 
 const std::set<std::string>& known_roles() {
   static const std::set<std::string> roles{
-      "git-pack",      "state-index",     "state-archive",
-      "state-chunk",   "scratch-index",   "scratch-archive",
-      "scratch-chunk", "records-sst"};
+      "git-pack",      "state-index",     "state-archive", "state-chunk",
+      "scratch-index", "scratch-archive", "scratch-chunk", "records-sst"};
   return roles;
 }
 
@@ -143,8 +142,7 @@ const blob_ref* find_role(const manifest& m, const std::string& role) {
 }
 
 // The fingerprint of a task's record and history as stored.
-caf::expected<std::string> records_digest(store::db& db,
-                                          const std::string& id,
+caf::expected<std::string> records_digest(store::db& db, const std::string& id,
                                           const std::string& record) {
   std::string all = record;
   all.push_back('\0');
@@ -221,8 +219,7 @@ caf::error check_sizes(const std::vector<manifest>& chain, const limits& lim) {
       if (b.role == "git-pack" && b.size > lim.max_pack)
         return make_error(ec::checkpoint_limit,
                           "checkpoint " + m.task + "/" + std::to_string(m.n)
-                              + " has a git pack of "
-                              + std::to_string(b.size)
+                              + " has a git pack of " + std::to_string(b.size)
                               + " bytes, over the limit of "
                               + std::to_string(lim.max_pack) + " (max_pack)");
       if (b.role == "records-sst")
@@ -300,8 +297,8 @@ caf::error restore_dir(const manifest& m, const std::string& prefix,
   std::optional<fs::path> arch;
   if (auto* a = find_role(m, prefix + "-archive"))
     arch = blobs / a->sha256;
-  archive::chunk_source chunks
-      = [&](const std::string& sha) -> caf::expected<fs::path> {
+  archive::chunk_source chunks =
+      [&](const std::string& sha) -> caf::expected<fs::path> {
     auto file = blobs / sha;
     std::error_code fec;
     if (!is_hex(sha, 64) || !fs::exists(file, fec))
@@ -439,8 +436,8 @@ caf::expected<manifest> parse_manifest(const std::string& text,
                    "branch");
   for (auto& b : m.blobs)
     if (!known_roles().count(b.role) || !is_hex(b.sha256, 64)
-        || (b.role == "records-sst"
-            && b.cf != "tasks" && b.cf != "events" && b.cf != "output"))
+        || (b.role == "records-sst" && b.cf != "tasks" && b.cf != "events"
+            && b.cf != "output"))
       return corrupt("the manifest names a blob of unknown role '" + b.role
                      + "' or an invalid digest");
   return m;
@@ -478,17 +475,17 @@ caf::expected<manifest> read_manifest(store::object_store& os,
     if (!all)
       return all.error();
     if (all->empty())
-      return make_error(ec::checkpoint_not_found,
-                        "task " + ref.task + " has no checkpoint in "
-                            + os.describe());
+      return make_error(ec::checkpoint_not_found, "task " + ref.task
+                                                      + " has no checkpoint in "
+                                                      + os.describe());
     n = all->back();
   }
   auto text = os.get(manifest_key(ref.task, *n), lim.max_manifest);
   if (!text) {
     if (code_of(text.error()) == ec::object_not_found)
-      return make_error(ec::checkpoint_not_found,
-                        "no checkpoint " + ref.task + "/" + std::to_string(*n)
-                            + " in " + os.describe());
+      return make_error(ec::checkpoint_not_found, "no checkpoint " + ref.task
+                                                      + "/" + std::to_string(*n)
+                                                      + " in " + os.describe());
     if (code_of(text.error()) == ec::object_store_error) {
       auto h = os.head(manifest_key(ref.task, *n));
       if (h && *h && (*h)->size > lim.max_manifest)
@@ -502,9 +499,9 @@ caf::expected<manifest> read_manifest(store::object_store& os,
   }
   auto m = parse_manifest(*text, key, lim);
   if (!m)
-    return make_error(code_of(m.error()),
-                      "checkpoint " + ref.task + "/" + std::to_string(*n)
-                          + ": " + describe(m.error()));
+    return make_error(code_of(m.error()), "checkpoint " + ref.task + "/"
+                                              + std::to_string(*n) + ": "
+                                              + describe(m.error()));
   if (m->task != ref.task || m->n != *n)
     return corrupt("checkpoint " + ref.task + "/" + std::to_string(*n)
                    + " names itself " + m->task + "/" + std::to_string(m->n));
@@ -524,8 +521,8 @@ caf::expected<std::vector<manifest>> read_chain(store::object_store& os,
     if (chain.size() >= lim.max_chain)
       return make_error(ec::checkpoint_limit,
                         "the chain of checkpoint " + ref.task
-                            + " is longer than "
-                            + std::to_string(lim.max_chain) + " (max_chain)");
+                            + " is longer than " + std::to_string(lim.max_chain)
+                            + " (max_chain)");
     auto p = read_manifest(os, {ref.task, chain.back().parent}, key, lim);
     if (!p) {
       if (code_of(p.error()) == ec::checkpoint_not_found)
@@ -611,9 +608,9 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
     if (rec.worktree.empty() || !fs::exists(rec.worktree, fec))
       return make_error(ec::worktree_missing,
                         "task " + id + " has no worktree to checkpoint"
-                            + (rec.worktree.empty() ? std::string{}
-                                                    : " (" + rec.worktree
-                                                          + " is gone)"));
+                            + (rec.worktree.empty()
+                                   ? std::string{}
+                                   : " (" + rec.worktree + " is gone)"));
   }
   // -- the consistent point: the task's processes are stopped -------------
   std::optional<archive::captured> state;
@@ -628,6 +625,7 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
       failed = seq.error();
     else
       m.covers_seq = *seq ? **seq + 1 : 0;
+    auto seq_ms = elapsed_ms(p0);
     if (!failed && mirror) {
       git::signature sig;
       sig.time = 0;
@@ -638,12 +636,11 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
       else
         m.wip_commit = *wip;
     }
+    auto wip_ms = elapsed_ms(p0);
     if (!failed) {
-      auto c = capture_dir(rec.state_dir.empty()
-                               ? s.state_root / id
-                               : fs::path{rec.state_dir},
-                           staging.path / "state", s.limits.state,
-                           previous_index);
+      auto c = capture_dir(
+          rec.state_dir.empty() ? s.state_root / id : fs::path{rec.state_dir},
+          staging.path / "state", s.limits.state, previous_index);
       if (!c)
         failed = c.error();
       else
@@ -661,6 +658,11 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
     if (pause.resume)
       pause.resume();
     t.pause_ms = elapsed_ms(p0);
+    log::debug("checkpoint",
+               "task " + id + ": capture took " + std::to_string(t.pause_ms)
+                   + " ms (seq " + std::to_string(seq_ms) + ", wip commit "
+                   + std::to_string(wip_ms - seq_ms) + ", state dir "
+                   + std::to_string(t.pause_ms - wip_ms) + ")");
     m.pause_ms = t.pause_ms;
   }
   if (failed)
@@ -710,7 +712,8 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
   uint64_t from = parent ? parent->covers_seq : 0;
   bool records_changed = !parent || parent->records_digest != m.records_digest;
   if (records_changed || m.covers_seq > from) {
-    auto ssts = db.export_task(id, from, m.covers_seq, staging.path / "records");
+    auto ssts =
+        db.export_task(id, from, m.covers_seq, staging.path / "records");
     if (!ssts)
       return ssts.error();
     for (auto& f : *ssts) {
@@ -723,11 +726,11 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
       auto named = staging.path / ("records-" + *sha);
       fs::rename(f.path, named, fec);
       if (fec)
-        return make_error(ec::io_error, "cannot stage " + f.path.string()
-                                            + ": " + fec.message());
-      m.blobs.push_back(
-          {"records-sst", *sha, static_cast<uint64_t>(fs::file_size(named)),
-           f.family});
+        return make_error(ec::io_error, "cannot stage " + f.path.string() + ": "
+                                            + fec.message());
+      m.blobs.push_back({"records-sst", *sha,
+                         static_cast<uint64_t>(fs::file_size(named)),
+                         f.family});
       files[*sha] = named;
     }
   }
@@ -769,7 +772,8 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
   }
   auto body = to_value(m);
   if (!s.key.empty())
-    body["hmac"] = {{"alg", "HMAC-SHA256"}, {"mac", hmac_hex(s.key, body.dump())}};
+    body["hmac"] = {{"alg", "HMAC-SHA256"},
+                    {"mac", hmac_hex(s.key, body.dump())}};
   m.signed_ = !s.key.empty();
   m.text = body.dump();
   if (auto err = os.put(manifest_key(id, m.n), m.text))
@@ -866,9 +870,9 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
       if (auto err = mirror->fetch())
         return err;
       if (!mirror->has_object(m.base_commit))
-        return make_error(ec::ref_not_found,
-                          "the checkpoint's base commit " + m.base_commit
-                              + " is not in " + log::redact(m.origin));
+        return make_error(ec::ref_not_found, "the checkpoint's base commit "
+                                                 + m.base_commit + " is not in "
+                                                 + log::redact(m.origin));
     }
     for (auto& c : *chain)
       for (auto& b : c.blobs)
@@ -931,7 +935,8 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
   if (!text)
     return fail_records(text.error());
   if (!*text)
-    return fail_records(corrupt("the checkpoint's records hold no task record"));
+    return fail_records(
+        corrupt("the checkpoint's records hold no task record"));
   auto rec = record_from_json(**text);
   if (!rec)
     return fail_records(corrupt("the checkpoint's task record is malformed"));

@@ -54,8 +54,7 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
         checkpoint_report r;
         r.ref = id + "/" + std::to_string(t->m.n);
         if (t->skipped) {
-          log::debug("checkpointer", "task " + id
-                                         + ": nothing changed since "
+          log::debug("checkpointer", "task " + id + ": nothing changed since "
                                          + r.ref + "; no checkpoint written");
           r.pause_ms = t->pause_ms;
           r.total_ms = t->total_ms;
@@ -67,22 +66,21 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
         r.total_ms = t->total_ms;
         log::info("checkpointer",
                   "task " + id + ": checkpoint " + r.ref + " in "
-                      + st.store->describe() + ": "
-                      + std::to_string(r.blobs) + " blobs, "
-                      + std::to_string(r.bytes) + " bytes uploaded, paused "
-                      + std::to_string(r.pause_ms) + " ms, "
-                      + std::to_string(r.total_ms) + " ms in all");
+                      + st.store->describe() + ": " + std::to_string(r.blobs)
+                      + " blobs, " + std::to_string(r.bytes)
+                      + " bytes uploaded, paused " + std::to_string(r.pause_ms)
+                      + " ms, " + std::to_string(r.total_ms) + " ms in all");
         return r;
       },
   };
 }
 
-checkpointer_actor spawn_checkpointer(caf::actor_system& sys,
-                                      std::shared_ptr<store::db> db,
-                                      std::shared_ptr<store::object_store> store,
-                                      checkpoint::settings settings) {
-  return sys.spawn<caf::detached>(checkpointer, std::move(db),
-                                  std::move(store), std::move(settings));
+checkpointer_actor
+spawn_checkpointer(caf::actor_system& sys, std::shared_ptr<store::db> db,
+                   std::shared_ptr<store::object_store> store,
+                   checkpoint::settings settings) {
+  return sys.spawn<caf::detached>(checkpointer, std::move(db), std::move(store),
+                                  std::move(settings));
 }
 
 } // namespace makima

@@ -34,9 +34,9 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
              checkpoint::settings settings);
 
 /// Spawns a CHECKPOINTER actor (detached).
-checkpointer_actor spawn_checkpointer(caf::actor_system& sys,
-                                      std::shared_ptr<store::db> db,
-                                      std::shared_ptr<store::object_store> store,
-                                      checkpoint::settings settings);
+checkpointer_actor
+spawn_checkpointer(caf::actor_system& sys, std::shared_ptr<store::db> db,
+                   std::shared_ptr<store::object_store> store,
+                   checkpoint::settings settings);
 
 } // namespace makima

@@ -73,7 +73,7 @@ log "origin: $files files, $((history_kb / 1024)) MiB of .git"
 store="$work/store"
 a="$work/a"
 export MAKIMA_STORE="file://$store"
-cas_bytes() { find "$store/cas" -type f -printf '%s\n' 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
+cas_bytes() { { find "$store/cas" -type f -printf '%s\n' 2>/dev/null || true; } | awk '{s+=$1} END {print s+0}'; }
 manifest_field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
 log "task: changes 30 files, adds 200 untracked ones, fills a state dir"
@@ -87,13 +87,14 @@ declare -A ms bytes pause
 checkpoint() { # name
   local before t0 after
   before=$(cas_bytes); t0=$(now)
-  local ref; ref=$("$makima" task checkpoint --data-dir "$a" b1 2>/dev/null)
+  local ref; ref=$(MAKIMA_LOG_LEVEL=debug "$makima" task checkpoint --data-dir "$a" b1 2>"$work/checkpoint.err") || { cat "$work/checkpoint.err" >&2; exit 1; }
   ms[$1]=$(since "$t0")
   after=$(cas_bytes)
   local n=${ref#b1/}
   local mf="$store/tasks/b1/checkpoints/$n.json"
   bytes[$1]=$(( after - before + $(stat -c %s "$mf") ))
   pause[$1]=$(manifest_field "$mf" pause_ms)
+  grep -h "capture took" "$work/checkpoint.err" >&2 || true
   log "$1 checkpoint $ref: ${ms[$1]} ms, ${bytes[$1]} bytes uploaded, capture ${pause[$1]} ms"
 }
 checkpoint first

@@ -7,8 +7,8 @@
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
-#include <unistd.h>
 #include <map>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -173,8 +173,7 @@ int cmd_restore(restore_options& o) {
                r->rec.spec.id.c_str(), r->m.task.c_str(), r->m.n,
                format_bytes(r->bytes_downloaded).c_str(),
                r->cloned ? ", mirror cloned" : "", r->total_ms,
-               to_string(r->rec.state), r->rec.attempt,
-               r->rec.spec.id.c_str());
+               to_string(r->rec.state), r->rec.attempt, r->rec.spec.id.c_str());
   std::printf("%s\n", r->rec.spec.id.c_str());
   return exit_ok;
 }
@@ -258,8 +257,9 @@ int cmd_list(list_options& o) {
   std::printf("%-34s %-24s %-6s %-7s %-11s %-8s %s\n", "REF", "CREATED",
               "PARENT", "ATTEMPT", "STATE", "SEQ", "ADDED");
   for (auto& r : rows) {
-    auto parent = r["parent"].is_null() ? std::string{"full"}
-                                        : std::to_string(r["parent"].get<uint64_t>());
+    auto parent = r["parent"].is_null()
+                      ? std::string{"full"}
+                      : std::to_string(r["parent"].get<uint64_t>());
     std::printf("%-34s %-24s %-6s %-7u %-11s %-8" PRIu64 " %s\n",
                 r["ref"].get<std::string>().c_str(),
                 r["created_at"].get<std::string>().c_str(), parent.c_str(),
@@ -325,11 +325,10 @@ int cmd_verify(ref_options& o) {
     // A failed verification is the answer, not makima failing: exit 1
     // (like fsck and `git fsck`); the store being down stays 125.
     auto code = code_of(v.error());
-    bool answer = code == ec::checkpoint_corrupt
-                  || code == ec::checkpoint_version
-                  || code == ec::checkpoint_unsigned
-                  || code == ec::checkpoint_bad_signature
-                  || code == ec::checkpoint_limit;
+    bool answer =
+        code == ec::checkpoint_corrupt || code == ec::checkpoint_version
+        || code == ec::checkpoint_unsigned
+        || code == ec::checkpoint_bad_signature || code == ec::checkpoint_limit;
     fail(answer ? 1 : status_for(v.error()), describe(v.error()));
   }
   auto& last = v->chain.back();

@@ -69,9 +69,9 @@ std::string diff(const std::map<std::string, entry>& a,
     if (!(i->second == v)) {
       std::ostringstream s;
       s << "differs: " << k << " (type " << v.type << "/" << i->second.type
-        << ", mode " << std::oct << v.mode << "/" << i->second.mode
-        << std::dec << ", " << v.content.size() << "/"
-        << i->second.content.size() << " bytes)";
+        << ", mode " << std::oct << v.mode << "/" << i->second.mode << std::dec
+        << ", " << v.content.size() << "/" << i->second.content.size()
+        << " bytes)";
       return s.str();
     }
   }
@@ -152,10 +152,10 @@ protected:
   // Runs the work script as task `id` in data dir A (exits 3).
   // `big`: bytes of the large random file in the worktree.
   void run_work(const std::string& id, size_t big = 3000000) {
-    auto r = a_.run({"--id", id, "--repo", origin_.string(), "--env",
-                     "BIG=" + std::to_string(big), "--", "sh", "-c",
-                     work_script},
-                    60000ms);
+    auto r =
+        a_.run({"--id", id, "--repo", origin_.string(), "--env",
+                "BIG=" + std::to_string(big), "--", "sh", "-c", work_script},
+               60000ms);
     ASSERT_EQ(r.exit_code, 3) << r.err;
     ASSERT_NE(r.out.find("attempt 1 done"), std::string::npos) << r.out;
   }
@@ -365,10 +365,10 @@ TEST_F(Checkpoint, a_damaged_blob_is_refused_and_nothing_is_restored) {
 
 TEST_F(Checkpoint, signatures_versions_references_and_existing_tasks) {
   run_work("t5");
-  const std::map<std::string, std::string> k1{{"MAKIMA_CHECKPOINT_KEY",
-                                               "fleet-key-one"}};
-  const std::map<std::string, std::string> k2{{"MAKIMA_CHECKPOINT_KEY",
-                                               "fleet-key-two"}};
+  const std::map<std::string, std::string> k1{
+      {"MAKIMA_CHECKPOINT_KEY", "fleet-key-one"}};
+  const std::map<std::string, std::string> k2{
+      {"MAKIMA_CHECKPOINT_KEY", "fleet-key-two"}};
   auto signed_cp = checkpoint(a_, "t5", k1);
   ASSERT_EQ(signed_cp.exit_code, 0) << signed_cp.err;
   auto manifest = slurp(store_ / "tasks/t5/checkpoints/1.json");
@@ -490,21 +490,20 @@ TEST_F(Checkpoint, an_unreachable_store_fails_the_checkpoint_not_the_task) {
   auto o = a_.opts(60000ms);
   o.env["AWS_ACCESS_KEY_ID"] = "AKIDEXAMPLE";
   o.env["AWS_SECRET_ACCESS_KEY"] = "never-print-this-secret";
-  auto argv = a_.run_argv({"--id", "u1", "--checkpoint-interval", "0.2",
-                           "--store", "s3://bucket/prefix", "--s3-endpoint",
-                           "http://127.0.0.1:1", "--", "sh", "-c",
-                           "echo working; sleep 3; echo done"});
+  auto argv =
+      a_.run_argv({"--id", "u1", "--checkpoint-interval", "0.2", "--store",
+                   "s3://bucket/prefix", "--s3-endpoint", "http://127.0.0.1:1",
+                   "--", "sh", "-c", "echo working; sleep 3; echo done"});
   auto r = test::run(argv, o);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("done"), std::string::npos);
-  EXPECT_NE(r.err.find("the task goes on"), std::string::npos)
-      << r.err;
+  EXPECT_NE(r.err.find("the task goes on"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("never-print-this-secret"), std::string::npos);
   // `task checkpoint` against it: a clear error naming the store.
-  auto c = test::run(a_.task_argv("checkpoint",
-                                  {"u1", "--store", "s3://bucket/prefix",
-                                   "--s3-endpoint", "http://127.0.0.1:1"}),
-                     o);
+  auto c = test::run(
+      a_.task_argv("checkpoint", {"u1", "--store", "s3://bucket/prefix",
+                                  "--s3-endpoint", "http://127.0.0.1:1"}),
+      o);
   EXPECT_EQ(c.exit_code, 125);
   EXPECT_NE(c.err.find("s3://bucket/prefix"), std::string::npos) << c.err;
   EXPECT_EQ(c.err.find("never-print-this-secret"), std::string::npos);
@@ -518,9 +517,9 @@ TEST_F(Checkpoint, a_scratch_task_without_a_repository_round_trips) {
   ASSERT_EQ(checkpoint(a_, "s1").exit_code, 0);
   auto res = restore(b_, "s1");
   ASSERT_EQ(res.exit_code, 0) << res.err;
-  EXPECT_EQ(diff(tree(a_.data() / "worktrees/s1"),
-                 tree(b_.data() / "worktrees/s1")),
-            "");
+  EXPECT_EQ(
+      diff(tree(a_.data() / "worktrees/s1"), tree(b_.data() / "worktrees/s1")),
+      "");
   EXPECT_EQ(slurp(b_.data() / "state/s1/s"), "st\n");
 }
 
@@ -538,8 +537,7 @@ TEST_F(Checkpoint, through_s3_with_signatures_retries_and_no_secret_leaks) {
       {"AWS_SECRET_ACCESS_KEY", test::s3_server::secret_key},
       {"MAKIMA_S3_ENDPOINT", proxy.endpoint()},
       {"MAKIMA_S3_REGION", "auto"}};
-  auto with = [&](env& e, const std::string& sub,
-                  std::vector<std::string> args,
+  auto with = [&](env& e, const std::string& sub, std::vector<std::string> args,
                   std::map<std::string, std::string> vars) {
     args.push_back("--store");
     args.push_back("s3://makima/fleet/one");
@@ -562,8 +560,9 @@ TEST_F(Checkpoint, through_s3_with_signatures_retries_and_no_secret_leaks) {
   EXPECT_EQ(diff(tree(a_.data() / "state/s3t"), tree(b_.data() / "state/s3t")),
             "");
   // The manifest names no credential.
-  std::vector<std::string> show{MAKIMA_BINARY, "checkpoint", "show", "s3t",
-                                "--json", "--store", "s3://makima/fleet/one"};
+  std::vector<std::string> show{
+      MAKIMA_BINARY, "checkpoint",           "show", "s3t", "--json",
+      "--store",     "s3://makima/fleet/one"};
   auto o = a_.opts(60000ms);
   for (auto& [k, v] : creds)
     o.env[k] = v;

@@ -19,6 +19,7 @@
 #include <gtest/gtest.h>
 
 #include "runtime/error.hpp"
+#include "tests/fixtures/command.hpp"
 #include "tests/fixtures/git_repo.hpp"
 #include "tests/fixtures/temp_dir.hpp"
 
@@ -610,4 +611,51 @@ TEST_F(GitRestore, clean_worktree_restores_at_its_head) {
   EXPECT_EQ(tree_of(rdir), tree_of(wdir));
   EXPECT_EQ(git(rdir, {"status", "--porcelain"}), "");
   EXPECT_EQ(git(rdir, {"rev-parse", "HEAD"}), **c);
+}
+
+// A second snapshot of a worktree full of untracked files writes no object
+// the mirror has (libgit2's add_all would write each blob to a temporary
+// file again), and a file whose new content is an existing blob, or whose
+// only change is its mode, is still captured exactly.
+TEST_F(GitPack,
+       an_unchanged_snapshot_writes_no_object_and_reused_blobs_are_exact) {
+  auto m = open_mirror("repos");
+  ASSERT_NO_FATAL_FAILURE(make_task(m));
+  for (int i = 0; i < 100; ++i)
+    write_file(dir / "many" / ("u" + std::to_string(i) + ".txt"),
+               "untracked " + std::to_string(i) + "\n");
+  auto first = m.snapshot(dir, "refs/wip/t1", "makima wip t1", wip_sig());
+  ASSERT_TRUE(first) << describe(first.error());
+  auto objects = [&] {
+    size_t n = 0;
+    for (auto& e : fs::recursive_directory_iterator(m.path() / "objects"))
+      if (e.is_regular_file())
+        ++n;
+    return n;
+  };
+  auto before = objects();
+  auto again = m.snapshot(dir, "refs/wip/t1", "makima wip t1", wip_sig());
+  ASSERT_TRUE(again) << describe(again.error());
+  EXPECT_EQ(*again, *first);
+  EXPECT_EQ(objects(), before);
+  // Content that exists as a blob already (another file's), and a mode
+  // change of an untouched file: both through the no-write path.
+  write_file(dir / "README.md", read_file(dir / "many/u7.txt"));
+  fs::permissions(dir / "src/d3/e0/file3.txt", fs::perms::owner_exec,
+                  fs::perm_options::add);
+  auto third = m.snapshot(dir, "refs/wip/t1", "makima wip t1", wip_sig());
+  ASSERT_TRUE(third) << describe(third.error());
+  EXPECT_EQ(git(m.path(), {"cat-file", "-p", *third + ":README.md"}),
+            "untracked 7");
+  auto ls = git(m.path(), {"ls-tree", "-r", *third, "src/d3/e0/file3.txt"});
+  EXPECT_EQ(ls.rfind("100755 ", 0), 0u) << ls;
+  // The tree equals what the git CLI stages from the same worktree.
+  auto tree = git(m.path(), {"rev-parse", *third + "^{tree}"});
+  auto env_index = "GIT_INDEX_FILE=" + (tmp / "cli-index").string();
+  auto r = makima::test::sh(
+      "cd '" + dir.string() + "' && " + env_index + " git read-tree HEAD && "
+      + env_index + " git add -A && " + env_index + " git write-tree");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto cli_tree = r.out.substr(0, r.out.find('\n'));
+  EXPECT_EQ(cli_tree, tree);
 }
