@@ -841,6 +841,7 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
   if (!bytes)
     return bytes.error();
   r.bytes_downloaded = *bytes;
+  auto fetched_ms = elapsed_ms(t0);
   // The state dir (and a scratch worktree) into staging: every archive
   // check happens before anything becomes visible.
   if (auto err = restore_dir(m, "state", blobs, staging.path / "state",
@@ -883,6 +884,7 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
       if (!mirror->has_object(*c))
         return corrupt("the checkpoint's packs do not hold commit " + *c);
   }
+  auto mirror_ms = elapsed_ms(t0);
   // From here on, undo what was made when a later step fails.
   bool worktree_made = false;
   auto undo = [&] {
@@ -920,6 +922,7 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
                                           + fec.message());
     }
   }
+  auto worktree_ms = elapsed_ms(t0);
   if (auto err = db.ingest(ssts)) {
     undo();
     return err;
@@ -963,6 +966,13 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
   r.rec = std::move(*rec);
   r.m = m;
   r.total_ms = elapsed_ms(t0);
+  log::debug("checkpoint",
+             "task " + id + ": restored in " + std::to_string(r.total_ms)
+                 + " ms (manifests and blobs " + std::to_string(fetched_ms)
+                 + ", state dir and mirror "
+                 + std::to_string(mirror_ms - fetched_ms) + ", worktree "
+                 + std::to_string(worktree_ms - mirror_ms) + ", records "
+                 + std::to_string(r.total_ms - worktree_ms) + ")");
   return r;
 }
 

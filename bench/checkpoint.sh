@@ -108,19 +108,28 @@ median() { python3 -c "import statistics,sys; print(round(statistics.median(floa
 cold=(); clone=(); warm=(); wtadd=()
 git clone -q --bare "$repo" "$work/bare.git"
 base=$(git -C "$work/bare.git" rev-parse HEAD)
+# The file system (ext4 here) creates files much more slowly right after
+# many were deleted (its inode allocator scans recently deleted inodes), so
+# each pair runs in alternating order and only after a sync and a pause.
+settle() { sync; sleep 1; }
 for i in $(seq 1 "$RUNS"); do
-  d="$work/cold$i"; t0=$(now)
-  "$makima" task restore --data-dir "$d" b1 >/dev/null 2>&1
-  cold+=("$(since "$t0")")
-  t0=$(now); git clone -q "$repo" "$work/clone$i"; clone+=("$(since "$t0")")
-  # Warm: the same data dir again, task removed, mirror kept.
-  "$makima" task rm --data-dir "$d" b1 >/dev/null 2>&1
-  t0=$(now)
-  "$makima" task restore --data-dir "$d" b1 >/dev/null 2>&1
-  warm+=("$(since "$t0")")
-  t0=$(now); git -C "$work/bare.git" worktree add -q "$work/wt$i" -b b$i "$base"
-  wtadd+=("$(since "$t0")")
-  rm -rf "$d" "$work/clone$i"
+  d="$work/cold$i"
+  pair_cold() { settle; local t0; t0=$(now)
+    "$makima" task restore --data-dir "$d" b1 >/dev/null 2>&1
+    cold+=("$(since "$t0")"); }
+  pair_clone() { settle; local t0; t0=$(now)
+    git clone -q "$repo" "$work/clone$i"; clone+=("$(since "$t0")"); }
+  pair_warm() { "$makima" task rm --data-dir "$d" b1 >/dev/null 2>&1; settle
+    local t0; t0=$(now)
+    "$makima" task restore --data-dir "$d" b1 >/dev/null 2>&1
+    warm+=("$(since "$t0")"); }
+  pair_wtadd() { settle; local t0; t0=$(now)
+    git -C "$work/bare.git" worktree add -q "$work/wt$i" -b b$i "$base"
+    wtadd+=("$(since "$t0")"); }
+  if (( i % 2 )); then pair_cold; pair_clone; pair_warm; pair_wtadd
+  else pair_clone; pair_cold; pair_wtadd; pair_warm; fi
+  rm -rf "$d" "$work/clone$i" "$work/wt$i"
+  git -C "$work/bare.git" worktree prune
 done
 cold_ms=$(median "${cold[@]}"); clone_ms=$(median "${clone[@]}")
 warm_ms=$(median "${warm[@]}"); wtadd_ms=$(median "${wtadd[@]}")
