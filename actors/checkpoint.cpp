@@ -612,6 +612,18 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
                                    ? std::string{}
                                    : " (" + rec.worktree + " is gone)"));
   }
+  // -- pre-copy, while the task runs: the objects of what changed ----------
+  // Like a live migration's pre-copy: a first snapshot writes the blobs of
+  // every new or modified file while the task goes on; the one during the
+  // pause then only hashes files (it writes no object the mirror has), so
+  // the pause is as short as the changes made in between allow. Its result
+  // is overwritten; a failure here shows up again below.
+  if (mirror) {
+    git::signature sig;
+    sig.time = 0;
+    (void) mirror->snapshot(rec.worktree, "refs/wip/" + id, "makima wip " + id,
+                            sig);
+  }
   // -- the consistent point: the task's processes are stopped -------------
   std::optional<archive::captured> state;
   std::optional<archive::captured> scratch;

@@ -111,7 +111,7 @@ task_record run_attempt(caf::actor_system& sys, const config& cfg,
     s.checkpointer = spawn_checkpointer(sys, db, std::move(os), std::move(cs));
     if (!quiet)
       std::fprintf(stderr, "makima: checkpoints every %g s to %s\n",
-                   cfg.checkpoint_interval, cfg.store_url.c_str());
+                   cfg.checkpoint_interval, log::redact(cfg.store_url).c_str());
   }
   s.out_fd = STDOUT_FILENO;
   s.err_fd = STDERR_FILENO;

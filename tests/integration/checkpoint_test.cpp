@@ -200,6 +200,7 @@ TEST_F(Checkpoint, restores_worktree_state_dir_and_records_byte_for_byte) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "t1\n");
   EXPECT_NE(r.err.find("makima task resume t1"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("mirror cloned"), std::string::npos) << r.err;
   // The worktree: everything but the ignored file, byte for byte and mode
   // for mode; the task's own commit is on the restored branch.
   auto wa = a_.data() / "worktrees" / "t1";
@@ -266,9 +267,17 @@ TEST_F(Checkpoint, an_unchanged_checkpoint_uploads_only_its_manifest) {
   auto added = grown.second - after.second;
   EXPECT_GE(added, 1048576u);
   EXPECT_LE(added, 1363149u) << "1.3 MiB at most for 1 MiB of changes";
-  // The chain restores to the latest state.
+  // The chain restores to the latest state, into a warm data dir: one
+  // whose mirror of the origin exists (a task of it ran there), so nothing
+  // is cloned.
+  auto warmup = b_.run({"--id", "w0", "--repo", origin_.string(), "--", "true"});
+  ASSERT_EQ(warmup.exit_code, 0) << warmup.err;
   auto res = restore(b_, "t2");
   ASSERT_EQ(res.exit_code, 0) << res.err;
+  EXPECT_EQ(res.err.find("mirror cloned"), std::string::npos) << res.err;
+  EXPECT_EQ(diff(tree(a_.data() / "worktrees/t2", {"ignored.log"}),
+                 tree(b_.data() / "worktrees/t2")),
+            "");
   EXPECT_EQ(slurp(b_.data() / "worktrees/t2/extra.bin"),
             slurp(a_.data() / "worktrees/t2/extra.bin"));
 }
