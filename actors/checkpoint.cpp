@@ -17,6 +17,7 @@
 #include "actors/task_store.hpp"
 #include "runtime/error.hpp"
 #include "runtime/git/git.hpp"
+#include "runtime/hex.hpp"
 #include "runtime/ids.hpp"
 #include "runtime/log.hpp"
 
@@ -72,13 +73,7 @@ std::string hmac_hex(const std::string& key, const std::string& text) {
   HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
        reinterpret_cast<const unsigned char*>(text.data()), text.size(), mac,
        &len);
-  static const char hex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < len; ++i) {
-    out.push_back(hex[mac[i] >> 4]);
-    out.push_back(hex[mac[i] & 15]);
-  }
-  return out;
+  return to_hex(mac, len);
 }
 
 bool is_hex(const std::string& s, size_t len) {

@@ -1,6 +1,7 @@
 // Canonical request targets (see server_target.hpp): RFC 3986 path and query
 // syntax, checked byte by byte, decoded once.
 #include "actors/server_target.hpp"
+#include "runtime/hex.hpp"
 #include "runtime/utf8.hpp"
 
 #include <cstddef>
@@ -10,15 +11,6 @@ namespace makima::server_detail {
 
 namespace {
 
-int hex(unsigned char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
 
 bool is_alpha_digit(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
@@ -70,8 +62,8 @@ std::string decode_segment(const std::string& raw, std::string& error) {
       error = "malformed percent-escape in the path";
       return {};
     }
-    int hi = hex(static_cast<unsigned char>(raw[i + 1]));
-    int lo = hex(static_cast<unsigned char>(raw[i + 2]));
+    int hi = hex_digit(raw[i + 1]);
+    int lo = hex_digit(raw[i + 2]);
     if (hi < 0 || lo < 0) {
       error = "malformed percent-escape in the path";
       return {};
@@ -109,8 +101,8 @@ bool decode_query(const std::string& raw, std::string& out) {
     } else if (c == '%') {
       if (i + 2 >= raw.size())
         return false;
-      int hi = hex(static_cast<unsigned char>(raw[i + 1]));
-      int lo = hex(static_cast<unsigned char>(raw[i + 2]));
+      int hi = hex_digit(raw[i + 1]);
+      int lo = hex_digit(raw[i + 2]);
       if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
         return false;
       out += static_cast<char>(hi * 16 + lo);

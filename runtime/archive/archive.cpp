@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/error.hpp"
+#include "runtime/hex.hpp"
 #include "runtime/utf8.hpp"
 
 namespace fs = std::filesystem;
@@ -125,15 +126,9 @@ public:
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
     EVP_DigestFinal_ex(ctx_, md, &len);
-    static constexpr char digits[] = "0123456789abcdef";
-    std::string out;
-    out.reserve(len * 2);
-    for (unsigned i = 0; i < len; ++i) {
-      out += digits[md[i] >> 4];
-      out += digits[md[i] & 0xF];
-    }
-    return out;
+    return to_hex(md, len);
   }
+
 
 private:
   EVP_MD_CTX* ctx_;

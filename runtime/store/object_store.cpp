@@ -22,6 +22,7 @@
 #include <openssl/evp.h>
 
 #include "runtime/error.hpp"
+#include "runtime/hex.hpp"
 #include "runtime/store/s3.hpp"
 
 namespace fs = std::filesystem;
@@ -39,16 +40,6 @@ struct evp_ctx {
   ~evp_ctx() { EVP_MD_CTX_free(ctx); }
 };
 
-std::string to_hex(const unsigned char* p, unsigned n) {
-  static const char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(n * 2);
-  for (unsigned i = 0; i < n; ++i) {
-    out.push_back(digits[p[i] >> 4]);
-    out.push_back(digits[p[i] & 15]);
-  }
-  return out;
-}
 
 } // namespace
 
@@ -453,30 +444,6 @@ private:
   fs::path root_;
 };
 
-// Decodes %XX escapes (file URLs may escape spaces and the like).
-bool percent_decode(std::string_view in, std::string& out) {
-  auto hex = [](char c) -> int {
-    if (c >= '0' && c <= '9')
-      return c - '0';
-    if (c >= 'a' && c <= 'f')
-      return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-      return c - 'A' + 10;
-    return -1;
-  };
-  out.clear();
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      out.push_back(in[i]);
-      continue;
-    }
-    if (i + 2 >= in.size() || hex(in[i + 1]) < 0 || hex(in[i + 2]) < 0)
-      return false;
-    out.push_back(static_cast<char>(hex(in[i + 1]) * 16 + hex(in[i + 2])));
-    i += 2;
-  }
-  return true;
-}
 
 caf::error bad_url(const std::string& why) {
   return make_error(ec::invalid_argument, "object store URL: " + why);

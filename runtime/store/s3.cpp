@@ -35,6 +35,7 @@
 #include <curl/curl.h>
 
 #include "runtime/error.hpp"
+#include "runtime/hex.hpp"
 
 namespace fs = std::filesystem;
 
@@ -64,24 +65,15 @@ std::string uri_encode(std::string_view s, bool keep_slash) {
   return out;
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
 
 std::string uri_decode(std::string_view s) {
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && hex_value(s[i + 1]) >= 0
-        && hex_value(s[i + 2]) >= 0) {
+    if (s[i] == '%' && i + 2 < s.size() && hex_digit(s[i + 1]) >= 0
+        && hex_digit(s[i + 2]) >= 0) {
       out.push_back(
-          static_cast<char>(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2])));
+          static_cast<char>(hex_digit(s[i + 1]) * 16 + hex_digit(s[i + 2])));
       i += 2;
     } else if (s[i] == '+') {
       out.push_back(' '); // encoding-type=url encodes spaces as '+'
