@@ -638,14 +638,15 @@ int cmd_logs_follow(const common_options& common, const std::string& id) {
 
 namespace {
 
-/// Overwrites the values of --api-key, --user-key and --daemon-key in the
+/// Overwrites the values of --api-key, --user-key, --daemon-key and
+/// --checkpoint-key in the
 /// process's own argv (after it was copied), so that /proc/PID/cmdline and
 /// `ps` show "--user-key ******" instead of the key — the approach of
 /// MySQL's client. Before this runs (the first microseconds of the process)
 /// the key is visible; the environment or the config file never shows it.
 void hide_key_arguments(int argc, char** argv) {
   static constexpr const char* flags[] = {"--api-key", "--user-key",
-                                          "--daemon-key"};
+                                          "--daemon-key", "--checkpoint-key"};
   auto blank = [](char* p) {
     for (; *p != '\0'; ++p)
       *p = '*';
