@@ -45,3 +45,23 @@ TEST(cmdline_keys, key_flags_are_blanked_in_proc_cmdline) {
   api second{srv.http(), "second-user-key-91"};
   EXPECT_EQ(second.state(id), "succeeded");
 }
+
+TEST(cmdline_keys, the_checkpoint_key_flag_is_blanked_and_still_signs) {
+  env e;
+  std::string store = "file://" + (e.root() / "store").string();
+  makima::test::background run{
+      e.run_argv({"--id", "ck", "--checkpoint-interval", "0.2", "--store",
+                  store, "--checkpoint-key", "hmac-flag-key-77", "--", "sh",
+                  "-c", "echo started; sleep 2"}),
+      e.opts()};
+  ASSERT_TRUE(run.wait_for_output("started", 20000ms)) << run.output();
+  auto cmd = cmdline_of(run.pid());
+  EXPECT_NE(cmd.find("--checkpoint-key"), std::string::npos) << cmd;
+  EXPECT_EQ(cmd.find("hmac-flag-key-77"), std::string::npos) << cmd;
+  auto r = run.wait(30000ms);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // The manifests it wrote are signed with the key it was given.
+  auto m = slurp(e.root() / "store/tasks/ck/checkpoints/1.json");
+  EXPECT_NE(m.find("HMAC-SHA256"), std::string::npos) << m;
+  EXPECT_EQ(m.find("hmac-flag-key-77"), std::string::npos);
+}
