@@ -261,7 +261,8 @@ capture_dir(const fs::path& dir, const fs::path& staging,
 void add_captured(manifest& m, const std::string& prefix,
                   const archive::captured& c,
                   const std::set<std::string>& chain_blobs,
-                  std::map<std::string, fs::path>& files) {
+                  std::map<std::string, fs::path>& files,
+                  const std::map<std::string, fs::path>& precopied = {}) {
   m.blobs.push_back({prefix + "-index", c.index.sha256, c.index.size, {}});
   files[c.index.sha256] = c.index.file;
   if (c.archive) {
@@ -274,9 +275,13 @@ void add_captured(manifest& m, const std::string& prefix,
     if (chain_blobs.count(ch.sha256) || !seen.insert(ch.sha256).second)
       continue;
     m.blobs.push_back({prefix + "-chunk", ch.sha256, ch.size, {}});
-    // A chunk reused from the previous index has no staged file: the store
-    // has it (checked before the manifest is written).
-    files[ch.sha256] = ch.staged ? ch.file : fs::path{};
+    // A chunk reused from the previous index has no staged file: the
+    // pre-copy staged it, or the store has it (checked before the manifest
+    // is written).
+    auto pre = precopied.find(ch.sha256);
+    files[ch.sha256] = ch.staged                ? ch.file
+                       : pre != precopied.end() ? pre->second
+                                                : fs::path{};
   }
 }
 
@@ -616,8 +621,20 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
   if (mirror) {
     git::signature sig;
     sig.time = 0;
-    (void) mirror->snapshot(rec.worktree, "refs/wip/" + id, "makima wip " + id,
-                            sig);
+    (void)mirror->snapshot(rec.worktree, "refs/wip/" + id, "makima wip " + id,
+                           sig);
+  }
+  // The state dir likewise: its large files are chunked now, and the
+  // capture during the pause reuses those chunks for files unchanged since.
+  auto state_path =
+      rec.state_dir.empty() ? s.state_root / id : fs::path{rec.state_dir};
+  std::map<std::string, fs::path> precopied;
+  if (auto pre = capture_dir(state_path, staging.path / "state-pre",
+                             s.limits.state, previous_index)) {
+    for (auto& ch : pre->chunks)
+      if (ch.staged)
+        precopied[ch.sha256] = ch.file;
+    previous_index = pre->index.file;
   }
   // -- the consistent point: the task's processes are stopped -------------
   std::optional<archive::captured> state;
@@ -645,9 +662,8 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
     }
     auto wip_ms = elapsed_ms(p0);
     if (!failed) {
-      auto c = capture_dir(
-          rec.state_dir.empty() ? s.state_root / id : fs::path{rec.state_dir},
-          staging.path / "state", s.limits.state, previous_index);
+      auto c = capture_dir(state_path, staging.path / "state", s.limits.state,
+                           previous_index);
       if (!c)
         failed = c.error();
       else
@@ -703,7 +719,7 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
       }
     }
   }
-  add_captured(m, "state", *state, chain_blobs, files);
+  add_captured(m, "state", *state, chain_blobs, files, precopied);
   if (scratch)
     add_captured(m, "scratch", *scratch, chain_blobs, files);
   // -- records: what changed since the parent -------------------------------
