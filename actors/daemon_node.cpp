@@ -1,12 +1,15 @@
 // See daemon_node.hpp.
 #include "actors/daemon_node.hpp"
 
+#include "actors/checkpointer.hpp"
+
 #include <cstdio>
 #include <cstring>
 
 #include <caf/actor_system.hpp>
 #include <caf/send.hpp>
 
+#include "actors/checkpointer.hpp"
 #include "actors/daemon.hpp"
 #include "actors/persistence.hpp"
 #include "runtime/error.hpp"
@@ -86,7 +89,7 @@ daemon_node::start(caf::actor_system& sys, daemon_settings s,
   node->connection_ = spawn_connection(
       sys, std::move(s.connection), std::move(hooks), persist, std::move(io));
   daemon_context ctx{persist, node->connection_, node->reactor_,
-                     std::move(s.workspace)};
+                     std::move(s.workspace), s.checkpointer};
   node->daemon_ = spawn_daemon(sys, std::move(ctx));
   caf::anon_send(node->connection_, start_atom::value, node->daemon_);
   return node;
@@ -110,14 +113,24 @@ daemon_node::start_with_store(caf::actor_system& sys, daemon_settings s,
     return db.error();
   std::shared_ptr<store::db> shared{std::move(*db)};
   auto persist = spawn_persistence(sys, shared);
+  checkpointer_actor checkpointer;
+  if (s.checkpoint_store && s.workspace.checkpoint_interval > 0) {
+    auto cs = s.checkpoints;
+    cs.skip_unchanged = true; // an idle task costs no writes
+    checkpointer = spawn_checkpointer(sys, shared, s.checkpoint_store, cs);
+    s.checkpointer = checkpointer;
+  }
   auto node =
       start(sys, std::move(s), persist, std::move(io), std::move(hooks));
   if (!node) {
     caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
+    if (checkpointer)
+      caf::anon_send_exit(checkpointer, caf::exit_reason::user_shutdown);
     return node.error();
   }
   (*node)->store_ = shared;
   (*node)->own_persistence_ = persist;
+  (*node)->own_checkpointer_ = checkpointer;
   return node;
 }
 
@@ -146,7 +159,8 @@ daemon_exit daemon_node::wait() {
     int sig = process::wait_signal(std::chrono::milliseconds{100});
     if (sig > 0 && out.signal == 0) {
       out.signal = sig;
-      log::info("daemon", std::string{strsignal(sig)} + ": stopping the daemon");
+      log::info("daemon",
+                std::string{strsignal(sig)} + ": stopping the daemon");
       stop();
     }
   }
@@ -161,6 +175,8 @@ daemon_node::~daemon_node() {
   // An owned PERSISTENCE goes last, once the connection ended (on_exit):
   // writes of CONNECTION may still be in its mailbox. The CONNECTION ends
   // within about 2 s of stop() (close handshake or its own timeout).
+  if (own_checkpointer_)
+    caf::anon_send_exit(own_checkpointer_, caf::exit_reason::user_shutdown);
   if (own_persistence_) {
     if (exited_.valid())
       exited_.wait_for(std::chrono::seconds(5));

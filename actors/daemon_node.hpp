@@ -20,6 +20,7 @@
 #include <caf/fwd.hpp>
 
 #include "actors/actors.hpp"
+#include "actors/checkpoint.hpp"
 #include "actors/connection.hpp"
 #include "actors/daemon.hpp"
 
@@ -48,6 +49,14 @@ struct daemon_settings {
   /// when set; port 0 = any free port.
   std::optional<std::string> health_host;
   uint16_t health_port = 0;
+  /// Periodic checkpoints of running tasks, every
+  /// `workspace.checkpoint_interval` seconds, into this store (null: none).
+  /// start_with_store spawns the CHECKPOINTER over the node's database.
+  std::shared_ptr<store::object_store> checkpoint_store;
+  checkpoint::settings checkpoints;
+  /// Set by start_with_store from the two above; start() hands it to the
+  /// DAEMON (a caller of start() may set its own).
+  checkpointer_actor checkpointer;
 };
 
 /// How a daemon node ended (daemon_node::wait).
@@ -128,6 +137,7 @@ private:
   /// Set by start_with_store: the database and PERSISTENCE the node owns.
   std::shared_ptr<void> store_;
   persistence_actor own_persistence_;
+  checkpointer_actor own_checkpointer_;
 };
 
 } // namespace makima

@@ -54,6 +54,27 @@ void apply_store_flags(config& cfg, const store_flags& f) {
   set("checkpoint.key", f.key, "--checkpoint-key");
 }
 
+// Adds --store, --s3-endpoint, --s3-region and --checkpoint-interval to
+/// `cmd` (run, task resume).
+void add_checkpoint_flags(CLI::App* cmd, store_flags& store, double& interval) {
+  add_store_flags(cmd, store);
+  check_number(cmd->add_option("--checkpoint-interval", interval,
+                               "seconds between checkpoints while a task runs "
+                               "(0 = off; default: checkpoint.interval, else "
+                               "0 for run and task resume, 10 for daemon)"),
+               number_kind::seconds, 0, max_timeout_seconds);
+}
+
+// Applies the flags of add_checkpoint_flags to `cfg`.
+void apply_checkpoint_flags(config& c, const store_flags& store,
+                            double interval) {
+  apply_store_flags(c, store);
+  if (interval >= 0) {
+    c.checkpoint_interval = interval;
+    c.origins["checkpoint.interval"] = "--checkpoint-interval";
+  }
+}
+
 std::unique_ptr<store::object_store> open_checkpoint_store(const config& cfg) {
   store::object_store_options o;
   o.url = cfg.store_url;

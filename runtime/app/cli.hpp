@@ -278,6 +278,15 @@ void add_store_flags(CLI::App* cmd, store_flags& f);
 /// apply_flags); leaves with exit_usage on a bad value.
 void apply_store_flags(config& cfg, const store_flags& f);
 
+/// Adds add_store_flags' flags and --checkpoint-interval to `cmd` (`run`,
+/// `task resume`, `daemon`); `interval` stays -1 unless given.
+void add_checkpoint_flags(CLI::App* cmd, store_flags& store, double& interval);
+
+/// Applies the flags of add_checkpoint_flags to `cfg` (resolve_config's
+/// apply_flags).
+void apply_checkpoint_flags(config& c, const store_flags& store,
+                            double interval);
+
 /// The checkpoint store of `cfg` (checkpoint.store and the S3 keys);
 /// leaves with a clear message on a bad URL or missing credentials.
 std::unique_ptr<store::object_store> open_checkpoint_store(const config& cfg);

@@ -186,28 +186,6 @@ struct run_options {
   double checkpoint_interval = -1;
 };
 
-/// Adds --store, --s3-endpoint, --s3-region and --checkpoint-interval to
-/// `cmd` (run, task resume).
-void add_checkpoint_flags(CLI::App* cmd, store_flags& store,
-                          double& interval) {
-  add_store_flags(cmd, store);
-  check_number(cmd->add_option("--checkpoint-interval", interval,
-                               "seconds between checkpoints while the task "
-                               "runs (0 = off, the default; "
-                               "checkpoint.interval)"),
-               number_kind::seconds, 0, max_timeout_seconds);
-}
-
-/// Applies the flags of add_checkpoint_flags to `cfg`.
-void apply_checkpoint_flags(config& c, const store_flags& store,
-                            double interval) {
-  apply_store_flags(c, store);
-  if (interval >= 0) {
-    c.checkpoint_interval = interval;
-    c.origins["checkpoint.interval"] = "--checkpoint-interval";
-  }
-}
-
 int cmd_run(run_options& o) {
   auto& t = o.task;
   if (!t.command.empty() && t.command.front() == "--")
@@ -254,11 +232,10 @@ int cmd_run(run_options& o) {
   return run_to_completion(node, cfg, std::move(rec), o.quiet);
 }
 
-int cmd_resume(const common_options& common, const std::string& id,
-               bool quiet, const store_flags& store, double interval) {
-  auto cfg = resolve_config(common, [&](config& c) {
-    apply_checkpoint_flags(c, store, interval);
-  });
+int cmd_resume(const common_options& common, const std::string& id, bool quiet,
+               const store_flags& store, double interval) {
+  auto cfg = resolve_config(
+      common, [&](config& c) { apply_checkpoint_flags(c, store, interval); });
   store_session node{open_primary(cfg)};
   caf::scoped_actor self{node.sys};
   recover(self, node.persist);

@@ -23,6 +23,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/scoped_actor.hpp>
 
+#include "actors/checkpoint.hpp"
 #include "actors/daemon_node.hpp"
 #include "actors/messages.hpp"
 #include "actors/persistence.hpp"
@@ -31,6 +32,7 @@
 #include "runtime/log.hpp"
 #include "runtime/net/net.hpp"
 #include "runtime/process/environment.hpp"
+#include "runtime/store/object_store.hpp"
 
 #ifndef MAKIMA_VERSION
 #define MAKIMA_VERSION "0.0.0"
@@ -59,7 +61,13 @@ struct daemon_options {
   double heartbeat = 0;
   std::string api_key;
   std::vector<std::string> pass_env;
+  store_flags store;
+  double checkpoint_interval = -1;
 };
+
+/// A daemon checkpoints its running tasks every 10 s unless told otherwise
+/// (flag, MAKIMA_CHECKPOINT_INTERVAL or checkpoint.interval; 0 = off).
+constexpr double daemon_checkpoint_interval = 10;
 
 int cmd_daemon(daemon_options& o) {
   auto cfg = resolve_config(
@@ -93,6 +101,9 @@ int cmd_daemon(daemon_options& o) {
           set("server.heartbeat", std::to_string(o.heartbeat), "--heartbeat");
         if (!o.api_key.empty())
           set("server.api_key", o.api_key, "--api-key");
+        apply_checkpoint_flags(c, o.store, o.checkpoint_interval);
+        if (!c.origins.count("checkpoint.interval"))
+          c.checkpoint_interval = daemon_checkpoint_interval;
       },
       log::level::info);
   if (cfg.server_url.empty())
@@ -119,6 +130,16 @@ int cmd_daemon(daemon_options& o) {
     settings.health_port = hp->port;
   }
 
+  if (cfg.checkpoint_interval > 0) {
+    // Opened before the secrets leave the environment (they are in cfg).
+    settings.checkpoint_store = open_checkpoint_store(cfg);
+    settings.checkpoints = checkpoint_settings(cfg);
+    settings.checkpoints.node = settings.connection.name;
+    char every[32];
+    std::snprintf(every, sizeof every, "%g", cfg.checkpoint_interval);
+    log::info("daemon", std::string{"checkpoints every "} + every + " s to "
+                            + log::redact(cfg.store_url));
+  }
   // Config read: makima's keys leave this process's environment before a task
   // starts (a task could read /proc/$PPID/environ).
   process::hide_own_secrets();
@@ -182,8 +203,9 @@ void add_daemon_command(CLI::App& app, command_table& out) {
       ->type_size(1)
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  check_number(cmd->add_option("--max-tasks", o->max_tasks, "tasks run at once"),
-               number_kind::whole, 1, 4096);
+  check_number(
+      cmd->add_option("--max-tasks", o->max_tasks, "tasks run at once"),
+      number_kind::whole, 1, 4096);
   cmd->add_option("--health-listen", o->health_listen,
                   "HOST:PORT serving /healthz and /readyz");
   cmd->add_option("--ca-file", o->ca_file, "CA bundle for wss://");
@@ -194,6 +216,7 @@ void add_daemon_command(CLI::App& app, command_table& out) {
   cmd->add_option("--api-key", o->api_key,
                   "daemon key (default: $MAKIMA_API_KEY; never logged)");
   add_pass_env_flag(cmd, o->pass_env);
+  add_checkpoint_flags(cmd, o->store, o->checkpoint_interval);
   out.emplace_back(cmd, [o] { return cmd_daemon(*o); });
 }
 
