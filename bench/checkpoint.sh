@@ -134,6 +134,14 @@ done
 cold_ms=$(median "${cold[@]}"); clone_ms=$(median "${clone[@]}")
 warm_ms=$(median "${warm[@]}"); wtadd_ms=$(median "${wtadd[@]}")
 ratio() { python3 -c "import sys; print(round(float(sys.argv[1]) / float(sys.argv[2]), 2))" "$1" "$2"; }
+# The median of the paired ratios a_i / b_i (robust to the file system's
+# slow phases, which hit both sides of a pair alike).
+paired() { python3 -c "
+import statistics, sys
+a, b = sys.argv[1].split(), sys.argv[2].split()
+print(round(statistics.median(float(x) / float(y) for x, y in zip(a, b)), 2))" "$1" "$2"; }
+cold_paired=$(paired "${cold[*]}" "${clone[*]}")
+warm_paired=$(paired "${warm[*]}" "${wtadd[*]}")
 
 mkdir -p "$(dirname "$out")"
 python3 - "$out" <<EOF
@@ -148,7 +156,11 @@ r = {
   "restore_ms": {"cold": $cold_ms, "warm": $warm_ms},
   "baseline_ms": {"git_clone": $clone_ms, "git_worktree_add": $wtadd_ms},
   "ratios": {"cold_restore_vs_git_clone": $(ratio "$cold_ms" "$clone_ms"),
-             "warm_restore_vs_git_worktree_add": $(ratio "$warm_ms" "$wtadd_ms")},
+             "warm_restore_vs_git_worktree_add": $(ratio "$warm_ms" "$wtadd_ms"),
+             "cold_paired_median": $cold_paired,
+             "warm_paired_median": $warm_paired},
+  "samples_ms": {"cold": "${cold[*]}", "git_clone": "${clone[*]}",
+                 "warm": "${warm[*]}", "git_worktree_add": "${wtadd[*]}"},
   "goals": {"unchanged_bytes_max": 4096, "plus_1mib_bytes_max": 1363149,
             "pause_ms_max": 50, "warm_restore_ratio_max": 1.0},
   "runs": $RUNS,
@@ -160,6 +172,6 @@ printf '\n%-34s %12s %14s %12s\n' "checkpoint" "ms" "bytes up" "capture ms"
 for k in first unchanged plus_1mib; do
   printf '%-34s %12s %14s %12s\n' "$k" "${ms[$k]}" "${bytes[$k]}" "${pause[$k]}"
 done
-printf '%-34s %12s   (git clone %s ms: %sx)\n' "restore, cold data dir" "$cold_ms" "$clone_ms" "$(ratio "$cold_ms" "$clone_ms")"
-printf '%-34s %12s   (git worktree add %s ms: %sx)\n' "restore, warm data dir" "$warm_ms" "$wtadd_ms" "$(ratio "$warm_ms" "$wtadd_ms")"
+printf '%-34s %12s   (git clone %s ms: %sx; paired median %sx)\n' "restore, cold data dir" "$cold_ms" "$clone_ms" "$(ratio "$cold_ms" "$clone_ms")" "$cold_paired"
+printf '%-34s %12s   (git worktree add %s ms: %sx; paired median %sx)\n' "restore, warm data dir" "$warm_ms" "$wtadd_ms" "$(ratio "$warm_ms" "$wtadd_ms")" "$warm_paired"
 log "wrote $out"
