@@ -247,15 +247,6 @@ caf::expected<uint64_t> fetch_chain(store::object_store& os,
   return bytes;
 }
 
-// Captures the directory `dir` for role prefix `prefix` ("state" or
-// "scratch") into blobs in `staging`.
-caf::expected<archive::captured>
-capture_dir(const fs::path& dir, const fs::path& staging,
-            const archive::limits& lim,
-            const std::optional<fs::path>& previous) {
-  return archive::capture(dir, staging, lim, previous);
-}
-
 // Adds the blobs of a captured directory to `m` under role prefix
 // `prefix`: index and archive always, chunks unless the chain has them.
 void add_captured(manifest& m, const std::string& prefix,
@@ -629,8 +620,8 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
   auto state_path =
       rec.state_dir.empty() ? s.state_root / id : fs::path{rec.state_dir};
   std::map<std::string, fs::path> precopied;
-  if (auto pre = capture_dir(state_path, staging.path / "state-pre",
-                             s.limits.state, previous_index)) {
+  if (auto pre = archive::capture(state_path, staging.path / "state-pre",
+                                  s.limits.state, previous_index)) {
     for (auto& ch : pre->chunks)
       if (ch.staged)
         precopied[ch.sha256] = ch.file;
@@ -662,17 +653,17 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
     }
     auto wip_ms = elapsed_ms(p0);
     if (!failed) {
-      auto c = capture_dir(state_path, staging.path / "state", s.limits.state,
-                           previous_index);
+      auto c = archive::capture(state_path, staging.path / "state",
+                                s.limits.state, previous_index);
       if (!c)
         failed = c.error();
       else
         state = std::move(*c);
     }
     if (!failed && !mirror) {
-      auto c = capture_dir(rec.worktree.empty() ? s.worktrees_dir / id
-                                                : fs::path{rec.worktree},
-                           staging.path / "scratch", s.limits.state, {});
+      auto c = archive::capture(rec.worktree.empty() ? s.worktrees_dir / id
+                                                     : fs::path{rec.worktree},
+                                staging.path / "scratch", s.limits.state, {});
       if (!c)
         failed = c.error();
       else

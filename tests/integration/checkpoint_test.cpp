@@ -159,19 +159,23 @@ protected:
     ASSERT_EQ(r.exit_code, 3) << r.err;
     ASSERT_NE(r.out.find("attempt 1 done"), std::string::npos) << r.out;
   }
-  test::run_result checkpoint(const env& e, const std::string& id,
-                              std::map<std::string, std::string> vars = {}) {
+  // `makima task SUB ARG --store STORE` in `e`, with `vars` in its
+  // environment.
+  test::run_result
+  task_with_store(const env& e, const std::string& sub, const std::string& arg,
+                  const std::map<std::string, std::string>& vars) {
     auto o = e.opts(60000ms);
     for (auto& [k, v] : vars)
       o.env[k] = v;
-    return test::run(e.task_argv("checkpoint", with_store({id})), o);
+    return test::run(e.task_argv(sub, with_store({arg})), o);
+  }
+  test::run_result checkpoint(const env& e, const std::string& id,
+                              std::map<std::string, std::string> vars = {}) {
+    return task_with_store(e, "checkpoint", id, vars);
   }
   test::run_result restore(const env& e, const std::string& ref,
                            std::map<std::string, std::string> vars = {}) {
-    auto o = e.opts(60000ms);
-    for (auto& [k, v] : vars)
-      o.env[k] = v;
-    return test::run(e.task_argv("restore", with_store({ref})), o);
+    return task_with_store(e, "restore", ref, vars);
   }
   test::run_result cp(const env& e, std::vector<std::string> args,
                       std::map<std::string, std::string> vars = {}) {
@@ -270,7 +274,8 @@ TEST_F(Checkpoint, an_unchanged_checkpoint_uploads_only_its_manifest) {
   // The chain restores to the latest state, into a warm data dir: one
   // whose mirror of the origin exists (a task of it ran there), so nothing
   // is cloned.
-  auto warmup = b_.run({"--id", "w0", "--repo", origin_.string(), "--", "true"});
+  auto warmup =
+      b_.run({"--id", "w0", "--repo", origin_.string(), "--", "true"});
   ASSERT_EQ(warmup.exit_code, 0) << warmup.err;
   auto res = restore(b_, "t2");
   ASSERT_EQ(res.exit_code, 0) << res.err;
