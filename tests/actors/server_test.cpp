@@ -589,7 +589,7 @@ TEST_F(server_test, bad_frames_get_their_error_and_close_code) {
   big.hello("d-big");
   big.send_raw(R"({"v":1,"type":"heartbeat","pad":")"
                + std::string(100 << 10, 'x') + "\"}");
-  EXPECT_EQ(big.wait_closed(), proto::close_too_big);
+  EXPECT_EQ(big.wait_closed(), proto::close_too_big) << big.close_reason();
   // No hello in time.
   auto& slow = daemon();
   EXPECT_EQ(slow.expect<proto::error>(2s).code, "hello_required");
