@@ -2,6 +2,9 @@
 // server.cpp and client.cpp. Never include this from a header.
 #pragma once
 
+#include <array>
+#include <chrono>
+#include <memory>
 #include <thread>
 
 #include <boost/asio.hpp>
@@ -14,6 +17,50 @@
 
 #include "runtime/error.hpp"
 #include "runtime/net/net.hpp"
+
+namespace boost::beast {
+
+/// The WebSocket teardown of a plain TCP stream, replacing Beast 1.74's
+/// (websocket/impl/teardown.hpp), which stops draining after one read: it
+/// tests its coroutine's own `bytes_transferred` (0 on the first call and
+/// after every wait) instead of what `read_some` returned. It then closes a
+/// socket with the peer's data still arriving, the kernel answers with RST,
+/// and a peer still writing (an over-size frame, answered with close 1009)
+/// can lose the close frame and see 1006. This one shuts down the sending
+/// side (server role), reads and discards until the peer closes, at most
+/// 2 s, then closes. More specialized than Beast's template for
+/// basic_stream, so the websocket stream's ADL call picks it.
+template <class TeardownHandler>
+void async_teardown(role_type role, tcp_stream& stream,
+                    TeardownHandler&& handler) {
+  namespace net = boost::asio;
+  if (role == role_type::server) {
+    error_code ignored;
+    stream.socket().shutdown(net::socket_base::shutdown_send, ignored);
+  }
+  stream.expires_after(std::chrono::seconds(2));
+  auto buf = std::make_shared<std::array<char, 4096>>();
+  net::async_compose<TeardownHandler, void(error_code)>(
+      [&stream, buf, role, started = false](auto& self, error_code ec = {},
+                                            std::size_t = 0) mutable {
+        if (started && ec) {
+          error_code ignored;
+          if (role == role_type::client)
+            stream.socket().shutdown(net::socket_base::shutdown_send, ignored);
+          stream.socket().close(ignored);
+          stream.expires_never();
+          if (ec == net::error::eof)
+            ec = {};
+          self.complete(ec);
+          return;
+        }
+        started = true;
+        stream.async_read_some(net::buffer(*buf), std::move(self));
+      },
+      handler, stream);
+}
+
+} // namespace boost::beast
 
 namespace makima::net {
 
@@ -39,7 +86,8 @@ struct io_thread::impl {
 void run_on(io_thread& io, std::function<void()> fn);
 
 /// Converts a Beast/Asio error at the boundary.
-inline caf::error to_error(const beast::error_code& e, const std::string& what) {
+inline caf::error to_error(const beast::error_code& e,
+                           const std::string& what) {
   if (e == beast::error::timeout)
     return make_error(ec::net_timeout, what + ": timed out");
   if (e.category() == beast::error_code{http::error::end_of_stream}.category()
