@@ -453,9 +453,15 @@ private:
       if (!ending_)
         srv_->count([](server_stats& s) { ++s.streams_gone; });
       // Nothing queued can be sent any more; drop it now rather than when
-      // the producer lets go of its http_reply.
-      out_.clear();
-      out_.shrink_to_fit();
+      // the producer lets go of its http_reply. A write in flight still
+      // uses the front chunk: it stays until that write completes.
+      if (writing_) {
+        while (out_.size() > 1)
+          out_.pop_back();
+      } else {
+        out_.clear();
+        out_.shrink_to_fit();
+      }
     }
     if (auto fn = std::move(on_disconnect_); fn && !srv_->stopped)
       fn();
@@ -467,11 +473,12 @@ private:
     asio::async_write(stream_, asio::buffer(out_.front()),
                       [self = shared_from_this()](beast::error_code e, size_t) {
                         self->writing_ = false;
+                        if (!self->out_.empty())
+                          self->out_.pop_front();
                         if (e) {
                           self->shutdown();
                           return;
                         }
-                        self->out_.pop_front();
                         if (!self->out_.empty())
                           self->do_stream_write();
                         else if (self->ending_)
