@@ -120,7 +120,9 @@ using link_actor = caf::typed_actor<
     caf::reacts_to<progress_atom, task_progress>,
     // A checkpoint of the attempt (task id, attempt) was uploaded: the
     // CONNECTION reports it to the server (event kind checkpoint).
-    caf::reacts_to<checkpoint_atom, std::string, uint32_t, checkpoint_report>>;
+    caf::reacts_to<checkpoint_atom, std::string, uint32_t, checkpoint_report>,
+    // A checkpoint asked for on demand could not be taken (why not).
+    caf::reacts_to<checkpoint_atom, std::string, uint32_t, std::string>>;
 
 /// The REPO actor serializes all git work on one repository: a bare mirror
 /// cache (clone, fetch), task worktrees, commits, WIP snapshots, pushes and
@@ -193,7 +195,12 @@ using task_actor = caf::typed_actor<
     caf::reacts_to<checkpoint_atom>,
     // Eviction (DAEMON): the process group gets `signal`, SIGKILL after
     // `grace_ms`; then a final checkpoint, and the attempt ends migrating.
-    caf::reacts_to<evict_atom, uint32_t /*grace ms*/, int32_t /*signal*/>>;
+    caf::reacts_to<evict_atom, uint32_t /*grace ms*/, int32_t /*signal*/>,
+    // Migration on demand: as eviction, with SIGTERM and the task's grace.
+    caf::reacts_to<evict_atom>,
+    // A checkpoint on demand (server): reported to the LINK even when
+    // nothing changed, or its failure.
+    caf::reacts_to<checkpoint_atom, now_atom>>;
 
 /// The DAEMON supervises a node's task actors: it takes assignments from
 /// the LINK, runs at most `max_tasks` attempts at once (queueing the rest),
@@ -208,7 +215,11 @@ using daemon_actor = caf::typed_actor<
     caf::reacts_to<cancel_atom, std::string, kill_atom>,
     // Eviction: every running TASK gets evict (signal, grace); queued
     // assignments end migrating at once. Takes no new assignment after.
-    caf::reacts_to<evict_atom, uint32_t /*grace ms*/, int32_t /*signal*/>>;
+    caf::reacts_to<evict_atom, uint32_t /*grace ms*/, int32_t /*signal*/>,
+    // Migration of one task (server's migrate): as eviction, for it only.
+    caf::reacts_to<evict_atom, std::string>,
+    // Checkpoint of one running task now (server's checkpoint).
+    caf::reacts_to<checkpoint_atom, std::string>>;
 
 /// The CONNECTION actor is the LINK of a networked daemon (`makima
 /// daemon`): it writes every event of its TASK actors to the outbox

@@ -24,6 +24,7 @@ using http_atom = caf::atom_constant<caf::atom("http")>;
 using kill_atom = caf::atom_constant<caf::atom("kill")>;
 using list_atom = caf::atom_constant<caf::atom("list")>;
 using meta_atom = caf::atom_constant<caf::atom("meta")>;
+using now_atom = caf::atom_constant<caf::atom("now")>;
 using ok_atom = caf::atom_constant<caf::atom("ok")>;
 using outbox_atom = caf::atom_constant<caf::atom("outbox")>;
 using output_atom = caf::atom_constant<caf::atom("output")>;

@@ -436,6 +436,27 @@ void on_frame(conn_ptr self, std::string& text) {
               log::info(component, "cancel of " + describe_key(key)
                                        + ", which does not run here");
           }
+        } else if constexpr (std::is_same_v<T, proto::checkpoint_now>
+                             || std::is_same_v<T, proto::migrate>) {
+          attempt_key key{m.task, m.attempt};
+          constexpr bool is_migrate = std::is_same_v<T, proto::migrate>;
+          auto i = st.window.attempts().find(key);
+          if (i == st.window.attempts().end() || !i->second.active) {
+            if (!is_migrate)
+              send_frame(self, proto::error{"checkpoint_failed",
+                                            "attempt " + describe_key(key)
+                                                + " does not run here",
+                                            m.task, m.attempt});
+            log::info(component, std::string{is_migrate ? "migrate" : "checkpoint"}
+                                     + " of " + describe_key(key)
+                                     + ", which does not run here");
+          } else if constexpr (is_migrate) {
+            log::info(component, "the server moves " + describe_key(key)
+                                     + " to another daemon");
+            self->send(st.daemon, evict_atom::value, m.task);
+          } else {
+            self->send(st.daemon, checkpoint_atom::value, m.task);
+          }
         } else if constexpr (std::is_same_v<T, proto::drain>) {
           log::warn(component, "server asked to drain (" + m.reason
                                    + "): taking no new work");
@@ -636,6 +657,13 @@ connection(connection_actor::stateful_pointer<connection_state> self,
         ev.kind = proto::event_kind::checkpoint;
         ev.checkpoint = {r.ref, r.covers_seq, r.bytes, r.blobs, r.pause_ms};
         write_event(self, key, std::move(ev));
+      },
+      [self](checkpoint_atom, const std::string& id, uint32_t attempt,
+             const std::string& why) {
+        attempt_key key{id, attempt};
+        if (self->state.fenced.count(key) > 0 || self->state.ph != phase::welcomed)
+          return;
+        send_frame(self, proto::error{"checkpoint_failed", why, id, attempt});
       },
       [self](evict_atom) {
         auto& st = self->state;

@@ -101,6 +101,42 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
           }
         }
       },
+      [self](evict_atom, const std::string& id) {
+        auto& st = self->state;
+        if (auto i = st.running.find(id); i != st.running.end()) {
+          self->send(i->second, evict_atom::value);
+          return;
+        }
+        for (auto i = st.queue.begin(); i != st.queue.end(); ++i) {
+          if (i->spec.id != id)
+            continue;
+          auto rec = std::move(*i);
+          st.queue.erase(i);
+          rec.state = task_state::migrating;
+          rec.updated_at = rec.finished_at = now_ms();
+          self->request(st.ctx.persistence, caf::infinite, put_atom::value, rec)
+              .then(
+                  [self, rec](ok_atom) {
+                    self->send(self->state.ctx.link, result_atom::value, rec);
+                  },
+                  [self, rec](caf::error&) {
+                    self->send(self->state.ctx.link, result_atom::value, rec);
+                  });
+          return;
+        }
+      },
+      [self](checkpoint_atom, const std::string& id) {
+        auto& st = self->state;
+        if (auto i = st.running.find(id); i != st.running.end()) {
+          self->send(i->second, checkpoint_atom::value, now_atom::value);
+          return;
+        }
+        for (auto& rec : st.queue)
+          if (rec.spec.id == id)
+            self->send(st.ctx.link, checkpoint_atom::value, id, rec.attempt,
+                       std::string{"the attempt has not started yet (this "
+                                   "daemon is at its --max-tasks)"});
+      },
       [self](evict_atom, uint32_t grace_ms, int32_t sig) {
         auto& st = self->state;
         if (st.evicting)

@@ -161,6 +161,9 @@ local_link(link_actor::stateful_pointer<local_link_state> self, int out_fd,
          const checkpoint_report&) {
         // The TASK logged it; nothing in the terminal's stream.
       },
+      [](checkpoint_atom, const std::string&, uint32_t, const std::string&) {
+        // Only servers ask for checkpoints on demand.
+      },
   };
 }
 

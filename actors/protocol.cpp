@@ -229,6 +229,14 @@ json to_json_value(const frame& f, int v) {
           j["task"] = x.task;
           j["attempt"] = x.attempt;
           j["seq"] = x.seq;
+        } else if constexpr (std::is_same_v<T, checkpoint_now>) {
+          j["type"] = "checkpoint";
+          j["task"] = x.task;
+          j["attempt"] = x.attempt;
+        } else if constexpr (std::is_same_v<T, migrate>) {
+          j["type"] = "migrate";
+          j["task"] = x.task;
+          j["attempt"] = x.attempt;
         } else if constexpr (std::is_same_v<T, error>) {
           j["type"] = "error";
           j["code"] = x.code;
@@ -375,6 +383,13 @@ frame from_json_value(const std::string& type, const json& j) {
     x.attempt = uint<uint32_t>(j, "attempt");
     x.seq = uint<uint64_t>(j, "seq");
     return x;
+  }
+  if (type == "checkpoint" || type == "migrate") {
+    auto task = str(j, "task");
+    auto attempt = uint<uint32_t>(j, "attempt");
+    if (type == "checkpoint")
+      return checkpoint_now{task, attempt};
+    return migrate{task, attempt};
   }
   if (type == "error") {
     error x;

@@ -150,6 +150,22 @@ struct drain {
   std::string reason;
 };
 
+/// Version 2: checkpoint the attempt now and report it (an event of kind
+/// checkpoint, even when nothing changed), or say why not (an `error`
+/// frame `checkpoint_failed` naming the task and attempt).
+struct checkpoint_now {
+  std::string task;
+  uint32_t attempt = 0;
+};
+
+/// Version 2: end the attempt as for an eviction (the task's signal and
+/// grace, a final checkpoint, result `migrating`) so that it resumes on
+/// another daemon.
+struct migrate {
+  std::string task;
+  uint32_t attempt = 0;
+};
+
 struct ack {
   std::string task;
   uint32_t attempt = 0;
@@ -168,7 +184,7 @@ struct error {
 };
 
 using frame = std::variant<hello, heartbeat, event, welcome, assign, cancel,
-                           drain, ack, error>;
+                           drain, ack, error, checkpoint_now, migrate>;
 
 /// The JSON text of a frame (with "v" = `v` and "type"). Output bytes are
 /// base64.

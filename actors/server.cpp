@@ -16,7 +16,9 @@
 #include <caf/actor_system.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
+#include <nlohmann/json.hpp>
 
+#include "actors/api.hpp"
 #include "actors/server_auth.hpp"
 #include "actors/server_events.hpp"
 #include "actors/server_scheduler.hpp"
@@ -159,7 +161,8 @@ void on_hello(self_ptr self, uint64_t conn, conn_entry& c, proto::hello& h) {
   for (auto& id : lost)
     requeue(self, st.tasks[id],
             "daemon " + d.id + " does not know attempt "
-                + std::to_string(st.tasks[id].rec.attempt));
+                + std::to_string(st.tasks[id].rec.attempt),
+            "lost");
   if (st.draining)
     send_frame(self, conn, proto::drain{"shutdown"});
   dispatch(self);
@@ -228,6 +231,24 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
     return;
   }
   e.acked = ev.seq;
+  if (ev.kind == proto::event_kind::checkpoint) {
+    ++st.checkpoints;
+    st.checkpoint_bytes += ev.checkpoint.bytes;
+    st.checkpoint_pause_sum +=
+        static_cast<double>(ev.checkpoint.pause_ms) / 1000;
+    nlohmann::json body{{"ref", ev.checkpoint.ref},
+                        {"covers_seq", ev.checkpoint.covers_seq},
+                        {"bytes", ev.checkpoint.bytes},
+                        {"pause_ms", ev.checkpoint.pause_ms}};
+    answer_checkpoint_waiters(self, e, 200, body.dump());
+  } else if (ev.kind == proto::event_kind::result
+             && !e.checkpoint_waiters.empty()) {
+    answer_checkpoint_waiters(
+        self, e, 409,
+        api::error_body(to_string(ec::bad_state),
+                        "attempt " + std::to_string(ev.attempt)
+                            + " ended before it was checkpointed"));
+  }
   if (ev.kind != proto::event_kind::output)
     ++e.events;
   e.rec = std::move(stored.rec);
@@ -239,7 +260,12 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
       || ev.kind == proto::event_kind::checkpoint)
     return;
   if (stored.requeue) {
-    requeue(self, e, stored.detail);
+    auto cause = e.rec.state == task_state::migrating
+                     ? (e.migrate_requested ? "on_demand" : "eviction")
+                 : e.rec.state == task_state::restore_failed ? "restore_failed"
+                                                             : "interrupted";
+    e.migrate_requested = false;
+    requeue(self, e, stored.detail, cause);
     dispatch(self);
     return;
   }
@@ -291,6 +317,13 @@ void on_text(self_ptr self, uint64_t conn, std::string& text) {
   } else if (auto err = std::get_if<proto::error>(&fr)) {
     log::warn("server", "daemon " + d->second.id + " reported " + err->code
                             + ": " + err->message);
+    auto t = st.tasks.find(err->task);
+    if (err->code == "checkpoint_failed" && t != st.tasks.end()
+        && t->second.rec.attempt == err->attempt
+        && t->second.daemon == d->second.id)
+      answer_checkpoint_waiters(
+          self, t->second, 502,
+          api::error_body("checkpoint_failed", err->message));
   } else if (auto dr = std::get_if<proto::drain>(&fr);
              dr && c->second.v >= 2) {
     // v2: the daemon takes no more assignments (evicted); what it runs
@@ -398,6 +431,7 @@ server_actor::behavior_type server(self_ptr self, server_settings settings,
       [=](tick_atom) {
         check_leases(self);
         keep_alive(self->state);
+        expire_checkpoint_waiters(self);
         self->delayed_send(self, tick_interval(self->state.settings),
                            tick_atom::value);
       },

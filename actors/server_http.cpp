@@ -63,6 +63,115 @@ void method_not_allowed(self_ptr self, net::http_reply& reply,
                 {{"Allow", allow}});
 }
 
+std::string record_json(const task_entry& e);
+
+/// How long POST …/checkpoint waits for the daemon's checkpoint.
+constexpr std::chrono::seconds checkpoint_wait{120};
+
+/// The daemon that runs `e`'s current attempt when it can be asked for a
+/// checkpoint or a migration (connected, protocol v2); otherwise answers
+/// 409 (not running, or a v1 daemon) or 503 (daemon away) and returns null.
+daemon_entry* attempt_daemon(self_ptr self, task_entry& e,
+                             net::http_reply& reply, const char* what) {
+  auto& st = self->state;
+  auto id = e.rec.spec.id;
+  if (e.daemon.empty() || is_terminal(e.rec.state)
+      || e.rec.state == task_state::queued) {
+    respond_error(self, reply, 409, to_string(ec::bad_state),
+                  "task " + id + " is " + to_string(e.rec.state)
+                      + ": only a task running on a daemon can be "
+                      + what);
+    return nullptr;
+  }
+  auto d = st.daemons.find(e.daemon);
+  if (d == st.daemons.end() || !d->second.connected) {
+    respond_error(self, reply, 503, "daemon_unavailable",
+                  "daemon " + e.daemon + " of task " + id
+                      + " is not connected; try again");
+    return nullptr;
+  }
+  if (d->second.protocol < 2) {
+    respond_error(self, reply, 409, to_string(ec::bad_state),
+                  "daemon " + e.daemon + " speaks protocol version 1, which "
+                                         "cannot be "
+                      + what);
+    return nullptr;
+  }
+  return &d->second;
+}
+
+// POST /api/v1/tasks/{id}/checkpoint: asks the daemon for a checkpoint now;
+// answered with its ref once the daemon reported it (checkpoint event), or
+// with the daemon's error.
+void checkpoint_now(self_ptr self, task_entry& e, net::http_reply& reply) {
+  auto* d = attempt_daemon(self, e, reply, "checkpointed");
+  if (!d)
+    return;
+  bool first = e.checkpoint_waiters.empty();
+  e.checkpoint_waiters.emplace_back(reply, clock::now() + checkpoint_wait);
+  if (first)
+    send_frame(self, d->conn,
+               proto::checkpoint_now{e.rec.spec.id, e.rec.attempt});
+}
+
+// POST /api/v1/tasks/{id}/migrate, body {"selector": {...}} (optional): the
+// selector replaces the task's for its next attempts; a queued task only
+// gets the new selector; a running one is ended `migrating` by its daemon
+// (final checkpoint) and re-queued from that checkpoint.
+void migrate_task(self_ptr self, task_entry& e, net::request& req,
+                  net::http_reply& reply) {
+  std::map<std::string, std::string> selector;
+  bool has_selector = false;
+  if (!req.body.empty()) {
+    auto j = json::parse(req.body, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      return respond_error(self, reply, 400, "invalid_argument",
+                           "the body must be a JSON object");
+    if (auto s = j.find("selector"); s != j.end() && !s->is_null()) {
+      if (!s->is_object())
+        return respond_error(self, reply, 400, "invalid_argument",
+                             "selector must be an object of strings");
+      for (auto& [k, v] : s->items()) {
+        if (!v.is_string() || k.find('\0') != std::string::npos
+            || v.get<std::string>().find('\0') != std::string::npos)
+          return respond_error(self, reply, 400, "invalid_argument",
+                               "selector must be an object of strings "
+                               "without NUL");
+        selector[k] = v.get<std::string>();
+      }
+      has_selector = true;
+    }
+  }
+  if (is_terminal(e.rec.state))
+    return respond_error(self, reply, 409, to_string(ec::bad_state),
+                         "task " + e.rec.spec.id + " is already "
+                             + to_string(e.rec.state));
+  daemon_entry* d = nullptr;
+  if (e.rec.state != task_state::queued) {
+    d = attempt_daemon(self, e, reply, "migrated");
+    if (!d)
+      return;
+  }
+  std::string detail = "migration requested";
+  if (has_selector) {
+    e.rec.spec.selector = selector;
+    std::string text;
+    for (auto& [k, v] : selector)
+      text += (text.empty() ? "" : ",") + k + "=" + v;
+    detail += "; selector now " + (text.empty() ? std::string{"(none)"} : text);
+  }
+  if (auto err = write_through(self, e, detail))
+    return respond_error(self, reply, 500, to_string(code_of(err)),
+                         "cannot record the migration: " + describe(err));
+  if (d) {
+    e.migrate_requested = true;
+    send_frame(self, d->conn, proto::migrate{e.rec.spec.id, e.rec.attempt});
+  } else {
+    dispatch(self); // queued: the new selector may fit a daemon now
+  }
+  respond(self, reply, 202, record_json(e));
+}
+
 std::optional<uint64_t> parse_u64(const std::string& s) {
   if (s.empty() || s.size() > 19
       || !std::all_of(s.begin(), s.end(),
@@ -513,6 +622,32 @@ void metrics(self_ptr self, net::http_reply& reply) {
   for (auto& [r, n] : accept_errors)
     o += std::string{"makima_accept_errors_total{reason=\""} + r + "\"} "
          + std::to_string(n) + "\n";
+  // Migration (issue 11, docs/protocol.md §14).
+  o += "# HELP makima_checkpoints_total Checkpoints daemons reported.\n"
+       "# TYPE makima_checkpoints_total counter\nmakima_checkpoints_total "
+       + std::to_string(st.checkpoints) + "\n";
+  o += "# HELP makima_checkpoint_bytes_total Bytes uploaded for them.\n"
+       "# TYPE makima_checkpoint_bytes_total counter\n"
+       "makima_checkpoint_bytes_total "
+       + std::to_string(st.checkpoint_bytes) + "\n";
+  char pause[64];
+  std::snprintf(pause, sizeof pause, "%.3f", st.checkpoint_pause_sum);
+  o += "# HELP makima_checkpoint_pause_seconds Time tasks were stopped for "
+       "them.\n# TYPE makima_checkpoint_pause_seconds summary\n"
+       "makima_checkpoint_pause_seconds_sum "
+       + std::string{pause} + "\nmakima_checkpoint_pause_seconds_count "
+       + std::to_string(st.checkpoints) + "\n";
+  o += "# HELP makima_requeues_total Attempts taken away, by cause and by "
+       "where the next one starts.\n# TYPE makima_requeues_total counter\n";
+  for (auto& [k, n] : st.requeues)
+    o += "makima_requeues_total{cause=\"" + k.first + "\",from=\"" + k.second
+         + "\"} " + std::to_string(n) + "\n";
+  o += "# HELP makima_migrations_total Re-queued attempts assigned again, by "
+       "cause and pool pair.\n# TYPE makima_migrations_total counter\n";
+  for (auto& [k, n] : st.migrations)
+    o += "makima_migrations_total{cause=\"" + std::get<0>(k)
+         + "\",from_pool=\"" + std::get<1>(k) + "\",to_pool=\""
+         + std::get<2>(k) + "\"} " + std::to_string(n) + "\n";
   respond(self, reply, 200, std::move(o), "text/plain; version=0.0.4");
 }
 
@@ -686,13 +821,41 @@ void route(self_ptr self, const target& t, net::request& req,
   if (what == "checkpoint" || what == "migrate") {
     if (m != "POST")
       return method_not_allowed(self, reply, "POST");
-    return respond_error(self, reply, 501, "not_implemented",
-                         what + " is not implemented yet");
+    if (it == st.tasks.end())
+      return not_found();
+    if (what == "checkpoint")
+      return checkpoint_now(self, it->second, reply);
+    return migrate_task(self, it->second, req, reply);
   }
   respond_error(self, reply, 404, "not_found", "no such path");
 }
 
 } // namespace
+
+void answer_checkpoint_waiters(self_ptr self, task_entry& e, unsigned status,
+                               const std::string& body, bool only_expired) {
+  auto now = clock::now();
+  auto& w = e.checkpoint_waiters;
+  for (auto i = w.begin(); i != w.end();) {
+    if (only_expired && i->second > now) {
+      ++i;
+      continue;
+    }
+    respond(self, i->first, status, body);
+    i = w.erase(i);
+  }
+}
+
+void expire_checkpoint_waiters(self_ptr self) {
+  for (auto& [id, e] : self->state.tasks)
+    if (!e.checkpoint_waiters.empty())
+      answer_checkpoint_waiters(
+          self, e, 504,
+          api::error_body("timeout", "the daemon did not report a checkpoint "
+                                     "of task "
+                                         + id + " in time"),
+          true);
+}
 
 void handle_http(self_ptr self, net::request& req, net::http_reply& reply) {
   // No input may end the SERVER actor: whatever a handler throws becomes a

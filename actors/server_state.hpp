@@ -30,6 +30,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <caf/stateful_actor.hpp>
@@ -104,6 +105,17 @@ struct task_entry {
   bool cancel_requested = false;
   /// A re-queued task is not dispatched before this (retry backoff).
   clock::time_point not_before{};
+  /// Why it was re-queued and the pool it ran in (the next assign counts
+  /// the migration: makima_migrations_total); empty when not re-queued.
+  std::string requeue_cause;
+  std::string from_pool;
+  /// POST …/checkpoint requests waiting for the daemon's next checkpoint
+  /// event of the current attempt (or its failure), with their deadline.
+  std::vector<std::pair<net::http_reply, clock::time_point>>
+      checkpoint_waiters;
+  /// POST …/migrate asked the daemon to end the attempt: its `migrating`
+  /// result is counted as on_demand, not as an eviction.
+  bool migrate_requested = false;
   /// Its last acknowledged checkpoints, oldest first (at most
   /// max_known_checkpoints; the meta key keeps them): where a re-queued
   /// attempt resumes from, and the fallbacks when a restore fails.
@@ -191,6 +203,15 @@ struct server_state {
   std::vector<uint64_t> latency_counts;
   uint64_t latency_count = 0;
   double latency_sum = 0;
+  /// Checkpoint events accepted, their bytes and pauses (issue 11).
+  uint64_t checkpoints = 0;
+  uint64_t checkpoint_bytes = 0;
+  double checkpoint_pause_sum = 0;
+  /// Re-queues by (cause, "checkpoint" | "scratch").
+  std::map<std::pair<std::string, std::string>, uint64_t> requeues;
+  /// Attempts that resumed on a daemon by (cause, from pool, to pool).
+  std::map<std::tuple<std::string, std::string, std::string>, uint64_t>
+      migrations;
 };
 
 using self_ptr = server_actor::stateful_pointer<server_state>;
@@ -230,9 +251,13 @@ void flush_acks(self_ptr self);
 void dispatch(self_ptr self);
 
 /// Puts `e` back into the queue as a new attempt (lease expiry, daemon
-/// loss, `interrupted` result), saying `why` — or ends it: cancelled when
-/// the user asked, failed when its attempt budget is spent.
-void requeue(self_ptr self, task_entry& e, const std::string& why);
+/// loss, an `interrupted`, `migrating` or `restore_failed` result), saying
+/// `why` — or ends it: cancelled when the user asked, failed when its
+/// attempt budget is spent or no checkpoint is left to restore. `cause`
+/// (lease, lost, interrupted, eviction, restore_failed, on_demand) labels
+/// the re-queue and the migration it becomes in /metrics.
+void requeue(self_ptr self, task_entry& e, const std::string& why,
+             const char* cause);
 
 /// Lease expiry: daemons silent for `lease` seconds are closed and lose
 /// their tasks.
@@ -253,6 +278,16 @@ void sweep_streams(server_state& st, bool keep_alive);
 /// freed within a tick); every keep_alive interval also writes a comment,
 /// whose failed write is how a silently vanished client is noticed.
 void keep_alive(server_state& st);
+
+/// Answers every POST …/checkpoint waiting on `e` with `status` and `body`
+/// (server_http.cpp); with `only_expired`, those past their deadline only
+/// (504).
+void answer_checkpoint_waiters(self_ptr self, task_entry& e, unsigned status,
+                               const std::string& body,
+                               bool only_expired = false);
+
+/// The tick: answers 504 to checkpoint requests past their deadline.
+void expire_checkpoint_waiters(self_ptr self);
 
 /// Sends output chunks to SSE followers.
 void notify_output(task_entry& e, const std::vector<output_chunk>& chunks);

@@ -84,7 +84,9 @@ stored_event event_batch(const task_entry& e, const std::string& daemon,
         out.detail = "attempt interrupted on daemon " + daemon;
       } else if (rec.state == task_state::migrating) {
         out.requeue = true;
-        out.detail = "attempt evicted from daemon " + daemon;
+        out.detail = e.migrate_requested
+                         ? "attempt moved off daemon " + daemon + " on demand"
+                         : "attempt evicted from daemon " + daemon;
       } else if (rec.state == task_state::restore_failed) {
         // Never again from that checkpoint, nor from one built on it.
         out.requeue = true;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "actors/api.hpp"
 #include "actors/server_scheduler.hpp"
 #include "actors/server_store.hpp"
 #include "runtime/error.hpp"
@@ -85,6 +86,10 @@ bool assign(self_ptr self, task_entry& e, daemon_entry& d) {
     return false;
   }
   d.tasks.insert(rec.spec.id);
+  if (!e.requeue_cause.empty()) {
+    ++st.migrations[{e.requeue_cause, e.from_pool, d.pool}];
+    e.requeue_cause.clear();
+  }
   st.net->send(d.conn, std::move(text));
   log::info("server", "task " + rec.spec.id + " attempt "
                           + std::to_string(rec.attempt)
@@ -98,15 +103,25 @@ bool assign(self_ptr self, task_entry& e, daemon_entry& d) {
 
 /// Puts `e` back into the queue as a new attempt (lease expiry, daemon
 /// loss, `interrupted` result) — or cancels it when the user asked.
-void requeue(self_ptr self, task_entry& e, const std::string& why) {
+void requeue(self_ptr self, task_entry& e, const std::string& why,
+             const char* cause) {
   auto& st = self->state;
+  e.from_pool.clear();
   if (!e.daemon.empty()) {
     auto d = st.daemons.find(e.daemon);
-    if (d != st.daemons.end())
+    if (d != st.daemons.end()) {
       d->second.tasks.erase(e.rec.spec.id);
+      e.from_pool = d->second.pool;
+    }
   }
   e.daemon.clear();
   e.rec.updated_at = now_ms();
+  if (!e.checkpoint_waiters.empty())
+    answer_checkpoint_waiters(
+        self, e, 409,
+        api::error_body(to_string(ec::bad_state),
+                        "attempt " + std::to_string(e.rec.attempt)
+                            + " was taken away (" + why + ")"));
   if (e.cancel_requested) {
     e.rec.state = task_state::cancelled;
     e.rec.finished_at = e.rec.updated_at;
@@ -144,6 +159,8 @@ void requeue(self_ptr self, task_entry& e, const std::string& why) {
   std::string from = e.checkpoints.empty()
                          ? " from scratch (no checkpoint)"
                          : " from checkpoint " + e.checkpoints.back();
+  e.requeue_cause = cause;
+  ++st.requeues[{cause, e.checkpoints.empty() ? "scratch" : "checkpoint"}];
   std::string next = wait.count() > 0
                          ? "; re-queued" + from + ", next attempt in "
                                + std::to_string(wait.count()) + " ms"
@@ -179,7 +196,8 @@ void check_leases(self_ptr self) {
                             + std::to_string(d.tasks.size()) + " task(s)");
     auto ids = d.tasks;
     for (auto& t : ids)
-      requeue(self, st.tasks[t], "lease of daemon " + id + " expired");
+      requeue(self, st.tasks[t], "lease of daemon " + id + " expired",
+              "lease");
     changed = true;
   }
   if (changed)

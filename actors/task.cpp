@@ -14,6 +14,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <system_error>
@@ -396,6 +397,37 @@ void take_checkpoint(task_ptr self) {
           });
 }
 
+// A checkpoint the server asked for: taken now (one at a time with the
+// periodic ones, in the CHECKPOINTER) and reported even when nothing
+// changed; a task that is not running says why not.
+void checkpoint_on_demand(task_ptr self) {
+  auto& st = self->state;
+  auto refuse = [self](const std::string& why) {
+    auto& st = self->state;
+    self->send(st.ctx.link, checkpoint_atom::value, st.rec.spec.id,
+               st.rec.attempt, why);
+  };
+  if (!st.ctx.checkpointer)
+    return refuse("this daemon has no checkpoint store (--store)");
+  if (st.finishing || st.exited || !st.child
+      || st.rec.state != task_state::running)
+    return refuse(std::string{"the attempt is "} + to_string(st.rec.state)
+                  + (st.finishing ? " (ending)" : "")
+                  + ", not running: nothing to checkpoint");
+  self->request(st.ctx.checkpointer, caf::infinite, checkpoint_atom::value,
+                st.rec.spec.id, static_cast<int32_t>(st.child->pgid))
+      .then(
+          [self](checkpoint_report r) {
+            r.skipped = false; // the server waits for this ref
+            report_checkpoint(self, r);
+          },
+          [self, refuse](caf::error& err) {
+            log::warn(component(self),
+                      "checkpoint on demand failed: " + describe(err));
+            refuse("the checkpoint failed: " + describe(err));
+          });
+}
+
 // Starts the child in the prepared directory.
 void launch(task_ptr self) {
   auto& st = self->state;
@@ -657,6 +689,12 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
         self->send(self->state.ctx.link, progress_atom::value, std::move(p));
       },
       [self](checkpoint_atom) { take_checkpoint(self); },
+      [self](evict_atom) {
+        auto grace = static_cast<uint32_t>(
+            std::min(self->state.rec.spec.grace, max_timeout_seconds) * 1000);
+        self->send(self, evict_atom::value, grace, int32_t{SIGTERM});
+      },
+      [self](checkpoint_atom, now_atom) { checkpoint_on_demand(self); },
       [self](evict_atom, uint32_t grace_ms, int32_t sig) {
         auto& st = self->state;
         if (st.evicting || st.finishing)

@@ -141,9 +141,14 @@ config resolve(const store_command& o) {
 
 struct checkpoint_options : store_command {
   std::string id;
+  server_flags server;
 };
 
 int cmd_checkpoint(checkpoint_options& o) {
+  // A task in a fleet: its daemon takes the checkpoint (with --server, or
+  // MAKIMA_SERVER without --data-dir, as `task show`).
+  if (auto target = resolve_server(o.common, o.server, false))
+    return remote_checkpoint(*target, o.id);
   auto cfg = resolve(o);
   if (auto err = validate_task_id(o.id))
     fail(exit_usage, describe(err));
@@ -393,11 +398,13 @@ std::shared_ptr<Options> with_store(CLI::App* cmd) {
 void add_checkpoint_commands(CLI::App& task, CLI::App& app,
                              command_table& out) {
   auto take = task.add_subcommand(
-      "checkpoint", "checkpoint a task that is not running (interrupted, "
-                    "finished) now: its uncommitted work, state dir and "
-                    "records; prints the reference TASK-ID/N");
+      "checkpoint", "checkpoint a task now: its uncommitted work, state dir "
+                    "and records; prints the reference TASK-ID/N. Locally a "
+                    "task that is not running (interrupted, finished); with "
+                    "--server a task running on a daemon");
   auto take_opts = with_store<checkpoint_options>(take);
   take->add_option("id", take_opts->id, "task id")->required();
+  add_server_flags(take, take_opts->server);
   out.emplace_back(take, [take_opts] { return cmd_checkpoint(*take_opts); });
 
   auto restore = task.add_subcommand(

@@ -344,6 +344,10 @@ std::optional<server_target> resolve_server(const common_options& common,
 int remote_list(const server_target& target, bool json,
                 std::optional<task_state> state);
 int remote_show(const server_target& target, const std::string& id, bool json);
+
+/// `task checkpoint ID --server URL`: the server has the task's daemon
+/// checkpoint it now; prints the ref (client_cmd.cpp).
+int remote_checkpoint(const server_target& target, const std::string& id);
 /// Without `follow`: prints the output so far; with it: follows the event
 /// stream until the task ends and returns its exit status.
 int remote_logs(const server_target& target, const std::string& id,

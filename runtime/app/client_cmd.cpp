@@ -432,8 +432,99 @@ int remote_logs(const server_target& target, const std::string& id,
   return follow(api, id, 0, true);
 }
 
+int remote_checkpoint(const server_target& target, const std::string& id) {
+  api_client api{target};
+  // The daemon checkpoints, uploads and reports; the server answers then.
+  auto res = api.call("POST", "/api/v1/tasks/" + encode(id) + "/checkpoint",
+                      {}, id);
+  auto j = json::parse(res.body, nullptr, false);
+  if (!j.is_object() || !j.contains("ref") || !j["ref"].is_string())
+    fail(exit_internal, "the server sent a malformed checkpoint answer");
+  std::fprintf(stderr, "makima: checkpoint %s of task %s: %s uploaded\n",
+               j["ref"].get<std::string>().c_str(), id.c_str(),
+               format_bytes(j.value("bytes", uint64_t{0})).c_str());
+  std::printf("%s\n", j["ref"].get<std::string>().c_str());
+  return exit_ok;
+}
+
+namespace {
+
+struct migrate_options {
+  common_options common;
+  server_flags server;
+  std::string id;
+  std::vector<std::string> selector;
+  bool wait = false;
+};
+
+// `task migrate`: the server checkpoints the task on its daemon, ends that
+// attempt and re-queues it (on a daemon matching the new selector); with
+// --wait, until its next attempt runs (or the task ended).
+int cmd_migrate(migrate_options& o) {
+  json body = json::object();
+  if (!o.selector.empty()) {
+    json sel = json::object();
+    for (auto& kv : o.selector) {
+      check_utf8(kv, "--selector");
+      auto eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0)
+        fail(exit_usage, "--selector expects KEY=VALUE, got '" + kv + "'");
+      sel[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    body["selector"] = std::move(sel);
+  }
+  api_client api{*resolve_server(o.common, o.server, true)};
+  auto path = "/api/v1/tasks/" + encode(o.id);
+  auto res = api.call("POST", path + "/migrate", body.dump(), o.id);
+  auto before = parse_record(res.body);
+  std::fprintf(stderr, "makima: moving task %s (attempt %u, %s)\n",
+               o.id.c_str(), before.attempt, to_string(before.state));
+  if (!o.wait)
+    return exit_ok;
+  // Bounded: 10 minutes, 5 polls a second.
+  for (int i = 0; i < 3000; ++i) {
+    auto rec = parse_record(api.call("GET", path, {}, o.id).body);
+    if (is_terminal(rec.state)) {
+      std::fprintf(stderr, "makima: task %s ended %s\n", o.id.c_str(),
+                   to_string(rec.state));
+      return exit_status_of(rec);
+    }
+    if (rec.attempt > before.attempt && rec.state == task_state::running) {
+      std::fprintf(stderr, "makima: task %s runs again (attempt %u%s%s)\n",
+                   o.id.c_str(), rec.attempt,
+                   rec.resume_from.empty() ? ", from scratch"
+                                           : ", from checkpoint ",
+                   rec.resume_from.c_str());
+      return exit_ok;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  fail(exit_internal, "task " + o.id + " did not run again within 10 minutes");
+}
+
+} // namespace
+
 void add_client_commands(CLI::App& task, command_table& out,
                          trailing_table& trailing) {
+  {
+    auto o = std::make_shared<migrate_options>();
+    auto cmd = task.add_subcommand(
+        "migrate", "move a running task to another daemon: checkpoint, end "
+                   "its attempt, resume it on a daemon matching --selector");
+    cmd->add_option("--config", o->common.config_file,
+                    "TOML config file (default: $MAKIMA_CONFIG)");
+    add_server_flags(cmd, o->server);
+    cmd->add_option("id", o->id, "task id")->required();
+    cmd->add_option("--selector", o->selector,
+                    "K=V the next daemon must have (pool=NAME: its pool); "
+                    "replaces the task's selector; repeatable")
+        ->type_size(1)
+        ->expected(1)
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    cmd->add_flag("--wait", o->wait,
+                  "wait until the task runs again (or ended)");
+    out.emplace_back(cmd, [o] { return cmd_migrate(*o); });
+  }
   auto so = std::make_shared<submit_options>();
   auto submit =
       task.add_subcommand("submit", "submit a task to a server; prints its id");

@@ -39,6 +39,7 @@ struct link_log {
   std::vector<task_progress> progress;
   /// Checkpoints reported by TASK actors.
   std::vector<checkpoint_report> checkpoints;
+  std::vector<std::string> checkpoint_failures;
   /// Facts that reached the LINK before they were in RocksDB.
   std::vector<std::string> violations;
 
@@ -113,6 +114,11 @@ recording_link(link_actor::stateful_pointer<recording_link_state> self,
              const checkpoint_report& r) {
         std::lock_guard<std::mutex> guard{self->state.log->mtx};
         self->state.log->checkpoints.push_back(r);
+      },
+      [self](checkpoint_atom, const std::string&, uint32_t,
+             const std::string& why) {
+        std::lock_guard<std::mutex> guard{self->state.log->mtx};
+        self->state.log->checkpoint_failures.push_back(why);
       },
   };
 }
