@@ -117,7 +117,10 @@ using link_actor = caf::typed_actor<
     caf::reacts_to<result_atom, task_record>,
     // Progress of the attempt's git work (clone, fetch, checkout, commit,
     // push): not persisted, not sent to a server; `makima run` shows it.
-    caf::reacts_to<progress_atom, task_progress>>;
+    caf::reacts_to<progress_atom, task_progress>,
+    // A checkpoint of the attempt (task id, attempt) was uploaded: the
+    // CONNECTION reports it to the server (event kind checkpoint).
+    caf::reacts_to<checkpoint_atom, std::string, uint32_t, checkpoint_report>>;
 
 /// The REPO actor serializes all git work on one repository: a bare mirror
 /// cache (clone, fetch), task worktrees, commits, WIP snapshots, pushes and
@@ -158,7 +161,12 @@ using checkpointer_actor = caf::typed_actor<
     // captured, process group `pgid` (0: none) is stopped (SIGSTOP, then
     // SIGCONT). A failure leaves the task untouched (the next tick retries).
     caf::replies_to<checkpoint_atom, std::string /*task id*/,
-                    int32_t /*pgid*/>::with<checkpoint_report>>;
+                    int32_t /*pgid*/>::with<checkpoint_report>,
+    // Restores the task of checkpoint `ref` (`<task>/<n>`) into the node,
+    // replacing what the node held of it (checkpoint::restore, replace);
+    // returns its record (state interrupted, the checkpoint's attempt).
+    // Errors: the checkpoint_* refusals, the store's, git's.
+    caf::replies_to<restore_atom, std::string /*ref*/>::with<task_record>>;
 
 /// The TASK actor runs one attempt of one task: a state machine
 /// (preparing → running → publishing → succeeded | failed | cancelled |
@@ -182,7 +190,10 @@ using task_actor = caf::typed_actor<
     // From REPO: progress of this attempt's git work, passed to the LINK.
     caf::reacts_to<progress_atom, task_progress>,
     // Timer: time for a periodic checkpoint (asks CHECKPOINTER).
-    caf::reacts_to<checkpoint_atom>>;
+    caf::reacts_to<checkpoint_atom>,
+    // Eviction (DAEMON): the process group gets `signal`, SIGKILL after
+    // `grace_ms`; then a final checkpoint, and the attempt ends migrating.
+    caf::reacts_to<evict_atom, uint32_t /*grace ms*/, int32_t /*signal*/>>;
 
 /// The DAEMON supervises a node's task actors: it takes assignments from
 /// the LINK, runs at most `max_tasks` attempts at once (queueing the rest),
@@ -194,7 +205,10 @@ using daemon_actor = caf::typed_actor<
     caf::reacts_to<cancel_atom, std::string>,
     // Kills a queued or running task by id at once (no grace): the server
     // fenced its attempt.
-    caf::reacts_to<cancel_atom, std::string, kill_atom>>;
+    caf::reacts_to<cancel_atom, std::string, kill_atom>,
+    // Eviction: every running TASK gets evict (signal, grace); queued
+    // assignments end migrating at once. Takes no new assignment after.
+    caf::reacts_to<evict_atom, uint32_t /*grace ms*/, int32_t /*signal*/>>;
 
 /// The CONNECTION actor is the LINK of a networked daemon (`makima
 /// daemon`): it writes every event of its TASK actors to the outbox
@@ -220,7 +234,10 @@ using connection_actor = link_actor::extend<
     caf::reacts_to<tick_atom, uint64_t>,
     // Stops: closes the connection (1001) and quits; running attempts are
     // not cancelled (their events stay in the outbox).
-    caf::reacts_to<stop_atom>>;
+    caf::reacts_to<stop_atom>,
+    // Eviction: takes no more assignments and, once every attempt ended
+    // and every event is acked, closes with 1000 (like a server drain).
+    caf::reacts_to<evict_atom>>;
 
 /// The SERVER actor is the server side of docs/protocol.md: tasks in the
 /// server's RocksDB, connected daemons, the queue and scheduling, the HTTP

@@ -99,6 +99,20 @@ std::string parse_submit(const std::string& body, task_spec& spec) {
              + std::to_string(max_attempts_limit);
     spec.max_attempts = static_cast<uint32_t>(it->get<uint64_t>());
   }
+  if (auto it = j.find("resume_command"); it != j.end() && !it->is_null()) {
+    if (!it->is_array())
+      return "resume_command must be an array of strings";
+    for (auto& a : *it) {
+      if (!a.is_string())
+        return "resume_command must be an array of strings";
+      auto s = a.get<std::string>();
+      if (has_nul(s))
+        return "resume_command["
+               + std::to_string(spec.resume_command.size())
+               + "] contains a NUL byte";
+      spec.resume_command.push_back(std::move(s));
+    }
+  }
   if (auto it = j.find("commit"); it != j.end() && !it->is_null()) {
     if (!it->is_boolean())
       return "commit must be a boolean";
@@ -214,6 +228,8 @@ std::string encode_submit(const task_spec& spec, submit_fields given) {
     body["selector"] = spec.selector;
   if (spec.max_attempts != 0)
     body["max_attempts"] = spec.max_attempts;
+  if (!spec.resume_command.empty())
+    body["resume_command"] = spec.resume_command;
   return dump(body);
 }
 

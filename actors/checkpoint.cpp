@@ -540,7 +540,8 @@ std::string manifest_json(const manifest& m) {
 
 caf::expected<taken> take(store::db& db, const task_record& rec,
                           store::object_store& os, const settings& s,
-                          const pause_hooks& pause) {
+                          const pause_hooks& pause,
+                          std::optional<uint64_t> parent_at_most) {
   auto t0 = std::chrono::steady_clock::now();
   const auto& id = rec.spec.id;
   taken t;
@@ -549,13 +550,17 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
   if (!all)
     return all.error();
   std::vector<manifest> chain;
-  if (!all->empty()) {
-    auto c = read_chain(os, {id, all->back()}, s.key, s.limits);
+  std::optional<uint64_t> base;
+  for (auto i = all->rbegin(); i != all->rend() && !base; ++i)
+    if (!parent_at_most || *i <= *parent_at_most)
+      base = *i;
+  if (base) {
+    auto c = read_chain(os, {id, *base}, s.key, s.limits);
     if (c && c->size() < s.full_every)
       chain = std::move(*c);
     else if (!c)
       log::warn("checkpoint", "task " + id + ": the latest checkpoint "
-                                  + std::to_string(all->back())
+                                  + std::to_string(*base)
                                   + " cannot be read (" + describe(c.error())
                                   + "); taking a full checkpoint");
   }
@@ -810,8 +815,42 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
 
 // -- restore ----------------------------------------------------------------
 
+namespace {
+
+// What restore(replace) removes once the checkpoint was verified: every
+// trace of task m.task in this data dir (records, worktree and its branch
+// in the mirror, state dir).
+caf::error remove_local_task(store::db& db, const settings& s,
+                             const manifest& m, const fs::path& wt_dir,
+                             const fs::path& state_dir) {
+  std::error_code fec;
+  if (!m.origin.empty()
+      && fs::exists(s.repos_dir / git::mirror_dir_name(m.origin), fec)) {
+    auto mo = git::mirror::open(m.origin, s.repos_dir, false);
+    if (mo) {
+      if (auto err = mo->remove_worktree(m.task, m.branch))
+        log::warn("checkpoint", "task " + m.task
+                                    + ": removing its old worktree: "
+                                    + describe(err));
+    }
+  }
+  for (auto& dir : {wt_dir, state_dir}) {
+    fs::remove_all(dir, fec);
+    if (fec)
+      return make_error(ec::io_error, "cannot remove " + dir.string()
+                                          + " to restore task " + m.task
+                                          + ": " + fec.message());
+  }
+  store::write_batch del;
+  del.delete_task(m.task);
+  return db.write(std::move(del));
+}
+
+} // namespace
+
 caf::expected<restored> restore(store::db& db, store::object_store& os,
-                                const reference& ref, const settings& s) {
+                                const reference& ref, const settings& s,
+                                bool replace) {
   auto t0 = std::chrono::steady_clock::now();
   restored r;
   auto chain = read_chain(os, ref, s.key, s.limits);
@@ -822,7 +861,7 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
   auto existing = db.get_task(id);
   if (!existing)
     return existing.error();
-  if (*existing)
+  if (*existing && !replace)
     return make_error(ec::task_exists,
                       "task " + id
                           + " already exists in this data dir; remove it "
@@ -832,7 +871,7 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
   auto state_dir = s.state_root / id;
   for (auto& dir : {wt_dir, state_dir}) {
     std::error_code fec;
-    if (fs::exists(dir, fec)) {
+    if (!replace && fs::exists(dir, fec)) {
       if (fs::is_directory(dir, fec) && fs::is_empty(dir, fec))
         fs::remove(dir, fec);
       else
@@ -865,6 +904,9 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
   if (scratch)
     if (auto err = restore_dir(m, "scratch", blobs, staging.path / "scratch",
                                s.limits.state))
+      return err;
+  if (replace)
+    if (auto err = remove_local_task(db, s, m, wt_dir, state_dir))
       return err;
   // The records into a second staging check: parse them before ingest.
   std::vector<store::sst_file> ssts;

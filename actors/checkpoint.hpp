@@ -181,9 +181,14 @@ struct taken {
 /// task without a repository). Nothing of the task is modified except its
 /// `refs/wip/<id>` ref. Errors: the store's (the checkpoint is not written;
 /// a later one retries), ec::checkpoint_limit, git and I/O errors.
+///
+/// `parent_at_most`: the parent is the latest checkpoint numbered at most
+/// this (a task restored from an older checkpoint than the store's latest,
+/// after a newer one was refused, must not build on the refused one).
 caf::expected<taken> take(store::db& db, const task_record& rec,
                           store::object_store& os, const settings& s,
-                          const pause_hooks& pause = {});
+                          const pause_hooks& pause = {},
+                          std::optional<uint64_t> parent_at_most = {});
 
 /// What `restore` did.
 struct restored {
@@ -202,8 +207,15 @@ struct restored {
 /// `interrupted` at the checkpoint's attempt. Nothing is left behind on
 /// failure (no worktree, no state dir, no record). Errors: ec::task_exists,
 /// every checkpoint_* refusal, the store's, ec::repo_not_found.
+///
+/// `replace` (a daemon resuming an assignment): whatever this data dir
+/// holds of the task — its records, worktree, branch and state dir, left by
+/// an earlier attempt or the assignment itself — is removed once the chain
+/// and every blob were read and verified, instead of refusing with
+/// ec::task_exists; a refused checkpoint leaves it as it was.
 caf::expected<restored> restore(store::db& db, store::object_store& os,
-                                const reference& ref, const settings& s);
+                                const reference& ref, const settings& s,
+                                bool replace = false);
 
 /// One result of `verify`.
 struct verified {

@@ -44,7 +44,11 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
           pause.stop = [pgid] { ::kill(-pgid, SIGSTOP); };
           pause.resume = [pgid] { ::kill(-pgid, SIGCONT); };
         }
-        auto t = checkpoint::take(*st.db, *rec, *st.store, st.settings, pause);
+        std::optional<uint64_t> base;
+        if (auto i = st.restored_from.find(id); i != st.restored_from.end())
+          base = i->second;
+        auto t = checkpoint::take(*st.db, *rec, *st.store, st.settings, pause,
+                                  base);
         if (!t) {
           log::warn("checkpointer", "task " + id + ": checkpoint failed ("
                                         + describe(t.error())
@@ -53,6 +57,10 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
         }
         checkpoint_report r;
         r.ref = id + "/" + std::to_string(t->m.n);
+        r.covers_seq = t->m.covers_seq;
+        r.skipped = t->skipped;
+        if (!t->skipped)
+          st.restored_from.erase(id);
         if (t->skipped) {
           log::debug("checkpointer", "task " + id + ": nothing changed since "
                                          + r.ref + "; no checkpoint written");
@@ -71,6 +79,29 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
                       + " bytes uploaded, paused " + std::to_string(r.pause_ms)
                       + " ms, " + std::to_string(r.total_ms) + " ms in all");
         return r;
+      },
+      [self](restore_atom,
+             const std::string& text) -> caf::result<task_record> {
+        auto& st = self->state;
+        auto ref = checkpoint::parse_reference(text);
+        if (!ref)
+          return ref.error();
+        auto r = checkpoint::restore(*st.db, *st.store, *ref, st.settings,
+                                     /*replace=*/true);
+        if (!r) {
+          log::warn("checkpointer", "cannot restore " + text + " from "
+                                        + st.store->describe() + ": "
+                                        + describe(r.error()));
+          return r.error();
+        }
+        st.restored_from[r->m.task] = r->m.n;
+        log::info("checkpointer",
+                  "task " + r->m.task + ": restored " + text + " from "
+                      + st.store->describe() + " in "
+                      + std::to_string(r->total_ms) + " ms ("
+                      + std::to_string(r->bytes_downloaded) + " bytes"
+                      + (r->cloned ? ", mirror cloned" : "") + ")");
+        return r->rec;
       },
   };
 }

@@ -2,7 +2,9 @@
 // node's object store (actors/checkpoint.hpp does the work).
 #pragma once
 
+#include <map>
 #include <memory>
+#include <string>
 
 #include <caf/fwd.hpp>
 
@@ -23,6 +25,9 @@ struct checkpointer_state {
   std::shared_ptr<store::db> db;
   std::shared_ptr<store::object_store> store;
   checkpoint::settings settings;
+  /// Tasks restored here from checkpoint n: their next checkpoint builds on
+  /// n, not on a newer one in the store (which a restore may have refused).
+  std::map<std::string, uint64_t> restored_from;
   static inline const char* name = "checkpointer";
 };
 

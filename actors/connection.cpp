@@ -347,6 +347,8 @@ void on_welcome(conn_ptr self, proto::welcome& w) {
     *st.hooks.ready = !st.draining;
   if (st.hooks.on_welcome)
     st.hooks.on_welcome(log::redact(st.opts.url));
+  if (st.evicting)
+    send_frame(self, proto::drain{"evicted"});
   for (auto& a : w.acked)
     apply_ack(self, {a.task, a.attempt}, a.seq);
   pump(self);
@@ -616,6 +618,30 @@ connection(connection_actor::stateful_pointer<connection_state> self,
       },
       [self](result_atom, task_record& rec) {
         report_record(self, proto::event_kind::result, std::move(rec));
+      },
+      [self](checkpoint_atom, const std::string& id, uint32_t attempt,
+             const checkpoint_report& r) {
+        attempt_key key{id, attempt};
+        if (self->state.fenced.count(key) > 0)
+          return;
+        proto::event ev;
+        ev.kind = proto::event_kind::checkpoint;
+        ev.checkpoint = {r.ref, r.covers_seq, r.bytes, r.blobs, r.pause_ms};
+        write_event(self, key, std::move(ev));
+      },
+      [self](evict_atom) {
+        auto& st = self->state;
+        if (st.draining)
+          return;
+        log::warn(component, "evicted: taking no new work; closing once every "
+                             "attempt ended and every event is acked");
+        st.draining = true;
+        st.evicting = true;
+        if (st.hooks.ready)
+          *st.hooks.ready = false;
+        if (st.ph == phase::welcomed)
+          send_frame(self, proto::drain{"evicted"});
+        check_drained(self);
       },
       [](progress_atom, const task_progress& p) {
         // Not part of the protocol: phases go to the debug log only.

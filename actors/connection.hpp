@@ -130,6 +130,8 @@ struct connection_state {
   /// with the backoff that follows it.
   std::string failure;
   bool draining = false;
+  /// Evicted (evict_atom): draining, and the server is told so (`drain`).
+  bool evicting = false;
   /// The connection was closed (1000) because a drain completed.
   bool drain_closed = false;
   bool stopping = false;

@@ -53,7 +53,7 @@ void start(daemon_ptr self, task_record rec) {
 
 void admit(daemon_ptr self) {
   auto& st = self->state;
-  while (!st.queue.empty()
+  while (!st.evicting && !st.queue.empty()
          && st.running.size()
                 < static_cast<size_t>(st.ctx.workspace.max_tasks)) {
     auto rec = std::move(st.queue.front());
@@ -99,6 +99,34 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
             st.queue.erase(i);
             return;
           }
+        }
+      },
+      [self](evict_atom, uint32_t grace_ms, int32_t sig) {
+        auto& st = self->state;
+        if (st.evicting)
+          return;
+        st.evicting = true;
+        log::warn("daemon", "evicted: " + std::to_string(st.running.size())
+                                + " running and "
+                                + std::to_string(st.queue.size())
+                                + " queued attempt(s) end migrating");
+        for (auto& [id, handle] : st.running)
+          self->send(handle, evict_atom::value, grace_ms, sig);
+        // Never started: nothing to checkpoint, the server runs them
+        // elsewhere as they were.
+        auto queued = std::move(st.queue);
+        st.queue.clear();
+        for (auto& rec : queued) {
+          rec.state = task_state::migrating;
+          rec.updated_at = rec.finished_at = now_ms();
+          self->request(st.ctx.persistence, caf::infinite, put_atom::value, rec)
+              .then(
+                  [self, rec](ok_atom) {
+                    self->send(self->state.ctx.link, result_atom::value, rec);
+                  },
+                  [self, rec](caf::error&) {
+                    self->send(self->state.ctx.link, result_atom::value, rec);
+                  });
         }
       },
       [self](assign_atom, task_record& rec) {

@@ -60,6 +60,8 @@ struct daemon_state {
   std::map<caf::actor_addr, std::string> ids;
   /// Assignments waiting for a free slot.
   std::deque<task_record> queue;
+  /// Evicted: running attempts were told, nothing new starts.
+  bool evicting = false;
   static inline const char* name = "daemon";
 };
 

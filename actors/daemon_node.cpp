@@ -3,6 +3,7 @@
 
 #include "actors/checkpointer.hpp"
 
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 
@@ -83,6 +84,10 @@ daemon_node::start(caf::actor_system& sys, daemon_settings s,
       user(code);
     exited->set_value(code);
   };
+  node->evict_on_sigterm_ = s.evict_on_sigterm;
+  node->eviction_deadline_ = s.eviction_deadline;
+  node->eviction_grace_ = s.eviction_grace;
+  node->eviction_signal_ = s.eviction_signal;
   node->reactor_ = std::make_shared<process::reactor>();
   // The DAEMON takes its LINK at spawn, so the CONNECTION comes first and
   // learns the DAEMON from start_atom.
@@ -114,7 +119,9 @@ daemon_node::start_with_store(caf::actor_system& sys, daemon_settings s,
   std::shared_ptr<store::db> shared{std::move(*db)};
   auto persist = spawn_persistence(sys, shared);
   checkpointer_actor checkpointer;
-  if (s.checkpoint_store && s.workspace.checkpoint_interval > 0) {
+  // Periodic checkpoints (interval > 0), final ones at eviction and
+  // restores of resumed assignments all go through it.
+  if (s.checkpoint_store) {
     auto cs = s.checkpoints;
     cs.skip_unchanged = true; // an idle task costs no writes
     checkpointer = spawn_checkpointer(sys, shared, s.checkpoint_store, cs);
@@ -152,15 +159,48 @@ void daemon_node::stop() {
   caf::anon_send_exit(daemon_, caf::exit_reason::user_shutdown);
 }
 
+void daemon_node::evict(std::chrono::milliseconds grace, int signal) {
+  if (evicted_ || stopped_)
+    return;
+  evicted_ = true;
+  caf::anon_send(connection_, evict_atom::value);
+  caf::anon_send(daemon_, evict_atom::value,
+                 static_cast<uint32_t>(grace.count()),
+                 static_cast<int32_t>(signal));
+}
+
 daemon_exit daemon_node::wait() {
   daemon_exit out;
+  std::chrono::steady_clock::time_point deadline{};
   while (exited_.wait_for(std::chrono::milliseconds(0))
          != std::future_status::ready) {
     int sig = process::wait_signal(std::chrono::milliseconds{100});
-    if (sig > 0 && out.signal == 0) {
+    if (sig > 0 && out.signal == 0 && sig == SIGTERM && evict_on_sigterm_) {
       out.signal = sig;
-      log::info("daemon",
-                std::string{strsignal(sig)} + ": stopping the daemon");
+      out.evicted = true;
+      deadline = std::chrono::steady_clock::now() + eviction_deadline_;
+      log::warn("daemon",
+                "SIGTERM: evicted; final checkpoints, then exit within "
+                    + std::to_string(eviction_deadline_.count() / 1000.0)
+                    + " s (a second signal exits at once)");
+      evict(eviction_grace_, eviction_signal_);
+    } else if (sig > 0 && (out.signal == 0 || out.evicted)) {
+      if (out.evicted)
+        log::warn("daemon", std::string{strsignal(sig)}
+                                + " during the eviction: exiting at once");
+      else
+        log::info("daemon",
+                  std::string{strsignal(sig)} + ": stopping the daemon");
+      if (out.signal == 0)
+        out.signal = sig;
+      out.deadline_passed = out.evicted;
+      stop();
+    } else if (out.evicted && !stopped_
+               && std::chrono::steady_clock::now() >= deadline) {
+      log::error("daemon", "eviction deadline passed before every attempt "
+                           "ended and every event was acked; exiting (the "
+                           "server resumes from the last checkpoint it has)");
+      out.deadline_passed = true;
       stop();
     }
   }

@@ -57,6 +57,14 @@ struct daemon_settings {
   /// Set by start_with_store from the two above; start() hands it to the
   /// DAEMON (a caller of start() may set its own).
   checkpointer_actor checkpointer;
+  /// SIGTERM = eviction (wait(); docs/protocol.md §14) when set: the tasks
+  /// get `eviction_signal`, SIGKILL after `eviction_grace`, final
+  /// checkpoints, results `migrating`, acks, exit — within
+  /// `eviction_deadline`. Off: SIGTERM stops at once, like SIGINT.
+  bool evict_on_sigterm = false;
+  std::chrono::milliseconds eviction_deadline{25000};
+  std::chrono::milliseconds eviction_grace{10000};
+  int eviction_signal = 15;
 };
 
 /// How a daemon node ended (daemon_node::wait).
@@ -66,6 +74,11 @@ struct daemon_exit {
   bool drained = false;
   /// The stop signal that ended it (0: none).
   int signal = 0;
+  /// SIGTERM evicted it (evict_on_sigterm); `drained` says whether every
+  /// attempt ended and every event was acked in time.
+  bool evicted = false;
+  /// The eviction deadline passed before that.
+  bool deadline_passed = false;
 };
 
 /// A running daemon node. Destroying it stops it (like `stop()`).
@@ -112,12 +125,19 @@ public:
   /// which makes the server re-run them. Idempotent.
   void stop();
 
+  /// Eviction: the CONNECTION takes no more assignments and closes once
+  /// every attempt ended and every event is acked; DAEMON ends every
+  /// attempt `migrating` after its final checkpoint. Idempotent.
+  void evict(std::chrono::milliseconds grace, int signal);
+
   /// The node's signal policy, for its owner's main thread: blocks until
   /// the connection ends (a server drain) or a stop signal (SIGINT,
   /// SIGTERM, SIGHUP; blocked by process::block_stop_signals) arrives. The
   /// first signal stops the node at once (stop(): nothing is lost, every
-  /// event is in the outbox before it is sent); the call then returns once
-  /// the connection is closed.
+  /// event is in the outbox before it is sent) — except SIGTERM when
+  /// `evict_on_sigterm`: that evicts (evict()), and stops the node when
+  /// the eviction completed, at the deadline, or at a second signal. The
+  /// call returns once the connection is closed.
   daemon_exit wait();
 
   connection_actor connection() const { return connection_; }
@@ -134,6 +154,11 @@ private:
   std::shared_future<int> exited_;
   std::unique_ptr<net::server> health_;
   uint16_t health_port_ = 0;
+  bool evict_on_sigterm_ = false;
+  std::chrono::milliseconds eviction_deadline_{25000};
+  std::chrono::milliseconds eviction_grace_{10000};
+  int eviction_signal_ = 15;
+  bool evicted_ = false;
   /// Set by start_with_store: the database and PERSISTENCE the node owns.
   std::shared_ptr<void> store_;
   persistence_actor own_persistence_;

@@ -157,6 +157,10 @@ local_link(link_actor::stateful_pointer<local_link_state> self, int out_fd,
         process::write_all(st.err_fd, "\r\033[Kmakima: " + status_text(p));
         st.status_shown = true;
       },
+      [](checkpoint_atom, const std::string&, uint32_t,
+         const checkpoint_report&) {
+        // The TASK logged it; nothing in the terminal's stream.
+      },
   };
 }
 

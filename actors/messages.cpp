@@ -21,6 +21,8 @@ constexpr std::pair<task_state, const char*> state_names[] = {
     {task_state::timed_out, "timed_out"},
     {task_state::interrupted, "interrupted"},
     {task_state::queued, "queued"},
+    {task_state::migrating, "migrating"},
+    {task_state::restore_failed, "restore_failed"},
 };
 
 } // namespace
@@ -48,6 +50,8 @@ bool is_terminal(task_state s) {
   case task_state::cancelled:
   case task_state::timed_out:
   case task_state::interrupted:
+  case task_state::migrating:
+  case task_state::restore_failed:
     return true;
   default:
     return false;
@@ -85,6 +89,12 @@ nlohmann::json record_value(const task_record& x) {
     j["spec"]["selector"] = x.spec.selector;
   if (x.spec.max_attempts != 0)
     j["spec"]["max_attempts"] = x.spec.max_attempts;
+  if (!x.spec.resume_command.empty())
+    j["spec"]["resume_command"] = x.spec.resume_command;
+  if (!x.checkpoint.empty())
+    j["checkpoint"] = x.checkpoint;
+  if (!x.resume_from.empty())
+    j["resume_from"] = x.resume_from;
   return j;
 }
 
@@ -139,6 +149,10 @@ std::optional<task_record> record_from_value(const nlohmann::json& j) {
     x.spec.push_url = s.value("push_url", "");
     x.spec.selector = s.value("selector", std::map<std::string, std::string>{});
     x.spec.max_attempts = s.value("max_attempts", uint32_t{0});
+    x.spec.resume_command =
+        s.value("resume_command", std::vector<std::string>{});
+    x.checkpoint = str("checkpoint");
+    x.resume_from = str("resume_from");
     return x;
   } catch (const nlohmann::json::exception&) {
     return std::nullopt;

@@ -38,6 +38,14 @@ enum class task_state : uint8_t {
   /// Accepted by a server, waiting for a daemon with capacity (network
   /// mode only; local mode never uses it).
   queued = 9,
+  /// The attempt ended because its daemon was evicted (SIGTERM); the
+  /// record's `checkpoint` is its final checkpoint when one was uploaded.
+  /// A server re-queues it (docs/protocol.md §14).
+  migrating = 10,
+  /// The daemon could not restore the attempt's `resume_from`: the
+  /// checkpoint failed verification (error_code, error say why). A server
+  /// re-queues it from an older checkpoint.
+  restore_failed = 11,
 };
 
 /// Returns the name of `s` ("running").
@@ -86,13 +94,17 @@ struct task_spec {
   /// Attempts a server makes at most before the task fails (network mode);
   /// 0 = the server's default [server.max_attempts].
   uint32_t max_attempts = 0;
+  /// The command an attempt runs instead of `argv` when it continues
+  /// earlier work (restored from a checkpoint, or `task resume` of a
+  /// preserved worktree); empty: `argv` again.
+  std::vector<std::string> resume_command;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, task_spec& x) {
   return f(caf::meta::type_name("makima::task_spec"), x.id, x.argv, x.repo,
            x.ref, x.env, x.timeout, x.grace, x.commit, x.push_url, x.created_at,
-           x.selector, x.max_attempts);
+           x.selector, x.max_attempts, x.resume_command);
 }
 
 /// Everything known about a task: spec plus the status of its latest
@@ -126,6 +138,12 @@ struct task_record {
   int64_t updated_at = 0;
   int64_t started_at = 0;
   int64_t finished_at = 0;
+  /// The latest checkpoint of the task (`<task>/<n>`): on a server the
+  /// latest it acknowledged, on a node the latest this attempt took.
+  std::string checkpoint;
+  /// The checkpoint this attempt was restored from ("" = it started from
+  /// the task's ref or its preserved worktree).
+  std::string resume_from;
 };
 
 template <class Inspector>
@@ -133,7 +151,8 @@ typename Inspector::result_type inspect(Inspector& f, task_record& x) {
   return f(caf::meta::type_name("makima::task_record"), x.spec, x.state,
            x.attempt, x.exit_code, x.signal, x.branch, x.base_commit, x.commit,
            x.pushed, x.worktree, x.state_dir, x.error_code, x.error, x.next_seq,
-           x.updated_at, x.started_at, x.finished_at);
+           x.updated_at, x.started_at, x.finished_at, x.checkpoint,
+           x.resume_from);
 }
 
 /// One piece of a task's output.
@@ -258,12 +277,16 @@ struct checkpoint_report {
   /// How long the task's processes were stopped, and the whole checkpoint.
   int64_t pause_ms = 0;
   int64_t total_ms = 0;
+  /// Output chunks with seq < covers_seq are in the checkpoint.
+  uint64_t covers_seq = 0;
+  /// Nothing had changed: no checkpoint was written, `ref` is the latest.
+  bool skipped = false;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, checkpoint_report& x) {
   return f(caf::meta::type_name("makima::checkpoint_report"), x.ref, x.blobs,
-           x.bytes, x.pause_ms, x.total_ms);
+           x.bytes, x.pause_ms, x.total_ms, x.covers_seq, x.skipped);
 }
 
 /// Progress of one phase of an attempt's git work: REPO → TASK → LINK

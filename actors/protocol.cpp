@@ -17,7 +17,8 @@ namespace {
 
 // -- field readers (throw bad_field) ----------------------------------------
 
-constexpr const char* kinds[] = {"", "output", "state", "result"};
+constexpr const char* kinds[] = {"", "output", "state", "result",
+                                  "checkpoint"};
 
 // Thrown by the field readers; turned into a decode_failure.
 struct bad_field {
@@ -151,8 +152,8 @@ task_record record_from(const json& j, const char* key) {
   return std::move(*rec);
 }
 
-json to_json_value(const frame& f) {
-  json j{{"v", version}};
+json to_json_value(const frame& f, int v) {
+  json j{{"v", v}};
   std::visit(
       [&](const auto& x) {
         using T = std::decay_t<decltype(x)>;
@@ -194,6 +195,13 @@ json to_json_value(const frame& f) {
                                 {"stream", c.stream},
                                 {"data", base64_encode(c.bytes)}});
             j["chunks"] = std::move(chunks);
+          } else if (x.kind == event_kind::checkpoint) {
+            auto& c = x.checkpoint;
+            j["checkpoint"] = {{"ref", c.ref},
+                               {"covers_seq", c.covers_seq},
+                               {"bytes", c.bytes},
+                               {"blobs", c.blobs},
+                               {"pause_ms", c.pause_ms}};
           } else {
             j["record"] = record_json(x.record);
           }
@@ -304,8 +312,27 @@ frame from_json_value(const std::string& type, const json& j) {
         throw bad_field{"the record's id and attempt must match the event's"};
       if (x.kind == event_kind::result && !is_terminal(x.record.state))
         throw bad_field{"a result record must be in a terminal state"};
+    } else if (kind == "checkpoint") {
+      x.kind = event_kind::checkpoint;
+      auto& c = field(j, "checkpoint");
+      if (!c.is_object())
+        throw bad_field{"field 'checkpoint' must be an object"};
+      x.checkpoint.ref = str(c, "ref");
+      auto slash = x.checkpoint.ref.rfind('/');
+      if (slash == std::string::npos
+          || x.checkpoint.ref.substr(0, slash) != x.task
+          || slash + 1 == x.checkpoint.ref.size()
+          || x.checkpoint.ref.find_first_not_of("0123456789", slash + 1)
+                 != std::string::npos)
+        throw bad_field{"checkpoint 'ref' must be <task>/<n> of the event's "
+                        "task"};
+      x.checkpoint.covers_seq = opt_uint<uint64_t>(c, "covers_seq");
+      x.checkpoint.bytes = opt_uint<uint64_t>(c, "bytes");
+      x.checkpoint.blobs = opt_uint<uint64_t>(c, "blobs");
+      x.checkpoint.pause_ms = int64(c, "pause_ms");
     } else {
-      throw bad_field{"field 'kind' must be output, state or result"};
+      throw bad_field{
+          "field 'kind' must be output, state, result or checkpoint"};
     }
     return x;
   }
@@ -367,8 +394,8 @@ const char* to_string(event_kind k) {
   return i < std::size(kinds) ? kinds[i] : "";
 }
 
-std::string encode(const frame& f) {
-  return to_json_value(f).dump(-1, ' ', false, json::error_handler_t::replace);
+std::string encode(const frame& f, int v) {
+  return to_json_value(f, v).dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::variant<frame, decode_failure> decode(std::string_view text) {
@@ -380,11 +407,12 @@ std::variant<frame, decode_failure> decode(std::string_view text) {
     return decode_failure{"malformed", "the frame is not a JSON object",
                           close_invalid_payload};
   auto v = j.find("v");
-  if (v == j.end() || !v->is_number_integer() || v->get<int64_t>() != version)
+  if (v == j.end() || !v->is_number_integer()
+      || v->get<int64_t>() < min_version || v->get<int64_t>() > version)
     return decode_failure{
         "unsupported_version",
-        "this side speaks protocol version " + std::to_string(version)
-            + "; got "
+        "this side speaks protocol versions " + std::to_string(min_version)
+            + " to " + std::to_string(version) + "; got "
             + (v == j.end() ? std::string{"no 'v'"} : "v=" + v->dump()),
         close_unsupported_version};
   auto t = j.find("type");
@@ -394,7 +422,10 @@ std::variant<frame, decode_failure> decode(std::string_view text) {
                           close_invalid_payload};
   auto type = t->get<std::string>();
   try {
-    return from_json_value(type, j);
+    auto f = from_json_value(type, j);
+    if (auto* h = std::get_if<hello>(&f))
+      h->v = static_cast<int>(v->get<int64_t>());
+    return f;
   } catch (const bad_field& e) {
     return decode_failure{"malformed", type + ": " + e.message,
                           close_invalid_payload};

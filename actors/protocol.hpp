@@ -1,5 +1,5 @@
 // The frames of the daemon <-> server WebSocket protocol (docs/protocol.md,
-// version 1) as plain structs, and their one JSON codec. Both ends use this
+// version 2; version 1 is still read and spoken to v1 daemons) as plain structs, and their one JSON codec. Both ends use this
 // file: the server's DAEMON-facing code and the daemon's CONNECTION actor.
 // No transport here; `encode` gives the text of a frame, `decode` parses
 // one and says which §9 error (and close code) bad input deserves.
@@ -17,8 +17,12 @@
 
 namespace makima::proto {
 
-/// The protocol version this build speaks (`v` of every frame).
-constexpr int version = 1;
+/// The protocol version this build speaks (`v` of every frame it starts).
+constexpr int version = 2;
+
+/// The oldest version this build reads (and answers in: docs/protocol.md
+/// §14 — a server answers each daemon in the `v` of its hello).
+constexpr int min_version = 1;
 
 /// Raw output bytes in one `event` frame at most (before base64).
 constexpr size_t max_event_output_bytes = 256 << 10;
@@ -73,6 +77,8 @@ struct hello {
   /// Attempts the daemon still knows; `seq` = last event seq in its outbox.
   std::vector<attempt_seq> running;
   std::string version;
+  /// The `v` of the frame (decode fills it; encode ignores it).
+  int v = proto::version;
 };
 
 /// Both directions; the server's has every field 0 (and sends none).
@@ -82,7 +88,23 @@ struct heartbeat {
   int64_t outbox_oldest_at = 0;
 };
 
-enum class event_kind : uint8_t { output = 1, state = 2, result = 3 };
+enum class event_kind : uint8_t {
+  output = 1,
+  state = 2,
+  result = 3,
+  /// Version 2: a checkpoint the daemon uploaded.
+  checkpoint = 4,
+};
+
+/// What a `checkpoint` event reports (docs/protocol.md §14).
+struct checkpoint_info {
+  /// `<task>/<n>`.
+  std::string ref;
+  uint64_t covers_seq = 0;
+  uint64_t bytes = 0;
+  uint64_t blobs = 0;
+  int64_t pause_ms = 0;
+};
 
 const char* to_string(event_kind k);
 
@@ -97,6 +119,8 @@ struct event {
   std::vector<output_chunk> chunks;
   /// kind == state | result: the record after the transition.
   task_record record;
+  /// kind == checkpoint.
+  checkpoint_info checkpoint;
 };
 
 // -- server -> daemon ---------------------------------------------------------
@@ -146,8 +170,9 @@ struct error {
 using frame = std::variant<hello, heartbeat, event, welcome, assign, cancel,
                            drain, ack, error>;
 
-/// The JSON text of a frame (with "v" and "type"). Output bytes are base64.
-std::string encode(const frame& f);
+/// The JSON text of a frame (with "v" = `v` and "type"). Output bytes are
+/// base64.
+std::string encode(const frame& f, int v = version);
 
 /// Why a text could not be decoded: the error frame to answer with and the
 /// close code (docs/protocol.md §9).
@@ -158,7 +183,8 @@ struct decode_failure {
 };
 
 /// Parses one frame. Unknown fields are ignored; a missing or mistyped
-/// required field is `malformed` (1007), `v` != 1 `unsupported_version`
+/// required field is `malformed` (1007), `v` not in [min_version, version]
+/// `unsupported_version`
 /// (4001), an unknown type `unknown_type` (4002).
 std::variant<frame, decode_failure> decode(std::string_view text);
 

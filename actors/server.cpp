@@ -30,7 +30,10 @@ namespace makima {
 namespace server_detail {
 
 void send_frame(self_ptr self, uint64_t conn, const proto::frame& f) {
-  self->state.net->send(conn, proto::encode(f));
+  auto& st = self->state;
+  auto c = st.conns.find(conn);
+  st.net->send(conn, proto::encode(f, c != st.conns.end() ? c->second.v
+                                                          : proto::version));
 }
 
 namespace {
@@ -124,6 +127,9 @@ void on_hello(self_ptr self, uint64_t conn, conn_entry& c, proto::hello& h) {
   d.capacity = h.capacity;
   d.cached_repos = h.cached_repos;
   d.version = h.version;
+  d.protocol = h.v;
+  d.draining = false; // a new hello is a new process
+  c.v = h.v;
   d.conn = conn;
   d.connected = true;
   d.last_seen = now_ms();
@@ -225,10 +231,12 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
   if (ev.kind != proto::event_kind::output)
     ++e.events;
   e.rec = std::move(stored.rec);
+  e.checkpoints = std::move(stored.checkpoints);
   if (!stored.fresh.empty())
     notify_output(e, stored.fresh);
   queue_ack(self, conn, ev.task, ev.attempt, ev.seq);
-  if (ev.kind == proto::event_kind::output)
+  if (ev.kind == proto::event_kind::output
+      || ev.kind == proto::event_kind::checkpoint)
     return;
   if (stored.requeue) {
     requeue(self, e, stored.detail);
@@ -283,6 +291,13 @@ void on_text(self_ptr self, uint64_t conn, std::string& text) {
   } else if (auto err = std::get_if<proto::error>(&fr)) {
     log::warn("server", "daemon " + d->second.id + " reported " + err->code
                             + ": " + err->message);
+  } else if (auto dr = std::get_if<proto::drain>(&fr);
+             dr && c->second.v >= 2) {
+    // v2: the daemon takes no more assignments (evicted); what it runs
+    // still reports (docs/protocol.md §14).
+    log::info("server", "daemon " + d->second.id + " is draining ("
+                            + dr->reason + "): assigning it nothing more");
+    d->second.draining = true;
   } else {
     reject(self, conn, "bad_message", "a daemon does not send this type",
            proto::close_policy);

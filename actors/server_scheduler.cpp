@@ -20,7 +20,8 @@ const std::string* pick(const std::map<std::string, daemon_entry>& daemons,
   for (auto& [id, d] : daemons) {
     auto p = planned.find(id);
     auto d_load = d.tasks.size() + (p != planned.end() ? p->second : 0);
-    if (!d.connected || d_load >= d.capacity || !matches(d, spec))
+    if (!d.connected || d.draining || d_load >= d.capacity
+        || !matches(d, spec))
       continue;
     if (!best) {
       best = &d;
@@ -73,7 +74,7 @@ bool has_repo(const daemon_entry& d, const std::string& repo) {
 size_t free_slots(const std::map<std::string, daemon_entry>& daemons) {
   size_t n = 0;
   for (auto& [id, d] : daemons)
-    if (d.connected && d.tasks.size() < d.capacity)
+    if (d.connected && !d.draining && d.tasks.size() < d.capacity)
       n += d.capacity - d.tasks.size();
   return n;
 }

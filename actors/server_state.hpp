@@ -15,9 +15,11 @@
 //   tasks  : id -> record JSON; `next_seq` is recomputed from output on load
 //   output : (id, output seq) -> chunk
 //   events : (id, n) -> state_change JSON (history)
-//   meta   : "k/task/" id -> {"attempt":A,"seq":S,"daemon":"D"}: the highest
-//            stored event seq of attempt A and the daemon A is assigned to
-//            (written in the batch of the event, so an ack is exact)
+//   meta   : "k/task/" id -> {"attempt":A,"seq":S,"daemon":"D",
+//            "checkpoints":[REF…]}: the highest stored event seq of attempt
+//            A, the daemon A is assigned to (written in the batch of the
+//            event, so an ack is exact) and the task's last known
+//            checkpoints (docs/protocol.md §14)
 #pragma once
 
 #include <chrono>
@@ -102,6 +104,10 @@ struct task_entry {
   bool cancel_requested = false;
   /// A re-queued task is not dispatched before this (retry backoff).
   clock::time_point not_before{};
+  /// Its last acknowledged checkpoints, oldest first (at most
+  /// max_known_checkpoints; the meta key keeps them): where a re-queued
+  /// attempt resumes from, and the fallbacks when a restore fails.
+  std::vector<std::string> checkpoints;
   std::vector<follower> followers;
 };
 
@@ -114,6 +120,10 @@ struct daemon_entry {
   std::map<std::string, std::string> labels;
   uint32_t capacity = 0;
   std::vector<std::string> cached_repos;
+  /// The protocol version of its hello (what the server speaks to it).
+  int protocol = proto::version;
+  /// It sent `drain` (v2, evicted): it gets no more assignments.
+  bool draining = false;
   uint64_t conn = 0;
   bool connected = false;
   /// Wall clock (ms) and steady time of the last frame received.
@@ -128,11 +138,17 @@ struct daemon_entry {
 struct conn_entry {
   std::string daemon;
   bool hello = false;
+  /// The protocol version frames to it are written in (its hello's).
+  int v = proto::version;
   /// Closed by us; frames still queued are ignored.
   bool closing = false;
   /// Acks not sent yet: (task, attempt) -> seq.
   std::map<attempt_id, uint64_t> pending_acks;
 };
+
+/// How many checkpoint refs the server keeps per task (fallbacks of a
+/// failed restore).
+inline constexpr size_t max_known_checkpoints = 8;
 
 /// Upper bounds (s) of the dispatch latency histogram.
 inline const std::vector<double>& latency_bounds() {

@@ -22,8 +22,11 @@ std::string meta_key(const std::string& id) {
 }
 
 std::string meta_json(uint32_t attempt, uint64_t seq,
-                      const std::string& daemon) {
+                      const std::string& daemon,
+                      const std::vector<std::string>& checkpoints) {
   nlohmann::json j{{"attempt", attempt}, {"seq", seq}, {"daemon", daemon}};
+  if (!checkpoints.empty())
+    j["checkpoints"] = checkpoints;
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
@@ -31,7 +34,8 @@ caf::error persist(store::db& db, task_entry& e, const std::string& detail) {
   store::write_batch batch;
   auto& id = e.rec.spec.id;
   put_record(batch, e.rec, e.events, detail);
-  batch.put_meta(meta_key(id), meta_json(e.rec.attempt, e.acked, e.daemon));
+  batch.put_meta(meta_key(id),
+                 meta_json(e.rec.attempt, e.acked, e.daemon, e.checkpoints));
   if (auto err = db.write(std::move(batch)))
     return err;
   ++e.events;
@@ -44,7 +48,21 @@ stored_event event_batch(const task_entry& e, const std::string& daemon,
   auto& batch = out.batch;
   uint64_t next = e.rec.next_seq;
   out.rec = e.rec;
-  if (ev.kind == proto::event_kind::output) {
+  out.checkpoints = e.checkpoints;
+  if (ev.kind == proto::event_kind::checkpoint) {
+    auto& c = ev.checkpoint;
+    out.rec.checkpoint = c.ref;
+    out.rec.updated_at = ev.at > 0 ? ev.at : now;
+    auto& known = out.checkpoints;
+    known.erase(std::remove(known.begin(), known.end(), c.ref), known.end());
+    known.push_back(c.ref);
+    if (known.size() > max_known_checkpoints)
+      known.erase(known.begin(),
+                  known.end() - static_cast<std::ptrdiff_t>(max_known_checkpoints));
+    put_record(batch, out.rec, e.events,
+               "checkpoint " + c.ref + " (" + std::to_string(c.bytes)
+                   + " bytes uploaded) on daemon " + daemon);
+  } else if (ev.kind == proto::event_kind::output) {
     for (auto& ch : ev.chunks) {
       if (ch.seq < next)
         continue; // already stored (put-if-absent)
@@ -57,17 +75,32 @@ stored_event event_batch(const task_entry& e, const std::string& daemon,
     rec = ev.record;
     rec.spec = e.rec.spec;
     rec.attempt = e.rec.attempt;
+    rec.checkpoint = e.rec.checkpoint;
+    rec.resume_from = e.rec.resume_from;
     rec.updated_at = ev.at > 0 ? ev.at : now;
-    if (ev.kind == proto::event_kind::result
-        && rec.state == task_state::interrupted) {
-      out.requeue = true;
-      out.detail = "attempt interrupted on daemon " + daemon;
+    if (ev.kind == proto::event_kind::result) {
+      if (rec.state == task_state::interrupted) {
+        out.requeue = true;
+        out.detail = "attempt interrupted on daemon " + daemon;
+      } else if (rec.state == task_state::migrating) {
+        out.requeue = true;
+        out.detail = "attempt evicted from daemon " + daemon;
+      } else if (rec.state == task_state::restore_failed) {
+        // Never again from that checkpoint, nor from one built on it.
+        out.requeue = true;
+        auto& known = out.checkpoints;
+        auto bad = std::find(known.begin(), known.end(), rec.resume_from);
+        known.erase(bad, known.end());
+        out.detail = "daemon " + daemon + " could not restore checkpoint "
+                     + rec.resume_from + ": " + rec.error;
+      }
     }
     rec.next_seq = next;
     put_record(batch, rec, e.events,
                out.requeue ? out.detail : "daemon " + daemon);
   }
-  batch.put_meta(meta_key(ev.task), meta_json(ev.attempt, ev.seq, e.daemon));
+  batch.put_meta(meta_key(ev.task),
+                 meta_json(ev.attempt, ev.seq, e.daemon, out.checkpoints));
   out.rec.next_seq = next;
   return out;
 }
@@ -111,6 +144,11 @@ caf::expected<loaded_state> load(store::db& db) {
         e.acked = j.value("seq", uint64_t{0});
         e.daemon = j.value("daemon", std::string{});
       }
+      if (j.is_object() && j.contains("checkpoints")
+          && j["checkpoints"].is_array())
+        for (auto& c : j["checkpoints"])
+          if (c.is_string())
+            e.checkpoints.push_back(c.get<std::string>());
     }
     if (e.rec.state == task_state::queued) {
       e.daemon.clear();

@@ -22,9 +22,10 @@ namespace makima::server_detail {
 std::string meta_key(const std::string& id);
 
 /// The JSON of the meta key of a task: the highest stored event `seq` of
-/// `attempt` and the daemon it is assigned to.
+/// `attempt`, the daemon it is assigned to and its last known checkpoints.
 std::string meta_json(uint32_t attempt, uint64_t seq,
-                      const std::string& daemon);
+                      const std::string& daemon,
+                      const std::vector<std::string>& checkpoints);
 
 /// Loads every task of `db`: queued ones into the queue (oldest first),
 /// assigned non-terminal ones onto (disconnected) daemon entries whose
@@ -44,16 +45,22 @@ struct stored_event {
   task_record rec;
   /// Output chunks of the event not stored before (to send to followers).
   std::vector<output_chunk> fresh;
-  /// A result `interrupted`: the task goes back into the queue, `detail`
-  /// saying why.
+  /// A result `interrupted`, `migrating` or `restore_failed`: the task
+  /// goes back into the queue (requeue decides how), `detail` saying why.
   bool requeue = false;
   std::string detail;
+  /// The task's known checkpoints once the batch is written: a
+  /// `checkpoint` event adds its ref; a `restore_failed` result drops its
+  /// `resume_from` and every newer one.
+  std::vector<std::string> checkpoints;
 };
 
 /// The batch of event `ev` of `e` from daemon `daemon`, accepted by
-/// classify: new output chunks (put-if-absent by seq), or the record the
-/// event carries (with the server's spec and attempt, `now` ms when it has
-/// no time) and a history entry; and always the meta key with `ev.seq`.
+/// classify: new output chunks (put-if-absent by seq), a checkpoint (the
+/// record's `checkpoint` and a history entry), or the record the event
+/// carries (with the server's spec, attempt, checkpoint and resume_from,
+/// `now` ms when it has no time) and a history entry; and always the meta
+/// key with `ev.seq`.
 stored_event event_batch(const task_entry& e, const std::string& daemon,
                          const proto::event& ev, int64_t now);
 

@@ -57,7 +57,12 @@ bool assign(self_ptr self, task_entry& e, daemon_entry& d) {
   rec.state = task_state::preparing;
   rec.next_seq = e.rec.next_seq;
   rec.updated_at = now_ms();
-  auto text = proto::encode(proto::assign{rec});
+  // The latest checkpoint the server knows, unless a restore refused it
+  // (requeue dropped those). A v1 daemon ignores it and starts afresh.
+  rec.checkpoint = e.rec.checkpoint;
+  if (!e.checkpoints.empty() && d.protocol >= 2)
+    rec.resume_from = e.checkpoints.back();
+  auto text = proto::encode(proto::assign{rec}, d.protocol);
   if (text.size() > st.settings.max_frame_bytes) {
     // Defence in depth (submit checks this): a frame the daemon cannot
     // read would close its connection, and the task would be re-sent
@@ -109,9 +114,19 @@ void requeue(self_ptr self, task_entry& e, const std::string& why) {
     notify_state(e);
     return;
   }
+  // An evicted attempt is not the task's fault: no budget, no backoff.
+  bool evicted = e.rec.state == task_state::migrating;
+  if (e.rec.state == task_state::restore_failed && e.checkpoints.empty()) {
+    // Every checkpoint it had was refused: it cannot continue.
+    auto code = e.rec.error_code.empty() ? std::string{"checkpoint_corrupt"}
+                                         : e.rec.error_code;
+    auto msg = "cannot restore the task from any checkpoint: " + e.rec.error;
+    fail_task(self, e, code, msg, why + "; no older checkpoint: failed");
+    return;
+  }
   // The attempt budget: attempt n was taken away; n >= budget ends it.
   uint32_t budget = attempt_budget(st.settings, e.rec.spec);
-  if (budget != 0 && e.rec.attempt >= budget) {
+  if (!evicted && budget != 0 && e.rec.attempt >= budget) {
     auto msg = "attempt budget exhausted: " + std::to_string(e.rec.attempt)
                + " attempt" + (e.rec.attempt == 1 ? "" : "s")
                + ", last: " + why;
@@ -121,14 +136,18 @@ void requeue(self_ptr self, task_entry& e, const std::string& why) {
   // State queued with attempt n >= 1 means: attempt n was taken away.
   // Attempt n+1 waits retry_backoff * 2^(n-1) seconds (capped), so that a
   // task that kills its daemon does not spin.
-  auto wait = retry_delay(st.settings, e.rec.attempt);
+  auto wait = evicted ? std::chrono::milliseconds{0}
+                      : retry_delay(st.settings, e.rec.attempt);
   e.rec.state = task_state::queued;
   e.queued_at = clock::now();
   e.not_before = e.queued_at + wait;
+  std::string from = e.checkpoints.empty()
+                         ? " from scratch (no checkpoint)"
+                         : " from checkpoint " + e.checkpoints.back();
   std::string next = wait.count() > 0
-                         ? "; re-queued, next attempt in "
+                         ? "; re-queued" + from + ", next attempt in "
                                + std::to_string(wait.count()) + " ms"
-                         : "; re-queued";
+                         : "; re-queued" + from;
   write_through(self, e, why + next);
   st.queue.push_back(e.rec.spec.id);
   log::info("server", "task " + e.rec.spec.id + ": " + why + next);

@@ -1,6 +1,7 @@
 // The TASK actor's state machine:
 //
-//   start → [persist preparing] → prepare/reopen worktree (REPO) or scratch
+//   start → [restore resume_from (CHECKPOINTER)] → [persist preparing]
+//         → prepare/reopen worktree (REPO) or scratch
 //         → spawn child (reactor) → [persist running] → stream output
 //         → child exits → drain output → [publishing: commit, push]
 //         → [persist final state] → LINK result → quit
@@ -83,17 +84,19 @@ void persist_state(task_ptr self, F next) {
           });
 }
 
-// Sends SIGTERM to the child's group and arms the SIGKILL timer.
-void terminate_child(task_ptr self) {
+// Sends `sig` (SIGTERM) to the child's group and arms the SIGKILL timer
+// after `grace` (the task's).
+void terminate_child(task_ptr self, int sig = SIGTERM,
+                     std::optional<std::chrono::milliseconds> grace = {}) {
   auto& st = self->state;
   if (!st.child || st.exited)
     return;
-  st.ctx.reactor->signal(*st.child, SIGTERM);
+  st.ctx.reactor->signal(*st.child, sig);
   auto gen = ++st.term_generation;
-  auto grace = std::chrono::duration<double>(st.rec.spec.grace);
-  self->delayed_send(
-      self, std::chrono::duration_cast<std::chrono::milliseconds>(grace),
-      kill_atom::value, gen);
+  auto wait = grace ? *grace
+                    : std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::duration<double>(st.rec.spec.grace));
+  self->delayed_send(self, wait, kill_atom::value, gen);
 }
 
 void kill_child(task_ptr self) {
@@ -103,6 +106,8 @@ void kill_child(task_ptr self) {
 }
 
 void maybe_finish(task_ptr self);
+
+void final_checkpoint(task_ptr self);
 
 // Hands pending chunks to PERSISTENCE (one write at a time), then to the
 // LINK, then acknowledges them to the reactor.
@@ -259,6 +264,10 @@ void maybe_finish(task_ptr self) {
     finish(self, task_state::failed);
     return;
   }
+  if (st.evicting) {
+    final_checkpoint(self);
+    return;
+  }
   task_state outcome;
   if (st.timed_out)
     outcome = task_state::timed_out;
@@ -301,6 +310,51 @@ void finish(task_ptr self, task_state final_state) {
             });
 }
 
+// Tells the LINK of a checkpoint that was written (not of a skipped one:
+// the server knows that ref already).
+void report_checkpoint(task_ptr self, const checkpoint_report& r) {
+  auto& st = self->state;
+  if (r.skipped || r.ref.empty())
+    return;
+  st.rec.checkpoint = r.ref;
+  self->send(st.ctx.link, checkpoint_atom::value, st.rec.spec.id,
+             st.rec.attempt, r);
+}
+
+// Eviction, once the child is gone and its output is reported: the final
+// checkpoint (when the node has a store), then the result `migrating`. A
+// failed checkpoint is said in the record; the server resumes from the
+// last one it knows.
+void final_checkpoint(task_ptr self) {
+  auto& st = self->state;
+  if (!st.ctx.checkpointer || !st.child) {
+    finish(self, task_state::migrating);
+    return;
+  }
+  self->request(st.ctx.checkpointer, caf::infinite, checkpoint_atom::value,
+                st.rec.spec.id, int32_t{0})
+      .then(
+          [self](const checkpoint_report& r) {
+            log::info(component(self),
+                      "evicted: final checkpoint " + r.ref
+                          + (r.skipped ? " (nothing changed)" : "") + ", "
+                          + std::to_string(r.bytes) + " bytes uploaded");
+            report_checkpoint(self, r);
+            self->state.rec.checkpoint = r.ref;
+            finish(self, task_state::migrating);
+          },
+          [self](caf::error& err) {
+            log::error(component(self),
+                       "evicted: the final checkpoint failed (" + describe(err)
+                           + "); the task resumes from its last checkpoint");
+            set_error(self->state.rec,
+                      make_error(code_of(err),
+                                 "the final checkpoint at eviction failed: "
+                                     + describe(err)));
+            finish(self, task_state::migrating);
+          });
+}
+
 // Asks for the next periodic checkpoint one interval from now (when on).
 void schedule_checkpoint(task_ptr self) {
   auto& st = self->state;
@@ -325,11 +379,13 @@ void take_checkpoint(task_ptr self) {
                 st.rec.spec.id, static_cast<int32_t>(st.child->pgid))
       .then(
           [self](const checkpoint_report& r) {
-            self->state.checkpointing = false;
+            auto& st = self->state;
+            st.checkpointing = false;
             log::debug(component(self),
                        "checkpoint " + r.ref + ": paused "
                            + std::to_string(r.pause_ms) + " ms, "
                            + std::to_string(r.bytes) + " bytes uploaded");
+            report_checkpoint(self, r);
             schedule_checkpoint(self);
           },
           [self](caf::error& err) {
@@ -343,6 +399,10 @@ void take_checkpoint(task_ptr self) {
 // Starts the child in the prepared directory.
 void launch(task_ptr self) {
   auto& st = self->state;
+  if (st.evicting) {
+    finish(self, task_state::migrating);
+    return;
+  }
   if (st.timed_out || st.cancel_requested) {
     finish(self, st.timed_out ? task_state::timed_out : task_state::cancelled);
     return;
@@ -357,7 +417,9 @@ void launch(task_ptr self) {
     return;
   }
   process::spawn_spec spec;
-  spec.argv = st.rec.spec.argv;
+  spec.argv = st.continues && !st.rec.spec.resume_command.empty()
+                  ? st.rec.spec.resume_command
+                  : st.rec.spec.argv;
   spec.cwd = st.rec.worktree;
   spec.env = child_env(st.ctx.base_env, st.rec);
   auto obs = std::make_shared<task_observer>(caf::actor_cast<task_actor>(self));
@@ -408,7 +470,9 @@ void prepare(task_ptr self) {
     auto& st = self->state;
     log::debug(component(self), "prepare failed: " + describe(err));
     set_error(st.rec, err);
-    if (st.timed_out)
+    if (st.evicting)
+      finish(self, task_state::migrating);
+    else if (st.timed_out)
       finish(self, task_state::timed_out);
     else if (st.cancel_requested)
       finish(self, task_state::cancelled);
@@ -417,6 +481,7 @@ void prepare(task_ptr self) {
   };
   if (!rec.branch.empty()) {
     // A resumed attempt: the worktree from the earlier attempt is the work.
+    st.continues = true;
     self->request(st.ctx.repo, caf::infinite, reopen_atom::value, rec.spec.id,
                   rec.branch)
         .then(on_worktree, on_error);
@@ -426,6 +491,58 @@ void prepare(task_ptr self) {
                   st.git_cancel)
         .then(on_worktree, on_error);
   }
+}
+
+// An attempt assigned with `resume_from`: the CHECKPOINTER restores the
+// task (worktree, state dir, records) into this node, replacing what the
+// node held of it; the attempt then reopens the restored worktree. A
+// checkpoint that fails verification ends the attempt `restore_failed`;
+// any other failure (store unreachable, origin unreachable) `interrupted`,
+// so the server retries the same checkpoint.
+void restore(task_ptr self) {
+  auto& st = self->state;
+  auto ref = st.rec.resume_from;
+  if (!st.ctx.checkpointer) {
+    set_error(st.rec, make_error(ec::invalid_config,
+                                 "cannot resume from checkpoint " + ref
+                                     + ": this daemon has no checkpoint "
+                                       "store (--store)"));
+    finish(self, task_state::interrupted);
+    return;
+  }
+  self->request(st.ctx.checkpointer, caf::infinite, restore_atom::value, ref)
+      .then(
+          [self](const task_record& restored) {
+            auto& st = self->state;
+            // The server's view wins for what it owns (spec, attempt, the
+            // next output seq); the node's for where the work now is.
+            st.rec.worktree = restored.worktree;
+            st.rec.state_dir = restored.state_dir;
+            st.rec.branch = restored.branch;
+            st.rec.base_commit = restored.base_commit;
+            st.rec.commit = restored.commit;
+            st.rec.started_at = restored.started_at;
+            st.continues = true;
+            log::info(component(self),
+                      "restored from checkpoint " + st.rec.resume_from);
+            persist_state(self, [self] { prepare(self); });
+          },
+          [self](caf::error& err) {
+            auto& st = self->state;
+            auto code = code_of(err);
+            bool refused =
+                code == ec::checkpoint_corrupt || code == ec::checkpoint_limit
+                || code == ec::checkpoint_version
+                || code == ec::checkpoint_unsigned
+                || code == ec::checkpoint_bad_signature
+                || code == ec::checkpoint_not_found;
+            log::error(component(self), "cannot restore checkpoint "
+                                            + st.rec.resume_from + ": "
+                                            + describe(err));
+            set_error(st.rec, err);
+            finish(self, refused ? task_state::restore_failed
+                                 : task_state::interrupted);
+          });
 }
 
 } // namespace
@@ -460,7 +577,10 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
         self, std::chrono::duration_cast<std::chrono::milliseconds>(timeout),
         timeout_atom::value);
   }
-  if (st.rec.attempt > 1) {
+  if (!st.rec.resume_from.empty()) {
+    // Another node's attempt goes on from its checkpoint (network mode).
+    restore(self);
+  } else if (st.rec.attempt > 1) {
     // A new attempt starts by recording that it prepares again.
     persist_state(self, [self] { prepare(self); });
   } else {
@@ -537,6 +657,23 @@ task_actor::behavior_type task(task_ptr self, task_record rec,
         self->send(self->state.ctx.link, progress_atom::value, std::move(p));
       },
       [self](checkpoint_atom) { take_checkpoint(self); },
+      [self](evict_atom, uint32_t grace_ms, int32_t sig) {
+        auto& st = self->state;
+        if (st.evicting || st.finishing)
+          return; // a result is on its way
+        st.evicting = true;
+        if (!st.child) {
+          // Preparing: abort the git work; its answer ends the attempt.
+          st.git_cancel.cancel();
+          return;
+        }
+        if (st.exited)
+          return; // maybe_finish takes the final checkpoint
+        log::info(component(self), "evicted: signal " + std::to_string(sig)
+                                       + " to the task, SIGKILL in "
+                                       + std::to_string(grace_ms) + " ms");
+        terminate_child(self, sig, std::chrono::milliseconds{grace_ms});
+      },
   };
 }
 

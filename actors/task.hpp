@@ -67,6 +67,12 @@ struct task_actor_state {
   bool finishing = false;
   /// A checkpoint request is in flight (ticks meanwhile are skipped).
   bool checkpointing = false;
+  /// The node is evicted: the attempt ends `migrating` after a final
+  /// checkpoint.
+  bool evicting = false;
+  /// The attempt continues earlier work (a restored checkpoint, or a
+  /// preserved worktree): it runs spec.resume_command when there is one.
+  bool continues = false;
   static inline const char* name = "task";
 };
 

@@ -400,9 +400,45 @@ const std::vector<key_def>& defs() {
     add("daemon.health_listen", {"MAKIMA_DAEMON_HEALTH_LISTEN"},
         "HOST:PORT of the daemon's /healthz (empty = none)",
         string_setter(&config::health_listen, "daemon.health_listen"));
+    add("daemon.eviction_deadline", {"MAKIMA_EVICTION_DEADLINE"},
+        "seconds from SIGTERM to exit: final checkpoints, acks (eviction)",
+        seconds_setter(&config::eviction_deadline, "daemon.eviction_deadline",
+                       false));
+    add("daemon.eviction_grace", {"MAKIMA_EVICTION_GRACE"},
+        "seconds between the eviction signal and SIGKILL of a task",
+        seconds_setter(&config::eviction_grace, "daemon.eviction_grace", true));
+    add("daemon.eviction_signal", {"MAKIMA_EVICTION_SIGNAL"},
+        "signal a task gets at eviction: TERM, INT, HUP, QUIT, USR1, USR2 "
+        "(SIG prefix optional)",
+        [](config& c, const std::string& v,
+           const std::string& o) -> caf::error {
+          static const std::pair<const char*, int> names[] = {
+              {"TERM", 15}, {"INT", 2},   {"HUP", 1},
+              {"QUIT", 3},  {"USR1", 10}, {"USR2", 12}};
+          auto name = v.rfind("SIG", 0) == 0 ? v.substr(3) : v;
+          for (auto& [n, sig] : names)
+            if (name == n) {
+              c.eviction_signal = sig;
+              return caf::none;
+            }
+          return bad("daemon.eviction_signal", o, v,
+                     "must be one of TERM, INT, HUP, QUIT, USR1, USR2");
+        });
     return t;
   }();
   return table;
+}
+
+std::string signal_name(int sig) {
+  switch (sig) {
+  case 15: return "TERM";
+  case 2: return "INT";
+  case 1: return "HUP";
+  case 3: return "QUIT";
+  case 10: return "USR1";
+  case 12: return "USR2";
+  default: return std::to_string(sig);
+  }
 }
 
 const key_def* find_def(const std::string& key) {
@@ -632,6 +668,9 @@ config_values(const config& c) {
       {"daemon.pool", c.pool},
       {"daemon.labels", labels},
       {"daemon.health_listen", c.health_listen},
+      {"daemon.eviction_deadline", num(c.eviction_deadline)},
+      {"daemon.eviction_grace", num(c.eviction_grace)},
+      {"daemon.eviction_signal", signal_name(c.eviction_signal)},
       {"server.url", c.server_url},
       {"server.api_key", c.api_key},
       {"server.heartbeat", num(c.heartbeat)},

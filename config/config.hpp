@@ -100,6 +100,12 @@ struct config {
   std::map<std::string, std::string> labels;
   /// HOST:PORT of a daemon's health endpoint (`daemon.health_listen`).
   std::string health_listen;
+  /// Eviction of a daemon (SIGTERM; docs/protocol.md §14): everything done
+  /// within `eviction_deadline` s; the tasks get `eviction_signal`, then
+  /// SIGKILL after `eviction_grace` s.
+  double eviction_deadline = 25;
+  double eviction_grace = 10;
+  int eviction_signal = 15;
 
   // [server] — client side: the server a daemon or the CLI talks to.
   std::string server_url;

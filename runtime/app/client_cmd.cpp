@@ -267,6 +267,7 @@ struct submit_options {
   std::vector<std::string> selector;
   /// 0 = the server's default (server.max_attempts).
   uint32_t max_attempts = 0;
+  std::vector<std::string> resume_command;
 };
 
 int cmd_submit(submit_options& o) {
@@ -299,6 +300,9 @@ int cmd_submit(submit_options& o) {
   if (!t.push.empty())
     spec.push_url = git::canonical_url(t.push);
   spec.max_attempts = o.max_attempts;
+  for (auto& a : o.resume_command)
+    check_utf8(a, "--resume-command");
+  spec.resume_command = o.resume_command;
   api_client api{*resolve_server(o.common, o.server, true)};
   auto res = api.call(
       "POST", "/api/v1/tasks",
@@ -449,6 +453,14 @@ void add_client_commands(CLI::App& task, command_table& out,
                                   "attempts the server makes before the task "
                                   "fails (default: its server.max_attempts)"),
                number_kind::whole, 1, max_attempts_limit);
+  submit
+      ->add_option("--resume-command", so->resume_command,
+                   "argv of the command run instead when the task resumes "
+                   "from a checkpoint (one ARG per flag, in order)")
+      ->type_size(1)
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   submit->footer("Usage: makima task submit --server URL [OPTIONS] -- COMMAND "
                  "[ARGS...]\nPrints the task id on stdout.");
   trailing.emplace_back(submit, &so->task.command);

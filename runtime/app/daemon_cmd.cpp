@@ -1,14 +1,17 @@
 // `makima daemon`: flags → config → daemon_settings → daemon_node (actors/
 // daemon_node.hpp) → wait → exit status.
 //
-// Signals: SIGINT/SIGTERM/SIGHUP stop the daemon at once. Nothing is
-// cancelled and nothing more is flushed: every event is already in the
-// outbox before it is sent, so the next start on the same data dir replays
-// what the server has not acked, and reports attempts that were running as
-// `interrupted` (their children die with the process), which the server
-// re-queues. A server `drain` is the graceful way: running attempts finish,
-// everything is acked, the connection closes with 1000 and the exit status
-// is 0.
+// Signals: SIGTERM is eviction (docs/protocol.md §14): no new work, the
+// tasks get the eviction signal, SIGKILL after the grace, each one's final
+// checkpoint, results `migrating`, every event acked, exit 0 — or exit 1
+// when the eviction deadline passed first. SIGINT/SIGHUP, and a second
+// signal, stop the daemon at once. Nothing is cancelled then and nothing
+// more is flushed: every event is already in the outbox before it is sent,
+// so the next start on the same data dir replays what the server has not
+// acked, and reports attempts that were running as `interrupted` (their
+// children die with the process), which the server re-queues. A server
+// `drain` is the other graceful way: running attempts finish, everything is
+// acked, the connection closes with 1000 and the exit status is 0.
 #include "runtime/app/cli.hpp"
 
 #include <signal.h>
@@ -63,6 +66,9 @@ struct daemon_options {
   std::vector<std::string> pass_env;
   store_flags store;
   double checkpoint_interval = -1;
+  double eviction_deadline = 0;
+  double eviction_grace = -1;
+  std::string eviction_signal;
 };
 
 /// A daemon checkpoints its running tasks every 10 s unless told otherwise
@@ -101,6 +107,14 @@ int cmd_daemon(daemon_options& o) {
           set("server.heartbeat", std::to_string(o.heartbeat), "--heartbeat");
         if (!o.api_key.empty())
           set("server.api_key", o.api_key, "--api-key");
+        if (o.eviction_deadline > 0)
+          set("daemon.eviction_deadline", std::to_string(o.eviction_deadline),
+              "--eviction-deadline");
+        if (o.eviction_grace >= 0)
+          set("daemon.eviction_grace", std::to_string(o.eviction_grace),
+              "--eviction-grace");
+        if (!o.eviction_signal.empty())
+          set("daemon.eviction_signal", o.eviction_signal, "--eviction-signal");
         apply_checkpoint_flags(c, o.store, o.checkpoint_interval);
         if (!c.origins.count("checkpoint.interval"))
           c.checkpoint_interval = daemon_checkpoint_interval;
@@ -130,14 +144,30 @@ int cmd_daemon(daemon_options& o) {
     settings.health_port = hp->port;
   }
 
-  if (cfg.checkpoint_interval > 0) {
+  if (cfg.eviction_grace >= cfg.eviction_deadline)
+    fail(exit_usage, "daemon: --eviction-grace must be shorter than "
+                     "--eviction-deadline (the final checkpoints and the "
+                     "acks need the rest)");
+  settings.evict_on_sigterm = true;
+  settings.eviction_deadline = std::chrono::milliseconds{
+      static_cast<int64_t>(cfg.eviction_deadline * 1000)};
+  settings.eviction_grace = std::chrono::milliseconds{
+      static_cast<int64_t>(cfg.eviction_grace * 1000)};
+  settings.eviction_signal = cfg.eviction_signal;
+  // A store given explicitly serves final checkpoints and restores even
+  // with periodic checkpoints off (interval 0).
+  if (cfg.checkpoint_interval > 0 || cfg.origins.count("checkpoint.store")) {
     // Opened before the secrets leave the environment (they are in cfg).
     settings.checkpoint_store = open_checkpoint_store(cfg);
     settings.checkpoints = checkpoint_settings(cfg);
     settings.checkpoints.node = settings.connection.name;
     char every[32];
     std::snprintf(every, sizeof every, "%g", cfg.checkpoint_interval);
-    log::info("daemon", std::string{"checkpoints every "} + every + " s to "
+    log::info("daemon", (cfg.checkpoint_interval > 0
+                             ? std::string{"checkpoints every "} + every
+                                   + " s to "
+                             : std::string{"no periodic checkpoints; final "
+                                           "ones and restores use "})
                             + log::redact(cfg.store_url));
   }
   // Config read: makima's keys leave this process's environment before a task
@@ -159,7 +189,10 @@ int cmd_daemon(daemon_options& o) {
       fail(status_for(node.error()), "daemon: " + describe(node.error()));
     }
     auto end = (*node)->wait();
-    status = (end.drained || end.signal != 0) ? exit_ok : exit_internal;
+    if (end.evicted)
+      status = end.drained && !end.deadline_passed ? exit_ok : 1;
+    else
+      status = (end.drained || end.signal != 0) ? exit_ok : exit_internal;
     node->reset();
     io->stop();
   }
@@ -217,6 +250,16 @@ void add_daemon_command(CLI::App& app, command_table& out) {
                   "daemon key (default: $MAKIMA_API_KEY; never logged)");
   add_pass_env_flag(cmd, o->pass_env);
   add_checkpoint_flags(cmd, o->store, o->checkpoint_interval);
+  check_number(cmd->add_option("--eviction-deadline", o->eviction_deadline,
+                               "seconds from SIGTERM to exit: signal, grace, "
+                               "final checkpoints, acks (default 25)"),
+               number_kind::seconds, 0, max_timeout_seconds, true);
+  check_number(cmd->add_option("--eviction-grace", o->eviction_grace,
+                               "seconds between the eviction signal and "
+                               "SIGKILL of a task (default 10)"),
+               number_kind::seconds, 0, max_timeout_seconds, false);
+  cmd->add_option("--eviction-signal", o->eviction_signal,
+                  "signal a task gets at eviction (default TERM)");
   out.emplace_back(cmd, [o] { return cmd_daemon(*o); });
 }
 

@@ -37,6 +37,8 @@ struct link_log {
   std::vector<task_state> states;
   std::vector<task_record> results;
   std::vector<task_progress> progress;
+  /// Checkpoints reported by TASK actors.
+  std::vector<checkpoint_report> checkpoints;
   /// Facts that reached the LINK before they were in RocksDB.
   std::vector<std::string> violations;
 
@@ -106,6 +108,11 @@ recording_link(link_actor::stateful_pointer<recording_link_state> self,
       [self](progress_atom, const task_progress& p) {
         std::lock_guard<std::mutex> guard{self->state.log->mtx};
         self->state.log->progress.push_back(p);
+      },
+      [self](checkpoint_atom, const std::string&, uint32_t,
+             const checkpoint_report& r) {
+        std::lock_guard<std::mutex> guard{self->state.log->mtx};
+        self->state.log->checkpoints.push_back(r);
       },
   };
 }
