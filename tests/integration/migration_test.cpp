@@ -475,6 +475,106 @@ TEST(migration, resume_command_runs_on_resume) {
   b.stop();
 }
 
+TEST(migration, a_task_ignoring_the_eviction_signal_is_killed_after_the_grace) {
+  env e;
+  auto store = shared_store::on_disk(e);
+  auto origin = test::make_repo(e.root() / "origin", {10, 1});
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
+  api http{srv.http()};
+  daemon_proc a, b;
+  ASSERT_TRUE(start_daemon(a, e, srv, "a", e.root() / "dA",
+                           daemon_flags("k8s", &store)));
+  const std::string id = "mig-grace";
+  // TERM ignored by the shell and (inherited) by its sleeps.
+  auto spec = stepper_spec(id, origin, "0.5");
+  auto script = stepper("0.5");
+  auto trap = script.find("trap 'term=1' TERM");
+  ASSERT_NE(trap, std::string::npos);
+  script.replace(trap, std::string{"trap 'term=1' TERM"}.size(),
+                 "trap '' TERM");
+  spec["argv"][2] = script;
+  ASSERT_EQ(http.submit(spec), id);
+  ASSERT_TRUE(output_has(http, id, "step 2")) << dump(http, id, a, b);
+  ASSERT_TRUE(start_daemon(b, e, srv, "b", e.root() / "dB",
+                           daemon_flags("cloudflare", &store)));
+  auto t0 = clock_type::now();
+  a.kill(SIGTERM);
+  auto r = a.bg->wait(15000ms);
+  auto took = clock_type::now() - t0;
+  EXPECT_EQ(r.exit_code, 0) << dump(http, id, a, b);
+  // The grace (3 s) was waited for, then SIGKILL; well within the deadline.
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(took);
+  EXPECT_GE(ms.count(), 2900);
+  EXPECT_LT(ms.count(), 10000);
+  ASSERT_TRUE(http.wait_terminal({id}, 30000ms)) << dump(http, id, a, b);
+  auto rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, a, b);
+  EXPECT_EQ(rec.value("attempt", 0), 2) << rec.dump();
+  EXPECT_GE(ref_number(id, rec.value("resume_from", "")), 1) << rec.dump();
+  auto h = history(http, id);
+  EXPECT_EQ(attempts_in(h, "migrating"), (std::set<int>{1})) << h.dump(1);
+  // Killed mid-run: no "saved", and the second attempt went on from the
+  // counter of the final checkpoint (taken after the kill).
+  auto out = output_seqs(http, id);
+  EXPECT_EQ(contiguity(out.seqs), "") << out.text;
+  EXPECT_EQ(count(out.text, "saved\n"), 0u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 2 resumed=1 from=0\n"), 0u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 2 resumed=1 from="), 1u) << out.text;
+  for (int i = 0; i <= last_step; ++i)
+    EXPECT_GE(count(out.text, "step " + std::to_string(i) + "\n"), 1u)
+        << out.text;
+  EXPECT_EQ(count(out.text, "finished\n"), 1u) << out.text;
+  EXPECT_EQ(missing_steps(e.root() / "dB/worktrees" / id), "")
+      << dump(http, id, a, b);
+  b.stop();
+}
+
+TEST(migration, the_eviction_signal_is_configurable) {
+  env e;
+  auto store = shared_store::on_disk(e);
+  auto origin = test::make_repo(e.root() / "origin", {10, 1});
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
+  api http{srv.http()};
+  daemon_proc a, b;
+  auto flags = daemon_flags("k8s", &store);
+  flags.insert(flags.end(), {"--eviction-signal", "USR1"});
+  ASSERT_TRUE(start_daemon(a, e, srv, "a", e.root() / "dA", flags));
+  const std::string id = "mig-usr1";
+  // USR1 saves; TERM would go unnoticed (ignored).
+  auto spec = stepper_spec(id, origin, "0.5");
+  auto script = stepper("0.5");
+  auto trap = script.find("trap 'term=1' TERM");
+  ASSERT_NE(trap, std::string::npos);
+  script.replace(trap, std::string{"trap 'term=1' TERM"}.size(),
+                 "trap '' TERM\ntrap 'term=1' USR1");
+  spec["argv"][2] = script;
+  ASSERT_EQ(http.submit(spec), id);
+  ASSERT_TRUE(output_has(http, id, "step 2")) << dump(http, id, a, b);
+  ASSERT_TRUE(start_daemon(b, e, srv, "b", e.root() / "dB",
+                           daemon_flags("cloudflare", &store)));
+  auto t0 = clock_type::now();
+  a.kill(SIGTERM);
+  auto r = a.bg->wait(15000ms);
+  EXPECT_EQ(r.exit_code, 0) << dump(http, id, a, b);
+  // It stopped on USR1, before the grace (3 s) ran out.
+  EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(
+                clock_type::now() - t0)
+                .count(),
+            2900);
+  ASSERT_TRUE(http.wait_terminal({id}, 30000ms)) << dump(http, id, a, b);
+  auto rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, a, b);
+  auto out = output_seqs(http, id);
+  EXPECT_EQ(contiguity(out.seqs), "") << out.text;
+  EXPECT_EQ(count(out.text, "saved\n"), 1u) << out.text;
+  for (int i = 0; i <= last_step; ++i)
+    EXPECT_EQ(count(out.text, "step " + std::to_string(i) + "\n"), 1u)
+        << out.text;
+  b.stop();
+}
+
 /// The ref numbers of the manifests of `id` in a file:// store at `dir`.
 std::vector<int> manifests(const fs::path& dir, const std::string& id) {
   std::vector<int> out;
