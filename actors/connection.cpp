@@ -83,11 +83,19 @@ void finish(conn_ptr self, int status);
 // unacked.
 void check_drained(conn_ptr self) {
   auto& st = self->state;
-  if (!st.draining || st.ph != phase::welcomed || st.pending_writes > 0)
+  if (!st.draining || st.pending_writes > 0)
+    return;
+  if (st.ph != phase::welcomed && !(st.evicting && st.ph != phase::closing))
     return;
   for (auto& [key, a] : st.window.attempts())
     if (a.active || !a.frames.empty())
       return;
+  if (st.ph != phase::welcomed) {
+    // Evicted while away from the server, with nothing left to tell it.
+    log::info(component, "evicted: nothing running, nothing unacked");
+    finish(self, 0);
+    return;
+  }
   log::info(component, "drained: every attempt finished and acked");
   st.client->close(proto::close_normal, "drained");
   st.ph = phase::closing;

@@ -179,10 +179,12 @@ daemon_exit daemon_node::wait() {
       out.signal = sig;
       out.evicted = true;
       deadline = std::chrono::steady_clock::now() + eviction_deadline_;
-      log::warn("daemon",
-                "SIGTERM: evicted; final checkpoints, then exit within "
-                    + std::to_string(eviction_deadline_.count() / 1000.0)
-                    + " s (a second signal exits at once)");
+      char secs[32];
+      std::snprintf(secs, sizeof secs, "%g",
+                    static_cast<double>(eviction_deadline_.count()) / 1000);
+      log::warn("daemon", std::string{"SIGTERM: evicted; stopping the daemon "
+                                      "after the final checkpoints, within "}
+                              + secs + " s (a second signal exits at once)");
       evict(eviction_grace_, eviction_signal_);
     } else if (sig > 0 && (out.signal == 0 || out.evicted)) {
       if (out.evicted)

@@ -410,7 +410,7 @@ TEST_F(connection_test, malformed_frames_close_the_connection_not_the_daemon) {
   auto id4 = srv.wait_open(5s);
   ASSERT_TRUE(id4);
   ASSERT_TRUE(srv.wait_frame<proto::hello>(5s));
-  srv.send_raw(*id4, "{\"v\":2,\"type\":\"heartbeat\"}");
+  srv.send_raw(*id4, "{\"v\":3,\"type\":\"heartbeat\"}");
   err = srv.wait_frame<proto::error>(5s);
   ASSERT_TRUE(err);
   EXPECT_EQ(err->second.code, "unsupported_version");

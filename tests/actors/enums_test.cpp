@@ -69,6 +69,8 @@ const std::vector<std::tuple<task_state, int, std::string>> all_states = {
     {task_state::timed_out, 7, "timed_out"},
     {task_state::interrupted, 8, "interrupted"},
     {task_state::queued, 9, "queued"},
+    {task_state::migrating, 10, "migrating"},
+    {task_state::restore_failed, 11, "restore_failed"},
 };
 
 TEST(enums, every_ec_keeps_its_number_and_round_trips_through_its_unique_name) {

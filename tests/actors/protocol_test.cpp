@@ -81,7 +81,7 @@ TEST(protocol, hello_round_trips_with_running_attempts) {
   h.version = "0.2.0";
   auto text = encode(frame{h});
   auto j = nlohmann::json::parse(text);
-  EXPECT_EQ(j["v"], 1);
+  EXPECT_EQ(j["v"], 2);
   EXPECT_EQ(j["type"], "hello");
   EXPECT_EQ(j["running"][0]["last_seq"], 41); // the field name of §4
   auto back = round_trip(h);
@@ -154,7 +154,9 @@ TEST(protocol, server_frames_round_trip) {
   auto eb = round_trip(error{"stale_attempt", "superseded", "t-0001", 2});
   EXPECT_EQ(eb.code, "stale_attempt");
   EXPECT_EQ(eb.attempt, 2u);
-  EXPECT_EQ(encode(frame{heartbeat{}}), R"({"type":"heartbeat","v":1})");
+  EXPECT_EQ(encode(frame{heartbeat{}}), R"({"type":"heartbeat","v":2})");
+  // A v1 peer is answered in v1 (docs/protocol.md §14).
+  EXPECT_EQ(encode(frame{heartbeat{}}, 1), R"({"type":"heartbeat","v":1})");
   EXPECT_EQ(round_trip(heartbeat{2, 5, 77}).outbox_events, 5u);
 }
 
@@ -164,7 +166,7 @@ TEST(protocol, bad_input_maps_to_the_codes_of_section_9) {
   EXPECT_EQ(f.close, close_invalid_payload);
   EXPECT_EQ(failure("[1,2]").code, "malformed");
   EXPECT_EQ(failure(R"({"type":"heartbeat"})").code, "unsupported_version");
-  EXPECT_EQ(failure(R"({"v":2,"type":"heartbeat"})").close,
+  EXPECT_EQ(failure(R"({"v":3,"type":"heartbeat"})").close,
             close_unsupported_version);
   EXPECT_EQ(failure(R"({"v":"1","type":"heartbeat"})").code,
             "unsupported_version");
@@ -220,4 +222,83 @@ TEST(protocol, close_codes_of_error_codes) {
   EXPECT_EQ(close_code_of("bad_message"), close_policy);
   EXPECT_EQ(close_code_of("internal"), close_internal);
   EXPECT_EQ(close_code_of("stale_attempt"), 0);
+}
+
+// -- version 2 (docs/protocol.md §14) ------------------------------------
+
+TEST(protocol_v2, a_checkpoint_event_round_trips) {
+  event e;
+  e.task = "t-0001";
+  e.attempt = 2;
+  e.seq = 9;
+  e.kind = event_kind::checkpoint;
+  e.at = 1764331205000;
+  e.checkpoint = {"t-0001/3", 17, 742, 1, 27};
+  auto j = nlohmann::json::parse(encode(frame{e}));
+  EXPECT_EQ(j["kind"], "checkpoint");
+  EXPECT_EQ(j["checkpoint"]["ref"], "t-0001/3");
+  EXPECT_EQ(j["checkpoint"]["covers_seq"], 17);
+  EXPECT_FALSE(j.contains("record"));
+  auto back = round_trip(e);
+  EXPECT_EQ(back.kind, event_kind::checkpoint);
+  EXPECT_EQ(back.checkpoint.ref, "t-0001/3");
+  EXPECT_EQ(back.checkpoint.covers_seq, 17u);
+  EXPECT_EQ(back.checkpoint.bytes, 742u);
+  EXPECT_EQ(back.checkpoint.blobs, 1u);
+  EXPECT_EQ(back.checkpoint.pause_ms, 27);
+}
+
+TEST(protocol_v2, a_checkpoint_ref_of_another_task_or_without_a_number_is_malformed) {
+  auto ev = [](const std::string& ref) {
+    return R"({"v":2,"type":"event","task":"t-0001","attempt":1,"seq":1,)"
+           R"("kind":"checkpoint","at":1,"checkpoint":{"ref":")"
+           + ref + R"("}})";
+  };
+  for (auto bad : {"t-0002/3", "t-0001", "t-0001/", "t-0001/x", "t-0001/3a",
+                   "/3", ""}) {
+    auto f = failure(ev(bad));
+    EXPECT_EQ(f.code, "malformed") << bad;
+    EXPECT_EQ(f.close, close_invalid_payload) << bad;
+  }
+  EXPECT_EQ(failure(R"({"v":2,"type":"event","task":"t","attempt":1,"seq":1,)"
+                    R"("kind":"checkpoint","at":1})")
+                .code,
+            "malformed");
+  auto ok = decode(ev("t-0001/12"));
+  ASSERT_TRUE(std::holds_alternative<frame>(ok));
+}
+
+TEST(protocol_v2, versions_one_and_two_are_read_and_hello_says_which) {
+  auto v1 = decode(R"({"v":1,"type":"hello","daemon_id":"d1","capacity":1})");
+  ASSERT_TRUE(std::holds_alternative<frame>(v1));
+  EXPECT_EQ(std::get<hello>(std::get<frame>(v1)).v, 1);
+  auto v2 = decode(R"({"v":2,"type":"hello","daemon_id":"d1","capacity":1})");
+  ASSERT_TRUE(std::holds_alternative<frame>(v2));
+  EXPECT_EQ(std::get<hello>(std::get<frame>(v2)).v, 2);
+  EXPECT_EQ(failure(R"({"v":0,"type":"heartbeat"})").code,
+            "unsupported_version");
+}
+
+TEST(protocol_v2, the_record_carries_checkpoint_resume_from_and_resume_command) {
+  task_record rec;
+  rec.spec.id = "t-0001";
+  rec.spec.argv = {"agent", "run"};
+  rec.spec.resume_command = {"agent", "--continue"};
+  rec.attempt = 3;
+  rec.state = task_state::migrating;
+  rec.checkpoint = "t-0001/4";
+  rec.resume_from = "t-0001/2";
+  auto back = round_trip(assign{rec});
+  EXPECT_EQ(back.record.spec.resume_command, rec.spec.resume_command);
+  EXPECT_EQ(back.record.checkpoint, "t-0001/4");
+  EXPECT_EQ(back.record.resume_from, "t-0001/2");
+  EXPECT_EQ(back.record.state, task_state::migrating);
+  // Absent when empty: a v1 reader sees the record it knows.
+  task_record plain;
+  plain.spec.id = "t";
+  plain.spec.argv = {"true"};
+  auto j = nlohmann::json::parse(encode(frame{assign{plain}}));
+  EXPECT_FALSE(j["record"].contains("checkpoint"));
+  EXPECT_FALSE(j["record"].contains("resume_from"));
+  EXPECT_FALSE(j["record"]["spec"].contains("resume_command"));
 }

@@ -558,7 +558,7 @@ TEST_F(server_test, bad_frames_get_their_error_and_close_code) {
   std::vector<bad_case> cases{
       {"{not json", false, "malformed", proto::close_invalid_payload},
       {"[1,2]", false, "malformed", proto::close_invalid_payload},
-      {R"({"v":2,"type":"heartbeat"})", false, "unsupported_version",
+      {R"({"v":3,"type":"heartbeat"})", false, "unsupported_version",
        proto::close_unsupported_version},
       {R"({"type":"heartbeat"})", false, "unsupported_version",
        proto::close_unsupported_version},

@@ -105,13 +105,15 @@ TEST(daemon_process,
       saw = true;
     }
   EXPECT_TRUE(saw);
-  d.kill(SIGTERM);
+  // SIGINT: at once (SIGTERM would evict and wait for acks this fake
+  // server does not send).
+  d.kill(SIGINT);
   auto r = d.wait(10s);
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
 TEST(daemon_process,
-     sigterm_stops_at_once_and_the_running_attempt_is_interrupted) {
+     sigint_stops_at_once_and_the_running_attempt_is_interrupted) {
   env e;
   fake_server srv;
   auto pidfile = e.root() / "child.pid";
@@ -124,9 +126,9 @@ TEST(daemon_process,
     ASSERT_TRUE(srv.wait_frame<proto::event>(10s, [](const proto::event& ev) {
       return ev.kind == proto::event_kind::output;
     }));
-    d.kill(SIGTERM);
+    d.kill(SIGINT);
     auto r = d.wait(10s);
-    EXPECT_FALSE(r.timed_out) << "the daemon did not stop on SIGTERM";
+    EXPECT_FALSE(r.timed_out) << "the daemon did not stop on SIGINT";
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.err.find("stopping the daemon"), std::string::npos) << r.err;
   }
@@ -152,6 +154,67 @@ TEST(daemon_process,
   ASSERT_TRUE(result);
   EXPECT_EQ(result->second.record.state, task_state::interrupted);
   EXPECT_EQ(result->second.seq, hello.running[0].seq);
+}
+
+TEST(daemon_process,
+     sigterm_evicts_drain_then_the_task_gets_its_signal_and_ends_migrating) {
+  env e;
+  fake_server srv;
+  auto marker = e.root() / "saved";
+  test::background d(
+      daemon_argv(e, srv, {"--eviction-grace", "3", "--eviction-deadline", "8",
+                           "--checkpoint-interval", "0"}),
+      e.opts());
+  auto [id, hello] = srv.accept();
+  srv.send(id, assignment("k5", {"sh", "-c",
+                                 "trap 'echo saved > " + marker.string()
+                                     + "; exit 143' TERM; echo up; "
+                                       "sleep 60 & wait"}));
+  ASSERT_TRUE(srv.wait_frame<proto::event>(10s, [](const proto::event& ev) {
+    return ev.kind == proto::event_kind::output;
+  }));
+  auto t0 = std::chrono::steady_clock::now();
+  d.kill(SIGTERM);
+  // The server hears first that the daemon takes no more work.
+  ASSERT_TRUE(srv.wait_frame<proto::drain>(5s));
+  auto result = srv.wait_frame<proto::event>(10s, [](const proto::event& ev) {
+    return ev.task == "k5" && ev.kind == proto::event_kind::result;
+  });
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->second.record.state, task_state::migrating);
+  // The eviction signal reached the task (its trap ran), well before the
+  // grace's SIGKILL.
+  EXPECT_EQ(slurp(marker), "saved\n");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  // It exits 0 once the result is acked (closing with 1000).
+  srv.send(id, proto::ack{"k5", 1, result->second.seq});
+  auto code = srv.wait_close(id, 10s);
+  ASSERT_TRUE(code);
+  EXPECT_EQ(*code, proto::close_normal);
+  auto r = d.wait(10s);
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+TEST(daemon_process, an_eviction_that_misses_its_deadline_exits_one) {
+  env e;
+  fake_server srv;
+  test::background d(
+      daemon_argv(e, srv, {"--eviction-grace", "0.5", "--eviction-deadline",
+                           "2", "--checkpoint-interval", "0"}),
+      e.opts());
+  auto [id, hello] = srv.accept();
+  srv.send(id, assignment("k6", {"sh", "-c", "echo up; exec sleep 60"}));
+  ASSERT_TRUE(srv.wait_frame<proto::event>(10s, [](const proto::event& ev) {
+    return ev.kind == proto::event_kind::output;
+  }));
+  // The server never acks: the daemon gives up at its deadline.
+  d.kill(SIGTERM);
+  auto r = d.wait(10s);
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("eviction deadline passed"), std::string::npos)
+      << r.err;
 }
 
 TEST(daemon_process, drain_exits_zero_once_everything_is_acked) {

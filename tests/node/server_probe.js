@@ -55,7 +55,7 @@ function run(name, key, send) {
   await run('no_key', null, () => {});
   await run('user_key', userKey, () => {});
   await run('garbage', daemonKey, (ws) => ws.send('\u0000garbage{'));
-  await run('bad_version', daemonKey, (ws) => ws.send('{"v":2,"type":"hello"}'));
+  await run('bad_version', daemonKey, (ws) => ws.send('{"v":3,"type":"hello"}'));
   await run('unknown_type', daemonKey, (ws) => {
     ws.send(hello);
     setTimeout(() => ws.send('{"v":1,"type":"teleport"}'), 100);

@@ -84,6 +84,9 @@ TEST(config_show, every_key_has_its_value_as_text) {
       {"server.max_streams", "100"},
       {"net.max_frame_bytes", "2097152"},
       {"net.max_body_bytes", "4096"},
+      {"daemon.eviction_deadline", "20"},
+      {"daemon.eviction_grace", "5"},
+      {"daemon.eviction_signal", "USR1"},
   };
   config cfg;
   for (auto& k : config_keys()) {
