@@ -453,7 +453,7 @@ void launch(task_ptr self) {
                   ? st.rec.spec.resume_command
                   : st.rec.spec.argv;
   spec.cwd = st.rec.worktree;
-  spec.env = child_env(st.ctx.base_env, st.rec);
+  spec.env = child_env(st.ctx.base_env, st.rec, st.continues);
   auto obs = std::make_shared<task_observer>(caf::actor_cast<task_actor>(self));
   auto child = st.ctx.reactor->spawn(spec, obs);
   if (!child) {
@@ -479,6 +479,10 @@ void prepare(task_ptr self) {
   auto dir = st.ctx.worktrees_dir / rec.spec.id;
   if (!st.ctx.repo) {
     std::error_code fs_err;
+    // A later attempt in the scratch dir an earlier one left (here, or
+    // restored) continues it; a fresh dir elsewhere starts over.
+    if (rec.attempt > 1 && std::filesystem::exists(dir, fs_err))
+      st.continues = true;
     std::filesystem::create_directories(dir, fs_err);
     if (fs_err) {
       set_error(rec, make_error(ec::io_error, "cannot create scratch dir "
@@ -580,12 +584,12 @@ void restore(task_ptr self) {
 } // namespace
 
 std::vector<std::string> child_env(const std::vector<std::string>& base,
-                                   const task_record& rec) {
+                                   const task_record& rec, bool resumed) {
   return process::child_environment(
       base, rec.spec.env,
       {{"MAKIMA_TASK_ID", rec.spec.id},
        {"MAKIMA_ATTEMPT", std::to_string(rec.attempt)},
-       {"MAKIMA_RESUMED", rec.attempt > 1 ? "1" : "0"},
+       {"MAKIMA_RESUMED", resumed ? "1" : "0"},
        {"MAKIMA_STATE_DIR", rec.state_dir},
        {"MAKIMA_WORKTREE", rec.worktree}});
 }

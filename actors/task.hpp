@@ -83,9 +83,11 @@ task(task_actor::stateful_pointer<task_actor_state> self, task_record rec,
 
 /// Builds the child's environment (process::child_environment): `base`,
 /// then the task's env, then MAKIMA_TASK_ID, MAKIMA_ATTEMPT,
-/// MAKIMA_RESUMED, MAKIMA_STATE_DIR, MAKIMA_WORKTREE. Later entries replace
-/// earlier ones with the same key, so a task's env cannot set makima's.
+/// MAKIMA_RESUMED (1 when `resumed`: the attempt continues earlier work — a
+/// restored checkpoint, a preserved worktree or scratch dir — else 0),
+/// MAKIMA_STATE_DIR, MAKIMA_WORKTREE. Later entries replace earlier ones
+/// with the same key, so a task's env cannot set makima's.
 std::vector<std::string> child_env(const std::vector<std::string>& base,
-                                   const task_record& rec);
+                                   const task_record& rec, bool resumed);
 
 } // namespace makima

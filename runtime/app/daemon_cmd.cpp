@@ -154,9 +154,15 @@ int cmd_daemon(daemon_options& o) {
   settings.eviction_grace = std::chrono::milliseconds{
       static_cast<int64_t>(cfg.eviction_grace * 1000)};
   settings.eviction_signal = cfg.eviction_signal;
-  // A store given explicitly serves final checkpoints and restores even
-  // with periodic checkpoints off (interval 0).
-  if (cfg.checkpoint_interval > 0 || cfg.origins.count("checkpoint.store")) {
+  // Only a store given explicitly (flag, MAKIMA_STORE, config): the
+  // server resumes a task on any daemon from the checkpoints it hears of,
+  // so they must be where every daemon of the fleet reads (the default
+  // file://DATA/store is this node's alone). It serves final checkpoints
+  // and restores even with periodic checkpoints off (interval 0).
+  if (!cfg.origins.count("checkpoint.store")) {
+    log::info("daemon", "checkpoints off: no --store (a fleet's daemons "
+                        "share one store, e.g. s3://BUCKET/PREFIX)");
+  } else {
     // Opened before the secrets leave the environment (they are in cfg).
     settings.checkpoint_store = open_checkpoint_store(cfg);
     settings.checkpoints = checkpoint_settings(cfg);
