@@ -23,6 +23,7 @@ constexpr std::pair<task_state, const char*> state_names[] = {
     {task_state::queued, "queued"},
     {task_state::migrating, "migrating"},
     {task_state::restore_failed, "restore_failed"},
+    {task_state::handed_off, "handed_off"},
 };
 
 } // namespace
@@ -52,6 +53,7 @@ bool is_terminal(task_state s) {
   case task_state::interrupted:
   case task_state::migrating:
   case task_state::restore_failed:
+  case task_state::handed_off:
     return true;
   default:
     return false;

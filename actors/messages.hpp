@@ -46,6 +46,9 @@ enum class task_state : uint8_t {
   /// checkpoint failed verification (error_code, error say why). A server
   /// re-queues it from an older checkpoint.
   restore_failed = 11,
+  /// Pulled out of the fleet (`task pull`): the record's `checkpoint` is
+  /// where it went on; the server runs it no more (server only).
+  handed_off = 12,
 };
 
 /// Returns the name of `s` ("running").

@@ -241,13 +241,28 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
                         {"bytes", ev.checkpoint.bytes},
                         {"pause_ms", ev.checkpoint.pause_ms}};
     answer_checkpoint_waiters(self, e, 200, body.dump());
-  } else if (ev.kind == proto::event_kind::result
-             && !e.checkpoint_waiters.empty()) {
-    answer_checkpoint_waiters(
-        self, e, 409,
-        api::error_body(to_string(ec::bad_state),
-                        "attempt " + std::to_string(ev.attempt)
-                            + " ended before it was checkpointed"));
+  } else if (ev.kind == proto::event_kind::result) {
+    if (!e.checkpoint_waiters.empty())
+      answer_checkpoint_waiters(
+          self, e, 409,
+          api::error_body(to_string(ec::bad_state),
+                          "attempt " + std::to_string(ev.attempt)
+                              + " ended before it was checkpointed"));
+    if (!e.pull_waiters.empty()
+        && ev.record.state != task_state::migrating) {
+      for (auto& w : e.pull_waiters) {
+        net::response res;
+        res.status = 409;
+        res.content_type = "application/json";
+        res.body = api::error_body(
+            to_string(ec::bad_state),
+            "task " + ev.task + " ended " + to_string(ev.record.state)
+                + " before it could be pulled");
+        st.counters->count(409);
+        w.send(std::move(res));
+      }
+      e.pull_waiters.clear();
+    }
   }
   if (ev.kind != proto::event_kind::output)
     ++e.events;
@@ -259,6 +274,17 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
   if (ev.kind == proto::event_kind::output
       || ev.kind == proto::event_kind::checkpoint)
     return;
+  if (stored.requeue && e.rec.state == task_state::migrating
+      && !e.pull_waiters.empty()) {
+    auto daemon_id = d.id;
+    d.tasks.erase(ev.task);
+    e.daemon.clear();
+    e.migrate_requested = false;
+    if (hand_off(self, e, "pulled out of the fleet from daemon " + daemon_id)) {
+      dispatch(self);
+      return;
+    }
+  }
   if (stored.requeue) {
     auto cause = e.rec.state == task_state::migrating
                      ? (e.migrate_requested ? "on_demand" : "eviction")

@@ -114,6 +114,33 @@ void checkpoint_now(self_ptr self, task_entry& e, net::http_reply& reply) {
                proto::checkpoint_now{e.rec.spec.id, e.rec.attempt});
 }
 
+// POST /api/v1/tasks/{id}/pull: the task leaves the fleet (`task pull`). A
+// running one is ended by its daemon as for a migration (final
+// checkpoint); then, or at once when no daemon holds it, it ends
+// handed_off at its latest checkpoint, which the answer names
+// ({"ref", "record"}). Without any checkpoint: 409, the task stays.
+void pull_task(self_ptr self, task_entry& e, net::http_reply& reply) {
+  auto id = e.rec.spec.id;
+  if (is_terminal(e.rec.state) && e.rec.state != task_state::interrupted)
+    return respond_error(self, reply, 409, to_string(ec::bad_state),
+                         "task " + id + " is already "
+                             + to_string(e.rec.state));
+  if (e.daemon.empty()) {
+    e.pull_waiters.push_back(reply);
+    hand_off(self, e, "pulled out of the fleet while queued");
+    return;
+  }
+  auto* d = attempt_daemon(self, e, reply, "pulled");
+  if (!d)
+    return;
+  bool first = e.pull_waiters.empty();
+  e.pull_waiters.push_back(reply);
+  if (first) {
+    e.migrate_requested = true;
+    send_frame(self, d->conn, proto::migrate{id, e.rec.attempt});
+  }
+}
+
 // POST /api/v1/tasks/{id}/migrate, body {"selector": {...}} (optional): the
 // selector replaces the task's for its next attempts; a queued task only
 // gets the new selector; a running one is ended `migrating` by its daemon
@@ -211,15 +238,71 @@ void submit(self_ptr self, net::request& req, net::http_reply& reply) {
     return;
   }
   auto spec = std::move(*decoded);
+  // `task push`: a task that goes on from a checkpoint made elsewhere (a
+  // laptop): `resume_from` = <id>/<n> of this task, `next_seq` the output
+  // seq after what the checkpoint holds.
+  std::string resume_from;
+  uint64_t first_seq = 0;
+  {
+    auto j = json::parse(req.body, nullptr, false);
+    if (auto r = j.find("resume_from"); r != j.end() && !r->is_null()) {
+      auto slash = r->is_string() ? r->get<std::string>().rfind('/')
+                                  : std::string::npos;
+      if (slash == std::string::npos || spec.id.empty()
+          || r->get<std::string>().substr(0, slash) != spec.id
+          || r->get<std::string>().find_first_not_of("0123456789", slash + 1)
+                 != std::string::npos
+          || slash + 1 == r->get<std::string>().size())
+        return respond_error(self, reply, 400, "invalid_argument",
+                             "resume_from must be <id>/<n> of the task's "
+                             "id (and id must be given)");
+      resume_from = r->get<std::string>();
+      if (auto n = j.find("next_seq"); n != j.end() && !n->is_null()) {
+        if (!n->is_number_unsigned())
+          return respond_error(self, reply, 400, "invalid_argument",
+                               "next_seq must be an unsigned integer");
+        first_seq = n->get<uint64_t>();
+      }
+    }
+  }
   if (spec.id.empty())
     spec.id = make_task_id();
   if (auto err = validate_task_id(spec.id)) {
     respond_error(self, reply, 400, "invalid_argument", describe(err));
     return;
   }
-  if (st.tasks.count(spec.id)) {
-    respond_error(self, reply, 409, "task_exists",
-                  "a task with id " + spec.id + " exists");
+  if (auto old = st.tasks.find(spec.id); old != st.tasks.end()) {
+    // A task pulled out earlier comes back (push after pull): it goes on
+    // as its next attempt from the pushed checkpoint.
+    auto& e = old->second;
+    if (resume_from.empty() || e.rec.state != task_state::handed_off) {
+      respond_error(self, reply, 409, "task_exists",
+                    "a task with id " + spec.id + " exists");
+      return;
+    }
+    spec.created_at = e.rec.spec.created_at;
+    e.rec.spec = spec;
+    e.rec.state = task_state::queued;
+    e.rec.finished_at = 0;
+    e.rec.error.clear();
+    e.rec.error_code.clear();
+    e.rec.checkpoint = resume_from;
+    e.rec.next_seq = std::max(e.rec.next_seq, first_seq);
+    e.rec.updated_at = now_ms();
+    e.checkpoints = {resume_from};
+    e.requeue_cause = "push";
+    e.from_pool = "laptop";
+    e.queued_at = clock::now();
+    e.not_before = {};
+    if (auto err = write_through(self, e, "pushed back into the fleet; "
+                                          "resumes from checkpoint "
+                                              + resume_from))
+      return respond_error(self, reply, 500, "store_error",
+                           "could not store the task: " + describe(err));
+    st.queue.push_back(spec.id);
+    respond(self, reply, 201, record_json(e), "application/json",
+            {{"Location", "/api/v1/tasks/" + spec.id}});
+    dispatch(self);
     return;
   }
   if (!spec.repo.empty())
@@ -243,9 +326,21 @@ void submit(self_ptr self, net::request& req, net::http_reply& reply) {
   e.rec.attempt = 0;
   e.rec.updated_at = spec.created_at;
   e.queued_at = clock::now();
+  if (!resume_from.empty()) {
+    e.rec.checkpoint = resume_from;
+    e.rec.next_seq = first_seq;
+    e.checkpoints = {resume_from};
+    e.requeue_cause = "push";
+    e.from_pool = "laptop";
+  }
   auto id = spec.id;
   auto& entry = st.tasks.emplace(id, std::move(e)).first->second;
-  if (auto err = write_through(self, entry, "submitted")) {
+  if (auto err = write_through(
+          self, entry,
+          resume_from.empty()
+              ? std::string{"submitted"}
+              : "pushed into the fleet; resumes from checkpoint "
+                    + resume_from)) {
     st.tasks.erase(id);
     // 507 Insufficient Storage when the disk is full (retry later), 500
     // otherwise; the body says what the store said.
@@ -827,6 +922,13 @@ void route(self_ptr self, const target& t, net::request& req,
       return checkpoint_now(self, it->second, reply);
     return migrate_task(self, it->second, req, reply);
   }
+  if (what == "pull") {
+    if (m != "POST")
+      return method_not_allowed(self, reply, "POST");
+    if (it == st.tasks.end())
+      return not_found();
+    return pull_task(self, it->second, reply);
+  }
   respond_error(self, reply, 404, "not_found", "no such path");
 }
 
@@ -844,6 +946,40 @@ void answer_checkpoint_waiters(self_ptr self, task_entry& e, unsigned status,
     respond(self, i->first, status, body);
     i = w.erase(i);
   }
+}
+
+bool hand_off(self_ptr self, task_entry& e, const std::string& why) {
+  auto& st = self->state;
+  auto waiters = std::move(e.pull_waiters);
+  e.pull_waiters.clear();
+  if (e.checkpoints.empty()) {
+    for (auto& w : waiters)
+      respond_error(self, w, 409, to_string(ec::bad_state),
+                    "task " + e.rec.spec.id
+                        + " has no checkpoint to hand off (its daemons need "
+                          "a shared --store); it stays in the fleet");
+    return false;
+  }
+  auto ref = e.checkpoints.back();
+  // Out of the queue (it may be queued).
+  st.queue.erase(std::remove(st.queue.begin(), st.queue.end(), e.rec.spec.id),
+                 st.queue.end());
+  e.rec.state = task_state::handed_off;
+  e.rec.checkpoint = ref;
+  e.rec.updated_at = e.rec.finished_at = now_ms();
+  if (auto err = write_through(self, e, why + "; handed off at checkpoint "
+                                            + ref)) {
+    for (auto& w : waiters)
+      respond_error(self, w, 500, to_string(code_of(err)),
+                    "cannot record the hand-off: " + describe(err));
+    return true; // the attempt is over either way
+  }
+  log::info("server", "task " + e.rec.spec.id + " handed off at " + ref);
+  json body{{"ref", ref}, {"record", json::parse(record_json(e))}};
+  for (auto& w : waiters)
+    respond(self, w, 200, text(body));
+  notify_state(e);
+  return true;
 }
 
 void expire_checkpoint_waiters(self_ptr self) {

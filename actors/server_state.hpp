@@ -116,6 +116,9 @@ struct task_entry {
   /// POST …/migrate asked the daemon to end the attempt: its `migrating`
   /// result is counted as on_demand, not as an eviction.
   bool migrate_requested = false;
+  /// POST …/pull waiting for that result: the task then ends handed_off
+  /// at its final checkpoint instead of being re-queued.
+  std::vector<net::http_reply> pull_waiters;
   /// Its last acknowledged checkpoints, oldest first (at most
   /// max_known_checkpoints; the meta key keeps them): where a re-queued
   /// attempt resumes from, and the fallbacks when a restore fails.
@@ -285,6 +288,11 @@ void keep_alive(server_state& st);
 void answer_checkpoint_waiters(self_ptr self, task_entry& e, unsigned status,
                                const std::string& body,
                                bool only_expired = false);
+
+/// Ends `e` handed_off at its latest checkpoint (POST …/pull) and answers
+/// the pull requests waiting on it; without a checkpoint answers 409 and
+/// returns false (the task stays in the fleet).
+bool hand_off(self_ptr self, task_entry& e, const std::string& why);
 
 /// The tick: answers 504 to checkpoint requests past their deadline.
 void expire_checkpoint_waiters(self_ptr self);

@@ -132,7 +132,9 @@ caf::expected<loaded_state> load(store::db& db) {
     auto last = db.last_output_seq(id);
     if (!last)
       return last.error();
-    e.rec.next_seq = *last ? **last + 1 : 0;
+    // A task pushed from a laptop starts past the output its checkpoint
+    // holds (the record says where); otherwise the output decides.
+    e.rec.next_seq = std::max(e.rec.next_seq, *last ? **last + 1 : 0);
     auto ev = db.last_event(id);
     if (!ev)
       return ev.error();

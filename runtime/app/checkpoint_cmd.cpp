@@ -204,6 +204,90 @@ int cmd_restore(restore_options& o) {
   return exit_ok;
 }
 
+// --- task pull / push: between a fleet and this data dir -----------------
+
+struct pull_options : store_command {
+  std::string id;
+  server_flags server;
+};
+
+// Fleet → here: the server hands the task off at its final checkpoint,
+// which is restored into this data dir (state interrupted).
+int cmd_pull(pull_options& o) {
+  if (auto err = validate_task_id(o.id))
+    fail(exit_usage, describe(err));
+  auto target = resolve_server(o.common, o.server, true);
+  auto cfg = resolve(o);
+  auto os = open_store(cfg);
+  {
+    // Refuse before the fleet lets go of it.
+    auto opened = open_primary(cfg);
+    if (stored_record(*opened->db, o.id))
+      fail(exit_usage, "task " + o.id + " already exists in "
+                           + cfg.data_dir.string()
+                           + "; remove it first (makima task rm " + o.id
+                           + ")");
+  }
+  auto ref = remote_pull(*target, o.id);
+  std::fprintf(stderr, "makima: task %s left the fleet at checkpoint %s\n",
+               o.id.c_str(), ref.c_str());
+  restore_options r;
+  r.common = o.common;
+  r.store = o.store;
+  r.ref = ref;
+  return cmd_restore(r);
+}
+
+struct push_options : store_command {
+  std::string id;
+  server_flags server;
+  std::vector<std::string> selector;
+};
+
+// Here → fleet: a checkpoint of the local task (not running) into the
+// store, then a submission that goes on from it.
+int cmd_push(push_options& o) {
+  if (auto err = validate_task_id(o.id))
+    fail(exit_usage, describe(err));
+  auto target = resolve_server(o.common, o.server, true);
+  auto cfg = resolve(o);
+  if (store::lock_holder(cfg.db_dir))
+    fail(exit_usage, locked_data_dir_message(cfg)
+                         + " (stop the task first: a running task cannot be "
+                           "pushed)");
+  std::error_code fec;
+  if (!fs::exists(cfg.db_dir / "CURRENT", fec))
+    fail(exit_usage, "no task with id '" + o.id + "'");
+  auto opened = open_primary(cfg);
+  auto rec = stored_record(*opened->db, o.id);
+  if (!rec)
+    fail(exit_usage, "no task with id '" + o.id + "'");
+  auto spec = rec->spec;
+  if (!o.selector.empty()) {
+    spec.selector.clear();
+    for (auto& kv : o.selector) {
+      auto eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0)
+        fail(exit_usage, "--selector expects KEY=VALUE, got '" + kv + "'");
+      spec.selector[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+  }
+  auto os = open_store(cfg);
+  auto t = checkpoint::take(*opened->db, *rec, *os, settings_for(cfg));
+  if (!t)
+    fail_with(t.error());
+  auto ref = o.id + "/" + std::to_string(t->m.n);
+  auto id = remote_push(*target, spec, ref, t->m.covers_seq);
+  std::fprintf(stderr,
+               "makima: task %s goes on in the fleet from checkpoint %s "
+               "(%s uploaded); this data dir keeps its copy (makima task rm "
+               "%s removes it)\n",
+               id.c_str(), ref.c_str(), format_bytes(t->bytes_uploaded).c_str(),
+               id.c_str());
+  std::printf("%s\n", id.c_str());
+  return exit_ok;
+}
+
 // --- checkpoint list / show / verify / gc -----------------------------------
 
 uint64_t blob_bytes(const checkpoint::manifest& m) {
@@ -417,6 +501,29 @@ void add_checkpoint_commands(CLI::App& task, CLI::App& app,
       ->required();
   out.emplace_back(restore,
                    [restore_opts] { return cmd_restore(*restore_opts); });
+
+  auto pull = task.add_subcommand(
+      "pull", "take a task out of the fleet into this data dir: its daemon "
+              "checkpoints it, the server hands it off (handed_off), it is "
+              "restored here; then `makima task resume ID`");
+  auto pull_opts = with_store<pull_options>(pull);
+  pull->add_option("id", pull_opts->id, "task id")->required();
+  add_server_flags(pull, pull_opts->server);
+  out.emplace_back(pull, [pull_opts] { return cmd_pull(*pull_opts); });
+
+  auto push = task.add_subcommand(
+      "push", "send a task of this data dir (not running) to the fleet: "
+              "checkpoint it into the store and submit it to go on there");
+  auto push_opts = with_store<push_options>(push);
+  push->add_option("id", push_opts->id, "task id")->required();
+  add_server_flags(push, push_opts->server);
+  push->add_option("--selector", push_opts->selector,
+                   "K=V a daemon must have (replaces the task's selector); "
+                   "repeatable")
+      ->type_size(1)
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  out.emplace_back(push, [push_opts] { return cmd_push(*push_opts); });
 
   auto cp = app.add_subcommand("checkpoint",
                                "list, show, verify and collect checkpoints "

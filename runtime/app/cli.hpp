@@ -38,6 +38,7 @@ struct settings;
 namespace makima {
 enum class task_state : uint8_t;
 struct task_record;
+struct task_spec;
 struct state_change;
 struct daemon_settings;
 struct node_workspace;
@@ -348,6 +349,15 @@ int remote_show(const server_target& target, const std::string& id, bool json);
 /// `task checkpoint ID --server URL`: the server has the task's daemon
 /// checkpoint it now; prints the ref (client_cmd.cpp).
 int remote_checkpoint(const server_target& target, const std::string& id);
+
+/// `task pull`: the server hands the task off (after its daemon's final
+/// checkpoint); returns the checkpoint ref to restore (client_cmd.cpp).
+std::string remote_pull(const server_target& target, const std::string& id);
+
+/// `task push`: submits `spec` to go on from checkpoint `ref` (its output
+/// continuing at `next_seq`); returns the id.
+std::string remote_push(const server_target& target, const task_spec& spec,
+                        const std::string& ref, uint64_t next_seq);
 /// Without `follow`: prints the output so far; with it: follows the event
 /// stream until the task ends and returns its exit status.
 int remote_logs(const server_target& target, const std::string& id,

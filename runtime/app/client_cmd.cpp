@@ -447,6 +447,25 @@ int remote_checkpoint(const server_target& target, const std::string& id) {
   return exit_ok;
 }
 
+std::string remote_pull(const server_target& target, const std::string& id) {
+  api_client api{target};
+  auto res = api.call("POST", "/api/v1/tasks/" + encode(id) + "/pull", {}, id);
+  auto j = json::parse(res.body, nullptr, false);
+  if (!j.is_object() || !j.contains("ref") || !j["ref"].is_string())
+    fail(exit_internal, "the server sent a malformed pull answer");
+  return j["ref"].get<std::string>();
+}
+
+std::string remote_push(const server_target& target, const task_spec& spec,
+                        const std::string& ref, uint64_t next_seq) {
+  api_client api{target};
+  auto body = json::parse(makima::api::encode_submit(spec, {true, true}));
+  body["resume_from"] = ref;
+  body["next_seq"] = next_seq;
+  auto res = api.call("POST", "/api/v1/tasks", body.dump(), spec.id);
+  return parse_record(res.body).spec.id;
+}
+
 namespace {
 
 struct migrate_options {

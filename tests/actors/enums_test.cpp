@@ -71,6 +71,7 @@ const std::vector<std::tuple<task_state, int, std::string>> all_states = {
     {task_state::queued, 9, "queued"},
     {task_state::migrating, 10, "migrating"},
     {task_state::restore_failed, 11, "restore_failed"},
+    {task_state::handed_off, 12, "handed_off"},
 };
 
 TEST(enums, every_ec_keeps_its_number_and_round_trips_through_its_unique_name) {
