@@ -125,6 +125,15 @@ void pull_task(self_ptr self, task_entry& e, net::http_reply& reply) {
     return respond_error(self, reply, 409, to_string(ec::bad_state),
                          "task " + id + " is already "
                              + to_string(e.rec.state));
+  if (e.checkpoints.empty())
+    // Refused before its daemon is disturbed: without a checkpoint yet
+    // (or a daemon without a store) there is nothing to hand off.
+    return respond_error(self, reply, 409, to_string(ec::bad_state),
+                         "task " + id
+                             + " has no checkpoint yet (its daemon needs a "
+                               "shared --store; periodic checkpoints come "
+                               "every --checkpoint-interval); it stays in "
+                               "the fleet");
   if (e.daemon.empty()) {
     e.pull_waiters.push_back(reply);
     hand_off(self, e, "pulled out of the fleet while queued");
