@@ -366,6 +366,20 @@ void on_welcome(conn_ptr self, proto::welcome& w) {
 void on_assign(conn_ptr self, task_record& rec) {
   auto& st = self->state;
   attempt_key key{rec.spec.id, rec.attempt};
+  if (st.evicting && st.window.attempts().count(key) == 0) {
+    // Sent before the server read our `drain`: hand it back at once (a
+    // `migrating` result re-queues it) instead of leaving it to the lease.
+    log::warn(component, "evicted: handing back assignment of "
+                             + describe_key(key));
+    rec.state = task_state::migrating;
+    rec.updated_at = rec.finished_at = now_ms();
+    st.window.attempts()[key].active = true;
+    proto::event ev;
+    ev.kind = proto::event_kind::result;
+    ev.record = std::move(rec);
+    write_event(self, key, std::move(ev));
+    return;
+  }
   if (st.draining) {
     log::warn(component,
               "draining: ignoring assignment of " + describe_key(key));

@@ -760,8 +760,22 @@ TEST_F(server_test, bad_requests_get_their_status) {
   auto wrong = http("DELETE", "/api/v1/tasks");
   EXPECT_EQ(wrong.status, 405u);
   EXPECT_EQ(wrong.headers["allow"], "GET, POST");
-  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/checkpoint").status, 501u);
-  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/migrate").status, 501u);
+  // Issue 11: a queued task has nothing to checkpoint or pull (409); a
+  // migrate of it only takes a new selector (202); unknown tasks are 404.
+  auto cp = http("POST", "/api/v1/tasks/t-1/checkpoint");
+  EXPECT_EQ(cp.status, 409u);
+  EXPECT_EQ(json::parse(cp.body)["error"]["code"], "bad_state");
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/pull").status, 409u);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/migrate",
+                 R"({"selector":{"pool":"k8s"}})")
+                .status,
+            202u);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-1/migrate", R"({"selector":[1]})")
+                .status,
+            400u);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-9/checkpoint").status, 404u);
+  EXPECT_EQ(http("POST", "/api/v1/tasks/t-9/migrate").status, 404u);
+  EXPECT_EQ(http("GET", "/api/v1/tasks/t-1/checkpoint").status, 405u);
   EXPECT_EQ(http("GET", "/api/v1/tasks?limit=0").status, 400u);
   EXPECT_EQ(http("GET", "/api/v1/tasks?state=bogus").status, 400u);
   EXPECT_EQ(http("GET", "/api/v1/tasks/t-1/output?from=x").status, 400u);
