@@ -295,7 +295,8 @@ chain path "$repo"
 # The same origin served by `git daemon` on loopback: a clone is a pack
 # transfer, as from a remote (a path or a file:// URL clones by hard links).
 gport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-git daemon --reuseaddr --listen=127.0.0.1 --port="$gport" --export-all \
+# (git-daemon itself: `git daemon` would run it as a child that outlives a kill)
+"$(git --exec-path)/git-daemon" --reuseaddr --listen=127.0.0.1 --port="$gport" --export-all \
   --base-path="$(dirname "$repo")" "$repo" >"$work/git-daemon.log" 2>&1 &
 pids+=($!)
 git_url="git://127.0.0.1:$gport/$(basename "$repo")"
