@@ -1,0 +1,404 @@
+// Migration under faults (issue 11, docs/protocol.md §14), beyond
+// migration_test.cpp: the store failing during the eviction checkpoint,
+// the evicted daemon coming back (fenced), the server restarted while a
+// migration is in flight, on-demand checkpoint and migrate from the CLI
+// (with their metrics), and a daemon without a store given a task to
+// resume. Real `makima server` / `makima daemon` processes on 127.0.0.1;
+// the helpers are those of migration_test.cpp (copied: they live in its
+// anonymous namespace), with the step count, the S3 endpoint and the
+// eviction deadline made parameters.
+#include "tests/fixtures/s3_server.hpp"
+#include "tests/integration/fleet.hpp"
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+
+namespace makima::it {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+/// A task that continues where it was: from the counter in
+/// $MAKIMA_STATE_DIR/n (0 when absent) up to `last`, each step writes the
+/// file step-$i in the worktree, echoes "step $i", advances the counter
+/// and sleeps `pause` seconds. Its first line says which attempt runs,
+/// whether it was resumed and where it starts. A SIGTERM (the eviction
+/// signal) ends it between two steps ("saved", exit 143).
+std::string stepper(const std::string& pause, int last) {
+  return R"(n="$MAKIMA_STATE_DIR/n"
+i=$(cat "$n" 2>/dev/null || echo 0)
+echo "attempt $MAKIMA_ATTEMPT resumed=${MAKIMA_RESUMED:-0} from=$i"
+term=
+trap 'term=1' TERM
+while [ "$i" -le )"
+         + std::to_string(last) + R"( ]; do
+  echo "step $i" > "step-$i"
+  echo "step $i"
+  i=$((i + 1))
+  echo "$i" > "$n"
+  if [ -n "$term" ]; then echo saved; exit 143; fi
+  sleep )"
+         + pause + R"(
+  if [ -n "$term" ]; then echo saved; exit 143; fi
+done
+echo finished
+)";
+}
+
+/// The submit body of a `stepper` task on `origin`.
+json stepper_spec(const std::string& id, const fs::path& origin,
+                  const std::string& pause = "1", int last = 8) {
+  return {{"id", id},
+          {"repo", origin.string()},
+          {"commit", true},
+          {"argv", {"sh", "-c", stepper(pause, last)}}};
+}
+
+/// A shared checkpoint store: a real S3 server (SigV4), reached directly
+/// or through `endpoint` (a fault proxy), or a file:// dir.
+struct shared_store {
+  std::unique_ptr<test::s3_server> s3;
+  std::string url;
+  std::string endpoint; // s3 only: where daemons send requests
+  fs::path dir;         // file:// only
+
+  /// A bucket "makima" on a local S3 server, prefix "mig".
+  static shared_store on_s3(const env& e) {
+    shared_store s;
+    s.s3 = std::make_unique<test::s3_server>(e.root() / "s3", "makima");
+    s.url = "s3://makima/mig";
+    s.endpoint = s.s3->endpoint();
+    return s;
+  }
+  /// A directory under the test's root.
+  static shared_store on_disk(const env& e) {
+    shared_store s;
+    s.dir = e.root() / "store";
+    s.url = "file://" + s.dir.string();
+    return s;
+  }
+  /// The daemon (or `makima task restore`) flags naming the store.
+  std::vector<std::string> flags() const {
+    std::vector<std::string> f{"--store", url};
+    if (s3)
+      f.insert(f.end(), {"--s3-endpoint", endpoint, "--s3-region", "auto"});
+    return f;
+  }
+  /// The environment a process reading the store needs (credentials).
+  std::map<std::string, std::string> vars() const {
+    if (!s3)
+      return {};
+    return {{"AWS_ACCESS_KEY_ID", test::s3_server::access_key},
+            {"AWS_SECRET_ACCESS_KEY", test::s3_server::secret_key}};
+  }
+};
+
+/// The flags of a daemon of `pool` that checkpoints every `interval`
+/// seconds into `store` (none: no store, no checkpoints), with an
+/// eviction grace of 3 s and a deadline of `deadline` s.
+std::vector<std::string> daemon_flags(const std::string& pool,
+                                      const shared_store* store,
+                                      const std::string& interval = "1",
+                                      const std::string& deadline = "10") {
+  std::vector<std::string> f{
+      "--pool",           pool, "--eviction-deadline", deadline,
+      "--eviction-grace", "3",  "--heartbeat",         "1"};
+  if (store) {
+    auto s = store->flags();
+    f.insert(f.end(), s.begin(), s.end());
+    f.insert(f.end(), {"--checkpoint-interval", interval});
+  } else {
+    f.insert(f.end(), {"--checkpoint-interval", "0"});
+  }
+  return f;
+}
+
+/// Starts a daemon `name` over `data` connected to `ws` with `flags`,
+/// reading the store with `vars`.
+bool start_daemon(daemon_proc& d, const env& e, const std::string& ws,
+                  const std::string& name, const fs::path& data,
+                  std::vector<std::string> flags,
+                  std::map<std::string, std::string> vars = {}) {
+  d.extra_env = std::move(vars);
+  return d.launch(e, ws, name, data, std::move(flags));
+}
+
+/// The task's output at the server: the text and every chunk's seq.
+struct seqs_t {
+  std::string text;
+  std::vector<uint64_t> seqs;
+};
+seqs_t output_seqs(const api& http, const std::string& id) {
+  seqs_t o;
+  uint64_t from = 0;
+  for (int i = 0; i < 10000; ++i) {
+    auto j = http.get_json("/api/v1/tasks/" + id
+                           + "/output?from=" + std::to_string(from));
+    if (!j.contains("chunks"))
+      break;
+    for (auto& c : j["chunks"]) {
+      o.seqs.push_back(c.value("seq", uint64_t{0}));
+      o.text += api::proto_decode(c.value("data", ""));
+    }
+    auto next = j.value("next", from);
+    if (j["chunks"].empty() || next == from)
+      break;
+    from = next;
+  }
+  return o;
+}
+
+/// "" when `seqs` is 0, 1, 2, ... without gap or duplicate, else what is
+/// wrong.
+std::string contiguity(const std::vector<uint64_t>& seqs) {
+  for (size_t i = 0; i < seqs.size(); ++i)
+    if (seqs[i] != i)
+      return "chunk " + std::to_string(i) + " has seq "
+             + std::to_string(seqs[i]);
+  return {};
+}
+
+/// Occurrences of `needle` in `hay`.
+size_t count(const std::string& hay, const std::string& needle) {
+  size_t n = 0;
+  for (size_t p = 0; (p = hay.find(needle, p)) != std::string::npos;
+       p += needle.size())
+    ++n;
+  return n;
+}
+
+/// The task's history (GET ?history=1).
+json history(const api& http, const std::string& id) {
+  auto j = http.get_json("/api/v1/tasks/" + id + "?history=1");
+  return j.value("history", json::array());
+}
+
+/// Whether an entry of `h` has `state` (any when empty) and a detail
+/// containing `needle`.
+bool says(const json& h, const std::string& state, const std::string& needle) {
+  for (auto& x : h)
+    if ((state.empty() || x.value("state", "") == state)
+        && x.value("detail", "").find(needle) != std::string::npos)
+      return true;
+  return false;
+}
+
+/// How many entries of `h` have a detail containing `needle`.
+size_t entries_saying(const json& h, const std::string& needle) {
+  size_t n = 0;
+  for (auto& x : h)
+    if (x.value("detail", "").find(needle) != std::string::npos)
+      ++n;
+  return n;
+}
+
+/// The attempts of `h` that ended in `state`.
+std::set<int> attempts_in(const json& h, const std::string& state) {
+  std::set<int> out;
+  for (auto& x : h)
+    if (x.value("state", "") == state)
+      out.insert(x.value("attempt", 0));
+  return out;
+}
+
+/// The step-* files (0..last) missing from `worktree`.
+std::string missing_steps(const fs::path& worktree, int last = 8) {
+  std::string out;
+  for (int i = 0; i <= last; ++i) {
+    auto f = worktree / ("step-" + std::to_string(i));
+    if (slurp(f) != "step " + std::to_string(i) + "\n")
+      out += " step-" + std::to_string(i);
+  }
+  return out;
+}
+
+/// The number n of a ref `id`/n, 0 when it is not one.
+int ref_number(const std::string& id, const std::string& ref) {
+  if (ref.rfind(id + "/", 0) != 0)
+    return 0;
+  try {
+    return std::stoi(ref.substr(id.size() + 1));
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+/// Waits until the output of `id` at the server contains `needle`.
+bool output_has(const api& http, const std::string& id,
+                const std::string& needle,
+                std::chrono::milliseconds timeout = 30000ms) {
+  return eventually(
+      [&] { return http.output(id).all.find(needle) != std::string::npos; },
+      timeout);
+}
+
+/// Waits until the server knows checkpoint `at_least` (or a later one)
+/// of `id`; returns its latest ("" if none came).
+std::string known_checkpoint(const api& http, const std::string& id,
+                             int at_least = 1,
+                             std::chrono::milliseconds timeout = 10000ms) {
+  std::string ref;
+  eventually(
+      [&] {
+        ref = http.task(id).value("checkpoint", "");
+        return ref_number(id, ref) >= at_least;
+      },
+      timeout);
+  return ref;
+}
+
+/// Everything a failed assertion should show.
+std::string dump(const api& http, const std::string& id, const proc& a,
+                 const proc& b) {
+  auto j = http.get_json("/api/v1/tasks/" + id + "?history=1");
+  return "record: " + j.dump(1) + "\n--- output:\n" + http.output(id).all
+         + "\n--- daemon A:\n" + a.output() + "\n--- daemon B:\n" + b.output();
+}
+
+/// Kills what is left of the task `id`'s processes (a SIGKILLed daemon's
+/// orphans), so that nothing outlives the test.
+void reap(const std::string& id) {
+  for (auto pid : pids_with_env("MAKIMA_TASK_ID=" + id))
+    ::kill(pid, SIGKILL);
+}
+
+/// `makima task restore REF --data-dir DIR` from `store`; then the counter
+/// of the stepper in that checkpoint (-1 when it cannot be read).
+int counter_in(const env& e, const shared_store& store, const std::string& id,
+               const std::string& ref, const fs::path& dir) {
+  auto o = e.opts(60000ms);
+  for (auto& [k, v] : store.vars())
+    o.env[k] = v;
+  std::vector<std::string> argv{MAKIMA_BINARY, "task",       "restore",
+                                ref,           "--data-dir", dir.string()};
+  for (auto& f : store.flags())
+    argv.push_back(f);
+  auto r = test::run(argv, o);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  auto c = slurp(dir / "state" / id / "n");
+  if (c.empty())
+    return -1;
+  try {
+    return std::stoi(c);
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+/// `makima task ARGS... --server URL --api-key KEY`.
+run_result cli(const env& e, const server_proc& srv,
+               std::vector<std::string> args,
+               std::chrono::milliseconds timeout = 60000ms) {
+  std::vector<std::string> argv{MAKIMA_BINARY, "task"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.insert(argv.end(), {"--server", srv.http(), "--api-key", user_key});
+  return test::run(argv, e.opts(timeout));
+}
+
+/// The record of task `id` in a daemon's own data dir (`task show --json`
+/// while it is stopped); an empty object when unreadable.
+json local_record(const env& e, const fs::path& data, const std::string& id) {
+  auto r = test::run({MAKIMA_BINARY, "task", "show", id, "--data-dir",
+                      data.string(), "--json"},
+                     e.opts());
+  auto j = json::parse(r.out, nullptr, false);
+  return j.is_object() ? j : json::object();
+}
+
+#define REQUIRE_S3()                                                           \
+  ASSERT_TRUE(test::s3_server::installed())                                    \
+      << test::s3_server::node_dir() << "/node_modules is missing: npm ci"
+
+TEST(
+    migration_more,
+    store_failing_during_the_eviction_checkpoint_falls_back_to_the_previous_one) {
+  REQUIRE_S3();
+  env e;
+  auto store = shared_store::on_s3(e);
+  test::fault_proxy proxy{store.s3->port()};
+  store.endpoint = proxy.endpoint();
+  auto origin = test::make_repo(e.root() / "origin", {10, 1});
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
+  api http{srv.http()};
+  daemon_proc a, b;
+  // A deadline of 20 s: each failing request is tried 5 times with backoff.
+  ASSERT_TRUE(start_daemon(a, e, srv.ws(), "a", e.root() / "dA",
+                           daemon_flags("k8s", &store, "1", "20"),
+                           store.vars()));
+  const std::string id = "mig-s3fail";
+  ASSERT_EQ(http.submit(stepper_spec(id, origin)), id);
+  ASSERT_TRUE(output_has(http, id, "step 2")) << dump(http, id, a, b);
+  // Two periodic checkpoints: the fallback is the latest, not the first.
+  ASSERT_GE(ref_number(id, known_checkpoint(http, id, 2)), 2)
+      << dump(http, id, a, b);
+  // The store breaks: every request gets a 500. A periodic checkpoint in
+  // flight fails or lands; after a moment the server's latest is final.
+  proxy.always(test::fault_proxy::fault::http_500);
+  std::this_thread::sleep_for(1500ms);
+  auto previous = http.task(id).value("checkpoint", "");
+  int n = ref_number(id, previous);
+  ASSERT_GE(n, 2);
+  auto t0 = clock_type::now();
+  int injected_before = proxy.injected();
+  a.kill(SIGTERM);
+  auto r = a.bg->wait(30000ms);
+  auto took = clock_type::now() - t0;
+  // The acks came: exit 0, within the deadline.
+  EXPECT_EQ(r.exit_code, 0) << dump(http, id, a, b);
+  EXPECT_LT(took, 20s);
+  EXPECT_GT(proxy.injected(), injected_before) << "the final checkpoint "
+                                                  "never reached the store";
+  EXPECT_NE(a.output().find("the final checkpoint failed"), std::string::npos)
+      << a.output();
+  // A's attempt ended migrating, saying the final checkpoint failed.
+  auto local = local_record(e, e.root() / "dA", id);
+  EXPECT_EQ(local.value("state", ""), "migrating") << local.dump(1);
+  EXPECT_NE(local.value("error", "").find("final checkpoint"),
+            std::string::npos)
+      << local.dump(1);
+  // The server still knows the periodic one as the latest and re-queued
+  // the task from it.
+  auto rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "queued") << rec.dump(1);
+  EXPECT_EQ(rec.value("checkpoint", ""), previous) << rec.dump(1);
+  EXPECT_NE(rec.value("error", "").find("final checkpoint"), std::string::npos)
+      << rec.dump(1);
+  auto h = history(http, id);
+  EXPECT_EQ(attempts_in(h, "migrating"), (std::set<int>{1})) << h.dump(1);
+  EXPECT_TRUE(says(h, "", "re-queued from checkpoint " + previous))
+      << h.dump(1);
+  // The store heals; B resumes from the periodic checkpoint.
+  proxy.arm(test::fault_proxy::fault::none, 0);
+  ASSERT_TRUE(start_daemon(b, e, srv.ws(), "b", e.root() / "dB",
+                           daemon_flags("cloudflare", &store), store.vars()));
+  ASSERT_TRUE(http.wait_terminal({id}, 40000ms)) << dump(http, id, a, b);
+  rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, a, b);
+  EXPECT_EQ(rec.value("attempt", 0), 2) << rec.dump(1);
+  EXPECT_EQ(rec.value("resume_from", ""), previous) << rec.dump(1);
+  EXPECT_NE(rec.value("worktree", "").find("dB"), std::string::npos)
+      << rec.dump(1);
+  EXPECT_EQ(missing_steps(e.root() / "dB/worktrees" / id), "")
+      << dump(http, id, a, b);
+  // The counter went on from that checkpoint's value.
+  int counter = counter_in(e, store, id, previous, e.root() / "laptop");
+  ASSERT_GE(counter, 1) << previous;
+  auto out = output_seqs(http, id);
+  EXPECT_EQ(contiguity(out.seqs), "") << out.text;
+  EXPECT_EQ(count(out.text, "attempt 1 resumed=0 from=0\n"), 1u) << out.text;
+  EXPECT_EQ(count(out.text,
+                  "attempt 2 resumed=1 from=" + std::to_string(counter) + "\n"),
+            1u)
+      << "counter " << counter << " at " << previous << ", output:\n"
+      << out.text;
+  for (int i = 0; i <= 8; ++i)
+    EXPECT_GE(count(out.text, "step " + std::to_string(i) + "\n"), 1u)
+        << out.text;
+  EXPECT_EQ(count(out.text, "finished\n"), 1u) << out.text;
+  b.stop();
+}
+
+} // namespace
+} // namespace makima::it
