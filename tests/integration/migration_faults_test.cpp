@@ -400,5 +400,163 @@ TEST(
   b.stop();
 }
 
+TEST(migration_more, the_evicted_daemon_returning_is_fenced) {
+  env e;
+  auto store = shared_store::on_disk(e);
+  auto origin = test::make_repo(e.root() / "origin", {10, 1});
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
+  api http{srv.http()};
+  daemon_proc a, b, a2;
+  ASSERT_TRUE(start_daemon(a, e, srv.ws(), "a", e.root() / "dA",
+                           daemon_flags("k8s", &store)));
+  const std::string id = "mig-return";
+  ASSERT_EQ(http.submit(stepper_spec(id, origin)), id);
+  ASSERT_TRUE(output_has(http, id, "step 2")) << dump(http, id, a, b);
+  ASSERT_TRUE(start_daemon(b, e, srv.ws(), "b", e.root() / "dB",
+                           daemon_flags("cloudflare", &store)));
+  a.kill(SIGTERM);
+  auto r = a.bg->wait(15000ms);
+  ASSERT_EQ(r.exit_code, 0) << dump(http, id, a, b);
+  // The task runs on B as attempt 2.
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto rec = http.task(id);
+        return rec.value("attempt", 0) == 2
+               && rec.value("state", "") == "running";
+      },
+      20000ms))
+      << dump(http, id, a, b);
+  auto during = output_seqs(http, id);
+  ASSERT_EQ(count(during.text, "attempt 2 resumed=1 from="), 1u) << during.text;
+  // A comes back on the same data dir (the same node: its id, its task
+  // record of attempt 1, its worktree) while B still runs the task.
+  ASSERT_TRUE(start_daemon(a2, e, srv.ws(), "a", e.root() / "dA",
+                           daemon_flags("k8s", &store)));
+  // A2 is known again, takes assignments (it is not draining) and has
+  // nothing in its outbox.
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto list = http.get_json("/api/v1/daemons");
+        for (auto& d : list["daemons"])
+          if (d.value("name", "") == "a" && d.value("connected", false)
+              && d.value("outbox_events", 1) == 0)
+            return true;
+        return false;
+      },
+      20000ms))
+      << http.get_json("/api/v1/daemons").dump(1) << a2.output();
+  ASSERT_TRUE(http.wait_terminal({id}, 40000ms)) << dump(http, id, a2, b);
+  auto rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, a2, b);
+  EXPECT_EQ(rec.value("attempt", 0), 2) << rec.dump(1);
+  EXPECT_NE(rec.value("worktree", "").find("dB"), std::string::npos)
+      << rec.dump(1);
+  auto h = history(http, id);
+  EXPECT_EQ(attempts_in(h, "succeeded"), (std::set<int>{2})) << h.dump(1);
+  EXPECT_EQ(count(h.dump(), "\"succeeded\""), 1u) << h.dump(1);
+  EXPECT_EQ(entries_saying(h, "re-queued"), 1u) << h.dump(1);
+  // No attempt of the task ran on A again: its record still says
+  // attempt 1 migrating, its log has no restore or run of the task, the
+  // output has one run per attempt.
+  auto out = output_seqs(http, id);
+  EXPECT_EQ(contiguity(out.seqs), "") << out.text;
+  EXPECT_EQ(count(out.text, "attempt 1 "), 1u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 2 "), 1u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 3 "), 0u) << out.text;
+  EXPECT_EQ(count(out.text, "finished\n"), 1u) << out.text;
+  for (int i = 0; i <= 8; ++i)
+    EXPECT_EQ(count(out.text, "step " + std::to_string(i) + "\n"), 1u)
+        << out.text;
+  auto log = a2.output();
+  EXPECT_EQ(log.find("task " + id + "#"), std::string::npos) << log;
+  EXPECT_EQ(log.find("restored"), std::string::npos) << log;
+  a2.stop();
+  b.stop();
+  auto local = local_record(e, e.root() / "dA", id);
+  EXPECT_EQ(local.value("state", ""), "migrating") << local.dump(1);
+  EXPECT_EQ(local.value("attempt", 0), 1) << local.dump(1);
+}
+
+TEST(migration_more,
+     an_evicted_daemon_returning_with_unacked_events_is_fenced) {
+  env e;
+  auto store = shared_store::on_disk(e);
+  auto origin = test::make_repo(e.root() / "origin", {10, 1});
+  // A fixed port: a restarted server is where the daemons reconnect.
+  auto port = free_port();
+  auto args = server_args(e.root() / "server", {"--lease", "3"});
+  args[2] = "127.0.0.1:" + std::to_string(port);
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, args));
+  api http{srv.http()};
+  daemon_proc a, b, a2;
+  ASSERT_TRUE(start_daemon(a, e, srv.ws(), "a", e.root() / "dA",
+                           daemon_flags("k8s", &store, "1", "5")));
+  const std::string id = "mig-unacked";
+  ASSERT_EQ(http.submit(stepper_spec(id, origin)), id);
+  ASSERT_TRUE(output_has(http, id, "step 2")) << dump(http, id, a, b);
+  auto known = known_checkpoint(http, id);
+  ASSERT_GE(ref_number(id, known), 1);
+  // The server goes away; A is evicted meanwhile: its final checkpoint
+  // and its result stay in its outbox, and it gives up after 5 s.
+  srv.stop(SIGKILL);
+  a.kill(SIGTERM);
+  auto r = a.bg->wait(15000ms);
+  EXPECT_EQ(r.exit_code, 1) << a.output();
+  EXPECT_NE(a.output().find("evicted: final checkpoint"), std::string::npos)
+      << a.output();
+  reap(id);
+  // The server comes back; A's lease runs out and the task resumes on B
+  // from the last checkpoint the server knows.
+  server_proc again;
+  ASSERT_TRUE(again.launch(e, args));
+  api http2{again.http()};
+  known = http2.task(id).value("checkpoint", "");
+  ASSERT_GE(ref_number(id, known), 1) << http2.task(id).dump(1);
+  ASSERT_TRUE(start_daemon(b, e, again.ws(), "b", e.root() / "dB",
+                           daemon_flags("cloudflare", &store)));
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto rec = http2.task(id);
+        return rec.value("attempt", 0) == 2
+               && rec.value("state", "") == "running";
+      },
+      20000ms))
+      << dump(http2, id, a, b);
+  EXPECT_EQ(http2.task(id).value("resume_from", ""), known);
+  // A comes back with attempt 1's events: the server fences them.
+  ASSERT_TRUE(start_daemon(a2, e, again.ws(), "a", e.root() / "dA",
+                           daemon_flags("k8s", &store, "1", "5")));
+  EXPECT_TRUE(a2.wait_for("fenced", 10000ms)) << a2.output();
+  ASSERT_TRUE(http2.wait_terminal({id}, 40000ms)) << dump(http2, id, a2, b);
+  auto rec = http2.task(id);
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http2, id, a2, b);
+  EXPECT_EQ(rec.value("attempt", 0), 2) << rec.dump(1);
+  EXPECT_EQ(rec.value("resume_from", ""), known) << rec.dump(1);
+  EXPECT_NE(rec.value("worktree", "").find("dB"), std::string::npos)
+      << rec.dump(1);
+  auto h = history(http2, id);
+  EXPECT_TRUE(says(h, "queued", "lease of daemon d-")) << h.dump(1);
+  EXPECT_TRUE(attempts_in(h, "migrating").empty()) << h.dump(1);
+  EXPECT_EQ(attempts_in(h, "succeeded"), (std::set<int>{2})) << h.dump(1);
+  // Nothing of attempt 1 that the server had not acked got in: no
+  // "saved" (A's task wrote it after the server was gone), one run per
+  // attempt, seqs contiguous.
+  auto out = output_seqs(http2, id);
+  EXPECT_EQ(contiguity(out.seqs), "") << out.text;
+  EXPECT_EQ(count(out.text, "saved\n"), 0u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 1 "), 1u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 2 resumed=1 from="), 1u) << out.text;
+  EXPECT_EQ(count(out.text, "finished\n"), 1u) << out.text;
+  for (int i = 0; i <= 8; ++i)
+    EXPECT_GE(count(out.text, "step " + std::to_string(i) + "\n"), 1u)
+        << out.text;
+  EXPECT_EQ(missing_steps(e.root() / "dB/worktrees" / id), "")
+      << dump(http2, id, a2, b);
+  a2.stop();
+  b.stop();
+}
+
 } // namespace
 } // namespace makima::it
