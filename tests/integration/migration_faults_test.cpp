@@ -558,5 +558,136 @@ TEST(migration_more,
   b.stop();
 }
 
+/// Polls the history of `id` every 10 ms until attempt `attempt` ended
+/// `migrating` at the server; whether it did within `timeout`.
+bool migrating_stored(const api& http, const std::string& id, int attempt,
+                      std::chrono::milliseconds timeout = 20000ms) {
+  auto until = clock_type::now() + timeout;
+  while (clock_type::now() < until) {
+    if (attempts_in(history(http, id), "migrating").count(attempt) > 0)
+      return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+/// The checks of a task that migrated once (attempt 1 evicted after
+/// "saved", attempt 2 resumed from `from` on B) and succeeded.
+void expect_one_migration(const api& http, const std::string& id,
+                          const std::string& from, const env& e, const proc& a,
+                          const proc& b) {
+  auto rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, a, b);
+  EXPECT_EQ(rec.value("attempt", 0), 2) << dump(http, id, a, b);
+  EXPECT_EQ(rec.value("resume_from", ""), from) << rec.dump(1);
+  EXPECT_NE(rec.value("worktree", "").find("dB"), std::string::npos)
+      << rec.dump(1);
+  EXPECT_EQ(missing_steps(e.root() / "dB/worktrees" / id), "")
+      << dump(http, id, a, b);
+  auto h = history(http, id);
+  EXPECT_EQ(attempts_in(h, "migrating"), (std::set<int>{1})) << h.dump(1);
+  EXPECT_EQ(entries_saying(h, "re-queued"), 1u) << h.dump(1);
+  EXPECT_TRUE(says(h, "queued", "re-queued from checkpoint " + from))
+      << h.dump(1);
+  EXPECT_EQ(attempts_in(h, "succeeded"), (std::set<int>{2})) << h.dump(1);
+  // Contiguous: every step once (the final checkpoint came after
+  // "saved"), nothing lost or doubled by the restart.
+  auto out = output_seqs(http, id);
+  EXPECT_EQ(contiguity(out.seqs), "") << out.text;
+  EXPECT_EQ(count(out.text, "saved\n"), 1u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 1 resumed=0 from=0\n"), 1u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 2 resumed=1 from="), 1u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 2 resumed=1 from=0\n"), 0u) << out.text;
+  for (int i = 0; i <= 8; ++i)
+    EXPECT_EQ(count(out.text, "step " + std::to_string(i) + "\n"), 1u)
+        << "step " << i << " in:\n"
+        << out.text;
+  EXPECT_EQ(count(out.text, "finished\n"), 1u) << out.text;
+}
+
+TEST(migration_more, server_restarted_while_a_migration_is_in_flight) {
+  REQUIRE_S3();
+  env e;
+  auto store = shared_store::on_s3(e);
+  auto origin = test::make_repo(e.root() / "origin", {10, 1});
+  // A fixed port: the daemons reconnect to the restarted server by
+  // themselves.
+  auto port = free_port();
+  auto args = server_args(e.root() / "server", {"--lease", "5"});
+  args[2] = "127.0.0.1:" + std::to_string(port);
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, args));
+  api http{srv.http()};
+  daemon_proc a, b;
+  ASSERT_TRUE(start_daemon(a, e, srv.ws(), "a", e.root() / "dA",
+                           daemon_flags("k8s", &store), store.vars()));
+  const std::string id = "mig-srvrestart";
+  ASSERT_EQ(http.submit(stepper_spec(id, origin)), id);
+  ASSERT_TRUE(output_has(http, id, "step 2")) << dump(http, id, a, b);
+  ASSERT_GE(ref_number(id, known_checkpoint(http, id)), 1);
+  ASSERT_TRUE(start_daemon(b, e, srv.ws(), "b", e.root() / "dB",
+                           daemon_flags("cloudflare", &store), store.vars()));
+  // A is evicted; the moment its result is stored (and the task re-queued
+  // and assigned to B), the server dies.
+  a.kill(SIGTERM);
+  ASSERT_TRUE(migrating_stored(http, id, 1)) << dump(http, id, a, b);
+  srv.stop(SIGKILL);
+  server_proc again;
+  ASSERT_TRUE(again.launch(e, args));
+  api http2{again.http()};
+  // What the restarted server read back: the final checkpoint, and the
+  // task is not lost in `migrating`.
+  auto rec = http2.task(id);
+  auto final_ref = rec.value("checkpoint", "");
+  EXPECT_GE(ref_number(id, final_ref), 2) << rec.dump(1);
+  EXPECT_NE(rec.value("state", ""), "migrating") << rec.dump(1);
+  // A gets its last acks from the new server (or gives up at its
+  // deadline) and exits.
+  auto r = a.bg->wait(15000ms);
+  EXPECT_EQ(r.signal, 0) << a.output();
+  EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 1) << a.output();
+  ASSERT_TRUE(http2.wait_terminal({id}, 40000ms)) << dump(http2, id, a, b);
+  expect_one_migration(http2, id, final_ref, e, a, b);
+  b.stop();
+}
+
+TEST(migration_more, server_restarted_while_an_evicted_task_waits) {
+  env e;
+  auto store = shared_store::on_disk(e);
+  auto origin = test::make_repo(e.root() / "origin", {10, 1});
+  auto port = free_port();
+  auto args = server_args(e.root() / "server");
+  args[2] = "127.0.0.1:" + std::to_string(port);
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, args));
+  api http{srv.http()};
+  daemon_proc a, b;
+  ASSERT_TRUE(start_daemon(a, e, srv.ws(), "a", e.root() / "dA",
+                           daemon_flags("k8s", &store)));
+  const std::string id = "mig-srvwait";
+  ASSERT_EQ(http.submit(stepper_spec(id, origin)), id);
+  ASSERT_TRUE(output_has(http, id, "step 2")) << dump(http, id, a, b);
+  ASSERT_GE(ref_number(id, known_checkpoint(http, id)), 1);
+  // No other daemon: the evicted task waits in the queue when the server
+  // dies.
+  a.kill(SIGTERM);
+  ASSERT_TRUE(migrating_stored(http, id, 1)) << dump(http, id, a, b);
+  auto final_ref = http.task(id).value("checkpoint", "");
+  srv.stop(SIGKILL);
+  auto r = a.bg->wait(15000ms);
+  EXPECT_EQ(r.signal, 0) << a.output();
+  server_proc again;
+  ASSERT_TRUE(again.launch(e, args));
+  api http2{again.http()};
+  auto rec = http2.task(id);
+  EXPECT_EQ(rec.value("state", ""), "queued") << rec.dump(1);
+  EXPECT_EQ(rec.value("checkpoint", ""), final_ref) << rec.dump(1);
+  ASSERT_TRUE(start_daemon(b, e, again.ws(), "b", e.root() / "dB",
+                           daemon_flags("cloudflare", &store)));
+  ASSERT_TRUE(http2.wait_terminal({id}, 40000ms)) << dump(http2, id, a, b);
+  expect_one_migration(http2, id, final_ref, e, a, b);
+  b.stop();
+}
+
 } // namespace
 } // namespace makima::it
