@@ -689,5 +689,102 @@ TEST(migration_more, server_restarted_while_an_evicted_task_waits) {
   b.stop();
 }
 
+TEST(migration_more, on_demand_migrate_and_checkpoint) {
+  env e;
+  auto store = shared_store::on_disk(e);
+  auto origin = test::make_repo(e.root() / "origin", {10, 1});
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
+  api http{srv.http()};
+  daemon_proc a, b;
+  // Periodic checkpoints rarely (60 s): the ones that matter are asked for.
+  ASSERT_TRUE(start_daemon(a, e, srv.ws(), "a", e.root() / "dA",
+                           daemon_flags("k8s", &store, "60")));
+  ASSERT_TRUE(start_daemon(b, e, srv.ws(), "b", e.root() / "dB",
+                           daemon_flags("cloudflare", &store, "60")));
+  const std::string id = "mig-demand";
+  constexpr int last = 30;
+  auto spec = stepper_spec(id, origin, "0.5", last);
+  spec["selector"] = {{"pool", "k8s"}};
+  ASSERT_EQ(http.submit(spec), id);
+  ASSERT_TRUE(output_has(http, id, "step 2")) << dump(http, id, a, b);
+  EXPECT_NE(http.task(id).value("worktree", "").find("dA"), std::string::npos);
+  // A checkpoint now: the CLI prints its ref once it is uploaded and known.
+  auto c = cli(e, srv, {"checkpoint", id});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  int n = ref_number(id, c.out.substr(0, c.out.find('\n')));
+  EXPECT_GE(n, 1) << c.out;
+  EXPECT_EQ(c.out, id + "/" + std::to_string(n) + "\n");
+  EXPECT_EQ(http.task(id).value("checkpoint", ""),
+            id + "/" + std::to_string(n));
+  EXPECT_TRUE(says(history(http, id), "running",
+                   "checkpoint " + id + "/" + std::to_string(n)));
+  // k8s → cloudflare: --wait returns once attempt 2 runs on B.
+  auto m =
+      cli(e, srv, {"migrate", id, "--selector", "pool=cloudflare", "--wait"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << dump(http, id, a, b);
+  EXPECT_NE(m.err.find("runs again (attempt 2, from checkpoint " + id + "/"),
+            std::string::npos)
+      << m.err;
+  auto rec = http.task(id);
+  EXPECT_EQ(rec.value("attempt", 0), 2) << rec.dump(1);
+  EXPECT_EQ(rec.value("state", ""), "running") << rec.dump(1);
+  EXPECT_NE(rec.value("worktree", "").find("dB"), std::string::npos)
+      << rec.dump(1);
+  auto to_b = rec.value("resume_from", "");
+  EXPECT_GT(ref_number(id, to_b), n) << rec.dump(1);
+  ASSERT_TRUE(output_has(http, id, "attempt 2 resumed=1"))
+      << dump(http, id, a, b);
+  // Let B do a step of its own, then back: cloudflare → k8s.
+  auto steps_now = count(http.output(id).all, "step ");
+  ASSERT_TRUE(eventually(
+      [&] { return count(http.output(id).all, "step ") > steps_now; },
+      10000ms));
+  m = cli(e, srv, {"migrate", id, "--selector", "pool=k8s", "--wait"});
+  ASSERT_EQ(m.exit_code, 0) << m.err << dump(http, id, a, b);
+  rec = http.task(id);
+  EXPECT_EQ(rec.value("attempt", 0), 3) << rec.dump(1);
+  EXPECT_NE(rec.value("worktree", "").find("dA"), std::string::npos)
+      << rec.dump(1);
+  EXPECT_GT(ref_number(id, rec.value("resume_from", "")), ref_number(id, to_b))
+      << rec.dump(1);
+  EXPECT_EQ(http.metric("makima_migrations_total{cause=\"on_demand\",from_pool="
+                        "\"k8s\",to_pool=\"cloudflare\"}"),
+            1);
+  EXPECT_EQ(http.metric("makima_migrations_total{cause=\"on_demand\",from_pool="
+                        "\"cloudflare\",to_pool=\"k8s\"}"),
+            1);
+  ASSERT_TRUE(http.wait_terminal({id}, 40000ms)) << dump(http, id, a, b);
+  rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, a, b);
+  EXPECT_EQ(rec.value("attempt", 0), 3) << rec.dump(1);
+  auto h = history(http, id);
+  EXPECT_EQ(attempts_in(h, "migrating"), (std::set<int>{1, 2})) << h.dump(1);
+  EXPECT_EQ(entries_saying(h, "on demand"), 4u) << h.dump(1);
+  // Each step once, the work in A's worktree again (restored from B's).
+  auto out = output_seqs(http, id);
+  EXPECT_EQ(contiguity(out.seqs), "") << out.text;
+  EXPECT_EQ(count(out.text, "saved\n"), 2u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 3 resumed=1 from="), 1u) << out.text;
+  for (int i = 0; i <= last; ++i)
+    EXPECT_EQ(count(out.text, "step " + std::to_string(i) + "\n"), 1u)
+        << "step " << i << " in:\n"
+        << out.text;
+  EXPECT_EQ(count(out.text, "finished\n"), 1u) << out.text;
+  EXPECT_EQ(missing_steps(e.root() / "dA/worktrees" / id, last), "")
+      << dump(http, id, a, b);
+  // A finished task has nothing to checkpoint or move: usage errors.
+  c = cli(e, srv, {"checkpoint", id});
+  EXPECT_EQ(c.exit_code, 2) << c.out << c.err;
+  EXPECT_EQ(c.out, "");
+  EXPECT_NE(c.err.find("makima: "), std::string::npos) << c.err;
+  EXPECT_NE(c.err.find("succeeded"), std::string::npos) << c.err;
+  m = cli(e, srv, {"migrate", id, "--selector", "pool=cloudflare"});
+  EXPECT_EQ(m.exit_code, 2) << m.err;
+  EXPECT_NE(m.err.find("already succeeded"), std::string::npos) << m.err;
+  a.stop();
+  b.stop();
+}
+
 } // namespace
 } // namespace makima::it
