@@ -786,5 +786,61 @@ TEST(migration_more, on_demand_migrate_and_checkpoint) {
   b.stop();
 }
 
+TEST(migration_more, a_daemon_without_a_store_cannot_resume_and_says_so) {
+  env e;
+  auto store = shared_store::on_disk(e);
+  auto origin = test::make_repo(e.root() / "origin", {10, 1});
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
+  api http{srv.http()};
+  daemon_proc a, b, c;
+  ASSERT_TRUE(start_daemon(a, e, srv.ws(), "a", e.root() / "dA",
+                           daemon_flags("k8s", &store)));
+  const std::string id = "mig-nostore";
+  ASSERT_EQ(http.submit(stepper_spec(id, origin)), id);
+  ASSERT_TRUE(output_has(http, id, "step 2")) << dump(http, id, a, c);
+  a.kill(SIGTERM);
+  ASSERT_EQ(a.bg->wait(15000ms).exit_code, 0) << a.output();
+  auto final_ref = http.task(id).value("checkpoint", "");
+  ASSERT_GE(ref_number(id, final_ref), 1) << http.task(id).dump(1);
+  // C has no store: it cannot restore the checkpoint; the attempt ends
+  // interrupted, saying what is missing, and the task is not run there.
+  ASSERT_TRUE(start_daemon(c, e, srv.ws(), "c", e.root() / "dC",
+                           daemon_flags("k8s", nullptr)));
+  ASSERT_TRUE(eventually(
+      [&] { return attempts_in(history(http, id), "interrupted").count(2); },
+      20000ms))
+      << dump(http, id, a, c);
+  c.stop();
+  auto rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "queued") << rec.dump(1);
+  EXPECT_NE(rec.value("error", "").find("--store"), std::string::npos)
+      << rec.dump(1);
+  EXPECT_NE(rec.value("error", "").find(final_ref), std::string::npos)
+      << rec.dump(1);
+  EXPECT_TRUE(says(history(http, id), "queued",
+                   "re-queued from checkpoint " + final_ref))
+      << history(http, id).dump(1);
+  EXPECT_EQ(count(http.output(id).all, "attempt 2 "), 0u)
+      << http.output(id).all;
+  // B has the store: it resumes the task from the same checkpoint.
+  ASSERT_TRUE(start_daemon(b, e, srv.ws(), "b", e.root() / "dB",
+                           daemon_flags("cloudflare", &store)));
+  ASSERT_TRUE(http.wait_terminal({id}, 40000ms)) << dump(http, id, b, c);
+  rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, b, c);
+  EXPECT_EQ(rec.value("attempt", 0), 3) << rec.dump(1);
+  EXPECT_EQ(rec.value("resume_from", ""), final_ref) << rec.dump(1);
+  auto out = output_seqs(http, id);
+  EXPECT_EQ(contiguity(out.seqs), "") << out.text;
+  EXPECT_EQ(count(out.text, "attempt 3 resumed=1 from="), 1u) << out.text;
+  for (int i = 0; i <= 8; ++i)
+    EXPECT_EQ(count(out.text, "step " + std::to_string(i) + "\n"), 1u)
+        << out.text;
+  EXPECT_EQ(missing_steps(e.root() / "dB/worktrees" / id), "")
+      << dump(http, id, b, c);
+  b.stop();
+}
+
 } // namespace
 } // namespace makima::it
