@@ -369,6 +369,14 @@ TEST(
   EXPECT_EQ(attempts_in(h, "migrating"), (std::set<int>{1})) << h.dump(1);
   EXPECT_TRUE(says(h, "", "re-queued from checkpoint " + previous))
       << h.dump(1);
+  // The history keeps why it is not A's final checkpoint (the record's
+  // error goes with the next attempt), naming no credential.
+  EXPECT_TRUE(says(h, "migrating", "the final checkpoint at eviction failed"))
+      << h.dump(1);
+  EXPECT_TRUE(says(h, "queued",
+                   "the final checkpoint at eviction failed: object store "))
+      << h.dump(1);
+  EXPECT_EQ(h.dump().find(test::s3_server::secret_key), std::string::npos);
   // The store heals; B resumes from the periodic checkpoint.
   proxy.arm(test::fault_proxy::fault::none, 0);
   ASSERT_TRUE(start_daemon(b, e, srv.ws(), "b", e.root() / "dB",
@@ -818,9 +826,12 @@ TEST(migration_more, a_daemon_without_a_store_cannot_resume_and_says_so) {
       << rec.dump(1);
   EXPECT_NE(rec.value("error", "").find(final_ref), std::string::npos)
       << rec.dump(1);
-  EXPECT_TRUE(says(history(http, id), "queued",
-                   "re-queued from checkpoint " + final_ref))
-      << history(http, id).dump(1);
+  auto h = history(http, id);
+  EXPECT_TRUE(says(h, "queued", "re-queued from checkpoint " + final_ref))
+      << h.dump(1);
+  // The history says why attempt 2 was lost.
+  EXPECT_TRUE(says(h, "interrupted", "no checkpoint store (--store)"))
+      << h.dump(1);
   EXPECT_EQ(count(http.output(id).all, "attempt 2 "), 0u)
       << http.output(id).all;
   // B has the store: it resumes the task from the same checkpoint.
@@ -840,6 +851,37 @@ TEST(migration_more, a_daemon_without_a_store_cannot_resume_and_says_so) {
   EXPECT_EQ(missing_steps(e.root() / "dB/worktrees" / id), "")
       << dump(http, id, b, c);
   b.stop();
+}
+
+TEST(migration_more,
+     a_task_only_storeless_daemons_can_take_fails_naming_store) {
+  env e;
+  auto store = shared_store::on_disk(e);
+  auto origin = test::make_repo(e.root() / "origin", {10, 1});
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
+  api http{srv.http()};
+  daemon_proc a, c;
+  ASSERT_TRUE(start_daemon(a, e, srv.ws(), "a", e.root() / "dA",
+                           daemon_flags("k8s", &store)));
+  const std::string id = "mig-nostore2";
+  auto spec = stepper_spec(id, origin, "0.5");
+  spec["max_attempts"] = 2; // the eviction counts for nothing
+  ASSERT_EQ(http.submit(spec), id);
+  ASSERT_TRUE(output_has(http, id, "step 1")) << dump(http, id, a, c);
+  a.kill(SIGTERM);
+  ASSERT_EQ(a.bg->wait(15000ms).exit_code, 0) << a.output();
+  ASSERT_TRUE(start_daemon(c, e, srv.ws(), "c", e.root() / "dC",
+                           daemon_flags("k8s", nullptr)));
+  ASSERT_TRUE(http.wait_terminal({id}, 20000ms)) << dump(http, id, a, c);
+  auto rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "failed") << rec.dump(1);
+  EXPECT_EQ(rec.value("error_code", ""), "attempts_exhausted") << rec.dump(1);
+  // The error of the failed task says what was missing.
+  EXPECT_NE(rec.value("error", "").find("(--store)"), std::string::npos)
+      << rec.dump(1);
+  EXPECT_EQ(count(http.output(id).all, "attempt 2 "), 0u);
+  c.stop();
 }
 
 } // namespace
