@@ -87,7 +87,14 @@ stored_event event_batch(const task_entry& e, const std::string& daemon,
         out.detail = e.migrate_requested
                          ? "attempt moved off daemon " + daemon + " on demand"
                          : "attempt evicted from daemon " + daemon;
-      } else if (rec.state == task_state::restore_failed) {
+      }
+      // Why the attempt was lost (no store to restore from, the final
+      // checkpoint failed, ...) stays in the history, and in the error of
+      // a task whose budget runs out on it: the next attempt's record
+      // replaces this one's error.
+      if (out.requeue && !rec.error.empty())
+        out.detail += ": " + rec.error;
+      if (rec.state == task_state::restore_failed) {
         // Never again from that checkpoint, nor from one built on it.
         out.requeue = true;
         auto& known = out.checkpoints;
