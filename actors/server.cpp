@@ -422,6 +422,16 @@ server_actor::behavior_type server(self_ptr self, server_settings settings,
       }
     }
   }
+  for (auto& id : loaded->unrequeued) {
+    auto& e = st.tasks[id];
+    auto cause = e.rec.state == task_state::migrating        ? "eviction"
+                 : e.rec.state == task_state::restore_failed ? "restore_failed"
+                                                             : "interrupted";
+    requeue(self, e,
+            std::string{"attempt ended "} + to_string(e.rec.state)
+                + " before the server stopped",
+            cause);
+  }
   st.latency_counts.assign(latency_bounds().size(), 0);
   st.last_keep_alive = clock::now();
   self->delayed_send(self, tick_interval(st.settings), tick_atom::value);

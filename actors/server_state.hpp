@@ -178,6 +178,10 @@ struct loaded_state {
   std::map<std::string, task_entry> tasks;
   std::deque<std::string> queue;
   std::map<std::string, daemon_entry> daemons;
+  /// Tasks whose attempt result (interrupted, migrating, restore_failed)
+  /// was stored but not the re-queue that follows it (the server died
+  /// between the two writes): the actor re-queues them at start.
+  std::vector<std::string> unrequeued;
 };
 
 struct server_state {

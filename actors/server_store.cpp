@@ -161,7 +161,13 @@ caf::expected<loaded_state> load(store::db& db) {
           if (c.is_string())
             e.checkpoints.push_back(c.get<std::string>());
     }
-    if (e.rec.state == task_state::queued) {
+    if (e.rec.state == task_state::interrupted
+        || e.rec.state == task_state::migrating
+        || e.rec.state == task_state::restore_failed) {
+      // A result the server never finishes a task with: its re-queue was
+      // lost (crash, failed write). The actor re-queues it.
+      out.unrequeued.push_back(id);
+    } else if (e.rec.state == task_state::queued) {
       e.daemon.clear();
       queued.emplace_back(e.rec.updated_at, id);
     } else if (!is_terminal(e.rec.state) && !e.daemon.empty()) {

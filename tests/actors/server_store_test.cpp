@@ -6,8 +6,12 @@
 // one. No actor, no store: the batch is inspected through its outcome.
 #include "actors/server_store.hpp"
 
+#include <set>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+
+#include "tests/fixtures/temp_dir.hpp"
 
 namespace makima::server_detail {
 namespace {
@@ -120,6 +124,34 @@ TEST(server_store_v2, the_meta_key_keeps_the_known_checkpoints) {
   EXPECT_EQ(j["checkpoints"], (nlohmann::json{"t1/1", "t1/2"}));
   EXPECT_FALSE(nlohmann::json::parse(meta_json(1, 0, "", {}))
                    .contains("checkpoints"));
+}
+
+TEST(server_store_v2, a_result_whose_requeue_was_lost_is_requeued_at_load) {
+  test::temp_dir dir;
+  store::db_options opts;
+  opts.mode = store::open_mode::primary;
+  auto db = store::db::open(dir.path() / "db", opts);
+  ASSERT_TRUE(db) << to_string(db.error());
+  // Stored as the result batch leaves them, before requeue() ran.
+  for (auto [id, st] : {std::pair{"m1", task_state::migrating},
+                        {"i1", task_state::interrupted},
+                        {"r1", task_state::restore_failed},
+                        {"s1", task_state::succeeded}}) {
+    auto e = running_entry();
+    e.rec.spec.id = id;
+    e.rec.state = st;
+    e.checkpoints = {std::string{id} + "/1"};
+    ASSERT_FALSE(persist(**db, e, "result"));
+  }
+  auto loaded = load(**db);
+  ASSERT_TRUE(loaded) << to_string(loaded.error());
+  std::set<std::string> ids(loaded->unrequeued.begin(),
+                            loaded->unrequeued.end());
+  EXPECT_EQ(ids, (std::set<std::string>{"m1", "i1", "r1"}));
+  EXPECT_TRUE(loaded->queue.empty());
+  // Its known checkpoints came back with it.
+  EXPECT_EQ(loaded->tasks["m1"].checkpoints,
+            (std::vector<std::string>{"m1/1"}));
 }
 
 } // namespace
