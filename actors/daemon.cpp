@@ -51,6 +51,23 @@ void start(daemon_ptr self, task_record rec) {
   st.running.emplace(id, handle);
 }
 
+// An assignment that never started, handed back at eviction or migration:
+// recorded and reported `migrating` (nothing to checkpoint; the server runs
+// it elsewhere as it was). Reported even when the write failed.
+void hand_back(daemon_ptr self, task_record rec) {
+  auto& st = self->state;
+  rec.state = task_state::migrating;
+  rec.updated_at = rec.finished_at = now_ms();
+  self->request(st.ctx.persistence, caf::infinite, put_atom::value, rec)
+      .then(
+          [self, rec](ok_atom) {
+            self->send(self->state.ctx.link, result_atom::value, rec);
+          },
+          [self, rec](caf::error&) {
+            self->send(self->state.ctx.link, result_atom::value, rec);
+          });
+}
+
 void admit(daemon_ptr self) {
   auto& st = self->state;
   while (!st.evicting && !st.queue.empty()
@@ -112,16 +129,7 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
             continue;
           auto rec = std::move(*i);
           st.queue.erase(i);
-          rec.state = task_state::migrating;
-          rec.updated_at = rec.finished_at = now_ms();
-          self->request(st.ctx.persistence, caf::infinite, put_atom::value, rec)
-              .then(
-                  [self, rec](ok_atom) {
-                    self->send(self->state.ctx.link, result_atom::value, rec);
-                  },
-                  [self, rec](caf::error&) {
-                    self->send(self->state.ctx.link, result_atom::value, rec);
-                  });
+          hand_back(self, std::move(rec));
           return;
         }
       },
@@ -152,18 +160,8 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
         // elsewhere as they were.
         auto queued = std::move(st.queue);
         st.queue.clear();
-        for (auto& rec : queued) {
-          rec.state = task_state::migrating;
-          rec.updated_at = rec.finished_at = now_ms();
-          self->request(st.ctx.persistence, caf::infinite, put_atom::value, rec)
-              .then(
-                  [self, rec](ok_atom) {
-                    self->send(self->state.ctx.link, result_atom::value, rec);
-                  },
-                  [self, rec](caf::error&) {
-                    self->send(self->state.ctx.link, result_atom::value, rec);
-                  });
-        }
+        for (auto& rec : queued)
+          hand_back(self, std::move(rec));
       },
       [self](assign_atom, task_record& rec) {
         auto& st = self->state;
