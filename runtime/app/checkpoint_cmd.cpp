@@ -139,6 +139,24 @@ config resolve(const store_command& o) {
 
 // --- task checkpoint ---------------------------------------------------------
 
+// A task of this data dir that no makima runs: the database (opened
+// read-write) and its record. Leaves with exit_usage when the data dir is
+// held (`locked_why` says what to do) or has no such task.
+std::pair<std::unique_ptr<opened_db>, task_record>
+idle_task(const config& cfg, const std::string& id,
+          const std::string& locked_why) {
+  if (store::lock_holder(cfg.db_dir))
+    fail(exit_usage, locked_data_dir_message(cfg) + locked_why);
+  std::error_code fec;
+  if (!fs::exists(cfg.db_dir / "CURRENT", fec))
+    fail(exit_usage, "no task with id '" + id + "'");
+  auto opened = open_primary(cfg);
+  auto rec = stored_record(*opened->db, id);
+  if (!rec)
+    fail(exit_usage, "no task with id '" + id + "'");
+  return {std::move(opened), std::move(*rec)};
+}
+
 struct checkpoint_options : store_command {
   std::string id;
   server_flags server;
@@ -152,19 +170,12 @@ int cmd_checkpoint(checkpoint_options& o) {
   auto cfg = resolve(o);
   if (auto err = validate_task_id(o.id))
     fail(exit_usage, describe(err));
-  if (store::lock_holder(cfg.db_dir))
-    fail(exit_usage, locked_data_dir_message(cfg)
-                         + " (a task that makima runs is checkpointed by it: "
-                           "`makima run --checkpoint-interval SECONDS`)");
-  std::error_code fec;
-  if (!fs::exists(cfg.db_dir / "CURRENT", fec))
-    fail(exit_usage, "no task with id '" + o.id + "'");
-  auto opened = open_primary(cfg);
-  auto rec = stored_record(*opened->db, o.id);
-  if (!rec)
-    fail(exit_usage, "no task with id '" + o.id + "'");
+  auto [opened, rec] = idle_task(
+      cfg, o.id,
+      " (a task that makima runs is checkpointed by it: `makima run "
+      "--checkpoint-interval SECONDS`)");
   auto os = open_store(cfg);
-  auto t = checkpoint::take(*opened->db, *rec, *os, settings_for(cfg));
+  auto t = checkpoint::take(*opened->db, rec, *os, settings_for(cfg));
   if (!t)
     fail_with(t.error());
   std::fprintf(stderr,
@@ -251,29 +262,13 @@ int cmd_push(push_options& o) {
     fail(exit_usage, describe(err));
   auto target = resolve_server(o.common, o.server, true);
   auto cfg = resolve(o);
-  if (store::lock_holder(cfg.db_dir))
-    fail(exit_usage, locked_data_dir_message(cfg)
-                         + " (stop the task first: a running task cannot be "
-                           "pushed)");
-  std::error_code fec;
-  if (!fs::exists(cfg.db_dir / "CURRENT", fec))
-    fail(exit_usage, "no task with id '" + o.id + "'");
-  auto opened = open_primary(cfg);
-  auto rec = stored_record(*opened->db, o.id);
-  if (!rec)
-    fail(exit_usage, "no task with id '" + o.id + "'");
-  auto spec = rec->spec;
-  if (!o.selector.empty()) {
-    spec.selector.clear();
-    for (auto& kv : o.selector) {
-      auto eq = kv.find('=');
-      if (eq == std::string::npos || eq == 0)
-        fail(exit_usage, "--selector expects KEY=VALUE, got '" + kv + "'");
-      spec.selector[kv.substr(0, eq)] = kv.substr(eq + 1);
-    }
-  }
+  auto [opened, rec] = idle_task(
+      cfg, o.id, " (stop the task first: a running task cannot be pushed)");
+  auto spec = rec.spec;
+  if (!o.selector.empty())
+    spec.selector = selector_of(o.selector);
   auto os = open_store(cfg);
-  auto t = checkpoint::take(*opened->db, *rec, *os, settings_for(cfg));
+  auto t = checkpoint::take(*opened->db, rec, *os, settings_for(cfg));
   if (!t)
     fail_with(t.error());
   auto ref = o.id + "/" + std::to_string(t->m.n);

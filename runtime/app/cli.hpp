@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -331,6 +332,11 @@ struct server_target {
   std::string api_key;
   std::string ca_file;
 };
+
+/// The labels of repeated `--selector K=V` flags; leaves with exit_usage
+/// on an entry without `=` or a name, or invalid UTF-8.
+std::map<std::string, std::string>
+selector_of(const std::vector<std::string>& flags);
 
 /// The server of a client command: --server, else MAKIMA_SERVER or
 /// server.url — unless `required` is false and --data-dir was given (then

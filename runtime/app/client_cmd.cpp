@@ -280,13 +280,7 @@ int cmd_submit(submit_options& o) {
   spec.argv = t.command;
   if (t.id_given)
     spec.id = t.id;
-  for (auto& kv : o.selector) {
-    check_utf8(kv, "--selector");
-    auto eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0)
-      fail(exit_usage, "--selector expects KEY=VALUE, got '" + kv + "'");
-    spec.selector[kv.substr(0, eq)] = kv.substr(eq + 1);
-  }
+  spec.selector = selector_of(o.selector);
   if (!t.repo.empty())
     spec.repo = git::canonical_url(t.repo);
   spec.ref = t.ref;
@@ -343,6 +337,19 @@ void add_server_flags(CLI::App* cmd, server_flags& o) {
   cmd->add_option("--ca-file", o.ca_file,
                   "CA bundle to verify an https server (default: "
                   "$MAKIMA_CA_FILE, config server.ca_file, else the system's)");
+}
+
+std::map<std::string, std::string>
+selector_of(const std::vector<std::string>& flags) {
+  std::map<std::string, std::string> out;
+  for (auto& kv : flags) {
+    check_utf8(kv, "--selector");
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      fail(exit_usage, "--selector expects KEY=VALUE, got '" + kv + "'");
+    out[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  return out;
 }
 
 std::optional<server_target> resolve_server(const common_options& common,
@@ -481,17 +488,8 @@ struct migrate_options {
 // --wait, until its next attempt runs (or the task ended).
 int cmd_migrate(migrate_options& o) {
   json body = json::object();
-  if (!o.selector.empty()) {
-    json sel = json::object();
-    for (auto& kv : o.selector) {
-      check_utf8(kv, "--selector");
-      auto eq = kv.find('=');
-      if (eq == std::string::npos || eq == 0)
-        fail(exit_usage, "--selector expects KEY=VALUE, got '" + kv + "'");
-      sel[kv.substr(0, eq)] = kv.substr(eq + 1);
-    }
-    body["selector"] = std::move(sel);
-  }
+  if (!o.selector.empty())
+    body["selector"] = selector_of(o.selector);
   api_client api{*resolve_server(o.common, o.server, true)};
   auto path = "/api/v1/tasks/" + encode(o.id);
   auto res = api.call("POST", path + "/migrate", body.dump(), o.id);
