@@ -170,6 +170,17 @@ using checkpointer_actor = caf::typed_actor<
     // Errors: the checkpoint_* refusals, the store's, git's.
     caf::replies_to<restore_atom, std::string /*ref*/>::with<task_record>>;
 
+/// The MIRROR_PUBLISHER publishes the mirror packs of the repositories the
+/// node's tasks work on (checkpoint::publish_mirror), from which cold nodes
+/// seed their mirrors: at most once per interval per repository, on its
+/// own thread and store connection, so a large upload never delays a
+/// checkpoint. Detached. Spawned by a daemon with a store; receives from
+/// CHECKPOINTER after each checkpoint written.
+using mirror_publisher_actor = caf::typed_actor<
+    // The mirror of `origin` may have something to publish (fire and
+    // forget: failures are logged and retried at the next interval).
+    caf::reacts_to<publish_atom, std::string /*origin*/>>;
+
 /// The TASK actor runs one attempt of one task: a state machine
 /// (preparing → running → publishing → succeeded | failed | cancelled |
 /// timed_out) that owns the child's process group. Spawned by DAEMON; talks

@@ -30,6 +30,7 @@ using outbox_atom = caf::atom_constant<caf::atom("outbox")>;
 using output_atom = caf::atom_constant<caf::atom("output")>;
 using prepare_atom = caf::atom_constant<caf::atom("prepare")>;
 using progress_atom = caf::atom_constant<caf::atom("progress")>;
+using publish_atom = caf::atom_constant<caf::atom("publish")>;
 using push_atom = caf::atom_constant<caf::atom("push")>;
 using put_atom = caf::atom_constant<caf::atom("put")>;
 using recover_atom = caf::atom_constant<caf::atom("recover")>;

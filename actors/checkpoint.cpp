@@ -1,5 +1,6 @@
 // Checkpoints of one task: see checkpoint.hpp and docs/checkpoint-format.md.
 #include "actors/checkpoint.hpp"
+#include "actors/checkpoint_detail.hpp"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -26,7 +27,8 @@ using json = nlohmann::json;
 
 namespace makima::checkpoint {
 
-namespace {
+// Shared with actors/mirror_packs.cpp (actors/checkpoint_detail.hpp).
+namespace detail {
 
 int64_t elapsed_ms(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -42,18 +44,6 @@ std::string random_suffix() {
     s.push_back(digits[rd() % 36]);
   return s;
 }
-
-// A directory removed (with everything in it) when the scope ends.
-struct staging_dir {
-  fs::path path;
-  explicit staging_dir(fs::path p) : path(std::move(p)) {}
-  staging_dir(const staging_dir&) = delete;
-  staging_dir& operator=(const staging_dir&) = delete;
-  ~staging_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 caf::expected<fs::path> make_staging(const settings& s, const char* what,
                                      const std::string& id) {
@@ -85,6 +75,61 @@ bool is_hex(const std::string& s, size_t len) {
 caf::error corrupt(const std::string& what) {
   return make_error(ec::checkpoint_corrupt, what);
 }
+
+caf::error check_signature(const json& j, const std::string& key,
+                           const char* what) {
+  if (key.empty())
+    return caf::none;
+  if (!j.contains("hmac") || !j["hmac"].is_object())
+    return make_error(ec::checkpoint_unsigned,
+                      std::string{"the "} + what
+                          + " is not signed, and a checkpoint key is "
+                            "configured");
+  auto mac = j["hmac"].value("mac", std::string{});
+  auto alg = j["hmac"].value("alg", std::string{});
+  auto body = j;
+  body.erase("hmac");
+  auto want = hmac_hex(key, body.dump());
+  if (alg != "HMAC-SHA256" || mac.size() != want.size()
+      || CRYPTO_memcmp(mac.data(), want.data(), want.size()) != 0)
+    return make_error(ec::checkpoint_bad_signature,
+                      std::string{"the "} + what
+                          + "'s signature does not match the configured "
+                            "checkpoint key");
+  return caf::none;
+}
+
+void sign(json& body, const std::string& key) {
+  if (!key.empty())
+    body["hmac"] = {{"alg", "HMAC-SHA256"},
+                    {"mac", hmac_hex(key, body.dump())}};
+}
+
+std::vector<uint64_t> numbers_in(const std::vector<store::object_info>& objs,
+                                 const std::string& prefix) {
+  std::vector<uint64_t> out;
+  for (auto& o : objs) {
+    if (o.key.compare(0, prefix.size(), prefix) != 0)
+      continue;
+    auto name = o.key.substr(prefix.size());
+    if (name.size() < 6 || name.size() > 23
+        || name.compare(name.size() - 5, 5, ".json") != 0)
+      continue;
+    auto num = name.substr(0, name.size() - 5);
+    if (!std::all_of(num.begin(), num.end(),
+                     [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    out.push_back(std::stoull(num));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+} // namespace detail
+
+using namespace detail;
+
+namespace {
 
 // The JSON document of `m` without the hmac member.
 json to_value(const manifest& m) {
@@ -168,8 +213,10 @@ caf::error upload(store::object_store& os, const blob_ref& b,
   return caf::none;
 }
 
+} // namespace
+
 // Downloads blob `b` into `dir/<sha256>` and checks its digest and size.
-caf::error fetch_blob(store::object_store& os, const blob_ref& b,
+caf::error detail::fetch_blob(store::object_store& os, const blob_ref& b,
                       const fs::path& dir, uint64_t& bytes) {
   auto file = dir / b.sha256;
   std::error_code fec;
@@ -203,6 +250,8 @@ caf::error fetch_blob(store::object_store& os, const blob_ref& b,
   bytes += size;
   return caf::none;
 }
+
+namespace {
 
 // Checks the declared sizes of a chain's blobs against the limits before
 // anything is downloaded.
@@ -369,22 +418,8 @@ caf::expected<manifest> parse_manifest(const std::string& text,
   m.text = text;
   if (j.contains("hmac") && j["hmac"].is_object())
     m.signed_ = true;
-  if (!key.empty()) {
-    if (!m.signed_)
-      return make_error(ec::checkpoint_unsigned,
-                        "the manifest is not signed, and a checkpoint key is "
-                        "configured");
-    auto mac = j["hmac"].value("mac", std::string{});
-    auto alg = j["hmac"].value("alg", std::string{});
-    auto body = j;
-    body.erase("hmac");
-    auto want = hmac_hex(key, body.dump());
-    if (alg != "HMAC-SHA256" || mac.size() != want.size()
-        || CRYPTO_memcmp(mac.data(), want.data(), want.size()) != 0)
-      return make_error(ec::checkpoint_bad_signature,
-                        "the manifest's signature does not match the "
-                        "configured checkpoint key");
-  }
+  if (auto err = check_signature(j, key, "manifest"))
+    return err;
   try {
     m.task = j.at("task").get<std::string>();
     m.n = j.at("n").get<uint64_t>();
@@ -440,20 +475,7 @@ caf::expected<std::vector<uint64_t>> numbers(store::object_store& os,
   auto objs = os.list(prefix);
   if (!objs)
     return objs.error();
-  std::vector<uint64_t> out;
-  for (auto& o : *objs) {
-    auto name = o.key.substr(prefix.size());
-    if (name.size() < 6 || name.size() > 23
-        || name.compare(name.size() - 5, 5, ".json") != 0)
-      continue;
-    auto num = name.substr(0, name.size() - 5);
-    if (!std::all_of(num.begin(), num.end(),
-                     [](char c) { return c >= '0' && c <= '9'; }))
-      continue;
-    out.push_back(std::stoull(num));
-  }
-  std::sort(out.begin(), out.end());
-  return out;
+  return numbers_in(*objs, prefix);
 }
 
 caf::expected<manifest> read_manifest(store::object_store& os,
@@ -790,9 +812,7 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
       return err;
   }
   auto body = to_value(m);
-  if (!s.key.empty())
-    body["hmac"] = {{"alg", "HMAC-SHA256"},
-                    {"mac", hmac_hex(s.key, body.dump())}};
+  sign(body, s.key);
   m.signed_ = !s.key.empty();
   m.text = body.dump();
   if (auto err = os.put(manifest_key(id, m.n), m.text))
@@ -919,10 +939,47 @@ caf::expected<restored> restore(store::db& db, store::object_store& os,
   if (!scratch) {
     std::error_code fec;
     r.cloned = !fs::exists(s.repos_dir / git::mirror_dir_name(m.origin), fec);
-    auto mo = git::mirror::open(m.origin, s.repos_dir, false);
+    // A cold node seeds the new mirror from the store's mirror packs when
+    // it can, and fetches only the difference from origin; a seed that
+    // cannot be read or used costs only the clone it would have saved.
+    std::optional<fetched_seed> seed;
+    if (r.cloned && !git::mirror::is_local(m.origin)) {
+      auto f = fetch_seed(os, m.origin, s, staging.path / "mirror",
+                          r.bytes_downloaded);
+      if (!f)
+        log::warn("checkpoint", "task " + id + ": the store's mirror packs of "
+                                    + log::redact(m.origin)
+                                    + " cannot be read (" + describe(f.error())
+                                    + "); cloning from origin");
+      else
+        seed = std::move(*f);
+    }
+    git::seed_report rep;
+    auto mo = git::mirror::open(m.origin, s.repos_dir, false, {},
+                                seed ? &seed->seed : nullptr, &rep);
     if (!mo)
       return mo.error();
     mirror.emplace(std::move(*mo));
+    if (!rep.refused.empty())
+      log::warn("checkpoint", "task " + id + ": mirror packs "
+                                  + std::to_string(seed->m.n) + " of "
+                                  + log::redact(m.origin)
+                                  + " were not used (" + rep.refused
+                                  + "); cloned from origin");
+    if (rep.used) {
+      r.seeded = true;
+      r.seed_n = seed->m.n;
+      r.seed_objects = rep.objects;
+      r.fetched_objects = rep.fetched_objects;
+      r.offline = rep.offline;
+      if (rep.offline)
+        log::warn("checkpoint",
+                  "task " + id + ": origin " + log::redact(m.origin)
+                      + " is unreachable (" + rep.fetch_error
+                      + "); the mirror holds what mirror packs "
+                      + std::to_string(seed->m.n)
+                      + " hold, a later fetch brings the rest");
+    }
     if (!mirror->has_object(m.base_commit)) {
       if (auto err = mirror->fetch())
         return err;
@@ -1104,6 +1161,43 @@ caf::expected<collected> gc(store::object_store& os, uint64_t keep,
         ++c.manifests_kept;
       else
         doomed.push_back(manifest_key(task, n));
+    }
+  }
+  // Mirror manifests: each names every pack it needs, so the newest two
+  // that read and check are kept (a restore may be reading the older one
+  // while the newer one is written); refused ones are of no use.
+  auto mirrors = os.list("mirrors/");
+  if (!mirrors)
+    return mirrors.error();
+  std::map<std::string, std::vector<store::object_info>> by_mirror;
+  for (auto& o : *mirrors) {
+    auto slash = o.key.find('/', 8);
+    if (slash != std::string::npos)
+      by_mirror[o.key.substr(0, slash + 1)].push_back(o);
+  }
+  for (auto& [prefix, objs] : by_mirror) {
+    auto ns = numbers_in(objs, prefix);
+    size_t valid = 0;
+    for (auto it = ns.rbegin(); it != ns.rend(); ++it) {
+      auto key = prefix + std::to_string(*it) + ".json";
+      if (valid < 2) {
+        auto text = os.get(key, s.limits.max_manifest);
+        if (!text && code_of(text.error()) != ec::object_not_found)
+          return make_error(code_of(text.error()),
+                            "gc stopped before deleting anything: "
+                                + describe(text.error()));
+        if (text) {
+          auto m = parse_mirror_manifest(*text, s.key, s.limits);
+          if (m) {
+            ++valid;
+            ++c.manifests_kept;
+            for (auto& b : m->packs)
+              live.insert(b.sha256);
+            continue;
+          }
+        }
+      }
+      doomed.push_back(key);
     }
   }
   for (auto& key : doomed) {

@@ -16,6 +16,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <caf/expected.hpp>
@@ -194,8 +195,17 @@ caf::expected<taken> take(store::db& db, const task_record& rec,
 struct restored {
   task_record rec;
   manifest m;
-  /// Whether the mirror had to be cloned (a cold data dir).
+  /// Whether the mirror was missing (a cold data dir) and had to be made:
+  /// cloned from origin, or seeded from the store's mirror packs.
   bool cloned = false;
+  /// The new mirror was seeded from the store's mirror packs (`seed_n`,
+  /// `seed_objects` objects); `fetched_objects` came from origin after
+  /// them. `offline`: origin was unreachable and the packs sufficed.
+  bool seeded = false;
+  uint64_t seed_n = 0;
+  uint64_t seed_objects = 0;
+  uint64_t fetched_objects = 0;
+  bool offline = false;
   uint64_t bytes_downloaded = 0;
   int64_t total_ms = 0;
 };
@@ -238,12 +248,91 @@ struct collected {
   uint64_t bytes_deleted = 0;
 };
 
-/// Keeps, per task, the newest `keep` manifests and their chains; deletes
-/// the other manifests and the blobs no kept manifest names that are older
-/// than `grace_s` seconds. `now` is seconds since the epoch.
+/// Keeps, per task, the newest `keep` manifests and their chains, and per
+/// mirror the newest two mirror manifests; deletes the other manifests and
+/// the blobs no kept manifest names that are older than `grace_s` seconds.
+/// `now` is seconds since the epoch.
 caf::expected<collected> gc(store::object_store& os, uint64_t keep,
                             const settings& s, int64_t now,
                             int64_t grace_s = 3600);
+
+// -- mirror packs -------------------------------------------------------------
+//
+// A cold node restoring a task needs the task's repository. Instead of a
+// full clone from origin (tens of seconds for a large repository, or
+// impossible while origin is down), it seeds its mirror from packs of the
+// origin's objects that another node published to the same store, and
+// fetches only the difference (docs/checkpoint-format.md, "Mirror packs").
+// The first node that checkpoints a task on a repository publishes the
+// pack its clone wrote, as is; later ones add a pack of the objects new
+// since the latest published set, at most once per interval.
+
+/// Format name and version of a mirror manifest.
+inline constexpr const char* mirror_format_name = "makima-mirror-packs";
+inline constexpr int mirror_format_version = 1;
+
+/// One published set of mirror packs: `mirrors/<mirror dir>/<n>.json`,
+/// self-contained (it names every pack a seed needs).
+struct mirror_manifest {
+  std::string origin;
+  uint64_t n = 0;
+  std::string created_at;
+  /// Seconds since the epoch (from created_at).
+  int64_t created = 0;
+  std::string node;
+  /// refs/remotes/origin/<branch> → commit: the packs hold each whole.
+  std::vector<std::pair<std::string, std::string>> refs;
+  /// The branch origin/HEAD names.
+  std::string head;
+  /// Role "mirror-pack", in the order they are indexed.
+  std::vector<blob_ref> packs;
+  bool signed_ = false;
+  std::string text;
+};
+
+/// The store key of mirror manifest `n` of `origin`.
+std::string mirror_manifest_key(const std::string& origin, uint64_t n);
+
+/// Checks and parses a mirror manifest (size, format, version, HMAC when
+/// `key` is set, members). Errors: as parse_manifest's.
+caf::expected<mirror_manifest> parse_mirror_manifest(const std::string& text,
+                                                     const std::string& key,
+                                                     const limits& lim = {});
+
+/// The newest mirror manifest of `origin` that reads and checks (a
+/// refused newer one is logged and skipped), or nullopt when there is none.
+/// Errors: the store's.
+caf::expected<std::optional<mirror_manifest>>
+latest_mirror_manifest(store::object_store& os, const std::string& origin,
+                       const std::string& key, const limits& lim = {});
+
+/// What `publish_mirror` did.
+struct published {
+  /// Nothing was written; `why` says why ("a local origin", "recent",
+  /// "unchanged", "no mirror").
+  bool skipped = false;
+  std::string why;
+  /// The manifest written (or the latest one, when skipped).
+  uint64_t n = 0;
+  uint64_t packs = 0;
+  uint64_t packs_uploaded = 0;
+  uint64_t bytes_uploaded = 0;
+  int64_t total_ms = 0;
+};
+
+/// Publishes the mirror of `origin` (in `s.repos_dir`) to the store, when
+/// the origin is a network one: the first time, the pack its clone wrote
+/// (or, for a mirror without a clone record, a pack of every origin
+/// branch); then, when the origin branches moved and the latest manifest
+/// is older than `min_interval_s`, a pack of the objects new since it. A
+/// set that reaches `max_packs` packs is replaced by one pack of
+/// everything. `now`: seconds since the epoch. Reads the mirror only
+/// (safe beside the REPO actor's fetches). Errors: the store's, git's.
+caf::expected<published> publish_mirror(store::object_store& os,
+                                        const std::string& origin,
+                                        const settings& s,
+                                        int64_t min_interval_s, int64_t now,
+                                        size_t max_packs = 32);
 
 /// The manifest as JSON text for `checkpoint show --json` (the stored
 /// text, pretty-printed).

@@ -19,11 +19,12 @@ checkpointer_actor::behavior_type
 checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
              std::shared_ptr<store::db> db,
              std::shared_ptr<store::object_store> store,
-             checkpoint::settings settings) {
+             checkpoint::settings settings, mirror_publisher_actor publisher) {
   auto& st = self->state;
   st.db = std::move(db);
   st.store = std::move(store);
   st.settings = std::move(settings);
+  st.publisher = std::move(publisher);
   return {
       [self](checkpoint_atom, const std::string& id,
              int32_t pgid) -> caf::result<checkpoint_report> {
@@ -68,6 +69,8 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
           r.total_ms = t->total_ms;
           return r;
         }
+        if (st.publisher && !rec->spec.repo.empty())
+          self->send(st.publisher, publish_atom::value, rec->spec.repo);
         r.blobs = t->blobs_uploaded;
         r.bytes = t->bytes_uploaded;
         r.pause_ms = t->pause_ms;
@@ -109,9 +112,10 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
 checkpointer_actor
 spawn_checkpointer(caf::actor_system& sys, std::shared_ptr<store::db> db,
                    std::shared_ptr<store::object_store> store,
-                   checkpoint::settings settings) {
+                   checkpoint::settings settings,
+                   mirror_publisher_actor publisher) {
   return sys.spawn<caf::detached>(checkpointer, std::move(db), std::move(store),
-                                  std::move(settings));
+                                  std::move(settings), std::move(publisher));
 }
 
 } // namespace makima

@@ -28,6 +28,8 @@ struct checkpointer_state {
   /// Tasks restored here from checkpoint n: their next checkpoint builds on
   /// n, not on a newer one in the store (which a restore may have refused).
   std::map<std::string, uint64_t> restored_from;
+  /// Told the origin of each task checkpointed (null: no mirror packs).
+  mirror_publisher_actor publisher;
   static inline const char* name = "checkpointer";
 };
 
@@ -36,12 +38,13 @@ checkpointer_actor::behavior_type
 checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
              std::shared_ptr<store::db> db,
              std::shared_ptr<store::object_store> store,
-             checkpoint::settings settings);
+             checkpoint::settings settings, mirror_publisher_actor publisher);
 
 /// Spawns a CHECKPOINTER actor (detached).
 checkpointer_actor
 spawn_checkpointer(caf::actor_system& sys, std::shared_ptr<store::db> db,
                    std::shared_ptr<store::object_store> store,
-                   checkpoint::settings settings);
+                   checkpoint::settings settings,
+                   mirror_publisher_actor publisher = {});
 
 } // namespace makima

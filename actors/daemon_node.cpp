@@ -2,6 +2,7 @@
 #include "actors/daemon_node.hpp"
 
 #include "actors/checkpointer.hpp"
+#include "actors/mirror_publisher.hpp"
 
 #include <csignal>
 #include <cstdio>
@@ -119,12 +120,17 @@ daemon_node::start_with_store(caf::actor_system& sys, daemon_settings s,
   std::shared_ptr<store::db> shared{std::move(*db)};
   auto persist = spawn_persistence(sys, shared);
   checkpointer_actor checkpointer;
+  mirror_publisher_actor publisher;
   // Periodic checkpoints (interval > 0), final ones at eviction and
   // restores of resumed assignments all go through it.
   if (s.checkpoint_store) {
     auto cs = s.checkpoints;
     cs.skip_unchanged = true; // an idle task costs no writes
-    checkpointer = spawn_checkpointer(sys, shared, s.checkpoint_store, cs);
+    if (s.mirror_packs_store && s.mirror_packs_interval.count() > 0)
+      publisher = spawn_mirror_publisher(sys, s.mirror_packs_store, cs,
+                                         s.mirror_packs_interval);
+    checkpointer =
+        spawn_checkpointer(sys, shared, s.checkpoint_store, cs, publisher);
     s.checkpointer = checkpointer;
   }
   auto node =
@@ -133,11 +139,14 @@ daemon_node::start_with_store(caf::actor_system& sys, daemon_settings s,
     caf::anon_send_exit(persist, caf::exit_reason::user_shutdown);
     if (checkpointer)
       caf::anon_send_exit(checkpointer, caf::exit_reason::user_shutdown);
+    if (publisher)
+      caf::anon_send_exit(publisher, caf::exit_reason::user_shutdown);
     return node.error();
   }
   (*node)->store_ = shared;
   (*node)->own_persistence_ = persist;
   (*node)->own_checkpointer_ = checkpointer;
+  (*node)->own_publisher_ = publisher;
   return node;
 }
 
@@ -219,6 +228,8 @@ daemon_node::~daemon_node() {
   // within about 2 s of stop() (close handshake or its own timeout).
   if (own_checkpointer_)
     caf::anon_send_exit(own_checkpointer_, caf::exit_reason::user_shutdown);
+  if (own_publisher_)
+    caf::anon_send_exit(own_publisher_, caf::exit_reason::user_shutdown);
   if (own_persistence_) {
     if (exited_.valid())
       exited_.wait_for(std::chrono::seconds(5));

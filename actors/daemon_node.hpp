@@ -57,6 +57,12 @@ struct daemon_settings {
   /// Set by start_with_store from the two above; start() hands it to the
   /// DAEMON (a caller of start() may set its own).
   checkpointer_actor checkpointer;
+  /// Mirror packs (checkpoint::publish_mirror): published through this
+  /// second connection to the store (null: none), at most every
+  /// `mirror_packs_interval` per repository. start_with_store spawns the
+  /// MIRROR_PUBLISHER when it and checkpoint_store are set.
+  std::shared_ptr<store::object_store> mirror_packs_store;
+  std::chrono::seconds mirror_packs_interval{3600};
   /// SIGTERM = eviction (wait(); docs/protocol.md §14) when set: the tasks
   /// get `eviction_signal`, SIGKILL after `eviction_grace`, final
   /// checkpoints, results `migrating`, acks, exit — within
@@ -163,6 +169,7 @@ private:
   std::shared_ptr<void> store_;
   persistence_actor own_persistence_;
   checkpointer_actor own_checkpointer_;
+  mirror_publisher_actor own_publisher_;
 };
 
 } // namespace makima

@@ -258,6 +258,12 @@ const std::vector<key_def>& defs() {
           return parse_bool("checkpoint.stop_task", o, v,
                             c.checkpoint_stop_task);
         });
+    add("checkpoint.mirror_packs_interval", {"MAKIMA_MIRROR_PACKS_INTERVAL"},
+        "seconds between publications of a repository's mirror packs by a "
+        "daemon, 0 = never",
+        seconds_setter(&config::mirror_packs_interval,
+                       "checkpoint.mirror_packs_interval", true,
+                       max_timeout_seconds));
     add("log.level", {"MAKIMA_LOG_LEVEL"}, "trace|debug|info|warn|error|off",
         [](config& c, const std::string& v,
            const std::string& o) -> caf::error {
@@ -660,6 +666,7 @@ config_values(const config& c) {
       {"checkpoint.key", c.checkpoint_key},
       {"checkpoint.interval", num(c.checkpoint_interval)},
       {"checkpoint.stop_task", c.checkpoint_stop_task ? "true" : "false"},
+      {"checkpoint.mirror_packs_interval", num(c.mirror_packs_interval)},
       {"store.sync", c.sync ? "true" : "false"},
       {"log.level", c.log_level},
       {"log.format", c.log_format},

@@ -80,6 +80,11 @@ struct config {
   /// Stop the task's process group while its files are captured
   /// (`checkpoint.stop_task`, MAKIMA_CHECKPOINT_STOP_TASK).
   bool checkpoint_stop_task = true;
+  /// Seconds between two publications of a repository's mirror packs by a
+  /// daemon, 0 = never publish (`checkpoint.mirror_packs_interval`,
+  /// MAKIMA_MIRROR_PACKS_INTERVAL). Cold daemons seed their mirrors from
+  /// them (docs/checkpoint-format.md, "Mirror packs").
+  double mirror_packs_interval = 3600;
 
   // [log]
   /// Empty: the command's default (`info` for `server`, `daemon` and

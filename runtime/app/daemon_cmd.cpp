@@ -165,6 +165,12 @@ int cmd_daemon(daemon_options& o) {
   } else {
     // Opened before the secrets leave the environment (they are in cfg).
     settings.checkpoint_store = open_checkpoint_store(cfg);
+    // Its own connection: a large pack upload never holds up a checkpoint.
+    if (cfg.mirror_packs_interval > 0) {
+      settings.mirror_packs_store = open_checkpoint_store(cfg);
+      settings.mirror_packs_interval = std::chrono::seconds{
+          std::max<int64_t>(1, static_cast<int64_t>(cfg.mirror_packs_interval))};
+    }
     settings.checkpoints = checkpoint_settings(cfg);
     settings.checkpoints.node = settings.connection.name;
     char every[32];

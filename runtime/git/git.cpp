@@ -243,7 +243,7 @@ void set_remote_callbacks(git_remote_callbacks& cbs, op_payload& st) {
 
 constexpr const char* heads_spec = "+refs/heads/*:refs/remotes/origin/*";
 constexpr const char* tags_spec = "+refs/tags/*:refs/tags/*";
-constexpr const char* origin_head = "refs/remotes/origin/HEAD";
+constexpr const char* origin_head_ref = "refs/remotes/origin/HEAD";
 
 // Points refs/remotes/origin/HEAD at the remote's default branch. `remote`
 // must be connected (or have been connected in this fetch).
@@ -277,7 +277,7 @@ caf::error update_origin_head(git_repository* repo, git_remote* remote,
     // Empty remote or unknown HEAD: keep whatever origin/HEAD said before,
     // unless it now dangles.
     git_reference* r = nullptr;
-    if (git_reference_lookup(&r, repo, origin_head) == 0) {
+    if (git_reference_lookup(&r, repo, origin_head_ref) == 0) {
       ref_ptr guard{r};
       git_reference* resolved = nullptr;
       if (git_reference_resolve(&resolved, r) == 0)
@@ -288,7 +288,7 @@ caf::error update_origin_head(git_repository* repo, git_remote* remote,
     return {};
   }
   git_reference* out = nullptr;
-  if (git_reference_symbolic_create(&out, repo, origin_head, target.c_str(), 1,
+  if (git_reference_symbolic_create(&out, repo, origin_head_ref, target.c_str(), 1,
                                     "makima: set origin/HEAD")
       != 0)
     return git_fail(ec::git_error,
@@ -380,7 +380,8 @@ caf::error link_local_objects(const fs::path& origin, const fs::path& dest,
 }
 
 caf::error fetch_origin(git_repository* repo, const std::string& url,
-                        const control& ctl, git::phase ph) {
+                        const control& ctl, git::phase ph,
+                        uint64_t* received = nullptr) {
   op_payload st{&ctl, ph};
   if (st.check())
     return cancelled_error(std::string{ph == phase::cloning ? "clone" : "fetch"}
@@ -414,6 +415,8 @@ caf::error fetch_origin(git_repository* repo, const std::string& url,
           std::string{ph == phase::cloning ? "clone" : "fetch"} + " of " + url);
     return git_fail(ec::git_error, "cannot fetch from " + url);
   }
+  if (received != nullptr)
+    *received = git_remote_stats(remote.get())->received_objects;
   // Set origin/HEAD (update_origin_head re-reads the advertised heads, which
   // the transport keeps after the disconnect; fall back to what we read).
   std::string target;
@@ -424,7 +427,7 @@ caf::error fetch_origin(git_repository* repo, const std::string& url,
   if (!target.empty() && git_reference_lookup(&r, repo, target.c_str()) == 0) {
     git_reference_free(r);
     git_reference* out = nullptr;
-    if (git_reference_symbolic_create(&out, repo, origin_head, target.c_str(),
+    if (git_reference_symbolic_create(&out, repo, origin_head_ref, target.c_str(),
                                       1, "makima: set origin/HEAD")
         != 0)
       return git_fail(ec::git_error,
@@ -764,6 +767,232 @@ caf::error stage_all_reusing_objects(git_repository* repo, git_index* index,
 
 } // namespace
 
+// Indexes the pack file `pack` into the bare repository `repo` at `path`
+// (mirror::index_pack). `objects`: how many objects it held.
+caf::error index_pack_into(git_repository* repo, const fs::path& path,
+                           const fs::path& pack, uint64_t* objects = nullptr) {
+  std::FILE* in = std::fopen(pack.c_str(), "rb");
+  if (in == nullptr)
+    return make_error(ec::io_error, "cannot open the pack " + pack.string()
+                                        + ": " + std::strerror(errno));
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> in_guard{in, std::fclose};
+  // Index into a staging directory of the mirror (same file system), then
+  // move the pack and then its index into objects/pack: a damaged pack
+  // leaves nothing there, and an index never names a missing pack.
+  auto staging = path / ("makima-index-" + random_suffix());
+  std::error_code err;
+  fs::create_directories(staging, err);
+  if (err)
+    return make_error(ec::io_error, "cannot create " + staging.string() + ": "
+                                        + err.message());
+  struct dir_guard {
+    fs::path p;
+    ~dir_guard() { force_remove_all(p); }
+  } staging_guard{staging};
+  git_indexer_options opts = GIT_INDEXER_OPTIONS_INIT;
+  git_indexer* iraw = nullptr;
+  // No odb: a delta against an object outside the pack (a thin pack) is an
+  // error instead of being completed from the mirror.
+  if (git_indexer_new(&iraw, staging.c_str(), 0, nullptr, &opts) != 0)
+    return git_fail(ec::git_error, "cannot index " + pack.string());
+  indexer_ptr idx{iraw};
+  git_indexer_progress stats{};
+  auto corrupt = [&] {
+    return git_fail(ec::checkpoint_corrupt,
+                    "pack " + pack.string() + " is damaged");
+  };
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    auto n = std::fread(buf.data(), 1, buf.size(), in);
+    if (n > 0 && git_indexer_append(iraw, buf.data(), n, &stats) != 0)
+      return corrupt();
+    if (n < buf.size()) {
+      if (std::ferror(in))
+        return make_error(ec::io_error, "cannot read the pack " + pack.string()
+                                            + ": " + std::strerror(errno));
+      break;
+    }
+  }
+  if (git_indexer_commit(iraw, &stats) != 0)
+    return corrupt();
+  if (objects != nullptr)
+    *objects = stats.indexed_objects;
+  std::string name = git_indexer_name(iraw);
+  idx.reset();
+  auto dest = path / "objects" / "pack";
+  fs::create_directories(dest, err);
+  for (auto ext : {".pack", ".idx"}) {
+    auto file = "pack-" + name + ext;
+    fs::rename(staging / file, dest / file, err);
+    if (err)
+      return make_error(ec::io_error, "cannot move " + file + " into "
+                                          + dest.string() + ": "
+                                          + err.message());
+  }
+  git_odb* oraw = nullptr;
+  if (git_repository_odb(&oraw, repo) == 0) {
+    git_odb_refresh(oraw);
+    git_odb_free(oraw);
+  }
+  return {};
+}
+
+// -- seeds and clone records ------------------------------------------------
+
+// Written into a mirror cloned from a network origin: the pack files of the
+// clone and the origin branches they hold whole (git::clone_record), one
+// line each: "pack <file>", "ref <name> <commit>", "head <name>".
+constexpr const char* clone_record_file = "makima-clone";
+
+bool is_origin_branch(const std::string& name) {
+  static constexpr std::string_view prefix = "refs/remotes/origin/";
+  int valid = 0;
+  return name.size() > prefix.size()
+         && name.compare(0, prefix.size(), prefix) == 0
+         && name != origin_head_ref
+         && git_reference_name_is_valid(&valid, name.c_str()) == 0 && valid;
+}
+
+std::vector<std::pair<std::string, std::string>>
+branches_of(git_repository* repo) {
+  std::vector<std::pair<std::string, std::string>> out;
+  git_strarray names{};
+  if (git_reference_list(&names, repo) != 0) {
+    git_error_clear();
+    return out;
+  }
+  for (size_t i = 0; i < names.count; ++i) {
+    std::string name = names.strings[i];
+    if (!is_origin_branch(name))
+      continue;
+    git_reference* raw = nullptr;
+    if (git_reference_lookup(&raw, repo, name.c_str()) != 0)
+      continue;
+    ref_ptr ref{raw};
+    if (git_reference_type(raw) != GIT_REFERENCE_DIRECT)
+      continue;
+    if (auto c = ref_commit(repo, name))
+      out.emplace_back(name, *c);
+  }
+  git_strarray_dispose(&names);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string head_of(git_repository* repo) {
+  git_reference* raw = nullptr;
+  if (git_reference_lookup(&raw, repo, origin_head_ref) != 0) {
+    git_error_clear();
+    return {};
+  }
+  ref_ptr ref{raw};
+  if (git_reference_type(raw) != GIT_REFERENCE_SYMBOLIC)
+    return {};
+  return git_reference_symbolic_target(raw);
+}
+
+std::vector<fs::path> pack_files(const fs::path& repo_path) {
+  std::vector<fs::path> out;
+  std::error_code err;
+  for (fs::directory_iterator it{repo_path / "objects" / "pack", err}, end;
+       !err && it != end; it.increment(err))
+    if (it->path().extension() == ".pack")
+      out.push_back(it->path());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Records the clone just made in `repo` at `path` (best effort: without
+// the record, this node cannot publish the clone's pack as is).
+void write_clone_record(git_repository* repo, const fs::path& path) {
+  std::string text;
+  for (auto& p : pack_files(path))
+    text += "pack " + p.filename().string() + "\n";
+  for (auto& [name, id] : branches_of(repo))
+    text += "ref " + name + " " + id + "\n";
+  if (auto h = head_of(repo); !h.empty())
+    text += "head " + h + "\n";
+  std::ofstream f{path / clone_record_file};
+  f << text;
+}
+
+// Creates the bare repository of a new mirror of `canon` at `tmp`, its
+// origin configured (mirror::open).
+caf::expected<repo_ptr> init_mirror(const fs::path& tmp,
+                                    const std::string& canon) {
+  git_repository* raw = nullptr;
+  if (git_repository_init(&raw, tmp.c_str(), 1) != 0)
+    return git_fail(ec::io_error, "cannot create the mirror of " + canon
+                                      + " in " + tmp.string());
+  repo_ptr repo{raw};
+  tune_config(raw);
+  git_remote* rr = nullptr;
+  if (git_remote_create_with_fetchspec(&rr, raw, "origin", canon.c_str(),
+                                       heads_spec)
+      != 0)
+    return git_fail(ec::git_error, "cannot configure origin " + canon);
+  git_remote_free(rr);
+  if (git_remote_add_fetch(raw, "origin", tags_spec) != 0)
+    return git_fail(ec::git_error, "cannot configure origin " + canon);
+  return repo;
+}
+
+// Fills the new mirror `repo` at `path` from `sd` (its packs, then its
+// refs, which must name commits the packs hold), then fetches from origin.
+// A failed fetch leaves the seed as it is (`rep.offline`); a cancelled
+// one is an error.
+caf::error apply_seed(git_repository* repo, const fs::path& path,
+                      const std::string& canon, const seed& sd,
+                      const control& ctl, seed_report& rep) {
+  for (auto& pack : sd.packs) {
+    uint64_t n = 0;
+    if (auto e = index_pack_into(repo, path, pack, &n))
+      return e;
+    rep.objects += n;
+  }
+  for (auto& [name, id] : sd.refs) {
+    git_oid oid;
+    git_commit* c = nullptr;
+    if (!is_origin_branch(name) || id.size() != GIT_OID_HEXSZ || !is_hex(id)
+        || git_oid_fromstr(&oid, id.c_str()) != 0
+        || git_commit_lookup(&c, repo, &oid) != 0) {
+      git_error_clear();
+      return make_error(ec::checkpoint_corrupt,
+                        "the mirror packs name " + name + " at " + id
+                            + ", which they do not hold");
+    }
+    git_commit_free(c);
+    git_reference* out = nullptr;
+    if (git_reference_create(&out, repo, name.c_str(), &oid, 1,
+                             "makima: seeded from mirror packs")
+        != 0)
+      return git_fail(ec::git_error, "cannot create " + name);
+    git_reference_free(out);
+  }
+  if (is_origin_branch(sd.head)) {
+    git_reference* r = nullptr;
+    if (git_reference_lookup(&r, repo, sd.head.c_str()) == 0) {
+      git_reference_free(r);
+      git_reference* out = nullptr;
+      if (git_reference_symbolic_create(&out, repo, origin_head_ref,
+                                        sd.head.c_str(), 1,
+                                        "makima: set origin/HEAD")
+          == 0)
+        git_reference_free(out);
+    }
+    git_error_clear();
+  }
+  rep.used = true;
+  if (auto e = fetch_origin(repo, canon, ctl, phase::fetching,
+                            &rep.fetched_objects)) {
+    if (code_of(e) == ec::cancelled)
+      return e;
+    rep.offline = true;
+    rep.fetch_error = describe(e);
+  }
+  return {};
+}
+
 // -- mirror -------------------------------------------------------------------
 
 struct mirror::impl {
@@ -798,9 +1027,15 @@ caf::expected<mirror> mirror::open_path(const fs::path& path) {
   return mirror{std::move(st)};
 }
 
+bool mirror::is_local(const std::string& url) {
+  return local_dir_of(canonical_url(url)).has_value();
+}
+
 caf::expected<mirror> mirror::open(const std::string& url,
                                    const fs::path& repos_dir,
-                                   bool fetch_existing, const control& ctl) {
+                                   bool fetch_existing, const control& ctl,
+                                   const seed* from_seed,
+                                   seed_report* report) {
   init();
   if (url.empty())
     return make_error(ec::repo_not_found,
@@ -858,32 +1093,35 @@ caf::expected<mirror> mirror::open(const std::string& url,
   err.clear();
   auto tmp = repos_dir / (tmp_prefix + random_suffix());
   auto cleanup = [&] { force_remove_all(tmp); };
-  {
-    git_repository* raw = nullptr;
-    if (git_repository_init(&raw, tmp.c_str(), 1) != 0) {
-      auto e = git_fail(ec::io_error, "cannot create the mirror of " + canon
-                                          + " in " + tmp.string());
+  auto local_dir = local_dir_of(canon);
+  seed_report ignored;
+  auto& rep = report != nullptr ? *report : ignored;
+  rep = seed_report{};
+  bool seeded = false;
+  if (from_seed != nullptr && !from_seed->packs.empty() && !local_dir) {
+    auto repo = init_mirror(tmp, canon);
+    auto e = repo ? apply_seed(repo->get(), tmp, canon, *from_seed, ctl, rep)
+                  : repo.error();
+    if (!e) {
+      seeded = true;
+    } else {
       cleanup();
-      return e;
+      if (code_of(e) == ec::cancelled)
+        return e;
+      rep = seed_report{};
+      rep.refused = describe(e);
+      tmp = repos_dir / (tmp_prefix + random_suffix());
     }
-    repo_ptr repo{raw};
-    tune_config(raw);
-    git_remote* rr = nullptr;
-    if (git_remote_create_with_fetchspec(&rr, raw, "origin", canon.c_str(),
-                                         heads_spec)
-        != 0) {
-      auto e = git_fail(ec::git_error, "cannot configure origin " + canon);
+  }
+  if (!seeded) {
+    auto repo = init_mirror(tmp, canon);
+    if (!repo) {
       cleanup();
-      return e;
+      return std::move(repo.error());
     }
-    git_remote_free(rr);
-    if (git_remote_add_fetch(raw, "origin", tags_spec) != 0) {
-      auto e = git_fail(ec::git_error, "cannot configure origin " + canon);
-      cleanup();
-      return e;
-    }
-    if (auto dir = local_dir_of(canon))
-      if (auto e = link_local_objects(*dir, tmp, ctl)) {
+    auto* raw = repo->get();
+    if (local_dir)
+      if (auto e = link_local_objects(*local_dir, tmp, ctl)) {
         cleanup();
         return e;
       }
@@ -891,6 +1129,8 @@ caf::expected<mirror> mirror::open(const std::string& url,
       cleanup();
       return e;
     }
+    if (!local_dir)
+      write_clone_record(raw, tmp);
   }
   fs::rename(tmp, final_path, err);
   if (err) {
@@ -929,7 +1169,7 @@ caf::expected<std::string> mirror::resolve(const std::string& ref) {
                       "ref '" + ref + "' not found in " + impl_->url);
   };
   if (ref.empty()) {
-    if (auto c = ref_commit(repo, origin_head))
+    if (auto c = ref_commit(repo, origin_head_ref))
       return *c;
     return not_found();
   }
@@ -950,7 +1190,7 @@ caf::expected<std::string> mirror::resolve(const std::string& ref) {
       return *c;
     if (auto c = ref_commit(repo, "refs/tags/" + ref))
       return *c;
-  } else if (auto c = ref_commit(repo, origin_head)) {
+  } else if (auto c = ref_commit(repo, origin_head_ref)) {
     return *c;
   }
   // Any revspec; branch names in it live under origin/ in the mirror
@@ -1076,7 +1316,7 @@ caf::expected<commit_ptr> lookup_commit(git_repository* repo,
 std::string restored_base(git_repository* repo, const git_commit* head) {
   auto base = oid_hex(*git_commit_id(head));
   git_reference* hraw = nullptr;
-  if (git_reference_lookup(&hraw, repo, origin_head) != 0)
+  if (git_reference_lookup(&hraw, repo, origin_head_ref) != 0)
     return base;
   ref_ptr href{hraw};
   git_object* hobj = nullptr;
@@ -1295,7 +1535,7 @@ caf::expected<worktree_info> mirror::open_worktree(const std::string& name,
     if (git_reference_peel(&obj, braw, GIT_OBJECT_COMMIT) == 0) {
       object_ptr bobj{obj};
       base = oid_hex(*git_object_id(obj));
-      if (git_reference_lookup(&hraw, repo, origin_head) == 0) {
+      if (git_reference_lookup(&hraw, repo, origin_head_ref) == 0) {
         ref_ptr href{hraw};
         git_object* hobj = nullptr;
         if (git_reference_peel(&hobj, hraw, GIT_OBJECT_COMMIT) == 0) {
@@ -1514,6 +1754,46 @@ bool mirror::has_object(const std::string& id) {
   return git_odb_exists(raw, &oid) == 1;
 }
 
+std::vector<std::pair<std::string, std::string>> mirror::origin_branches() {
+  return branches_of(impl_->repo.get());
+}
+
+std::string mirror::origin_head() {
+  return head_of(impl_->repo.get());
+}
+
+std::optional<git::clone_record> mirror::clone_record() {
+  std::ifstream f{impl_->path / clone_record_file};
+  if (!f)
+    return std::nullopt;
+  git::clone_record r;
+  std::string line;
+  while (std::getline(f, line)) {
+    auto sp = line.find(' ');
+    if (sp == std::string::npos)
+      return std::nullopt;
+    auto kind = line.substr(0, sp);
+    auto rest = line.substr(sp + 1);
+    if (kind == "pack") {
+      auto file = impl_->path / "objects" / "pack" / rest;
+      std::error_code err;
+      if (rest.find('/') != std::string::npos || !fs::is_regular_file(file, err))
+        return std::nullopt;
+      r.packs.push_back(file);
+    } else if (kind == "ref") {
+      auto sp2 = rest.find(' ');
+      if (sp2 == std::string::npos)
+        return std::nullopt;
+      r.refs.emplace_back(rest.substr(0, sp2), rest.substr(sp2 + 1));
+    } else if (kind == "head") {
+      r.head = rest;
+    }
+  }
+  if (r.packs.empty())
+    return std::nullopt;
+  return r;
+}
+
 namespace {
 
 // Streams a pack into a file, refusing to grow past `max`.
@@ -1640,68 +1920,7 @@ mirror::write_pack(const std::vector<std::string>& tips,
 }
 
 caf::error mirror::index_pack(const fs::path& pack) {
-  std::FILE* in = std::fopen(pack.c_str(), "rb");
-  if (in == nullptr)
-    return make_error(ec::io_error, "cannot open the pack " + pack.string()
-                                        + ": " + std::strerror(errno));
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> in_guard{in, std::fclose};
-  // Index into a staging directory of the mirror (same file system), then
-  // move the pack and then its index into objects/pack: a damaged pack
-  // leaves nothing there, and an index never names a missing pack.
-  auto staging = impl_->path / ("makima-index-" + random_suffix());
-  std::error_code err;
-  fs::create_directories(staging, err);
-  if (err)
-    return make_error(ec::io_error, "cannot create " + staging.string() + ": "
-                                        + err.message());
-  struct dir_guard {
-    fs::path p;
-    ~dir_guard() { force_remove_all(p); }
-  } staging_guard{staging};
-  git_indexer_options opts = GIT_INDEXER_OPTIONS_INIT;
-  git_indexer* iraw = nullptr;
-  // No odb: a delta against an object outside the pack (a thin pack) is an
-  // error instead of being completed from the mirror.
-  if (git_indexer_new(&iraw, staging.c_str(), 0, nullptr, &opts) != 0)
-    return git_fail(ec::git_error, "cannot index " + pack.string());
-  indexer_ptr idx{iraw};
-  git_indexer_progress stats{};
-  auto corrupt = [&] {
-    return git_fail(ec::checkpoint_corrupt,
-                    "checkpoint pack " + pack.string() + " is damaged");
-  };
-  std::vector<char> buf(1 << 20);
-  for (;;) {
-    auto n = std::fread(buf.data(), 1, buf.size(), in);
-    if (n > 0 && git_indexer_append(iraw, buf.data(), n, &stats) != 0)
-      return corrupt();
-    if (n < buf.size()) {
-      if (std::ferror(in))
-        return make_error(ec::io_error, "cannot read the pack " + pack.string()
-                                            + ": " + std::strerror(errno));
-      break;
-    }
-  }
-  if (git_indexer_commit(iraw, &stats) != 0)
-    return corrupt();
-  std::string name = git_indexer_name(iraw);
-  idx.reset();
-  auto dest = impl_->path / "objects" / "pack";
-  fs::create_directories(dest, err);
-  for (auto ext : {".pack", ".idx"}) {
-    auto file = "pack-" + name + ext;
-    fs::rename(staging / file, dest / file, err);
-    if (err)
-      return make_error(ec::io_error, "cannot move " + file + " into "
-                                          + dest.string() + ": "
-                                          + err.message());
-  }
-  git_odb* oraw = nullptr;
-  if (git_repository_odb(&oraw, impl_->repo.get()) == 0) {
-    git_odb_refresh(oraw);
-    git_odb_free(oraw);
-  }
-  return {};
+  return index_pack_into(impl_->repo.get(), impl_->path, pack);
 }
 
 caf::error mirror::push(const std::string& branch, const std::string& url,

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <caf/error.hpp>
@@ -101,6 +102,49 @@ struct control {
   bool cancelled() const { return cancel && cancel->load(); }
 };
 
+/// What a new mirror can start from instead of a full clone: packs of the
+/// origin's objects kept in the checkpoint store by another node
+/// (actors/checkpoint.hpp, "mirror packs"), and the origin branches they
+/// hold whole.
+struct seed {
+  /// Self-contained pack files (as `write_pack` or a clone writes them),
+  /// indexed in order.
+  std::vector<std::filesystem::path> packs;
+  /// `refs/remotes/origin/<branch>` → commit id: every object reachable
+  /// from each commit is in `packs`. The refs tell the fetch that follows
+  /// what the mirror has, so origin sends only the difference.
+  std::vector<std::pair<std::string, std::string>> refs;
+  /// The branch origin/HEAD names (e.g. "refs/remotes/origin/main"); may be
+  /// empty.
+  std::string head;
+};
+
+/// What `mirror::open` did with a seed.
+struct seed_report {
+  /// The mirror was made from the seed (false: cloned, or it existed).
+  bool used = false;
+  /// Objects the seed's packs held.
+  uint64_t objects = 0;
+  /// Objects the fetch after the seed received from origin.
+  uint64_t fetched_objects = 0;
+  /// The fetch from origin failed (e.g. unreachable) and the mirror is the
+  /// seed alone; `fetch_error` says why.
+  bool offline = false;
+  std::string fetch_error;
+  /// Why a seed that was given was not used (a bad pack, a ref whose
+  /// commit is missing); the mirror was then cloned.
+  std::string refused;
+};
+
+/// The pack files a clone from a network origin wrote, and the origin
+/// branches they hold whole: the first mirror pack a node publishes
+/// (`mirror::clone_record`).
+struct clone_record {
+  std::vector<std::filesystem::path> packs;
+  std::vector<std::pair<std::string, std::string>> refs;
+  std::string head;
+};
+
 /// The bare mirror cache of one remote repository.
 class mirror {
 public:
@@ -115,10 +159,26 @@ public:
   /// repository), ec::git_error, ec::io_error, ec::cancelled (`ctl` asked;
   /// a new mirror is removed, an existing one keeps its refs and a later
   /// fetch gets what is missing).
+  ///
+  /// `from_seed` (a mirror that does not exist yet, of a network origin):
+  /// the new mirror is made from the seed's packs and refs, then fetched
+  /// from origin, which sends only what the seed lacks. When that fetch
+  /// fails (origin unreachable), the seeded mirror is kept as it is and
+  /// `report->offline` says so: objects are checked by id and a later fetch
+  /// brings the rest. A seed that cannot be used (a damaged pack, a ref
+  /// whose commit is missing) is dropped and the mirror cloned
+  /// (`report->refused`). Without a seed, a clone from a network origin
+  /// writes its clone_record.
   static caf::expected<mirror> open(const std::string& url,
                                     const std::filesystem::path& repos_dir,
                                     bool fetch_existing = true,
-                                    const control& ctl = {});
+                                    const control& ctl = {},
+                                    const seed* from_seed = nullptr,
+                                    seed_report* report = nullptr);
+
+  /// Whether `url` is a local path or file:// URL (cloned by linking object
+  /// files, so a seed would not help).
+  static bool is_local(const std::string& url);
 
   /// Opens the existing bare mirror at `path` as it is (no fetch, no
   /// clone), e.g. for maintenance. Errors: ec::repo_not_found.
@@ -174,6 +234,18 @@ public:
 
   /// Whether the object `id` (hex) exists in the mirror.
   bool has_object(const std::string& id);
+
+  /// The origin branches: `refs/remotes/origin/*` (not HEAD) → commit id,
+  /// sorted by name; refs that do not name a commit are left out.
+  std::vector<std::pair<std::string, std::string>> origin_branches();
+
+  /// The branch `refs/remotes/origin/HEAD` names, or "".
+  std::string origin_head();
+
+  /// What the clone that made this mirror wrote (clone from a network
+  /// origin by this version); nullopt otherwise, or when a pack it names
+  /// is gone.
+  std::optional<git::clone_record> clone_record();
 
   /// Writes to `out` a self-contained pack (no delta names an object outside
   /// it) of every object reachable from the commits `tips` and not from the

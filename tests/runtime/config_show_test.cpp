@@ -59,6 +59,7 @@ TEST(config_show, every_key_has_its_value_as_text) {
       {"checkpoint.key", "hmac-key"},
       {"checkpoint.interval", "10"},
       {"checkpoint.stop_task", "false"},
+      {"checkpoint.mirror_packs_interval", "600"},
       {"log.level", "debug"},
       {"log.format", "json"},
       {"daemon.max_tasks", "8"},
