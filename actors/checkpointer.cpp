@@ -103,7 +103,19 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
                       + st.store->describe() + " in "
                       + std::to_string(r->total_ms) + " ms ("
                       + std::to_string(r->bytes_downloaded) + " bytes"
-                      + (r->cloned ? ", mirror cloned" : "") + ")");
+                      + (r->seeded ? ", mirror seeded from mirror packs "
+                                         + std::to_string(r->seed_n) + " ("
+                                         + std::to_string(r->seed_objects)
+                                         + " objects), "
+                                         + (r->offline
+                                                ? std::string{"origin "
+                                                              "unreachable"}
+                                                : std::to_string(
+                                                      r->fetched_objects)
+                                                      + " fetched from origin")
+                         : r->cloned ? ", mirror cloned"
+                                     : "")
+                      + ")");
         return r->rec;
       },
   };

@@ -22,112 +22,6 @@ using namespace makima::it::migration;
 
 using clock_type = std::chrono::steady_clock;
 
-/// A task that continues where it was: from the counter in
-/// $MAKIMA_STATE_DIR/n (0 when absent) up to `last`, each step writes the
-/// file step-$i in the worktree, echoes "step $i", advances the counter
-/// and sleeps `pause` seconds. Its first line says which attempt runs,
-/// whether it was resumed and where it starts. A SIGTERM (the eviction
-/// signal) ends it between two steps ("saved", exit 143).
-std::string stepper(const std::string& pause, int last) {
-  return R"(n="$MAKIMA_STATE_DIR/n"
-i=$(cat "$n" 2>/dev/null || echo 0)
-echo "attempt $MAKIMA_ATTEMPT resumed=${MAKIMA_RESUMED:-0} from=$i"
-term=
-trap 'term=1' TERM
-while [ "$i" -le )"
-         + std::to_string(last) + R"( ]; do
-  echo "step $i" > "step-$i"
-  echo "step $i"
-  i=$((i + 1))
-  echo "$i" > "$n"
-  if [ -n "$term" ]; then echo saved; exit 143; fi
-  sleep )"
-         + pause + R"(
-  if [ -n "$term" ]; then echo saved; exit 143; fi
-done
-echo finished
-)";
-}
-
-/// The submit body of a `stepper` task on `origin`.
-json stepper_spec(const std::string& id, const fs::path& origin,
-                  const std::string& pause = "1", int last = 8) {
-  return {{"id", id},
-          {"repo", origin.string()},
-          {"commit", true},
-          {"argv", {"sh", "-c", stepper(pause, last)}}};
-}
-
-/// A shared checkpoint store: a real S3 server (SigV4), reached directly
-/// or through `endpoint` (a fault proxy), or a file:// dir.
-struct shared_store {
-  std::unique_ptr<test::s3_server> s3;
-  std::string url;
-  std::string endpoint; // s3 only: where daemons send requests
-  fs::path dir;         // file:// only
-
-  /// A bucket "makima" on a local S3 server, prefix "mig".
-  static shared_store on_s3(const env& e) {
-    shared_store s;
-    s.s3 = std::make_unique<test::s3_server>(e.root() / "s3", "makima");
-    s.url = "s3://makima/mig";
-    s.endpoint = s.s3->endpoint();
-    return s;
-  }
-  /// A directory under the test's root.
-  static shared_store on_disk(const env& e) {
-    shared_store s;
-    s.dir = e.root() / "store";
-    s.url = "file://" + s.dir.string();
-    return s;
-  }
-  /// The daemon (or `makima task restore`) flags naming the store.
-  std::vector<std::string> flags() const {
-    std::vector<std::string> f{"--store", url};
-    if (s3)
-      f.insert(f.end(), {"--s3-endpoint", endpoint, "--s3-region", "auto"});
-    return f;
-  }
-  /// The environment a process reading the store needs (credentials).
-  std::map<std::string, std::string> vars() const {
-    if (!s3)
-      return {};
-    return {{"AWS_ACCESS_KEY_ID", test::s3_server::access_key},
-            {"AWS_SECRET_ACCESS_KEY", test::s3_server::secret_key}};
-  }
-};
-
-/// The flags of a daemon of `pool` that checkpoints every `interval`
-/// seconds into `store` (none: no store, no checkpoints), with an
-/// eviction grace of 3 s and a deadline of `deadline` s.
-std::vector<std::string> daemon_flags(const std::string& pool,
-                                      const shared_store* store,
-                                      const std::string& interval = "1",
-                                      const std::string& deadline = "10") {
-  std::vector<std::string> f{
-      "--pool",           pool, "--eviction-deadline", deadline,
-      "--eviction-grace", "3",  "--heartbeat",         "1"};
-  if (store) {
-    auto s = store->flags();
-    f.insert(f.end(), s.begin(), s.end());
-    f.insert(f.end(), {"--checkpoint-interval", interval});
-  } else {
-    f.insert(f.end(), {"--checkpoint-interval", "0"});
-  }
-  return f;
-}
-
-/// Starts a daemon `name` over `data` connected to `ws` with `flags`,
-/// reading the store with `vars`.
-bool start_daemon(daemon_proc& d, const env& e, const std::string& ws,
-                  const std::string& name, const fs::path& data,
-                  std::vector<std::string> flags,
-                  std::map<std::string, std::string> vars = {}) {
-  d.extra_env = std::move(vars);
-  return d.launch(e, ws, name, data, std::move(flags));
-}
-
-
 /// `makima task restore REF --data-dir DIR` from `store`; then the counter
 /// of the stepper in that checkpoint (-1 when it cannot be read).
 int counter_in(const env& e, const shared_store& store, const std::string& id,
@@ -171,9 +65,6 @@ json local_record(const env& e, const fs::path& data, const std::string& id) {
   return j.is_object() ? j : json::object();
 }
 
-#define REQUIRE_S3()                                                           \
-  ASSERT_TRUE(test::s3_server::installed())                                    \
-      << test::s3_server::node_dir() << "/node_modules is missing: npm ci"
 
 TEST(
     migration_more,

@@ -6,6 +6,7 @@
 // resumes from the last periodic checkpoint; a task without checkpoints
 // reruns from scratch; a checkpoint that fails verification is never run
 // from.
+#include "tests/fixtures/git_daemon.hpp"
 #include "tests/fixtures/s3_server.hpp"
 #include "tests/integration/fleet.hpp"
 #include "tests/integration/migration.hpp"
@@ -23,114 +24,6 @@ using clock_type = std::chrono::steady_clock;
 
 /// The steps of `stepper`: 0..last_step.
 constexpr int last_step = 8;
-
-/// A task that continues where it was: from the counter in
-/// $MAKIMA_STATE_DIR/n (0 when absent) up to `last_step`, each step writes
-/// the file step-$i in the worktree, echoes "step $i", advances the
-/// counter and sleeps `pause` seconds. Its first line says which attempt
-/// runs, whether it was resumed and where it starts. A SIGTERM (the
-/// eviction signal) ends it between two steps ("saved", exit 143), so a
-/// step is done entirely or not at all.
-std::string stepper(const std::string& pause) {
-  return R"(n="$MAKIMA_STATE_DIR/n"
-i=$(cat "$n" 2>/dev/null || echo 0)
-echo "attempt $MAKIMA_ATTEMPT resumed=${MAKIMA_RESUMED:-0} from=$i"
-term=
-trap 'term=1' TERM
-while [ "$i" -le )"
-         + std::to_string(last_step) + R"( ]; do
-  echo "step $i" > "step-$i"
-  echo "step $i"
-  i=$((i + 1))
-  echo "$i" > "$n"
-  if [ -n "$term" ]; then echo saved; exit 143; fi
-  sleep )"
-         + pause + R"(
-  if [ -n "$term" ]; then echo saved; exit 143; fi
-done
-echo finished
-)";
-}
-
-/// The submit body of a `stepper` task on `origin`.
-json stepper_spec(const std::string& id, const fs::path& origin,
-                  const std::string& pause = "1") {
-  return {{"id", id},
-          {"repo", origin.string()},
-          {"commit", true},
-          {"argv", {"sh", "-c", stepper(pause)}}};
-}
-
-/// A shared checkpoint store: a real S3 server (SigV4) or a file:// dir.
-struct shared_store {
-  std::unique_ptr<test::s3_server> s3;
-  std::string url;
-  fs::path dir; // file:// only
-
-  /// A bucket "makima" on a local S3 server, prefix "mig".
-  static shared_store on_s3(const env& e) {
-    shared_store s;
-    s.s3 = std::make_unique<test::s3_server>(e.root() / "s3", "makima");
-    s.url = "s3://makima/mig";
-    return s;
-  }
-  /// A directory under the test's root.
-  static shared_store on_disk(const env& e) {
-    shared_store s;
-    s.dir = e.root() / "store";
-    s.url = "file://" + s.dir.string();
-    return s;
-  }
-  /// The daemon (or `makima task`/`checkpoint`) flags naming the store.
-  std::vector<std::string> flags() const {
-    std::vector<std::string> f{"--store", url};
-    if (s3) {
-      f.insert(f.end(),
-               {"--s3-endpoint", s3->endpoint(), "--s3-region", "auto"});
-    }
-    return f;
-  }
-  /// The environment a process reading the store needs (credentials).
-  std::map<std::string, std::string> vars() const {
-    if (!s3)
-      return {};
-    return {{"AWS_ACCESS_KEY_ID", test::s3_server::access_key},
-            {"AWS_SECRET_ACCESS_KEY", test::s3_server::secret_key}};
-  }
-};
-
-/// The flags of a daemon of `pool` that checkpoints every second into
-/// `store` (none: no store, no checkpoints) and is evicted quickly.
-std::vector<std::string> daemon_flags(const std::string& pool,
-                                      const shared_store* store,
-                                      const std::string& interval = "1") {
-  std::vector<std::string> f{
-      "--pool",           pool, "--eviction-deadline", "10",
-      "--eviction-grace", "3",  "--heartbeat",         "1"};
-  if (store) {
-    auto s = store->flags();
-    f.insert(f.end(), s.begin(), s.end());
-    f.insert(f.end(), {"--checkpoint-interval", interval});
-  } else {
-    f.insert(f.end(), {"--checkpoint-interval", "0"});
-  }
-  return f;
-}
-
-/// Starts a daemon `name` of `pool` over `data` with `flags`, reading the
-/// store with `vars`.
-bool start_daemon(daemon_proc& d, const env& e, const server_proc& srv,
-                  const std::string& name, const fs::path& data,
-                  std::vector<std::string> flags,
-                  std::map<std::string, std::string> vars = {}) {
-  d.extra_env = std::move(vars);
-  return d.launch(e, srv.ws(), name, data, std::move(flags));
-}
-
-
-#define REQUIRE_S3()                                                           \
-  ASSERT_TRUE(test::s3_server::installed())                                    \
-      << test::s3_server::node_dir() << "/node_modules is missing: npm ci"
 
 TEST(migration, an_evicted_task_finishes_on_another_pool) {
   REQUIRE_S3();
@@ -189,6 +82,58 @@ TEST(migration, an_evicted_task_finishes_on_another_pool) {
   // The task's record at the server knows its latest checkpoint.
   EXPECT_GE(ref_number(id, rec.value("checkpoint", "")), ref_number(id, from))
       << rec.dump();
+  b.stop();
+}
+
+// The cold node of the issue: B has never seen the repository, and its
+// origin (a real git:// server) goes down after A cloned it. B restores
+// the task from the store alone: A published the pack its clone received
+// (mirror packs), B seeds its mirror from it and does not need origin.
+TEST(migration, a_cold_node_restores_from_the_mirror_packs_when_origin_is_down) {
+  REQUIRE_S3();
+  env e;
+  auto store = shared_store::on_s3(e);
+  test::git_daemon origin_host{e.root() / "served"};
+  test::make_repo(e.root() / "served" / "origin", {300, 10});
+  auto origin = origin_host.url("origin");
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
+  api http{srv.http()};
+  daemon_proc a, b;
+  ASSERT_TRUE(start_daemon(a, e, srv, "a", e.root() / "dA",
+                           daemon_flags("k8s", &store), store.vars()));
+  const std::string id = "mig-cold";
+  ASSERT_EQ(http.submit(stepper_spec(id, origin)), id);
+  ASSERT_TRUE(output_has(http, id, "step 2")) << dump(http, id, a, b);
+  // A's first checkpoint had it publish the mirror packs of the origin.
+  ASSERT_TRUE(a.wait_for("mirror packs 1 of " + origin))
+      << dump(http, id, a, b);
+  // Origin goes down; B, a new node, joins.
+  origin_host.stop();
+  ASSERT_TRUE(start_daemon(b, e, srv, "b", e.root() / "dB",
+                           daemon_flags("cloudflare", &store), store.vars()));
+  a.kill(SIGTERM);
+  auto r = a.bg->wait(15000ms);
+  EXPECT_EQ(r.exit_code, 0) << dump(http, id, a, b);
+  ASSERT_TRUE(http.wait_terminal({id}, 40000ms)) << dump(http, id, a, b);
+  auto rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, a, b);
+  EXPECT_EQ(rec.value("attempt", 0), 2) << rec.dump();
+  EXPECT_NE(rec.value("worktree", "").find("dB"), std::string::npos)
+      << rec.dump();
+  EXPECT_EQ(missing_steps(e.root() / "dB/worktrees" / id), "")
+      << dump(http, id, a, b);
+  // B said how it got the repository: seeded, origin unreachable.
+  EXPECT_TRUE(b.wait_for("seeded from mirror packs 1")) << b.output();
+  EXPECT_NE(b.output().find("unreachable"), std::string::npos) << b.output();
+  auto out = output_seqs(http, id);
+  EXPECT_EQ(contiguity(out.seqs), "") << out.text;
+  EXPECT_EQ(count(out.text, "attempt 2 resumed=1 from="), 1u) << out.text;
+  for (int i = 0; i <= last_step; ++i)
+    EXPECT_EQ(count(out.text, "step " + std::to_string(i) + "\n"), 1u)
+        << "step " << i << " in:\n"
+        << out.text;
+  EXPECT_EQ(count(out.text, "finished\n"), 1u) << out.text;
   b.stop();
 }
 
