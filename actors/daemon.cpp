@@ -2,6 +2,9 @@
 // and gives every TASK actor the REPO actor of its repository.
 #include "actors/daemon.hpp"
 
+#include <algorithm>
+#include <optional>
+
 #include <caf/actor_system.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
@@ -54,6 +57,18 @@ void start(daemon_ptr self, task_record rec) {
 // An assignment that never started, handed back at eviction or migration:
 // recorded and reported `migrating` (nothing to checkpoint; the server runs
 // it elsewhere as it was). Reported even when the write failed.
+// Removes the queued (not started) attempt of task `id` and returns it.
+std::optional<task_record> take_queued(daemon_state& st,
+                                       const std::string& id) {
+  auto i = std::find_if(st.queue.begin(), st.queue.end(),
+                        [&](const task_record& r) { return r.spec.id == id; });
+  if (i == st.queue.end())
+    return std::nullopt;
+  auto rec = std::move(*i);
+  st.queue.erase(i);
+  return rec;
+}
+
 void hand_back(daemon_ptr self, task_record rec) {
   auto& st = self->state;
   rec.state = task_state::migrating;
@@ -111,12 +126,7 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
           return;
         }
         // A queued attempt never started: dropping it is the whole kill.
-        for (auto i = st.queue.begin(); i != st.queue.end(); ++i) {
-          if (i->spec.id == id) {
-            st.queue.erase(i);
-            return;
-          }
-        }
+        take_queued(st, id);
       },
       [self](evict_atom, const std::string& id) {
         auto& st = self->state;
@@ -124,14 +134,8 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
           self->send(i->second, evict_atom::value);
           return;
         }
-        for (auto i = st.queue.begin(); i != st.queue.end(); ++i) {
-          if (i->spec.id != id)
-            continue;
-          auto rec = std::move(*i);
-          st.queue.erase(i);
-          hand_back(self, std::move(rec));
-          return;
-        }
+        if (auto rec = take_queued(st, id))
+          hand_back(self, std::move(*rec));
       },
       [self](checkpoint_atom, const std::string& id) {
         auto& st = self->state;
@@ -179,11 +183,8 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
           self->send(i->second, cancel_atom::value);
           return;
         }
-        for (auto i = st.queue.begin(); i != st.queue.end(); ++i) {
-          if (i->spec.id != id)
-            continue;
-          auto rec = std::move(*i);
-          st.queue.erase(i);
+        if (auto queued = take_queued(st, id)) {
+          auto rec = std::move(*queued);
           rec.state = task_state::cancelled;
           rec.updated_at = rec.finished_at = now_ms();
           self->request(st.ctx.persistence, caf::infinite, put_atom::value, rec)
@@ -197,7 +198,6 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
                                 + describe(err);
                     self->send(self->state.ctx.link, result_atom::value, rec);
                   });
-          return;
         }
       },
   };

@@ -5,7 +5,10 @@
 # the evicted daemon's exit time, beside re-running from scratch (git clone
 # of the same origin + the task's work so far) in the same run; done twice,
 # with the origin as a plain path (clones by hard links) and served by
-# `git daemon` on loopback (clones by a pack transfer, like a remote). Then bytes uploaded per
+# `git daemon` on loopback (clones by a pack transfer, like a remote) —
+# there the cold node seeds its mirror from the store's mirror packs, and a
+# third run with them off (MAKIMA_MIRROR_PACKS_INTERVAL=0, another copy of
+# the origin) measures the clone they save. Then bytes uploaded per
 # periodic checkpoint of an idle and of a busy task, and SIGTERM → daemon
 # exit when the task ignores the signal (grace, then SIGKILL). Loopback,
 # one server, daemons sharing a file:// store. Prints a table, writes JSON.
@@ -135,7 +138,7 @@ submit() { # ID ARGS... (-- CMD...)
 declare -A dpid
 start_daemon() { # NAME MAX_TASKS
   local name=$1
-  MAKIMA_LOG_LEVEL=debug MAKIMA_API_KEY="$daemon_key" "$makima" daemon \
+  env ${DAEMON_ENV:-} MAKIMA_LOG_LEVEL=debug MAKIMA_API_KEY="$daemon_key" "$makima" daemon \
     --server "ws://127.0.0.1:$port/ws/daemon" --name "$name" --pool k8s \
     --max-tasks "$2" --heartbeat 1 --data-dir "$work/data-$name" \
     --store "file://$store" --checkpoint-interval 1 \
@@ -266,6 +269,8 @@ chain() {
   R_LAT2=${lat[2]} R_LAT3=${lat[3]} R_EX2=${exitms[2]} R_EX3=${exitms[3]} \
   R_RC2=${exitrc[2]} R_RC3=${exitrc[3]} R_FROM2=$from2 R_FROM3=$from3 \
   R_RB="$restore_b" R_RC="$restore_c" \
+  R_HB="$(grep -h "task $id: restored $id/" "$work/$b.log" | tail -1 | sed "s/.*task $id: //")" \
+  R_HC="$(grep -h "task $id: restored $id/" "$work/$c.log" | tail -1 | sed "s/.*task $id: //")" \
   R_FA="$(grep -h "task $id: checkpoint $id/" "$work/$a.log" | tail -1 | sed "s/.*task $id: //")" \
   R_FB="$(grep -h "task $id: checkpoint $id/" "$work/$b.log" | tail -1 | sed "s/.*task $id: //")" \
   R_H2="$(history_after "$id" "${tterm[2]}" 1)" R_H3="$(history_after "$id" "${tterm[3]}" 2)" \
@@ -276,17 +281,18 @@ def split(line):
     m = re.search(r"restored in (\d+) ms \(manifests and blobs (\d+), state dir and mirror (\d+), worktree (\d+), records (\d+)\)", line)
     return dict(zip(["total", "manifests_and_blobs", "state_dir_and_mirror", "worktree", "records"],
                     map(int, m.groups()))) if m else line
-def leg(n, restore, final):
+def leg(n, restore, final, how):
     lat, steps = float(e["R_LAT" + n]), int(e["R_FROM" + n])
     scratch = float(e["R_CLONE"]) + steps * 1000
     return {"sigterm_to_exec_ms": lat, "steps_kept": steps,
             "evicted_daemon_exit_ms": float(e["R_EX" + n]), "evicted_daemon_rc": int(e["R_RC" + n]),
-            "final_checkpoint": final, "restore_ms": split(restore),
+            "final_checkpoint": final, "restore_ms": split(restore), "restore_log": how,
             "history_ms_after_sigterm": json.loads(e["R_H" + n]),
             "scratch_ms": scratch, "ratio_vs_scratch": round(lat / scratch, 3)}
 json.dump({"origin": e["R_URL"], "warmup_task_ms": float(e["R_WARMUP"]),
            "git_clone_ms": float(e["R_CLONE"]),
-           "warm": leg("2", e["R_RB"], e["R_FA"]), "cold": leg("3", e["R_RC"], e["R_FB"]),
+           "warm": leg("2", e["R_RB"], e["R_FA"], e["R_HB"]),
+           "cold": leg("3", e["R_RC"], e["R_FB"], e["R_HC"]),
            "task_complete_after_two_migrations": e["R_OK"] == "true"},
           open(sys.argv[1], "w"), indent=2)
 EOF
@@ -296,13 +302,19 @@ chain path "$repo"
 # transfer, as from a remote (a path or a file:// URL clones by hard links).
 gport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # (git-daemon itself: `git daemon` would run it as a child that outlives a kill)
+# Two bare copies of the origin (hard links): one per run, so that the
+# run without mirror packs finds none of the other's in the store.
+mkdir -p "$work/served"
+git clone -q --bare "$repo" "$work/served/origin.git"
+git clone -q --bare "$repo" "$work/served/noseed.git"
 "$(git --exec-path)/git-daemon" --reuseaddr --listen=127.0.0.1 --port="$gport" --export-all \
-  --base-path="$(dirname "$repo")" "$repo" >"$work/git-daemon.log" 2>&1 &
+  --base-path="$work/served" "$work/served" >"$work/git-daemon.log" 2>&1 &
 pids+=($!)
-git_url="git://127.0.0.1:$gport/$(basename "$repo")"
+git_url="git://127.0.0.1:$gport/origin.git"
 serving() { git ls-remote "$git_url" HEAD >/dev/null 2>&1; }
 wait_until 20 serving || die "git daemon did not serve $git_url: $(cat "$work/git-daemon.log")"
 chain git "$git_url"
+DAEMON_ENV=MAKIMA_MIRROR_PACKS_INTERVAL=0 chain noseed "git://127.0.0.1:$gport/noseed.git"
 
 # -- 4: bytes per periodic checkpoint -----------------------------------------
 # Daemon d runs an idle task (sleep; it ignores SIGTERM, for 5) and, after
@@ -360,7 +372,7 @@ import datetime, json, os, sys
 e = os.environ
 ints = lambda k: [int(x) for x in e[k].split()]
 busy = ints("R_BB")
-chains = {t: json.load(open(os.path.join(e["R_WORK"], "chain-%s.json" % t))) for t in ("path", "git")}
+chains = {t: json.load(open(os.path.join(e["R_WORK"], "chain-%s.json" % t))) for t in ("path", "git", "noseed")}
 grace = int(e["R_GRACE"])
 r = {
   "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -368,6 +380,9 @@ r = {
   "repo": {"files": int(e["R_FILES"]), "git_dir_kib": int(e["R_KB"])},
   "eviction_grace_s": grace, "step_s": 1,
   "origin_path": chains["path"], "origin_git_daemon": chains["git"],
+  "origin_git_daemon_without_mirror_packs": chains["noseed"],
+  "cold_git_seeded_vs_cloned": round(chains["git"]["cold"]["sigterm_to_exec_ms"]
+                                     / chains["noseed"]["cold"]["sigterm_to_exec_ms"], 3),
   "idle": {"window_s": int(e["R_IDLE_S"]), "new_checkpoints": int(e["R_IN"]),
            "skipped_nothing_changed": int(e["R_IS"]),
            "server_checkpoints_delta": int(e["R_IMN"]), "server_bytes_delta": int(e["R_IMB"]),
@@ -388,7 +403,8 @@ def rs(x):
     return x if isinstance(x, str) else "%d ms: blobs %d, state+mirror %d, worktree %d, records %d" % (
         x["total"], x["manifests_and_blobs"], x["state_dir_and_mirror"], x["worktree"], x["records"])
 rows = [("repo", "%d files, %d MiB .git" % (r["repo"]["files"], r["repo"]["git_dir_kib"] // 1024), "")]
-for tag, c in (("path", chains["path"]), ("git://", chains["git"])):
+for tag, c in (("path", chains["path"]), ("git://", chains["git"]),
+               ("git://, mirror packs off", chains["noseed"])):
     rows.append(("origin as %s: git clone" % tag, "%.0f ms" % c["git_clone_ms"], ""))
     for leg, goal, who in (("warm", 1500, "A → B"), ("cold", 3000, "B → C")):
         x = c[leg]
@@ -396,6 +412,7 @@ for tag, c in (("path", chains["path"]), ("git://", chains["git"])):
           ("  %s: SIGTERM → exec (%s)" % (leg, who), "%.0f ms" % x["sigterm_to_exec_ms"],
            "≤ %d ms: %s" % (goal, met(x["sigterm_to_exec_ms"] <= goal))),
           ("    restore", rs(x["restore_ms"]), ""),
+          ("    how", x["restore_log"][x["restore_log"].find("bytes"):], ""),
           ("    from scratch (clone + %d s of steps)" % x["steps_kept"],
            "%.0f ms; resume / scratch %.2f" % (x["scratch_ms"], x["ratio_vs_scratch"]), ""),
           ("    SIGTERM → evicted daemon exit", "%.0f ms, rc %d (task obeys SIGTERM)" % (
@@ -403,6 +420,7 @@ for tag, c in (("path", chains["path"]), ("git://", chains["git"])):
            "≤ %d ms: %s" % (g["daemon_exit_ms_max"], met(x["evicted_daemon_exit_ms"] <= g["daemon_exit_ms_max"]))),
         ]
     rows.append(("  task complete after 2 migrations", str(c["task_complete_after_two_migrations"]), ""))
+rows.append(("cold git://: seeded / cloned (same run)", "%.2f" % r["cold_git_seeded_vs_cloned"], ""))
 i, b, d = r["idle"], r["busy"], r["ignoring_task"]
 rows += [
   ("idle: new checkpoints in %d s" % i["window_s"], "%d (%d skipped), server +%d / +%d B, store +%d B" % (

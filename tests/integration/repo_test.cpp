@@ -11,15 +11,7 @@ namespace {
 
 using test::git;
 
-std::vector<std::string> lines(const std::string& s) {
-  std::vector<std::string> out;
-  std::istringstream in(s);
-  std::string l;
-  while (std::getline(in, l))
-    if (!l.empty())
-      out.push_back(l);
-  return out;
-}
+using makima::test::lines;
 
 fs::path mirror_of(const env& e) {
   std::vector<fs::path> found;

@@ -36,14 +36,7 @@ using makima::test::write_file;
 
 namespace {
 
-std::vector<std::string> lines(const std::string& s) {
-  std::vector<std::string> out;
-  std::istringstream in{s};
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty())
-      out.push_back(line);
-  return out;
-}
+using makima::test::lines;
 
 // The checkpoint signature: makima, time 0 +0000.
 makima::git::signature wip_sig() {

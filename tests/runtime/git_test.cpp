@@ -25,14 +25,7 @@ using makima::test::write_file;
 
 namespace {
 
-std::vector<std::string> lines(const std::string& s) {
-  std::vector<std::string> out;
-  std::istringstream in{s};
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty())
-      out.push_back(line);
-  return out;
-}
+using makima::test::lines;
 
 // All files below `dir`, relative, excluding the ".git" link.
 std::set<std::string> files_under(const fs::path& dir) {
