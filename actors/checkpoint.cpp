@@ -1191,8 +1191,11 @@ caf::expected<collected> gc(store::object_store& os, uint64_t keep,
           if (m) {
             ++valid;
             ++c.manifests_kept;
-            for (auto& b : m->packs)
-              live.insert(b.sha256);
+            for (auto& mp : m->packs) {
+              live.insert(mp.pack.sha256);
+              if (mp.idx)
+                live.insert(mp.idx->sha256);
+            }
             continue;
           }
         }

@@ -271,6 +271,13 @@ caf::expected<collected> gc(store::object_store& os, uint64_t keep,
 inline constexpr const char* mirror_format_name = "makima-mirror-packs";
 inline constexpr int mirror_format_version = 1;
 
+/// One pack of a mirror manifest: its blob and, for the pack a clone
+/// received, the blob of its index (installed as is: no indexing).
+struct mirror_pack {
+  blob_ref pack;
+  std::optional<blob_ref> idx;
+};
+
 /// One published set of mirror packs: `mirrors/<mirror dir>/<n>.json`,
 /// self-contained (it names every pack a seed needs).
 struct mirror_manifest {
@@ -284,8 +291,8 @@ struct mirror_manifest {
   std::vector<std::pair<std::string, std::string>> refs;
   /// The branch origin/HEAD names.
   std::string head;
-  /// Role "mirror-pack", in the order they are indexed.
-  std::vector<blob_ref> packs;
+  /// Roles "mirror-pack" and "mirror-index", in the order they are added.
+  std::vector<mirror_pack> packs;
   bool signed_ = false;
   std::string text;
 };

@@ -133,11 +133,18 @@ caf::expected<mirror_manifest> parse_mirror_manifest(const std::string& text,
     for (auto& [name, id] : j.at("refs").items())
       m.refs.emplace_back(name, id.get<std::string>());
     for (auto& b : j.at("packs")) {
-      blob_ref r;
-      r.role = "mirror-pack";
-      r.sha256 = b.at("sha256").get<std::string>();
-      r.size = b.at("size").get<uint64_t>();
-      m.packs.push_back(std::move(r));
+      mirror_pack mp;
+      mp.pack.role = "mirror-pack";
+      mp.pack.sha256 = b.at("sha256").get<std::string>();
+      mp.pack.size = b.at("size").get<uint64_t>();
+      if (b.contains("idx")) {
+        blob_ref r;
+        r.role = "mirror-index";
+        r.sha256 = b["idx"].at("sha256").get<std::string>();
+        r.size = b["idx"].at("size").get<uint64_t>();
+        mp.idx = std::move(r);
+      }
+      m.packs.push_back(std::move(mp));
     }
   } catch (const json::exception& e) {
     return corrupt(std::string{"the mirror manifest lacks a member or has one "
@@ -157,11 +164,12 @@ caf::expected<mirror_manifest> parse_mirror_manifest(const std::string& text,
                      + "' or commit id");
   if (!m.head.empty() && !is_branch_ref(m.head))
     return corrupt("the mirror manifest's head is not an origin branch");
-  for (auto& b : m.packs) {
-    if (!is_hex(b.sha256, 64))
+  for (auto& mp : m.packs) {
+    if (!is_hex(mp.pack.sha256, 64) || (mp.idx && !is_hex(mp.idx->sha256, 64)))
       return corrupt("the mirror manifest names a pack with an invalid "
                      "digest");
-    if (b.size > lim.max_pack)
+    auto& b = mp.pack;
+    if (b.size > lim.max_pack || (mp.idx && mp.idx->size > lim.max_pack))
       return make_error(ec::checkpoint_limit,
                         "the mirror manifest names a pack of "
                             + std::to_string(b.size)
@@ -251,8 +259,12 @@ caf::expected<published> publish_mirror(store::object_store& os,
     std::string sha256;
     uint64_t size = 0;
   };
-  std::vector<pack_entry> packs;
-  auto add_file = [&](const fs::path& file) -> caf::error {
+  struct entry {
+    pack_entry pack;
+    std::optional<pack_entry> idx;
+  };
+  std::vector<entry> packs;
+  auto measure = [&](const fs::path& file) -> caf::expected<pack_entry> {
     auto size = fs::file_size(file, fec);
     if (fec)
       return make_error(ec::io_error,
@@ -267,7 +279,21 @@ caf::expected<published> publish_mirror(store::object_store& os,
     auto sha = store::sha256_file(file);
     if (!sha)
       return sha.error();
-    packs.push_back({file, *sha, size});
+    return pack_entry{file, *sha, size};
+  };
+  auto add_file = [&](const fs::path& file,
+                      const fs::path& idx = {}) -> caf::error {
+    auto p = measure(file);
+    if (!p)
+      return p.error();
+    entry e{*p, std::nullopt};
+    if (!idx.empty()) {
+      auto i = measure(idx);
+      if (!i)
+        return i.error();
+      e.idx = *i;
+    }
+    packs.push_back(std::move(e));
     return caf::none;
   };
   int written = 0;
@@ -286,15 +312,24 @@ caf::expected<published> publish_mirror(store::object_store& os,
   if (!*latest)
     rec = mirror.clone_record();
   if (*latest && (*latest)->packs.size() < max_packs) {
-    for (auto& b : (*latest)->packs)
-      packs.push_back({{}, b.sha256, b.size});
+    for (auto& mp : (*latest)->packs) {
+      entry e{{{}, mp.pack.sha256, mp.pack.size}, std::nullopt};
+      if (mp.idx)
+        e.idx = pack_entry{{}, mp.idx->sha256, mp.idx->size};
+      packs.push_back(std::move(e));
+    }
     if (auto err = add_new(commits_of((*latest)->refs)))
       return err;
   } else if (rec) {
-    // The clone's own pack(s), as received: no pack to build.
-    for (auto& p : rec->packs)
-      if (auto err = add_file(p))
+    // The clone's own pack(s) and index(es), as received: nothing to
+    // build, nothing for a cold node to index. Checked first: a pack
+    // damaged on this disk since the clone is not published.
+    for (auto& p : rec->packs) {
+      if (auto err = git::verify_pack_checksum(p.pack))
         return err;
+      if (auto err = add_file(p.pack, p.idx))
+        return err;
+    }
     if (rec->refs != branches)
       if (auto err = add_new(commits_of(rec->refs)))
         return err;
@@ -304,17 +339,18 @@ caf::expected<published> publish_mirror(store::object_store& os,
   }
   if (packs.empty())
     return skip("no objects");
-  for (auto& p : packs) {
-    if (p.file.empty())
-      continue;
-    auto up = upload_blob(os, p.sha256, p.size, p.file);
-    if (!up)
-      return up.error();
-    if (*up) {
-      ++out.packs_uploaded;
-      out.bytes_uploaded += p.size;
+  for (auto& e : packs)
+    for (auto* p : {&e.pack, e.idx ? &*e.idx : nullptr}) {
+      if (p == nullptr || p->file.empty())
+        continue;
+      auto up = upload_blob(os, p->sha256, p->size, p->file);
+      if (!up)
+        return up.error();
+      if (*up) {
+        out.packs_uploaded += p == &e.pack ? 1 : 0;
+        out.bytes_uploaded += p->size;
+      }
     }
-  }
   json body;
   body["format"] = mirror_format_name;
   body["version"] = mirror_format_version;
@@ -329,8 +365,12 @@ caf::expected<published> publish_mirror(store::object_store& os,
     refs[name] = id;
   body["refs"] = std::move(refs);
   auto arr = json::array();
-  for (auto& p : packs)
-    arr.push_back({{"sha256", p.sha256}, {"size", p.size}});
+  for (auto& e : packs) {
+    json one{{"sha256", e.pack.sha256}, {"size", e.pack.size}};
+    if (e.idx)
+      one["idx"] = {{"sha256", e.idx->sha256}, {"size", e.idx->size}};
+    arr.push_back(std::move(one));
+  }
   body["packs"] = std::move(arr);
   sign(body, s.key);
   auto text = body.dump();
@@ -357,10 +397,17 @@ detail::fetch_seed(store::object_store& os, const std::string& origin,
     return make_error(ec::io_error,
                       "cannot create " + dir.string() + ": " + fec.message());
   fetched_seed out;
-  for (auto& b : (*latest)->packs) {
-    if (auto err = fetch_blob(os, b, dir, bytes))
+  for (auto& mp : (*latest)->packs) {
+    git::seed_pack sp;
+    if (auto err = fetch_blob(os, mp.pack, dir, bytes))
       return err;
-    out.seed.packs.push_back(dir / b.sha256);
+    sp.pack = dir / mp.pack.sha256;
+    if (mp.idx) {
+      if (auto err = fetch_blob(os, *mp.idx, dir, bytes))
+        return err;
+      sp.idx = dir / mp.idx->sha256;
+    }
+    out.seed.packs.push_back(std::move(sp));
   }
   out.seed.refs = (*latest)->refs;
   out.seed.head = (*latest)->head;

@@ -5,6 +5,7 @@
 
 #include <git2.h>
 #include <git2/sys/repository.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -602,6 +603,41 @@ std::string canonical_url(const std::string& url) {
   return s;
 }
 
+caf::error verify_pack_checksum(const fs::path& pack) {
+  std::error_code err;
+  auto size = fs::file_size(pack, err);
+  if (err)
+    return make_error(ec::io_error,
+                      "cannot read " + pack.string() + ": " + err.message());
+  if (size < 32)
+    return make_error(ec::checkpoint_corrupt,
+                      "pack " + pack.string() + " is damaged (too short)");
+  std::ifstream in{pack, std::ios::binary};
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx{EVP_MD_CTX_new(),
+                                                         EVP_MD_CTX_free};
+  if (!in || !ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha1(), nullptr) != 1)
+    return make_error(ec::io_error, "cannot read " + pack.string());
+  std::vector<char> buf(1 << 20);
+  uint64_t left = size - 20;
+  while (left > 0) {
+    auto n = static_cast<std::streamsize>(std::min<uint64_t>(left, buf.size()));
+    if (!in.read(buf.data(), n))
+      return make_error(ec::io_error, "cannot read " + pack.string());
+    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(n));
+    left -= static_cast<uint64_t>(n);
+  }
+  unsigned char want[20];
+  unsigned char got[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), got, &len);
+  if (!in.read(reinterpret_cast<char*>(want), 20) || len != 20
+      || std::memcmp(want, got, 20) != 0)
+    return make_error(ec::checkpoint_corrupt,
+                      "pack " + pack.string()
+                          + " is damaged: its checksum does not match");
+  return {};
+}
+
 std::string mirror_dir_name(const std::string& url) {
   auto canon = canonical_url(url);
   unsigned char digest[SHA256_DIGEST_LENGTH];
@@ -937,6 +973,79 @@ caf::expected<repo_ptr> init_mirror(const fs::path& tmp,
   return repo;
 }
 
+// Reads `n` bytes at `offset` (from the end when negative) of `file`.
+std::optional<std::string> read_at(const fs::path& file, int64_t offset,
+                                   size_t n) {
+  std::ifstream f{file, std::ios::binary};
+  if (!f)
+    return std::nullopt;
+  if (offset < 0)
+    f.seekg(offset, std::ios::end);
+  else
+    f.seekg(offset);
+  std::string out(n, '\0');
+  if (!f.read(out.data(), static_cast<std::streamsize>(n)))
+    return std::nullopt;
+  return out;
+}
+
+uint32_t be32(const std::string& s, size_t at) {
+  auto b = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(s[at + i])); };
+  return (b(0) << 24) | (b(1) << 16) | (b(2) << 8) | b(3);
+}
+
+// Puts the pack `p.pack` and its index `p.idx` into the objects of the
+// repository at `path` (seed_pack): both must agree (a version 2 index of
+// as many objects as the pack's header says, naming the pack's trailing
+// checksum). The pack goes first, then its index. `objects`: the count.
+caf::error install_indexed(const fs::path& path, const seed_pack& p,
+                           uint64_t& objects) {
+  auto bad = [&](const std::string& why) {
+    return make_error(ec::checkpoint_corrupt,
+                      "pack " + p.pack.filename().string() + " and index "
+                          + p.idx.filename().string() + " do not match: "
+                          + why);
+  };
+  auto head = read_at(p.pack, 0, 12);
+  auto trailer = read_at(p.pack, -20, 20);
+  auto idx_head = read_at(p.idx, 0, 8 + 256 * 4);
+  auto idx_trailer = read_at(p.idx, -40, 20);
+  if (!head || !trailer || !idx_head || !idx_trailer)
+    return bad("a file is missing or too short");
+  if (head->compare(0, 4, "PACK") != 0)
+    return bad("not a pack");
+  if (idx_head->compare(0, 4, "\377tOc") != 0 || be32(*idx_head, 4) != 2)
+    return bad("not a version 2 pack index");
+  auto count = be32(*head, 8);
+  if (be32(*idx_head, 8 + 255 * 4) != count)
+    return bad("object counts differ");
+  if (*idx_trailer != *trailer)
+    return bad("the index is of another pack");
+  std::string name = "pack-";
+  for (unsigned char ch : *trailer) {
+    static const char hex[] = "0123456789abcdef";
+    name.push_back(hex[ch >> 4]);
+    name.push_back(hex[ch & 15]);
+  }
+  auto dest = path / "objects" / "pack";
+  std::error_code err;
+  fs::create_directories(dest, err);
+  for (auto& [from, ext] : {std::pair{p.pack, ".pack"}, std::pair{p.idx, ".idx"}}) {
+    auto to = dest / (name + ext);
+    fs::rename(from, to, err);
+    if (err) {
+      err.clear();
+      fs::copy_file(from, to, fs::copy_options::overwrite_existing, err);
+    }
+    if (err)
+      return make_error(ec::io_error, "cannot move " + from.string()
+                                          + " into " + dest.string() + ": "
+                                          + err.message());
+  }
+  objects = count;
+  return {};
+}
+
 // Fills the new mirror `repo` at `path` from `sd` (its packs, then its
 // refs, which must name commits the packs hold), then fetches from origin.
 // A failed fetch leaves the seed as it is (`rep.offline`); a cancelled
@@ -944,11 +1053,17 @@ caf::expected<repo_ptr> init_mirror(const fs::path& tmp,
 caf::error apply_seed(git_repository* repo, const fs::path& path,
                       const std::string& canon, const seed& sd,
                       const control& ctl, seed_report& rep) {
-  for (auto& pack : sd.packs) {
+  for (auto& p : sd.packs) {
     uint64_t n = 0;
-    if (auto e = index_pack_into(repo, path, pack, &n))
+    if (auto e = p.idx.empty() ? index_pack_into(repo, path, p.pack, &n)
+                               : install_indexed(path, p, n))
       return e;
     rep.objects += n;
+  }
+  git_odb* oraw = nullptr;
+  if (git_repository_odb(&oraw, repo) == 0) {
+    git_odb_refresh(oraw);
+    git_odb_free(oraw);
   }
   for (auto& [name, id] : sd.refs) {
     git_oid oid;
@@ -1776,10 +1891,13 @@ std::optional<git::clone_record> mirror::clone_record() {
     auto rest = line.substr(sp + 1);
     if (kind == "pack") {
       auto file = impl_->path / "objects" / "pack" / rest;
+      auto idx = file;
+      idx.replace_extension(".idx");
       std::error_code err;
-      if (rest.find('/') != std::string::npos || !fs::is_regular_file(file, err))
+      if (rest.find('/') != std::string::npos || !fs::is_regular_file(file, err)
+          || !fs::is_regular_file(idx, err))
         return std::nullopt;
-      r.packs.push_back(file);
+      r.packs.push_back({file, idx});
     } else if (kind == "ref") {
       auto sp2 = rest.find(' ');
       if (sp2 == std::string::npos)

@@ -106,10 +106,20 @@ struct control {
 /// origin's objects kept in the checkpoint store by another node
 /// (actors/checkpoint.hpp, "mirror packs"), and the origin branches they
 /// hold whole.
+/// One pack of a seed: the pack file and, when it came with one, its index
+/// (as libgit2's indexer wrote it for a clone). With an index, the pair is
+/// put in place as is, after a consistency check (same object count, the
+/// index names the pack's checksum); libgit2 then checks each object's id
+/// as it reads it. Without, the pack is indexed here (index_pack).
+struct seed_pack {
+  std::filesystem::path pack;
+  std::filesystem::path idx;
+};
+
 struct seed {
-  /// Self-contained pack files (as `write_pack` or a clone writes them),
-  /// indexed in order.
-  std::vector<std::filesystem::path> packs;
+  /// Self-contained packs (as `write_pack` or a clone writes them), added
+  /// in order.
+  std::vector<seed_pack> packs;
   /// `refs/remotes/origin/<branch>` → commit id: every object reachable
   /// from each commit is in `packs`. The refs tell the fetch that follows
   /// what the mirror has, so origin sends only the difference.
@@ -140,10 +150,17 @@ struct seed_report {
 /// branches they hold whole: the first mirror pack a node publishes
 /// (`mirror::clone_record`).
 struct clone_record {
-  std::vector<std::filesystem::path> packs;
+  /// The clone's pack files and their indexes.
+  std::vector<seed_pack> packs;
   std::vector<std::pair<std::string, std::string>> refs;
   std::string head;
 };
+
+/// Checks a pack file's trailing checksum (the SHA-1 of everything before
+/// it, which git and libgit2 write when they make or receive a pack): a
+/// pack damaged on disk since is ec::checkpoint_corrupt. Errors:
+/// ec::io_error.
+caf::error verify_pack_checksum(const std::filesystem::path& pack);
 
 /// The bare mirror cache of one remote repository.
 class mirror {

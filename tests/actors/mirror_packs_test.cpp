@@ -135,12 +135,18 @@ TEST_F(MirrorPacks, the_first_is_the_clone_pack_as_received_then_one_per_interva
   EXPECT_EQ(p1->n, 1u);
   EXPECT_EQ(p1->packs, 1u);
   EXPECT_EQ(p1->packs_uploaded, 1u);
+  // The clone's index came with it: a cold node indexes nothing.
   // The clone's pack itself, byte for byte, content-addressed.
-  auto sha = store::sha256_file(rec->packs[0]);
+  auto sha = store::sha256_file(rec->packs[0].pack);
   ASSERT_TRUE(sha);
   auto blob = os->get(checkpoint::blob_key(*sha));
   ASSERT_TRUE(blob) << describe(blob.error());
-  EXPECT_EQ(*blob, slurp(rec->packs[0]));
+  EXPECT_EQ(*blob, slurp(rec->packs[0].pack));
+  auto idx_sha = store::sha256_file(rec->packs[0].idx);
+  ASSERT_TRUE(idx_sha);
+  auto idx_blob = os->get(checkpoint::blob_key(*idx_sha));
+  ASSERT_TRUE(idx_blob) << describe(idx_blob.error());
+  EXPECT_EQ(*idx_blob, slurp(rec->packs[0].idx));
   auto key1 = checkpoint::mirror_manifest_key(url, 1);
   EXPECT_EQ(manifests(), std::vector<std::string>{key1});
   auto text = os->get(key1);
@@ -176,9 +182,12 @@ TEST_F(MirrorPacks, the_first_is_the_clone_pack_as_received_then_one_per_interva
   auto m2 = checkpoint::latest_mirror_manifest(*os, url, "");
   ASSERT_TRUE(m2 && *m2);
   EXPECT_EQ((*m2)->n, 2u);
-  EXPECT_EQ((*m2)->packs[0].sha256, *sha);
+  EXPECT_EQ((*m2)->packs[0].pack.sha256, *sha);
+  ASSERT_TRUE((*m2)->packs[0].idx.has_value());
+  EXPECT_EQ((*m2)->packs[0].idx->sha256, *idx_sha);
+  EXPECT_FALSE((*m2)->packs[1].idx.has_value()); // an increment: indexed
   // The new pack holds the new commit, its tree and blob, not the history.
-  EXPECT_LT((*m2)->packs[1].size, 2000u);
+  EXPECT_LT((*m2)->packs[1].pack.size, 2000u);
   bool names_tip = false;
   for (auto& [name, id] : (*m2)->refs)
     names_tip |= name == "refs/remotes/origin/main" && id == tip;
@@ -295,7 +304,7 @@ TEST_F(MirrorPacks, refused_or_damaged_packs_cost_only_the_clone) {
   // A damaged pack: the restore clones instead, and says nothing is lost.
   auto m1 = checkpoint::parse_mirror_manifest(good, "fleet-key");
   ASSERT_TRUE(m1);
-  auto pack_key = checkpoint::blob_key(m1->packs[0].sha256);
+  auto pack_key = checkpoint::blob_key(m1->packs[0].pack.sha256);
   auto bytes = *os->get(pack_key);
   bytes[bytes.size() / 2] ^= 0x55;
   ASSERT_FALSE(os->put(pack_key, bytes));

@@ -55,7 +55,7 @@ protected:
 
   // A seed from the clone record of `m`, its packs copied out (as a node
   // would download them from the store).
-  makima::git::seed seed_of(mirror& m) {
+  makima::git::seed seed_of(mirror& m, bool with_index = true) {
     auto rec = m.clone_record();
     EXPECT_TRUE(rec.has_value());
     makima::git::seed sd;
@@ -63,9 +63,14 @@ protected:
       return sd;
     int i = 0;
     for (auto& p : rec->packs) {
-      auto copy = tmp / ("seed-" + std::to_string(i++) + ".pack");
-      fs::copy_file(p, copy, fs::copy_options::overwrite_existing);
-      sd.packs.push_back(copy);
+      auto n = std::to_string(i++);
+      makima::git::seed_pack sp{tmp / ("seed-" + n + ".pack"),
+                                with_index ? tmp / ("seed-" + n + ".idx")
+                                           : fs::path{}};
+      fs::copy_file(p.pack, sp.pack, fs::copy_options::overwrite_existing);
+      if (with_index)
+        fs::copy_file(p.idx, sp.idx, fs::copy_options::overwrite_existing);
+      sd.packs.push_back(sp);
     }
     sd.refs = rec->refs;
     sd.head = rec->head;
@@ -93,7 +98,9 @@ TEST_F(GitSeed, a_clone_from_a_network_origin_records_its_pack_and_refs) {
   auto rec = a.clone_record();
   ASSERT_TRUE(rec.has_value());
   ASSERT_EQ(rec->packs.size(), 1u);
-  EXPECT_EQ(rec->packs[0].parent_path(), a.path() / "objects" / "pack");
+  EXPECT_EQ(rec->packs[0].pack.parent_path(), a.path() / "objects" / "pack");
+  EXPECT_EQ(rec->packs[0].idx.extension(), ".idx");
+  EXPECT_FALSE(makima::git::verify_pack_checksum(rec->packs[0].pack));
   EXPECT_EQ(rec->refs, a.origin_branches());
   EXPECT_EQ(rec->head, "refs/remotes/origin/main");
   EXPECT_EQ(a.origin_head(), "refs/remotes/origin/main");
@@ -113,6 +120,12 @@ TEST_F(GitSeed, a_clone_from_a_network_origin_records_its_pack_and_refs) {
 
 TEST_F(GitSeed, a_seeded_mirror_receives_only_the_difference_from_origin) {
   auto a = open("a");
+  // A pack that comes with its index is put in place as is; the same pack
+  // without one (an increment) is indexed: both give the same mirror.
+  auto unindexed = seed_of(a, false);
+  makima::git::seed_report rep0;
+  auto b0 = open("b0", &unindexed, &rep0);
+  EXPECT_TRUE(rep0.used) << rep0.refused;
   auto sd = seed_of(a);
   auto cloned = git(a.path(), {"count-objects", "-v"});
   auto tip = commit_upstream("new-file.txt");
@@ -124,6 +137,7 @@ TEST_F(GitSeed, a_seeded_mirror_receives_only_the_difference_from_origin) {
   // 200 files, 20 commits and their trees came from the seed; origin sent
   // the new commit, its trees (root) and the new blob.
   EXPECT_GT(rep.objects, 200u);
+  EXPECT_EQ(rep.objects, rep0.objects);
   EXPECT_GE(rep.fetched_objects, 3u);
   EXPECT_LE(rep.fetched_objects, 4u);
   EXPECT_EQ(*b.resolve(""), tip);
@@ -173,10 +187,23 @@ TEST_F(GitSeed, a_seed_that_cannot_be_used_is_dropped_and_the_mirror_cloned) {
     std::function<void(makima::git::seed&)> spoil;
   };
   std::vector<variant> variants{
-      {"a damaged pack",
+      {"a truncated pack",
        [&](makima::git::seed& sd) {
-         auto size = fs::file_size(sd.packs[0]);
-         fs::resize_file(sd.packs[0], size / 2);
+         auto size = fs::file_size(sd.packs[0].pack);
+         fs::resize_file(sd.packs[0].pack, size / 2);
+       }},
+      {"a damaged pack, indexed here",
+       [&](makima::git::seed& sd) {
+         auto size = fs::file_size(sd.packs[0].pack);
+         fs::resize_file(sd.packs[0].pack, size / 2);
+         sd.packs[0].idx.clear();
+       }},
+      {"the index of another pack",
+       [&](makima::git::seed& sd) {
+         std::fstream f{sd.packs[0].idx,
+                        std::ios::in | std::ios::out | std::ios::binary};
+         f.seekp(-30, std::ios::end);
+         f.put('\x5a');
        }},
       {"a ref to a commit the packs lack",
        [&](makima::git::seed& sd) {
@@ -188,18 +215,21 @@ TEST_F(GitSeed, a_seed_that_cannot_be_used_is_dropped_and_the_mirror_cloned) {
          sd.refs.emplace_back("refs/heads/makima/x", sd.refs[0].second);
        }},
       {"a missing pack file",
-       [&](makima::git::seed& sd) { sd.packs.push_back(tmp / "nope.pack"); }},
+       [&](makima::git::seed& sd) {
+         sd.packs.push_back({tmp / "nope.pack", {}});
+       }},
   };
   int i = 0;
   for (auto& v : variants) {
     auto sd = good;
     // Each variant spoils its own copy of the packs.
-    for (auto& p : sd.packs) {
-      auto copy = p;
-      copy += "." + std::to_string(i);
-      fs::copy_file(p, copy, fs::copy_options::overwrite_existing);
-      p = copy;
-    }
+    for (auto& p : sd.packs)
+      for (auto* f : {&p.pack, &p.idx}) {
+        auto copy = *f;
+        copy += "." + std::to_string(i);
+        fs::copy_file(*f, copy, fs::copy_options::overwrite_existing);
+        *f = copy;
+      }
     v.spoil(sd);
     makima::git::seed_report rep;
     auto repos = "b" + std::to_string(i++);
@@ -215,4 +245,23 @@ TEST_F(GitSeed, a_seed_that_cannot_be_used_is_dropped_and_the_mirror_cloned) {
       ++entries;
     EXPECT_EQ(entries, 1u) << v.name << ": a temp dir was left";
   }
+}
+
+TEST_F(GitSeed, a_pack_damaged_on_disk_fails_its_checksum) {
+  auto a = open("a");
+  auto rec = a.clone_record();
+  ASSERT_TRUE(rec && !rec->packs.empty());
+  auto copy = tmp / "copy.pack";
+  fs::copy_file(rec->packs[0].pack, copy);
+  EXPECT_FALSE(makima::git::verify_pack_checksum(copy));
+  {
+    std::fstream f{copy, std::ios::in | std::ios::out | std::ios::binary};
+    f.seekp(static_cast<std::streamoff>(fs::file_size(copy) / 2));
+    f.put('\x42');
+  }
+  auto err = makima::git::verify_pack_checksum(copy);
+  EXPECT_EQ(code_of(err), ec::checkpoint_corrupt) << describe(err);
+  EXPECT_NE(describe(err).find("damaged"), std::string::npos);
+  EXPECT_EQ(code_of(makima::git::verify_pack_checksum(tmp / "none.pack")),
+            ec::io_error);
 }
