@@ -121,6 +121,9 @@ struct event {
   task_record record;
   /// kind == checkpoint.
   checkpoint_info checkpoint;
+  /// Version 2, kind == state: the attempt was just restored from this
+  /// checkpoint, at this cost (the `restore` field; absent otherwise).
+  std::optional<restore_report> restore;
 };
 
 // -- server -> daemon ---------------------------------------------------------

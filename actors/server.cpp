@@ -241,6 +241,11 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
                         {"bytes", ev.checkpoint.bytes},
                         {"pause_ms", ev.checkpoint.pause_ms}};
     answer_checkpoint_waiters(self, e, 200, body.dump());
+  } else if (ev.kind == proto::event_kind::state && ev.restore) {
+    auto& r = st.restores[ev.restore->cloned ? "cold" : "warm"];
+    r.first += 1;
+    r.second += static_cast<double>(ev.restore->total_ms) / 1000;
+    st.restore_bytes += ev.restore->bytes_downloaded;
   } else if (ev.kind == proto::event_kind::result) {
     if (!e.checkpoint_waiters.empty())
       answer_checkpoint_waiters(

@@ -752,6 +752,25 @@ void metrics(self_ptr self, net::http_reply& reply) {
     o += "makima_migrations_total{cause=\"" + std::get<0>(k)
          + "\",from_pool=\"" + std::get<1>(k) + "\",to_pool=\""
          + std::get<2>(k) + "\"} " + std::to_string(n) + "\n";
+  // Both node states always appear (0 until a restore of that kind).
+  o += "# HELP makima_restore_seconds Time daemons took to restore a resumed "
+       "attempt from its checkpoint, by node state (cold: the mirror was "
+       "made).\n# TYPE makima_restore_seconds summary\n";
+  for (const char* node_state : {"warm", "cold"}) {
+    auto i = st.restores.find(node_state);
+    auto n = i == st.restores.end() ? uint64_t{0} : i->second.first;
+    char sum[64];
+    std::snprintf(sum, sizeof sum, "%.3f",
+                  i == st.restores.end() ? 0.0 : i->second.second);
+    auto labels = std::string{"{node_state=\""} + node_state + "\"}";
+    o += "makima_restore_seconds_sum" + labels + " " + sum
+         + "\nmakima_restore_seconds_count" + labels + " "
+         + std::to_string(n) + "\n";
+  }
+  o += "# HELP makima_restore_bytes_total Bytes daemons downloaded from the "
+       "store for those restores.\n# TYPE makima_restore_bytes_total "
+       "counter\nmakima_restore_bytes_total "
+       + std::to_string(st.restore_bytes) + "\n";
   respond(self, reply, 200, std::move(o), "text/plain; version=0.0.4");
 }
 

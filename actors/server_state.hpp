@@ -214,6 +214,11 @@ struct server_state {
   uint64_t checkpoints = 0;
   uint64_t checkpoint_bytes = 0;
   double checkpoint_pause_sum = 0;
+  /// Restores daemons reported (the `restore` field of a state event), by
+  /// node state ("warm": the mirror was there; "cold": it was cloned):
+  /// count and seconds; and the bytes they downloaded.
+  std::map<std::string, std::pair<uint64_t, double>> restores;
+  uint64_t restore_bytes = 0;
   /// Re-queues by (cause, "checkpoint" | "scratch").
   std::map<std::pair<std::string, std::string>, uint64_t> requeues;
   /// Attempts that resumed on a daemon by (cause, from pool, to pool).

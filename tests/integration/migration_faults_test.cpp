@@ -518,6 +518,13 @@ TEST(migration_more, on_demand_migrate_and_checkpoint) {
   EXPECT_EQ(http.metric("makima_migrations_total{cause=\"on_demand\",from_pool="
                         "\"cloudflare\",to_pool=\"k8s\"}"),
             1);
+  // To B, which had never mirrored the repository: a cold restore; back to
+  // A, whose mirror is there: a warm one. Each reported once.
+  EXPECT_EQ(http.metric("makima_restore_seconds_count{node_state=\"cold\"}"),
+            1);
+  EXPECT_EQ(http.metric("makima_restore_seconds_count{node_state=\"warm\"}"),
+            1);
+  EXPECT_GT(http.metric("makima_restore_bytes_total"), 0);
   ASSERT_TRUE(http.wait_terminal({id}, 40000ms)) << dump(http, id, a, b);
   rec = http.task(id);
   EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, a, b);
