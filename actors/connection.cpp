@@ -247,6 +247,7 @@ proto::hello make_hello(conn_ptr self) {
   auto space = std::filesystem::space(st.opts.data_dir, err);
   h.free_disk_bytes = err ? 0 : space.available;
   h.cached_repos = git::mirror_origins(st.opts.repos_dir);
+  h.checkpoints = st.opts.checkpoints;
   for (auto& [key, a] : st.window.attempts())
     h.running.push_back(proto::attempt_seq{key.task, key.attempt, a.last_seq});
   h.version = st.opts.version;

@@ -175,6 +175,8 @@ json to_json_value(const frame& f, int v) {
           j["capacity"] = x.capacity;
           j["free_disk_bytes"] = x.free_disk_bytes;
           j["cached_repos"] = x.cached_repos;
+          if (x.checkpoints)
+            j["checkpoints"] = *x.checkpoints;
           auto running = json::array();
           for (auto& r : x.running)
             running.push_back({{"task", r.task},
@@ -281,6 +283,11 @@ frame from_json_value(const std::string& type, const json& j) {
       throw bad_field{"field 'capacity' must be at least 1"};
     x.free_disk_bytes = opt_uint<uint64_t>(j, "free_disk_bytes");
     x.cached_repos = string_list(j, "cached_repos");
+    if (auto i = j.find("checkpoints"); i != j.end()) {
+      if (!i->is_boolean())
+        throw bad_field{"field 'checkpoints' must be a boolean"};
+      x.checkpoints = i->get<bool>();
+    }
     if (auto i = j.find("running"); i != j.end()) {
       if (!i->is_array())
         throw bad_field{"field 'running' must be an array"};

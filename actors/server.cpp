@@ -128,6 +128,7 @@ void on_hello(self_ptr self, uint64_t conn, conn_entry& c, proto::hello& h) {
   d.labels = h.labels;
   d.capacity = h.capacity;
   d.cached_repos = h.cached_repos;
+  d.checkpoints = h.checkpoints;
   d.version = h.version;
   d.protocol = h.v;
   d.draining = false; // a new hello is a new process

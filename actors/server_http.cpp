@@ -553,18 +553,22 @@ void output(self_ptr self, task_entry& e, const target& t, net::request& req,
 
 void daemons(self_ptr self, net::http_reply& reply) {
   auto arr = json::array();
-  for (auto& [id, d] : self->state.daemons)
-    arr.push_back(json{{"id", id},
-                       {"name", d.name},
-                       {"pool", d.pool},
-                       {"labels", d.labels},
-                       {"capacity", d.capacity},
-                       {"running", d.tasks.size()},
-                       {"connected", d.connected},
-                       {"last_seen", d.last_seen},
-                       {"cached_repos", d.cached_repos},
-                       {"outbox_events", d.outbox_events},
-                       {"version", d.version}});
+  for (auto& [id, d] : self->state.daemons) {
+    json j{{"id", id},
+           {"name", d.name},
+           {"pool", d.pool},
+           {"labels", d.labels},
+           {"capacity", d.capacity},
+           {"running", d.tasks.size()},
+           {"connected", d.connected},
+           {"last_seen", d.last_seen},
+           {"cached_repos", d.cached_repos},
+           {"outbox_events", d.outbox_events},
+           {"version", d.version}};
+    if (d.checkpoints)
+      j["checkpoints"] = *d.checkpoints; // absent: the daemon did not say
+    arr.push_back(std::move(j));
+  }
   respond(self, reply, 200, text(json{{"daemons", std::move(arr)}}));
 }
 

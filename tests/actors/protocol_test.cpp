@@ -360,3 +360,27 @@ TEST(protocol_v2, a_state_event_after_a_restore_carries_what_it_cost) {
   ASSERT_TRUE(std::holds_alternative<frame>(read));
   EXPECT_FALSE(std::get<event>(std::get<frame>(read)).restore.has_value());
 }
+
+TEST(protocol_v2, hello_says_whether_the_daemon_has_a_checkpoint_store) {
+  for (bool has_store : {true, false}) {
+    hello h;
+    h.daemon_id = "d-1";
+    h.checkpoints = has_store;
+    auto j = nlohmann::json::parse(encode(frame{h}));
+    EXPECT_EQ(j["checkpoints"], has_store);
+    auto back = round_trip(h);
+    ASSERT_TRUE(back.checkpoints.has_value());
+    EXPECT_EQ(*back.checkpoints, has_store);
+  }
+  // A hello without it (v1, or a v2 daemon older than the field): unknown.
+  hello old;
+  old.daemon_id = "d-1";
+  EXPECT_FALSE(nlohmann::json::parse(encode(frame{old})).contains("checkpoints"));
+  auto v1 = decode(R"({"v":1,"type":"hello","daemon_id":"d1","capacity":1})");
+  ASSERT_TRUE(std::holds_alternative<frame>(v1));
+  EXPECT_FALSE(std::get<hello>(std::get<frame>(v1)).checkpoints.has_value());
+  auto bad = failure(
+      R"({"v":2,"type":"hello","daemon_id":"d1","capacity":1,"checkpoints":"yes"})");
+  EXPECT_EQ(bad.code, "malformed");
+  EXPECT_EQ(bad.close, close_invalid_payload);
+}
