@@ -113,6 +113,10 @@ using link_actor = caf::typed_actor<
                     std::vector<output_chunk>>::with<ok_atom>,
     // A state transition of an attempt (record after the transition).
     caf::reacts_to<state_atom, task_record>,
+    // The same, for the transition that follows a restore from a
+    // checkpoint (what the restore cost rides along: the CONNECTION puts it
+    // in the state event's `restore` field).
+    caf::reacts_to<state_atom, task_record, restore_report>,
     // The attempt's final record; the attempt is over.
     caf::reacts_to<result_atom, task_record>,
     // Progress of the attempt's git work (clone, fetch, checkout, commit,
@@ -166,9 +170,11 @@ using checkpointer_actor = caf::typed_actor<
                     int32_t /*pgid*/>::with<checkpoint_report>,
     // Restores the task of checkpoint `ref` (`<task>/<n>`) into the node,
     // replacing what the node held of it (checkpoint::restore, replace);
-    // returns its record (state interrupted, the checkpoint's attempt).
-    // Errors: the checkpoint_* refusals, the store's, git's.
-    caf::replies_to<restore_atom, std::string /*ref*/>::with<task_record>>;
+    // returns its record (state interrupted, the checkpoint's attempt) and
+    // what the restore cost. Errors: the checkpoint_* refusals, the
+    // store's, git's.
+    caf::replies_to<restore_atom, std::string /*ref*/>::with<task_record,
+                                                             restore_report>>;
 
 /// The MIRROR_PUBLISHER publishes the mirror packs of the repositories the
 /// node's tasks work on (checkpoint::publish_mirror), from which cold nodes

@@ -84,7 +84,8 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
         return r;
       },
       [self](restore_atom,
-             const std::string& text) -> caf::result<task_record> {
+             const std::string& text)
+          -> caf::result<task_record, restore_report> {
         auto& st = self->state;
         auto ref = checkpoint::parse_reference(text);
         if (!ref)
@@ -116,7 +117,12 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
                          : r->cloned ? ", mirror cloned"
                                      : "")
                       + ")");
-        return r->rec;
+        restore_report report;
+        report.ref = text;
+        report.total_ms = r->total_ms;
+        report.bytes_downloaded = r->bytes_downloaded;
+        report.cloned = r->cloned;
+        return {std::move(r->rec), std::move(report)};
       },
   };
 }

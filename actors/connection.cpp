@@ -178,13 +178,15 @@ void write_event(conn_ptr self, const attempt_key& key, proto::event ev,
 
 // Applies a cumulative ack of `key` up to `seq`.
 // A state or result event of the record's attempt, unless it was fenced.
-void report_record(conn_ptr self, proto::event_kind kind, task_record rec) {
+void report_record(conn_ptr self, proto::event_kind kind, task_record rec,
+                   std::optional<restore_report> restore = {}) {
   attempt_key key{rec.spec.id, rec.attempt};
   if (self->state.fenced.count(key) > 0)
     return;
   proto::event ev;
   ev.kind = kind;
   ev.record = std::move(rec);
+  ev.restore = std::move(restore);
   write_event(self, key, std::move(ev));
 }
 
@@ -245,6 +247,7 @@ proto::hello make_hello(conn_ptr self) {
   auto space = std::filesystem::space(st.opts.data_dir, err);
   h.free_disk_bytes = err ? 0 : space.available;
   h.cached_repos = git::mirror_origins(st.opts.repos_dir);
+  h.checkpoints = st.opts.checkpoints;
   for (auto& [key, a] : st.window.attempts())
     h.running.push_back(proto::attempt_seq{key.task, key.attempt, a.last_seq});
   h.version = st.opts.version;
@@ -658,6 +661,10 @@ connection(connection_actor::stateful_pointer<connection_state> self,
       },
       [self](state_atom, task_record& rec) {
         report_record(self, proto::event_kind::state, std::move(rec));
+      },
+      [self](state_atom, task_record& rec, restore_report& r) {
+        report_record(self, proto::event_kind::state, std::move(rec),
+                      std::move(r));
       },
       [self](result_atom, task_record& rec) {
         report_record(self, proto::event_kind::result, std::move(rec));

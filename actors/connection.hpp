@@ -46,6 +46,8 @@ struct connection_options {
   std::filesystem::path data_dir;
   /// Bare mirrors here are reported as cached repos.
   std::filesystem::path repos_dir;
+  /// hello.checkpoints: the node has a checkpoint store (a CHECKPOINTER).
+  bool checkpoints = false;
   /// PEM CA bundle for wss:// (empty = system store).
   std::string ca_file;
   /// Seconds between heartbeats until a welcome says otherwise.

@@ -90,6 +90,9 @@ daemon_node::start(caf::actor_system& sys, daemon_settings s,
   node->eviction_grace_ = s.eviction_grace;
   node->eviction_signal_ = s.eviction_signal;
   node->reactor_ = std::make_shared<process::reactor>();
+  // Its hello says whether it can restore checkpoints (docs/protocol.md
+  // §14): the server sends resumed tasks only to daemons that can.
+  s.connection.checkpoints = static_cast<bool>(s.checkpointer);
   // The DAEMON takes its LINK at spawn, so the CONNECTION comes first and
   // learns the DAEMON from start_atom.
   node->connection_ = spawn_connection(

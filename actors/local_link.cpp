@@ -106,6 +106,16 @@ void end_running(link_ptr self, const task_record& rec) {
   print_line(self, "ran for " + seconds_text(ms) + exit);
 }
 
+void show_state(link_ptr self, const task_record& rec) {
+  auto& st = self->state;
+  if (rec.state == task_state::running)
+    st.running_since = std::chrono::steady_clock::now();
+  else if (rec.state == task_state::publishing)
+    end_running(self, rec);
+  if (st.on_state)
+    st.on_state(rec);
+}
+
 } // namespace
 
 link_actor::behavior_type
@@ -129,14 +139,10 @@ local_link(link_actor::stateful_pointer<local_link_state> self, int out_fd,
               c.stream == 2 ? self->state.err_fd : self->state.out_fd, c.bytes);
         return ok_atom::value;
       },
-      [self](state_atom, const task_record& rec) {
-        auto& st = self->state;
-        if (rec.state == task_state::running)
-          st.running_since = std::chrono::steady_clock::now();
-        else if (rec.state == task_state::publishing)
-          end_running(self, rec);
-        if (st.on_state)
-          st.on_state(rec);
+      [self](state_atom, const task_record& rec) { show_state(self, rec); },
+      [self](state_atom, const task_record& rec, const restore_report&) {
+        // Only daemons restore: a local run has nothing to show of it.
+        show_state(self, rec);
       },
       [self](result_atom, const task_record& rec) {
         end_running(self, rec);

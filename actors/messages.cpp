@@ -242,6 +242,7 @@ void add_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<outbox_ack>("makima::outbox_ack");
   cfg.add_message_type<prepare_request>("makima::prepare_request");
   cfg.add_message_type<checkpoint_report>("makima::checkpoint_report");
+  cfg.add_message_type<restore_report>("makima::restore_report");
 }
 
 std::string to_string(const attempt_id& x) {

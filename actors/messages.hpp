@@ -292,6 +292,32 @@ typename Inspector::result_type inspect(Inspector& f, checkpoint_report& x) {
            x.bytes, x.pause_ms, x.total_ms, x.covers_seq, x.skipped);
 }
 
+/// What the CHECKPOINTER's restore of a resumed attempt cost (the
+/// `restore` field of the TASK's next `state` event, docs/protocol.md §14;
+/// the server's makima_restore_seconds / makima_restore_bytes_total).
+struct restore_report {
+  /// `<task>/<n>`: the checkpoint restored.
+  std::string ref;
+  /// The whole restore: chain, blobs, mirror, worktree, state dir, records.
+  int64_t total_ms = 0;
+  /// Bytes read from the object store.
+  uint64_t bytes_downloaded = 0;
+  /// The data dir had no mirror; it was cloned or seeded from the
+  /// store's mirror packs: a cold node.
+  bool cloned = false;
+
+  bool operator==(const restore_report& o) const {
+    return ref == o.ref && total_ms == o.total_ms
+           && bytes_downloaded == o.bytes_downloaded && cloned == o.cloned;
+  }
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, restore_report& x) {
+  return f(caf::meta::type_name("makima::restore_report"), x.ref, x.total_ms,
+           x.bytes_downloaded, x.cloned);
+}
+
 /// Progress of one phase of an attempt's git work: REPO → TASK → LINK
 /// (`makima run` renders it on the terminal; a CONNECTION ignores it: it is
 /// not part of the wire protocol). `phase` is cloning, fetching,

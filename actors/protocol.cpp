@@ -152,6 +152,15 @@ task_record record_from(const json& j, const char* key) {
   return std::move(*rec);
 }
 
+// Whether `ref` is `<task>/<n>` (n decimal digits).
+bool is_ref_of(const std::string& ref, const std::string& task) {
+  auto slash = ref.rfind('/');
+  return slash != std::string::npos && ref.substr(0, slash) == task
+         && slash + 1 < ref.size()
+         && ref.find_first_not_of("0123456789", slash + 1)
+                == std::string::npos;
+}
+
 json to_json_value(const frame& f, int v) {
   json j{{"v", v}};
   std::visit(
@@ -166,6 +175,8 @@ json to_json_value(const frame& f, int v) {
           j["capacity"] = x.capacity;
           j["free_disk_bytes"] = x.free_disk_bytes;
           j["cached_repos"] = x.cached_repos;
+          if (x.checkpoints)
+            j["checkpoints"] = *x.checkpoints;
           auto running = json::array();
           for (auto& r : x.running)
             running.push_back({{"task", r.task},
@@ -204,6 +215,13 @@ json to_json_value(const frame& f, int v) {
                                {"pause_ms", c.pause_ms}};
           } else {
             j["record"] = record_json(x.record);
+            if (x.kind == event_kind::state && x.restore) {
+              auto& r = *x.restore;
+              j["restore"] = {{"ref", r.ref},
+                              {"total_ms", r.total_ms},
+                              {"bytes", r.bytes_downloaded},
+                              {"cloned", r.cloned}};
+            }
           }
         } else if constexpr (std::is_same_v<T, welcome>) {
           j["type"] = "welcome";
@@ -265,6 +283,11 @@ frame from_json_value(const std::string& type, const json& j) {
       throw bad_field{"field 'capacity' must be at least 1"};
     x.free_disk_bytes = opt_uint<uint64_t>(j, "free_disk_bytes");
     x.cached_repos = string_list(j, "cached_repos");
+    if (auto i = j.find("checkpoints"); i != j.end()) {
+      if (!i->is_boolean())
+        throw bad_field{"field 'checkpoints' must be a boolean"};
+      x.checkpoints = i->get<bool>();
+    }
     if (auto i = j.find("running"); i != j.end()) {
       if (!i->is_array())
         throw bad_field{"field 'running' must be an array"};
@@ -320,18 +343,33 @@ frame from_json_value(const std::string& type, const json& j) {
         throw bad_field{"the record's id and attempt must match the event's"};
       if (x.kind == event_kind::result && !is_terminal(x.record.state))
         throw bad_field{"a result record must be in a terminal state"};
+      if (auto i = j.find("restore");
+          i != j.end() && x.kind == event_kind::state) {
+        if (!i->is_object())
+          throw bad_field{"field 'restore' must be an object"};
+        restore_report r;
+        r.ref = str(*i, "ref");
+        if (!is_ref_of(r.ref, x.task))
+          throw bad_field{"restore 'ref' must be <task>/<n> of the event's "
+                          "task"};
+        r.total_ms = int64(*i, "total_ms");
+        if (r.total_ms < 0)
+          throw bad_field{"restore 'total_ms' must be >= 0"};
+        r.bytes_downloaded = opt_uint<uint64_t>(*i, "bytes");
+        if (auto c = i->find("cloned"); c != i->end()) {
+          if (!c->is_boolean())
+            throw bad_field{"restore 'cloned' must be a boolean"};
+          r.cloned = c->get<bool>();
+        }
+        x.restore = std::move(r);
+      }
     } else if (kind == "checkpoint") {
       x.kind = event_kind::checkpoint;
       auto& c = field(j, "checkpoint");
       if (!c.is_object())
         throw bad_field{"field 'checkpoint' must be an object"};
       x.checkpoint.ref = str(c, "ref");
-      auto slash = x.checkpoint.ref.rfind('/');
-      if (slash == std::string::npos
-          || x.checkpoint.ref.substr(0, slash) != x.task
-          || slash + 1 == x.checkpoint.ref.size()
-          || x.checkpoint.ref.find_first_not_of("0123456789", slash + 1)
-                 != std::string::npos)
+      if (!is_ref_of(x.checkpoint.ref, x.task))
         throw bad_field{"checkpoint 'ref' must be <task>/<n> of the event's "
                         "task"};
       x.checkpoint.covers_seq = opt_uint<uint64_t>(c, "covers_seq");

@@ -77,6 +77,10 @@ struct hello {
   /// Attempts the daemon still knows; `seq` = last event seq in its outbox.
   std::vector<attempt_seq> running;
   std::string version;
+  /// Version 2: whether the daemon has a checkpoint store (it can restore
+  /// an assignment's `resume_from`); nullopt when the hello does not say
+  /// (a v1 daemon, or a v2 one older than the field).
+  std::optional<bool> checkpoints;
   /// The `v` of the frame (decode fills it; encode ignores it).
   int v = proto::version;
 };
@@ -121,6 +125,9 @@ struct event {
   task_record record;
   /// kind == checkpoint.
   checkpoint_info checkpoint;
+  /// Version 2, kind == state: the attempt was just restored from this
+  /// checkpoint, at this cost (the `restore` field; absent otherwise).
+  std::optional<restore_report> restore;
 };
 
 // -- server -> daemon ---------------------------------------------------------

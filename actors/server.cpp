@@ -128,6 +128,7 @@ void on_hello(self_ptr self, uint64_t conn, conn_entry& c, proto::hello& h) {
   d.labels = h.labels;
   d.capacity = h.capacity;
   d.cached_repos = h.cached_repos;
+  d.checkpoints = h.checkpoints;
   d.version = h.version;
   d.protocol = h.v;
   d.draining = false; // a new hello is a new process
@@ -241,6 +242,11 @@ void on_event(self_ptr self, uint64_t conn, daemon_entry& d, proto::event& ev) {
                         {"bytes", ev.checkpoint.bytes},
                         {"pause_ms", ev.checkpoint.pause_ms}};
     answer_checkpoint_waiters(self, e, 200, body.dump());
+  } else if (ev.kind == proto::event_kind::state && ev.restore) {
+    auto& r = st.restores[ev.restore->cloned ? "cold" : "warm"];
+    r.first += 1;
+    r.second += static_cast<double>(ev.restore->total_ms) / 1000;
+    st.restore_bytes += ev.restore->bytes_downloaded;
   } else if (ev.kind == proto::event_kind::result) {
     if (!e.checkpoint_waiters.empty())
       answer_checkpoint_waiters(

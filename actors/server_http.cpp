@@ -553,18 +553,22 @@ void output(self_ptr self, task_entry& e, const target& t, net::request& req,
 
 void daemons(self_ptr self, net::http_reply& reply) {
   auto arr = json::array();
-  for (auto& [id, d] : self->state.daemons)
-    arr.push_back(json{{"id", id},
-                       {"name", d.name},
-                       {"pool", d.pool},
-                       {"labels", d.labels},
-                       {"capacity", d.capacity},
-                       {"running", d.tasks.size()},
-                       {"connected", d.connected},
-                       {"last_seen", d.last_seen},
-                       {"cached_repos", d.cached_repos},
-                       {"outbox_events", d.outbox_events},
-                       {"version", d.version}});
+  for (auto& [id, d] : self->state.daemons) {
+    json j{{"id", id},
+           {"name", d.name},
+           {"pool", d.pool},
+           {"labels", d.labels},
+           {"capacity", d.capacity},
+           {"running", d.tasks.size()},
+           {"connected", d.connected},
+           {"last_seen", d.last_seen},
+           {"cached_repos", d.cached_repos},
+           {"outbox_events", d.outbox_events},
+           {"version", d.version}};
+    if (d.checkpoints)
+      j["checkpoints"] = *d.checkpoints; // absent: the daemon did not say
+    arr.push_back(std::move(j));
+  }
   respond(self, reply, 200, text(json{{"daemons", std::move(arr)}}));
 }
 
@@ -752,6 +756,25 @@ void metrics(self_ptr self, net::http_reply& reply) {
     o += "makima_migrations_total{cause=\"" + std::get<0>(k)
          + "\",from_pool=\"" + std::get<1>(k) + "\",to_pool=\""
          + std::get<2>(k) + "\"} " + std::to_string(n) + "\n";
+  // Both node states always appear (0 until a restore of that kind).
+  o += "# HELP makima_restore_seconds Time daemons took to restore a resumed "
+       "attempt from its checkpoint, by node state (cold: the mirror was "
+       "made).\n# TYPE makima_restore_seconds summary\n";
+  for (const char* node_state : {"warm", "cold"}) {
+    auto i = st.restores.find(node_state);
+    auto n = i == st.restores.end() ? uint64_t{0} : i->second.first;
+    char sum[64];
+    std::snprintf(sum, sizeof sum, "%.3f",
+                  i == st.restores.end() ? 0.0 : i->second.second);
+    auto labels = std::string{"{node_state=\""} + node_state + "\"}";
+    o += "makima_restore_seconds_sum" + labels + " " + sum
+         + "\nmakima_restore_seconds_count" + labels + " "
+         + std::to_string(n) + "\n";
+  }
+  o += "# HELP makima_restore_bytes_total Bytes daemons downloaded from the "
+       "store for those restores.\n# TYPE makima_restore_bytes_total "
+       "counter\nmakima_restore_bytes_total "
+       + std::to_string(st.restore_bytes) + "\n";
   respond(self, reply, 200, std::move(o), "text/plain; version=0.0.4");
 }
 

@@ -10,10 +10,12 @@ namespace makima::server_detail {
 namespace {
 
 /// pick_daemon with `planned` extra tasks per daemon id (the plan's own
-/// assignments so far); returns the daemon's id, or nullptr.
+/// assignments so far); returns the daemon's id, or nullptr. `resumes`:
+/// daemons that said they have no checkpoint store are passed over.
 const std::string* pick(const std::map<std::string, daemon_entry>& daemons,
                         const task_spec& spec,
-                        const std::map<std::string, size_t>& planned) {
+                        const std::map<std::string, size_t>& planned,
+                        bool resumes) {
   const daemon_entry* best = nullptr;
   const std::string* best_id = nullptr;
   size_t best_load = 0;
@@ -21,7 +23,7 @@ const std::string* pick(const std::map<std::string, daemon_entry>& daemons,
     auto p = planned.find(id);
     auto d_load = d.tasks.size() + (p != planned.end() ? p->second : 0);
     if (!d.connected || d.draining || d_load >= d.capacity
-        || !matches(d, spec))
+        || !matches(d, spec) || (resumes && !can_resume(d)))
       continue;
     if (!best) {
       best = &d;
@@ -65,6 +67,10 @@ bool matches(const daemon_entry& d, const task_spec& spec) {
   return true;
 }
 
+bool can_resume(const daemon_entry& d) {
+  return d.checkpoints.value_or(true);
+}
+
 bool has_repo(const daemon_entry& d, const std::string& repo) {
   return !repo.empty()
          && std::find(d.cached_repos.begin(), d.cached_repos.end(), repo)
@@ -81,8 +87,8 @@ size_t free_slots(const std::map<std::string, daemon_entry>& daemons) {
 
 const daemon_entry*
 pick_daemon(const std::map<std::string, daemon_entry>& daemons,
-            const task_spec& spec) {
-  auto id = pick(daemons, spec, {});
+            const task_spec& spec, bool resumes) {
+  auto id = pick(daemons, spec, {}, resumes);
   return id ? &daemons.at(*id) : nullptr;
 }
 
@@ -105,9 +111,15 @@ dispatch_plan(const std::deque<std::string>& queue,
     if (t->second.not_before > now || held.count(id) > 0
         || !seen.insert(id).second)
       continue; // retry backoff: a timeout_atom dispatches again
-    auto d = pick(daemons, t->second.rec.spec, planned);
-    if (!d)
+    bool resumes = !t->second.checkpoints.empty();
+    auto d = pick(daemons, t->second.rec.spec, planned, resumes);
+    if (!d) {
+      // Only daemons without a store are free for it: it waits for one
+      // with a store instead of spending an attempt that cannot restore.
+      if (resumes && pick(daemons, t->second.rec.spec, planned, false))
+        out.need_store.push_back(id);
       continue;
+    }
     ++planned[*d];
     out.assignments.push_back({id, *d});
     if (--slots == 0)

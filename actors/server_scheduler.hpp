@@ -23,6 +23,11 @@ namespace makima::server_detail {
 /// daemon's pool, every other key one of its labels).
 bool matches(const daemon_entry& d, const task_spec& spec);
 
+/// Whether `d` may get a task that resumes from a checkpoint: not when its
+/// hello said `checkpoints: false` (no store); a daemon that did not say
+/// (v1, older v2) may, as before the field.
+bool can_resume(const daemon_entry& d);
+
 /// Whether `d` reported a mirror of `repo` in its hello (`cached_repos`).
 bool has_repo(const daemon_entry& d, const std::string& repo);
 
@@ -30,12 +35,13 @@ bool has_repo(const daemon_entry& d, const std::string& repo);
 size_t free_slots(const std::map<std::string, daemon_entry>& daemons);
 
 /// The daemon that should run `spec` now, or nullptr when none can: a
-/// connected daemon with a free slot that matches the selector; among those
-/// one with the repository cached, then the least loaded (running /
-/// capacity); ties go to the first in id order.
+/// connected daemon with a free slot that matches the selector (and, when
+/// the task `resumes` from a checkpoint, can_resume); among those one with
+/// the repository cached, then the least loaded (running / capacity); ties
+/// go to the first in id order.
 const daemon_entry*
 pick_daemon(const std::map<std::string, daemon_entry>& daemons,
-            const task_spec& spec);
+            const task_spec& spec, bool resumes = false);
 
 /// One decision of dispatch_plan: queued task `task` goes to `daemon`.
 struct assignment {
@@ -56,13 +62,19 @@ struct dispatch_decision {
   /// gets assigned. Entries of this prefix that are no longer queued are
   /// the ones to drop from the queue.
   size_t scanned = 0;
+  /// Tasks of the scan that resume from a checkpoint and stay queued
+  /// because the only free daemons matching them have no checkpoint store.
+  std::vector<std::string> need_store;
 };
 
 /// Which queued tasks go to which daemons now: walks `queue` in order,
 /// passes over entries that are unknown or no longer queued, tasks in retry
 /// backoff (`not_before` after `now`) and tasks in `held` (their store write
 /// failed in this round), and picks each task's daemon with pick_daemon,
-/// counting the plan's own assignments as load. Pure.
+/// counting the plan's own assignments as load. A task with known
+/// checkpoints (its next attempt resumes) goes only to a daemon that
+/// can_resume; when only others are free it is left queued and named in
+/// `need_store`. Pure.
 dispatch_decision
 dispatch_plan(const std::deque<std::string>& queue,
               const std::map<std::string, task_entry>& tasks,

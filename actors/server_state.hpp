@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -113,6 +114,9 @@ struct task_entry {
   /// event of the current attempt (or its failure), with their deadline.
   std::vector<std::pair<net::http_reply, clock::time_point>>
       checkpoint_waiters;
+  /// Why it waits although a daemon is free (said once in its history
+  /// per wait; cleared when it is assigned or re-queued).
+  std::string waiting;
   /// POST …/migrate asked the daemon to end the attempt: its `migrating`
   /// result is counted as on_demand, not as an eviction.
   bool migrate_requested = false;
@@ -135,6 +139,10 @@ struct daemon_entry {
   std::map<std::string, std::string> labels;
   uint32_t capacity = 0;
   std::vector<std::string> cached_repos;
+  /// Its hello's `checkpoints`: false = it has no checkpoint store and gets
+  /// no task that resumes from a checkpoint; nullopt = it did not say (v1,
+  /// or an older v2 daemon): it is treated as before the field.
+  std::optional<bool> checkpoints;
   /// The protocol version of its hello (what the server speaks to it).
   int protocol = proto::version;
   /// It sent `drain` (v2, evicted): it gets no more assignments.
@@ -214,6 +222,11 @@ struct server_state {
   uint64_t checkpoints = 0;
   uint64_t checkpoint_bytes = 0;
   double checkpoint_pause_sum = 0;
+  /// Restores daemons reported (the `restore` field of a state event), by
+  /// node state ("warm": the mirror was there; "cold": it was cloned):
+  /// count and seconds; and the bytes they downloaded.
+  std::map<std::string, std::pair<uint64_t, double>> restores;
+  uint64_t restore_bytes = 0;
   /// Re-queues by (cause, "checkpoint" | "scratch").
   std::map<std::pair<std::string, std::string>, uint64_t> requeues;
   /// Attempts that resumed on a daemon by (cause, from pool, to pool).

@@ -80,6 +80,7 @@ bool assign(self_ptr self, task_entry& e, daemon_entry& d) {
   e.rec = rec;
   e.acked = 0;
   e.daemon = d.id;
+  e.waiting.clear();
   if (write_through(self, e, "assigned to daemon " + d.id)) {
     e.rec = old;
     e.daemon.clear();
@@ -115,6 +116,7 @@ void requeue(self_ptr self, task_entry& e, const std::string& why,
     }
   }
   e.daemon.clear();
+  e.waiting.clear();
   e.rec.updated_at = now_ms();
   if (!e.checkpoint_waiters.empty())
     answer_checkpoint_waiters(
@@ -225,10 +227,12 @@ void dispatch(self_ptr self) {
   // is planned again without it.
   std::set<std::string> held;
   size_t scanned = 0;
+  std::vector<std::string> need_store;
   for (bool again = true; again;) {
     again = false;
     auto plan = dispatch_plan(st.queue, st.tasks, st.daemons, now, held);
     scanned = std::max(scanned, plan.scanned);
+    need_store = std::move(plan.need_store);
     for (auto& a : plan.assignments) {
       auto& e = st.tasks[a.task];
       if (assign(self, e, st.daemons[a.daemon]))
@@ -238,6 +242,22 @@ void dispatch(self_ptr self) {
       again = true;
       break;
     }
+  }
+  // A resumed task that only storeless daemons could take waits for one
+  // with a store (an attempt there could not restore it); its history says
+  // so once per wait.
+  for (auto& id : need_store) {
+    auto& e = st.tasks[id];
+    if (e.rec.state != task_state::queued || e.checkpoints.empty())
+      continue;
+    auto why = "waiting for a daemon with a checkpoint store to resume from "
+               + e.checkpoints.back()
+               + ": the free daemons that match it have none (--store)";
+    if (e.waiting == why)
+      continue;
+    e.waiting = why;
+    write_through(self, e, why);
+    log::info("server", "task " + id + ": " + why);
   }
   // Drops what the scan passed that is no longer queued (assigned, failed,
   // cancelled, unknown).

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <optional>
 #include <system_error>
 
 #include <caf/actor_system.hpp>
@@ -67,14 +68,20 @@ void finish(task_ptr self, task_state final_state);
 // the record as written: by the time the write is answered the attempt may
 // have finished (a child that exits at once), and a state event carrying
 // the final state would make the server refuse the result after it.
+// `restore`: what the restore this transition follows cost (sent along).
 template <class F>
-void persist_state(task_ptr self, F next) {
+void persist_state(task_ptr self, F next,
+                   std::optional<restore_report> restore = {}) {
   auto& st = self->state;
   st.rec.updated_at = now_ms();
   self->request(st.ctx.persistence, caf::infinite, put_atom::value, st.rec)
       .then(
-          [self, next, rec = st.rec](ok_atom) mutable {
-            self->send(self->state.ctx.link, state_atom::value, rec);
+          [self, next, rec = st.rec, restore](ok_atom) mutable {
+            if (restore)
+              self->send(self->state.ctx.link, state_atom::value, rec,
+                         *restore);
+            else
+              self->send(self->state.ctx.link, state_atom::value, rec);
             next();
           },
           [self](caf::error& err) {
@@ -548,7 +555,7 @@ void restore(task_ptr self) {
   }
   self->request(st.ctx.checkpointer, caf::infinite, restore_atom::value, ref)
       .then(
-          [self](const task_record& restored) {
+          [self](const task_record& restored, const restore_report& cost) {
             auto& st = self->state;
             // The server's view wins for what it owns (spec, attempt, the
             // next output seq); the node's for where the work now is.
@@ -561,7 +568,9 @@ void restore(task_ptr self) {
             st.continues = true;
             log::info(component(self),
                       "restored from checkpoint " + st.rec.resume_from);
-            persist_state(self, [self] { prepare(self); });
+            // The server learns what the restore cost with the state
+            // event of this transition (docs/protocol.md §14).
+            persist_state(self, [self] { prepare(self); }, cost);
           },
           [self](caf::error& err) {
             auto& st = self->state;

@@ -1797,20 +1797,44 @@ caf::error db::ingest(const std::vector<sst_file>& files) {
                             + " cannot be read: " + it->status().ToString());
     families.push_back(cf);
   }
+  // One IngestExternalFiles call for every family: one MANIFEST write (and
+  // its fsyncs) instead of one per file, and atomic across the families —
+  // after an error, or a crash during it, none of the files is in the
+  // database. A family's files keep their order in `files`: overlapping
+  // files of one call get increasing sequence numbers in list order, so a
+  // later file's keys still win (RocksDB takes one arg per family).
+  constexpr size_t none = std::numeric_limits<size_t>::max();
+  std::vector<rocksdb::IngestExternalFileArg> args;
+  std::vector<size_t> arg_of(cf_count, none);
   for (size_t i = 0; i < files.size(); ++i) {
-    rocksdb::IngestExternalFileOptions io;
-    io.move_files = false; // the caller's staging files stay its own
-    io.allow_global_seqno = true;
-    io.allow_blocking_flush = true;
-    auto s = d.rdb->IngestExternalFile(d.cfs[families[i]],
-                                       {files[i].path.string()}, io);
-    if (!s.ok()) {
-      if (s.IsCorruption())
-        return make_error(ec::checkpoint_corrupt,
-                          "records file " + files[i].path.filename().string()
-                              + " cannot be ingested: " + s.ToString());
-      return map_status(s, "ingest records into", d.dir);
+    auto cf = families[i];
+    if (arg_of[cf] == none) {
+      arg_of[cf] = args.size();
+      rocksdb::IngestExternalFileArg arg;
+      arg.column_family = d.cfs[cf];
+      arg.options.move_files = false; // the caller's staging files stay its own
+      arg.options.allow_global_seqno = true;
+      arg.options.allow_blocking_flush = true;
+      args.push_back(std::move(arg));
     }
+    args[arg_of[cf]].external_files.push_back(files[i].path.string());
+  }
+  if (args.empty())
+    return caf::none;
+  auto s = d.rdb->IngestExternalFiles(args);
+  if (!s.ok()) {
+    // Our checks passed, so RocksDB refused what it read of the files (a
+    // damaged block, a table of another database's family): the set is
+    // not a checkpoint's records.
+    if (s.IsCorruption() || s.IsInvalidArgument()) {
+      std::string names;
+      for (auto& f : files)
+        names += (names.empty() ? "" : ", ") + f.path.filename().string();
+      return make_error(ec::checkpoint_corrupt,
+                        "records files " + names
+                            + " cannot be ingested: " + s.ToString());
+    }
+    return map_status(s, "ingest records into", d.dir);
   }
   return caf::none;
 }

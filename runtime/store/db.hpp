@@ -215,10 +215,12 @@ public:
               const std::filesystem::path& dir);
 
   /// Primary only: ingests `files` (as export_task writes them, possibly
-  /// from another database) with RocksDB IngestExternalFile, in order, so a
-  /// later file's keys win over earlier ones and over what the database
-  /// held. Each file's keys must all belong to one task. Errors:
-  /// ec::checkpoint_corrupt (not an SST of this layout), ec::store_full,
+  /// from another database) in one RocksDB IngestExternalFiles call, all of
+  /// them or none (atomic across the column families), in order: a later
+  /// file's keys win over earlier ones and over what the database held.
+  /// Every file is checked before anything is ingested; each file's keys
+  /// must all belong to one task. Errors: ec::checkpoint_corrupt (not an
+  /// SST of this layout, or one RocksDB refuses), ec::store_full,
   /// ec::store_error.
   caf::error ingest(const std::vector<sst_file>& files);
 

@@ -40,6 +40,8 @@ struct link_log {
   /// Checkpoints reported by TASK actors.
   std::vector<checkpoint_report> checkpoints;
   std::vector<std::string> checkpoint_failures;
+  /// Restores reported with a state transition (resumed attempts).
+  std::vector<restore_report> restores;
   /// Facts that reached the LINK before they were in RocksDB.
   std::vector<std::string> violations;
 
@@ -98,6 +100,13 @@ recording_link(link_actor::stateful_pointer<recording_link_state> self,
         check_record(rec, "state");
         std::lock_guard<std::mutex> guard{self->state.log->mtx};
         self->state.log->states.push_back(rec.state);
+      },
+      [self, check_record](state_atom, const task_record& rec,
+                           const restore_report& r) {
+        check_record(rec, "state");
+        std::lock_guard<std::mutex> guard{self->state.log->mtx};
+        self->state.log->states.push_back(rec.state);
+        self->state.log->restores.push_back(r);
       },
       [self, check_record](result_atom, const task_record& rec) {
         if (rec.error_code != "store_full" && rec.error_code != "store_error")

@@ -302,3 +302,85 @@ TEST(protocol_v2, the_record_carries_checkpoint_resume_from_and_resume_command) 
   EXPECT_FALSE(j["record"].contains("resume_from"));
   EXPECT_FALSE(j["record"]["spec"].contains("resume_command"));
 }
+
+TEST(protocol_v2, a_state_event_after_a_restore_carries_what_it_cost) {
+  event e;
+  e.task = "t-0001";
+  e.attempt = 2;
+  e.seq = 1;
+  e.kind = event_kind::state;
+  e.at = 1764331205000;
+  e.record = sample_record(task_state::preparing);
+  e.restore = restore_report{"t-0001/3", 412, 10240, true};
+  auto j = nlohmann::json::parse(encode(frame{e}));
+  EXPECT_EQ(j["kind"], "state");
+  EXPECT_EQ(j["restore"], (nlohmann::json{{"ref", "t-0001/3"},
+                                          {"total_ms", 412},
+                                          {"bytes", 10240},
+                                          {"cloned", true}}));
+  auto back = round_trip(e);
+  ASSERT_TRUE(back.restore.has_value());
+  EXPECT_EQ(*back.restore, *e.restore);
+  EXPECT_EQ(back.record.state, task_state::preparing);
+  // Every other state event has no `restore` (nor has any of a v1 daemon).
+  auto plain = e;
+  plain.restore.reset();
+  EXPECT_FALSE(nlohmann::json::parse(encode(frame{plain})).contains("restore"));
+  EXPECT_FALSE(round_trip(plain).restore.has_value());
+  // Decoding: `bytes` and `cloned` are optional (a warm restore).
+  auto text = [&](const nlohmann::json& restore) {
+    auto x = nlohmann::json::parse(encode(frame{plain}));
+    x["restore"] = restore;
+    return x.dump();
+  };
+  auto warm = decode(text({{"ref", "t-0001/1"}, {"total_ms", 30}}));
+  ASSERT_TRUE(std::holds_alternative<frame>(warm));
+  auto& w = std::get<event>(std::get<frame>(warm));
+  ASSERT_TRUE(w.restore.has_value());
+  EXPECT_EQ(*w.restore, (restore_report{"t-0001/1", 30, 0, false}));
+  // A malformed one is refused like any malformed field.
+  for (auto bad : {nlohmann::json{{"ref", "t-0002/1"}, {"total_ms", 1}},
+                   nlohmann::json{{"ref", "t-0001"}, {"total_ms", 1}},
+                   nlohmann::json{{"total_ms", 1}},
+                   nlohmann::json{{"ref", "t-0001/1"}, {"total_ms", -1}},
+                   nlohmann::json{{"ref", "t-0001/1"}, {"cloned", "yes"}},
+                   nlohmann::json::array()}) {
+    auto f = failure(text(bad));
+    EXPECT_EQ(f.code, "malformed") << bad.dump();
+    EXPECT_EQ(f.close, close_invalid_payload) << bad.dump();
+  }
+  // Only a state event carries it: a result neither sends nor reads one.
+  auto result = e;
+  result.kind = event_kind::result;
+  result.record = sample_record(task_state::succeeded);
+  auto r = nlohmann::json::parse(encode(frame{result}));
+  EXPECT_FALSE(r.contains("restore"));
+  r["restore"] = {{"ref", "t-0001/3"}, {"total_ms", 1}};
+  auto read = decode(r.dump());
+  ASSERT_TRUE(std::holds_alternative<frame>(read));
+  EXPECT_FALSE(std::get<event>(std::get<frame>(read)).restore.has_value());
+}
+
+TEST(protocol_v2, hello_says_whether_the_daemon_has_a_checkpoint_store) {
+  for (bool has_store : {true, false}) {
+    hello h;
+    h.daemon_id = "d-1";
+    h.checkpoints = has_store;
+    auto j = nlohmann::json::parse(encode(frame{h}));
+    EXPECT_EQ(j["checkpoints"], has_store);
+    auto back = round_trip(h);
+    ASSERT_TRUE(back.checkpoints.has_value());
+    EXPECT_EQ(*back.checkpoints, has_store);
+  }
+  // A hello without it (v1, or a v2 daemon older than the field): unknown.
+  hello old;
+  old.daemon_id = "d-1";
+  EXPECT_FALSE(nlohmann::json::parse(encode(frame{old})).contains("checkpoints"));
+  auto v1 = decode(R"({"v":1,"type":"hello","daemon_id":"d1","capacity":1})");
+  ASSERT_TRUE(std::holds_alternative<frame>(v1));
+  EXPECT_FALSE(std::get<hello>(std::get<frame>(v1)).checkpoints.has_value());
+  auto bad = failure(
+      R"({"v":2,"type":"hello","daemon_id":"d1","capacity":1,"checkpoints":"yes"})");
+  EXPECT_EQ(bad.code, "malformed");
+  EXPECT_EQ(bad.close, close_invalid_payload);
+}

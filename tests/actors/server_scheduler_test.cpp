@@ -211,5 +211,60 @@ TEST(server_scheduler, attempt_budget_of_the_task_wins) {
   EXPECT_EQ(attempt_budget(s, spec), 2u);
 }
 
+TEST(server_scheduler, a_resumed_task_goes_only_to_a_daemon_that_can_restore) {
+  // d1: no store (its hello said so); d2: a store, busier; d3: did not say
+  // (v1, or older v2), treated as before the field.
+  auto none = daemon("d1", 4);
+  none.checkpoints = false;
+  auto store = daemon("d2", 4, 3);
+  store.checkpoints = true;
+  auto ds = table({none, store});
+  EXPECT_FALSE(can_resume(none));
+  EXPECT_TRUE(can_resume(store));
+  EXPECT_TRUE(can_resume(daemon("d3", 1)));
+  // From scratch: the least loaded, store or not.
+  auto d = pick_daemon(ds, task_spec{});
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(d->id, "d1");
+  // Resumed: the one with the store, although busier.
+  d = pick_daemon(ds, task_spec{}, true);
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(d->id, "d2");
+  // A daemon that did not say is eligible.
+  auto ds3 = table({none, daemon("d3", 1)});
+  d = pick_daemon(ds3, task_spec{}, true);
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(d->id, "d3");
+  // Only the storeless one: none.
+  EXPECT_EQ(pick_daemon(table({none}), task_spec{}, true), nullptr);
+}
+
+TEST(server_scheduler, plan_keeps_a_resumed_task_queued_when_only_storeless_daemons_are_free) {
+  auto none = daemon("d1", 2);
+  none.checkpoints = false;
+  auto full = daemon("d2", 1, 1); // has a store, but no free slot
+  full.checkpoints = true;
+  auto ds = table({none, full});
+  auto resumed = queued("t-resumed");
+  resumed.checkpoints = {"t-resumed/3"};
+  auto ts = tasks_of({resumed, queued("t1")});
+  std::deque<std::string> queue{"t-resumed", "t1"};
+  auto plan = dispatch_plan(queue, ts, ds, clock::now());
+  // The fresh task behind it takes the storeless daemon's slot.
+  std::vector<assignment> want{{"t1", "d1"}};
+  EXPECT_EQ(plan.assignments, want);
+  EXPECT_EQ(plan.need_store, std::vector<std::string>{"t-resumed"});
+  // Once the storeful daemon has a slot, the resumed task goes there.
+  ds["d2"].tasks.clear();
+  plan = dispatch_plan(queue, ts, ds, clock::now());
+  want = {{"t-resumed", "d2"}, {"t1", "d1"}};
+  EXPECT_EQ(plan.assignments, want);
+  EXPECT_TRUE(plan.need_store.empty());
+  // No daemon matches its selector at all: it waits, but not for a store.
+  ts["t-resumed"].rec.spec.selector = {{"pool", "gpu"}};
+  plan = dispatch_plan(queue, ts, table({none}), clock::now());
+  EXPECT_TRUE(plan.need_store.empty());
+}
+
 } // namespace
 } // namespace makima::server_detail

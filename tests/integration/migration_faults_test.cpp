@@ -2,8 +2,8 @@
 // migration_test.cpp: the store failing during the eviction checkpoint,
 // the evicted daemon coming back (fenced), the server restarted while a
 // migration is in flight, on-demand checkpoint and migrate from the CLI
-// (with their metrics), and a daemon without a store given a task to
-// resume. Real `makima server` / `makima daemon` processes on 127.0.0.1;
+// (with their metrics), and a task to resume while only daemons without a
+// store are free (it waits for one with a store). Real `makima server` / `makima daemon` processes on 127.0.0.1;
 // the readers of the server's view are shared (migration.hpp); the task
 // and the store are those of migration_test.cpp with the step count, the
 // S3 endpoint and the eviction deadline made parameters.
@@ -518,6 +518,13 @@ TEST(migration_more, on_demand_migrate_and_checkpoint) {
   EXPECT_EQ(http.metric("makima_migrations_total{cause=\"on_demand\",from_pool="
                         "\"cloudflare\",to_pool=\"k8s\"}"),
             1);
+  // To B, which had never mirrored the repository: a cold restore; back to
+  // A, whose mirror is there: a warm one. Each reported once.
+  EXPECT_EQ(http.metric("makima_restore_seconds_count{node_state=\"cold\"}"),
+            1);
+  EXPECT_EQ(http.metric("makima_restore_seconds_count{node_state=\"warm\"}"),
+            1);
+  EXPECT_GT(http.metric("makima_restore_bytes_total"), 0);
   ASSERT_TRUE(http.wait_terminal({id}, 40000ms)) << dump(http, id, a, b);
   rec = http.task(id);
   EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, a, b);
@@ -550,7 +557,7 @@ TEST(migration_more, on_demand_migrate_and_checkpoint) {
   b.stop();
 }
 
-TEST(migration_more, a_daemon_without_a_store_cannot_resume_and_says_so) {
+TEST(migration_more, a_resumed_task_waits_for_a_daemon_with_a_store) {
   env e;
   auto store = shared_store::on_disk(e);
   auto origin = test::make_repo(e.root() / "origin", {10, 1});
@@ -567,57 +574,79 @@ TEST(migration_more, a_daemon_without_a_store_cannot_resume_and_says_so) {
   ASSERT_EQ(a.bg->wait(15000ms).exit_code, 0) << a.output();
   auto final_ref = http.task(id).value("checkpoint", "");
   ASSERT_GE(ref_number(id, final_ref), 1) << http.task(id).dump(1);
-  // C has no store: it cannot restore the checkpoint; the attempt ends
-  // interrupted, saying what is missing, and the task is not run there.
+  // C has no store (its hello says `checkpoints: false`): it could not
+  // restore the checkpoint, so the server does not assign it there; the
+  // task stays queued, its history says what it waits for.
   ASSERT_TRUE(start_daemon(c, e, srv.ws(), "c", e.root() / "dC",
                            daemon_flags("k8s", nullptr)));
   ASSERT_TRUE(eventually(
-      [&] { return attempts_in(history(http, id), "interrupted").count(2); },
+      [&] {
+        return says(history(http, id), "queued",
+                    "waiting for a daemon with a checkpoint store to resume "
+                    "from "
+                        + final_ref);
+      },
       20000ms))
       << dump(http, id, a, c);
-  c.stop();
+  auto daemons = http.get_json("/api/v1/daemons");
+  bool c_said = false;
+  for (auto& d : daemons.value("daemons", json::array()))
+    if (d.value("name", "") == "c" && d.value("connected", false))
+      c_said = d.contains("checkpoints") && d["checkpoints"] == false;
+  EXPECT_TRUE(c_said) << daemons.dump(1);
+  // C still takes tasks that start from scratch: one submitted now, behind
+  // the waiting one in the queue, runs there (a dispatch that passed over
+  // the waiting task again).
+  auto plain = json{{"id", "plain"}, {"argv", {"sh", "-c", "echo plain"}}};
+  ASSERT_EQ(http.submit(plain), "plain");
+  ASSERT_TRUE(http.wait_terminal({"plain"}, 20000ms)) << c.output();
+  EXPECT_EQ(http.state("plain"), "succeeded");
   auto rec = http.task(id);
   EXPECT_EQ(rec.value("state", ""), "queued") << rec.dump(1);
-  EXPECT_NE(rec.value("error", "").find("--store"), std::string::npos)
-      << rec.dump(1);
-  EXPECT_NE(rec.value("error", "").find(final_ref), std::string::npos)
-      << rec.dump(1);
+  EXPECT_EQ(rec.value("attempt", 0), 1) << rec.dump(1);
   auto h = history(http, id);
-  EXPECT_TRUE(says(h, "queued", "re-queued from checkpoint " + final_ref))
-      << h.dump(1);
-  // The history says why attempt 2 was lost.
-  EXPECT_TRUE(says(h, "interrupted", "no checkpoint store (--store)"))
+  EXPECT_TRUE(attempts_in(h, "interrupted").empty()) << h.dump(1);
+  // Said once for the wait, not at every dispatch.
+  EXPECT_EQ(entries_saying(h, "waiting for a daemon with a checkpoint store"),
+            1u)
       << h.dump(1);
   EXPECT_EQ(count(http.output(id).all, "attempt 2 "), 0u)
       << http.output(id).all;
-  // B has the store: it resumes the task from the same checkpoint.
+  // B has the store: it resumes the task from that checkpoint, as attempt 2
+  // (no attempt was spent on C).
   ASSERT_TRUE(start_daemon(b, e, srv.ws(), "b", e.root() / "dB",
                            daemon_flags("cloudflare", &store)));
   ASSERT_TRUE(http.wait_terminal({id}, 40000ms)) << dump(http, id, b, c);
   rec = http.task(id);
   EXPECT_EQ(rec.value("state", ""), "succeeded") << dump(http, id, b, c);
-  EXPECT_EQ(rec.value("attempt", 0), 3) << rec.dump(1);
+  EXPECT_EQ(rec.value("attempt", 0), 2) << rec.dump(1);
   EXPECT_EQ(rec.value("resume_from", ""), final_ref) << rec.dump(1);
+  EXPECT_NE(rec.value("worktree", "").find("dB"), std::string::npos)
+      << rec.dump(1);
   auto out = output_seqs(http, id);
   EXPECT_EQ(contiguity(out.seqs), "") << out.text;
-  EXPECT_EQ(count(out.text, "attempt 3 resumed=1 from="), 1u) << out.text;
+  EXPECT_EQ(count(out.text, "attempt 2 resumed=1 from="), 1u) << out.text;
   for (int i = 0; i <= 8; ++i)
     EXPECT_EQ(count(out.text, "step " + std::to_string(i) + "\n"), 1u)
         << out.text;
   EXPECT_EQ(missing_steps(e.root() / "dB/worktrees" / id), "")
       << dump(http, id, b, c);
   b.stop();
+  c.stop();
 }
 
 TEST(migration_more,
-     a_task_only_storeless_daemons_can_take_fails_naming_store) {
+     a_resumed_task_only_storeless_daemons_match_keeps_its_attempts) {
+  // Before hello said `checkpoints`, each storeless daemon cost the task an
+  // attempt ("no checkpoint store") until its budget was spent. Now it
+  // waits, with its budget whole, for a daemon that can restore it.
   env e;
   auto store = shared_store::on_disk(e);
   auto origin = test::make_repo(e.root() / "origin", {10, 1});
   server_proc srv;
   ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
   api http{srv.http()};
-  daemon_proc a, c;
+  daemon_proc a, c, c2;
   ASSERT_TRUE(start_daemon(a, e, srv.ws(), "a", e.root() / "dA",
                            daemon_flags("k8s", &store)));
   const std::string id = "mig-nostore2";
@@ -627,17 +656,32 @@ TEST(migration_more,
   ASSERT_TRUE(output_has(http, id, "step 1")) << dump(http, id, a, c);
   a.kill(SIGTERM);
   ASSERT_EQ(a.bg->wait(15000ms).exit_code, 0) << a.output();
+  // Two storeless daemons, one after the other: neither gets it.
   ASSERT_TRUE(start_daemon(c, e, srv.ws(), "c", e.root() / "dC",
                            daemon_flags("k8s", nullptr)));
-  ASSERT_TRUE(http.wait_terminal({id}, 20000ms)) << dump(http, id, a, c);
-  auto rec = http.task(id);
-  EXPECT_EQ(rec.value("state", ""), "failed") << rec.dump(1);
-  EXPECT_EQ(rec.value("error_code", ""), "attempts_exhausted") << rec.dump(1);
-  // The error of the failed task says what was missing.
-  EXPECT_NE(rec.value("error", "").find("(--store)"), std::string::npos)
-      << rec.dump(1);
-  EXPECT_EQ(count(http.output(id).all, "attempt 2 "), 0u);
+  auto waiting = [&] {
+    return entries_saying(history(http, id),
+                          "waiting for a daemon with a checkpoint store");
+  };
+  ASSERT_TRUE(eventually([&] { return waiting() == 1; }, 20000ms))
+      << dump(http, id, a, c);
   c.stop();
+  ASSERT_TRUE(start_daemon(c2, e, srv.ws(), "c2", e.root() / "dC2",
+                           daemon_flags("k8s", nullptr)));
+  auto plain = json{{"id", "plain"}, {"argv", {"sh", "-c", "echo plain"}}};
+  ASSERT_EQ(http.submit(plain), "plain");
+  ASSERT_TRUE(http.wait_terminal({"plain"}, 20000ms)) << c2.output();
+  auto rec = http.task(id);
+  EXPECT_EQ(rec.value("state", ""), "queued") << rec.dump(1);
+  EXPECT_EQ(rec.value("attempt", 0), 1) << rec.dump(1);
+  EXPECT_EQ(rec.dump().find("attempts_exhausted"), std::string::npos)
+      << rec.dump(1);
+  auto h = history(http, id);
+  EXPECT_TRUE(attempts_in(h, "interrupted").empty()) << h.dump(1);
+  EXPECT_FALSE(says(h, "", "no checkpoint store (--store)")) << h.dump(1);
+  EXPECT_EQ(waiting(), 1u) << h.dump(1); // one wait, said once
+  EXPECT_EQ(count(http.output(id).all, "attempt 2 "), 0u);
+  c2.stop();
 }
 
 } // namespace

@@ -82,6 +82,15 @@ TEST(migration, an_evicted_task_finishes_on_another_pool) {
   // The task's record at the server knows its latest checkpoint.
   EXPECT_GE(ref_number(id, rec.value("checkpoint", "")), ref_number(id, from))
       << rec.dump();
+  // B had never mirrored the repository: the restore was cold, and B
+  // reported it (the `restore` of its state event) with what it downloaded.
+  EXPECT_EQ(http.metric("makima_restore_seconds_count{node_state=\"cold\"}"),
+            1)
+      << dump(http, id, a, b);
+  EXPECT_EQ(http.metric("makima_restore_seconds_count{node_state=\"warm\"}"),
+            0);
+  EXPECT_GE(http.metric("makima_restore_seconds_sum{node_state=\"cold\"}"), 0);
+  EXPECT_GT(http.metric("makima_restore_bytes_total"), 0);
   b.stop();
 }
 
@@ -126,6 +135,9 @@ TEST(migration, a_cold_node_restores_from_the_mirror_packs_when_origin_is_down) 
   // B said how it got the repository: seeded, origin unreachable.
   EXPECT_TRUE(b.wait_for("seeded from mirror packs 1")) << b.output();
   EXPECT_NE(b.output().find("unreachable"), std::string::npos) << b.output();
+  // A seeded mirror is a cold restore too (/metrics).
+  EXPECT_EQ(http.metric("makima_restore_seconds_count{node_state=\"cold\"}"),
+            1);
   auto out = output_seqs(http, id);
   EXPECT_EQ(contiguity(out.seqs), "") << out.text;
   EXPECT_EQ(count(out.text, "attempt 2 resumed=1 from="), 1u) << out.text;

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 // Only to craft a foreign table file.
+#include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/sst_file_writer.h>
 
@@ -181,4 +182,108 @@ TEST(StoreExport, a_file_mixing_two_tasks_is_refused) {
   EXPECT_EQ(code_of(err), ec::checkpoint_corrupt) << describe(err);
   EXPECT_NE(describe(err).find("task t1"), std::string::npos) << describe(err);
   EXPECT_TRUE(outputs(*b, "t1").empty());
+}
+
+TEST(StoreExport, several_increments_in_one_ingest_keep_their_order) {
+  // A checkpoint chain is restored in one call: each family's files, oldest
+  // first, overlap (the record, the events) and the newest keys win.
+  test::temp_dir tmp;
+  auto a = open_db(tmp.path() / "a");
+  auto b = open_db(tmp.path() / "b");
+  ASSERT_TRUE(a && b);
+  fill(*a, "t1", 3, 50);
+  auto first = a->export_task("t1", 0, 30, tmp.path() / "x1");
+  ASSERT_TRUE(first) << describe(first.error());
+  write_batch more;
+  more.put_task("t1", R"({"id":"t1","state":"interrupted"})");
+  more.put_event("t1", 3, R"({"n":3})");
+  ASSERT_FALSE(a->write(std::move(more)));
+  auto second = a->export_task("t1", 30, 1000, tmp.path() / "x2");
+  ASSERT_TRUE(second) << describe(second.error());
+  auto all = *first;
+  all.insert(all.end(), second->begin(), second->end());
+  ASSERT_EQ(all.size(), 6u);
+  ASSERT_FALSE(b->ingest(all));
+  auto rec = b->get_task("t1");
+  ASSERT_TRUE(rec && *rec);
+  EXPECT_EQ(**rec, R"({"id":"t1","state":"interrupted"})");
+  int n = 0;
+  ASSERT_FALSE(
+      b->for_each_event("t1", [&](uint64_t, std::string_view) { ++n; }));
+  EXPECT_EQ(n, 4);
+  auto got = outputs(*b, "t1");
+  auto want = outputs(*a, "t1");
+  ASSERT_EQ(got.size(), 50u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].seq, want[i].seq);
+    EXPECT_EQ(got[i].bytes, want[i].bytes);
+  }
+  // And a second ingest of the older increment alone: it wins over what
+  // the database held (a restore replaces).
+  ASSERT_FALSE(b->ingest(*first));
+  rec = b->get_task("t1");
+  ASSERT_TRUE(rec && *rec);
+  EXPECT_EQ(**rec, R"({"id":"t1","state":"running"})");
+}
+
+TEST(StoreExport, an_ingest_rocksdb_refuses_leaves_every_family_untouched) {
+  // Good tasks and events files, and an output file that passes makima's
+  // checks (readable, checksums, keys of the task) but that RocksDB
+  // refuses: it was written for the "output" family of another database,
+  // whose id differs. The whole set is refused: not even the record that
+  // came first is there.
+  test::temp_dir tmp;
+  auto a = open_db(tmp.path() / "a");
+  auto b = open_db(tmp.path() / "b");
+  ASSERT_TRUE(a && b);
+  fill(*a, "t1", 2, 3);
+  auto files = a->export_task("t1", 0, 100, tmp.path() / "x");
+  ASSERT_TRUE(files) << describe(files.error());
+  ASSERT_EQ(files->size(), 3u);
+  ASSERT_EQ((*files)[2].family, "output");
+  auto foreign = tmp.path() / "foreign.sst";
+  {
+    rocksdb::Options o;
+    o.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(o, (tmp.path() / "other").string(), &raw)
+                    .ok());
+    std::unique_ptr<rocksdb::DB> other{raw};
+    std::vector<rocksdb::ColumnFamilyHandle*> cfs;
+    for (auto name : {"p", "q", "r", "s", "u", "v", "output"}) {
+      rocksdb::ColumnFamilyHandle* h = nullptr;
+      ASSERT_TRUE(other->CreateColumnFamily(rocksdb::ColumnFamilyOptions{},
+                                            name, &h)
+                      .ok());
+      cfs.push_back(h);
+    }
+    rocksdb::SstFileWriter w{rocksdb::EnvOptions{}, o, cfs.back()};
+    ASSERT_TRUE(w.Open(foreign.string()).ok());
+    std::string k = "t1";
+    k.push_back('\0');
+    k.append(7, '\0');
+    k.push_back('\x01');
+    ASSERT_TRUE(w.Put(k, "\x01hello").ok());
+    ASSERT_TRUE(w.Finish().ok());
+    for (auto h : cfs)
+      ASSERT_TRUE(other->DestroyColumnFamilyHandle(h).ok());
+  }
+  auto set = *files;
+  set[2].path = foreign;
+  auto err = b->ingest(set);
+  EXPECT_EQ(code_of(err), ec::checkpoint_corrupt) << describe(err);
+  // Refused by RocksDB's ingestion, not by makima's checks before it.
+  EXPECT_NE(describe(err).find("cannot be ingested"), std::string::npos)
+      << describe(err);
+  auto rec = b->get_task("t1");
+  ASSERT_TRUE(rec);
+  EXPECT_FALSE(*rec) << "the tasks file was ingested without the others";
+  int n = 0;
+  ASSERT_FALSE(
+      b->for_each_event("t1", [&](uint64_t, std::string_view) { ++n; }));
+  EXPECT_EQ(n, 0);
+  EXPECT_TRUE(outputs(*b, "t1").empty());
+  // The same set with makima's own output file goes in.
+  ASSERT_FALSE(b->ingest(*files));
+  EXPECT_EQ(outputs(*b, "t1").size(), 3u);
 }
