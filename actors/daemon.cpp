@@ -57,6 +57,13 @@ void start(daemon_ptr self, task_record rec) {
 // An assignment that never started, handed back at eviction or migration:
 // recorded and reported `migrating` (nothing to checkpoint; the server runs
 // it elsewhere as it was). Reported even when the write failed.
+// Keeps the context's count of attempts (running + queued) current.
+void count_active(daemon_state& st) {
+  if (st.ctx.active)
+    st.ctx.active->store(
+        static_cast<uint32_t>(st.running.size() + st.queue.size()));
+}
+
 // Removes the queued (not started) attempt of task `id` and returns it.
 std::optional<task_record> take_queued(daemon_state& st,
                                        const std::string& id) {
@@ -66,6 +73,7 @@ std::optional<task_record> take_queued(daemon_state& st,
     return std::nullopt;
   auto rec = std::move(*i);
   st.queue.erase(i);
+  count_active(st);
   return rec;
 }
 
@@ -92,6 +100,7 @@ void admit(daemon_ptr self) {
     st.queue.pop_front();
     start(self, std::move(rec));
   }
+  count_active(st);
 }
 
 } // namespace
@@ -164,6 +173,7 @@ daemon(daemon_actor::stateful_pointer<daemon_state> self, daemon_context ctx) {
         // elsewhere as they were.
         auto queued = std::move(st.queue);
         st.queue.clear();
+        count_active(st);
         for (auto& rec : queued)
           hand_back(self, std::move(rec));
       },

@@ -1,6 +1,7 @@
 // The DAEMON actor: supervisor of a node's tasks and repositories.
 #pragma once
 
+#include <atomic>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -47,6 +48,9 @@ struct daemon_context {
   node_workspace workspace;
   /// Takes the periodic checkpoints; null when they are off.
   checkpointer_actor checkpointer = {};
+  /// When set, kept equal to the attempts running plus queued (read by
+  /// daemon_node for --exit-when-idle).
+  std::shared_ptr<std::atomic<uint32_t>> active = {};
 };
 
 /// State of the DAEMON actor. Receives `assign`/`cancel` from the LINK (or

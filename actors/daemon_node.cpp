@@ -4,6 +4,7 @@
 #include "actors/checkpointer.hpp"
 #include "actors/mirror_publisher.hpp"
 
+#include <optional>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -89,6 +90,8 @@ daemon_node::start(caf::actor_system& sys, daemon_settings s,
   node->eviction_deadline_ = s.eviction_deadline;
   node->eviction_grace_ = s.eviction_grace;
   node->eviction_signal_ = s.eviction_signal;
+  node->exit_when_idle_ = s.exit_when_idle;
+  node->active_ = std::make_shared<std::atomic<uint32_t>>(0);
   node->reactor_ = std::make_shared<process::reactor>();
   // Its hello says whether it can restore checkpoints (docs/protocol.md
   // §14): the server sends resumed tasks only to daemons that can.
@@ -98,7 +101,7 @@ daemon_node::start(caf::actor_system& sys, daemon_settings s,
   node->connection_ = spawn_connection(
       sys, std::move(s.connection), std::move(hooks), persist, std::move(io));
   daemon_context ctx{persist, node->connection_, node->reactor_,
-                     std::move(s.workspace), s.checkpointer};
+                     std::move(s.workspace), s.checkpointer, node->active_};
   node->daemon_ = spawn_daemon(sys, std::move(ctx));
   caf::anon_send(node->connection_, start_atom::value, node->daemon_);
   return node;
@@ -184,9 +187,35 @@ void daemon_node::evict(std::chrono::milliseconds grace, int signal) {
 daemon_exit daemon_node::wait() {
   daemon_exit out;
   std::chrono::steady_clock::time_point deadline{};
+  // --exit-when-idle: the clock starts at the first welcome (a slow
+  // connect does not eat it) and runs while nothing is running or queued.
+  bool welcomed = false;
+  std::optional<std::chrono::steady_clock::time_point> idle_since;
   while (exited_.wait_for(std::chrono::milliseconds(0))
          != std::future_status::ready) {
     int sig = process::wait_signal(std::chrono::milliseconds{100});
+    auto now = std::chrono::steady_clock::now();
+    welcomed = welcomed || ready();
+    if (exit_when_idle_.count() > 0 && welcomed && !out.evicted
+        && !stopped_) {
+      if (active_->load() > 0)
+        idle_since.reset();
+      else if (!idle_since)
+        idle_since = now;
+      else if (now - *idle_since >= exit_when_idle_ && sig <= 0) {
+        char secs[32];
+        std::snprintf(secs, sizeof secs, "%g",
+                      static_cast<double>(exit_when_idle_.count()) / 1000);
+        log::info("daemon", std::string{"no task for "} + secs
+                                + " s (--exit-when-idle): draining and "
+                                  "exiting");
+        out.idle = true;
+        out.evicted = true;
+        deadline = now + eviction_deadline_;
+        evict(eviction_grace_, eviction_signal_);
+        continue;
+      }
+    }
     if (sig > 0 && out.signal == 0 && sig == SIGTERM && evict_on_sigterm_) {
       out.signal = sig;
       out.evicted = true;

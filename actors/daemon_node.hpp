@@ -71,6 +71,10 @@ struct daemon_settings {
   std::chrono::milliseconds eviction_deadline{25000};
   std::chrono::milliseconds eviction_grace{10000};
   int eviction_signal = 15;
+  /// > 0: once the node has been welcomed, this long with no attempt
+  /// running or queued drains it like an eviction (no task to stop) and
+  /// wait() returns with `idle` (exit 0).
+  std::chrono::milliseconds exit_when_idle{0};
 };
 
 /// How a daemon node ended (daemon_node::wait).
@@ -85,6 +89,8 @@ struct daemon_exit {
   bool evicted = false;
   /// The eviction deadline passed before that.
   bool deadline_passed = false;
+  /// It drained because it was idle for `exit_when_idle` (with `evicted`).
+  bool idle = false;
 };
 
 /// A running daemon node. Destroying it stops it (like `stop()`).
@@ -164,6 +170,9 @@ private:
   std::chrono::milliseconds eviction_deadline_{25000};
   std::chrono::milliseconds eviction_grace_{10000};
   int eviction_signal_ = 15;
+  std::chrono::milliseconds exit_when_idle_{0};
+  /// Attempts running or queued in the DAEMON (it keeps this up to date).
+  std::shared_ptr<std::atomic<uint32_t>> active_;
   bool evicted_ = false;
   /// Set by start_with_store: the database and PERSISTENCE the node owns.
   std::shared_ptr<void> store_;

@@ -413,6 +413,11 @@ const std::vector<key_def>& defs() {
     add("daemon.eviction_grace", {"MAKIMA_EVICTION_GRACE"},
         "seconds between the eviction signal and SIGKILL of a task",
         seconds_setter(&config::eviction_grace, "daemon.eviction_grace", true));
+    add("daemon.exit_when_idle", {"MAKIMA_EXIT_WHEN_IDLE"},
+        "seconds with no task after which a daemon drains and exits 0, "
+        "0 = never",
+        seconds_setter(&config::exit_when_idle, "daemon.exit_when_idle", true,
+                       max_timeout_seconds));
     add("daemon.eviction_signal", {"MAKIMA_EVICTION_SIGNAL"},
         "signal a task gets at eviction: TERM, INT, HUP, QUIT, USR1, USR2 "
         "(SIG prefix optional)",
@@ -678,6 +683,7 @@ config_values(const config& c) {
       {"daemon.eviction_deadline", num(c.eviction_deadline)},
       {"daemon.eviction_grace", num(c.eviction_grace)},
       {"daemon.eviction_signal", signal_name(c.eviction_signal)},
+      {"daemon.exit_when_idle", num(c.exit_when_idle)},
       {"server.url", c.server_url},
       {"server.api_key", c.api_key},
       {"server.heartbeat", num(c.heartbeat)},

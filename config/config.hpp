@@ -111,6 +111,10 @@ struct config {
   double eviction_deadline = 25;
   double eviction_grace = 10;
   int eviction_signal = 15;
+  /// Seconds with no task after which a daemon drains and exits 0
+  /// (`daemon.exit_when_idle`, MAKIMA_EXIT_WHEN_IDLE; flag
+  /// --exit-when-idle); 0 = never. Burst and ephemeral containers.
+  double exit_when_idle = 0;
 
   // [server] — client side: the server a daemon or the CLI talks to.
   std::string server_url;

@@ -69,6 +69,7 @@ struct daemon_options {
   double eviction_deadline = 0;
   double eviction_grace = -1;
   std::string eviction_signal;
+  double exit_when_idle = -1;
 };
 
 /// A daemon checkpoints its running tasks every 10 s unless told otherwise
@@ -115,6 +116,9 @@ int cmd_daemon(daemon_options& o) {
               "--eviction-grace");
         if (!o.eviction_signal.empty())
           set("daemon.eviction_signal", o.eviction_signal, "--eviction-signal");
+        if (o.exit_when_idle >= 0)
+          set("daemon.exit_when_idle", std::to_string(o.exit_when_idle),
+              "--exit-when-idle");
         apply_checkpoint_flags(c, o.store, o.checkpoint_interval);
         if (!c.origins.count("checkpoint.interval"))
           c.checkpoint_interval = daemon_checkpoint_interval;
@@ -154,6 +158,8 @@ int cmd_daemon(daemon_options& o) {
   settings.eviction_grace = std::chrono::milliseconds{
       static_cast<int64_t>(cfg.eviction_grace * 1000)};
   settings.eviction_signal = cfg.eviction_signal;
+  settings.exit_when_idle = std::chrono::milliseconds{
+      static_cast<int64_t>(cfg.exit_when_idle * 1000)};
   // Only a store given explicitly (flag, MAKIMA_STORE, config): the
   // server resumes a task on any daemon from the checkpoints it hears of,
   // so they must be where every daemon of the fleet reads (the default
@@ -272,6 +278,11 @@ void add_daemon_command(CLI::App& app, command_table& out) {
                number_kind::seconds, 0, max_timeout_seconds, false);
   cmd->add_option("--eviction-signal", o->eviction_signal,
                   "signal a task gets at eviction (default TERM)");
+  check_number(cmd->add_option("--exit-when-idle", o->exit_when_idle,
+                               "drain and exit 0 after this many seconds "
+                               "with no task, counted from the first "
+                               "connection (0 = never, the default)"),
+               number_kind::seconds, 0, max_timeout_seconds, false);
   out.emplace_back(cmd, [o] { return cmd_daemon(*o); });
 }
 

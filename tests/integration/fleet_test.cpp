@@ -381,3 +381,40 @@ TEST(fleet, tls_server_with_wss_daemon_and_https_cli) {
   (void)makima::net::http_request("GET", plain.base + "/healthz", {}, o);
   EXPECT_EQ(cli({"show", "secure"}, certs.ca).exit_code, 0);
 }
+
+// --exit-when-idle (issue 12; burst and per-task containers): a daemon
+// started for a queued task runs it, then, once it has had no task for
+// the given time, drains and exits 0; the task is not touched. A daemon
+// that never gets a task exits the same way after connecting.
+TEST(fleet, exit_when_idle_runs_the_queued_task_then_exits_zero) {
+  env e;
+  server_proc srv;
+  ASSERT_TRUE(srv.launch(e, server_args(e.root() / "server")));
+  api http{srv.http()};
+  // Queued before any daemon exists: the daemon gets it at its welcome.
+  ASSERT_EQ(http.submit({{"id", "idle-1"},
+                         {"argv", {"sh", "-c", "sleep 2; echo done"}}}),
+            "idle-1");
+  daemon_proc d;
+  ASSERT_TRUE(d.launch(e, srv.ws(), "burst-1", e.root() / "d1",
+                       {"--max-tasks", "1", "--exit-when-idle", "1"}));
+  auto r = d.bg->wait(30000ms);
+  EXPECT_EQ(r.exit_code, 0) << d.output();
+  EXPECT_NE(d.output().find("no task for 1 s (--exit-when-idle): draining"),
+            std::string::npos)
+      << d.output();
+  ASSERT_TRUE(http.wait_terminal({"idle-1"}, 10000ms));
+  auto rec = http.task("idle-1");
+  EXPECT_EQ(rec.value("state", ""), "succeeded") << rec.dump();
+  EXPECT_EQ(rec.value("attempt", 0), 1) << rec.dump();
+  // The server saw the daemon drain and leave, not vanish.
+  auto h = http.get_json("/api/v1/tasks/idle-1?history=1");
+  EXPECT_EQ(h.value("state", ""), "succeeded");
+  // A daemon with nothing to do leaves as well, a second after it connects.
+  daemon_proc d2;
+  ASSERT_TRUE(d2.launch(e, srv.ws(), "burst-2", e.root() / "d2",
+                        {"--exit-when-idle", "1"}));
+  auto r2 = d2.bg->wait(20000ms);
+  EXPECT_EQ(r2.exit_code, 0) << d2.output();
+  EXPECT_NE(d2.output().find("drained"), std::string::npos) << d2.output();
+}

@@ -88,6 +88,7 @@ TEST(config_show, every_key_has_its_value_as_text) {
       {"daemon.eviction_deadline", "20"},
       {"daemon.eviction_grace", "5"},
       {"daemon.eviction_signal", "USR1"},
+      {"daemon.exit_when_idle", "30"},
   };
   config cfg;
   for (auto& k : config_keys()) {
