@@ -64,13 +64,13 @@ function makimaConfig(home) {
     encoding: "utf8",
   });
   if (r.error || r.status !== 0)
-    die(`\`${makimaBin} config show --json\` failed: ${r.error ?? r.stderr}`);
+    throw new Error(`\`${makimaBin} config show --json\` failed: ${r.error ?? r.stderr}`);
   const keys = JSON.parse(r.stdout).keys;
   const env = new Set(["MAKIMA_CONFIG"]); // the config file (operations.md §1)
   const defaults = {};
   for (const k of keys) {
     if (!Array.isArray(k.env))
-      die(`\`makima config show --json\` has no env list for ${k.key}: build makima from this tree`);
+      throw new Error(`\`makima config show --json\` has no env list for ${k.key}: build makima from this tree`);
     for (const e of k.env) env.add(e);
     defaults[k.key] = k.value;
   }
@@ -91,7 +91,7 @@ function get(port, target) {
 
 /// The metric names (and each one's label values) a real `makima server`
 /// serves on /metrics: started on 127.0.0.1 port 0 in a temporary data
-/// dir, stopped with SIGTERM.
+/// dir, stopped with SIGTERM (also when this fails: it throws, never exits).
 async function serverMetrics(home) {
   const data = path.join(home, "server");
   const srv = spawn(
@@ -113,9 +113,9 @@ async function serverMetrics(home) {
     srv.on("exit", () => resolve(0));
   });
   try {
-    if (!port) die(`makima server did not start: ${err}`);
+    if (!port) throw new Error(`makima server did not start: ${err}`);
     const r = await get(port, "/metrics");
-    if (r.status !== 200) die(`GET /metrics: ${r.status}`);
+    if (r.status !== 200) throw new Error(`GET /metrics: ${r.status}`);
     const metrics = new Map(); // name -> Map(label -> Set(values))
     for (const line of r.body.split("\n")) {
       const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? /.exec(line);
@@ -138,7 +138,7 @@ async function serverMetrics(home) {
 
 function render(dir) {
   const r = spawnSync(kubectl, ["kustomize", dir], { encoding: "utf8", maxBuffer: 64 << 20 });
-  if (r.error) die(`cannot run ${kubectl}: ${r.error.message}`);
+  if (r.error) throw new Error(`cannot run ${kubectl}: ${r.error.message}`);
   if (r.status !== 0) throw new Error(`kubectl kustomize ${dir}: ${r.stderr}`);
   const docs = YAML.parseAllDocuments(r.stdout);
   for (const d of docs) if (d.errors.length) throw new Error(`${dir}: ${d.errors[0].message}`);
@@ -446,10 +446,15 @@ function report(name, errs) {
 
 try {
   const cfg = makimaConfig(home);
-  const metrics = await serverMetrics(home);
+  let metrics;
+  try {
+    metrics = await serverMetrics(home);
+  } catch (e) {
+    throw new Error(`the server's /metrics: ${e.message}`);
+  }
   const overlays = fs.readdirSync(k8sDir).filter((d) =>
     d !== "base" && fs.existsSync(path.join(k8sDir, d, "kustomization.yaml"))).sort();
-  if (!overlays.includes("k8s-only") || !overlays.includes("hybrid")) die(`overlays missing: found ${overlays}`);
+  if (!overlays.includes("k8s-only") || !overlays.includes("hybrid")) throw new Error(`overlays missing: found ${overlays}`);
   const rendered = {};
   for (const o of overlays) {
     let objs;
@@ -534,6 +539,8 @@ try {
   } catch (e) {
     report("a user overlay with secrets from files and an image of its own (docs step 2)", [e.message]);
   }
+} catch (e) {
+  report("the test itself", [e.message]);
 } finally {
   fs.rmSync(home, { recursive: true, force: true });
 }
