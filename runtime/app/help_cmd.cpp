@@ -5,9 +5,9 @@
 #include "runtime/app/cli.hpp"
 
 #include <algorithm>
-#include <map>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
