@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
@@ -452,6 +453,11 @@ std::string source_detail(const std::string& origin) {
 int cmd_config_show(const common_options& common, bool json_out) {
   auto cfg = resolve_config(common);
   auto rows = nlohmann::json::array();
+  // The variables of each key, makima's first: what deployments may set
+  // (k8s/test checks the manifests' env names against them).
+  std::map<std::string, std::vector<std::string>> env_names;
+  for (auto& k : config_keys())
+    env_names[k.key] = k.env;
   for (auto& [key, raw] : config_values(cfg)) {
     auto it = cfg.origins.find(key);
     std::string origin = it == cfg.origins.end() ? "" : it->second;
@@ -463,7 +469,8 @@ int cmd_config_show(const common_options& common, bool json_out) {
     rows.push_back({{"key", key},
                     {"value", value},
                     {"source", source_kind(origin)},
-                    {"from", source_detail(origin)}});
+                    {"from", source_detail(origin)},
+                    {"env", env_names[key]}});
   }
   if (json_out) {
     nlohmann::json out = {

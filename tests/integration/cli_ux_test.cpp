@@ -376,6 +376,15 @@ TEST(cli_ux, config_show_names_each_source_and_hides_secrets) {
   EXPECT_EQ(keys["server.user_keys"]["value"], "******");
   EXPECT_EQ(keys["server.daemon_keys"]["value"], "");
   EXPECT_EQ(j["config_file"], file.string());
+  // Every key lists its variables, makima's name first, the legacy one
+  // after (what k8s/test checks the manifests' env names against).
+  EXPECT_EQ(keys["log.level"]["env"], json::array({"MAKIMA_LOG_LEVEL"}));
+  EXPECT_EQ(keys["paths.db_dir"]["env"],
+            json::array({"MAKIMA_DB_DIR", "MAKIMA_DAEMON_LOCALDB_PATH"}));
+  EXPECT_EQ(keys["checkpoint.s3_access_key_id"]["env"],
+            json::array({"AWS_ACCESS_KEY_ID"}));
+  for (auto& [name, k] : keys)
+    EXPECT_FALSE(k["env"].empty()) << name;
 
   auto text = makima(e,
                      {"config", "show", "--config", file.string(), "--data-dir",

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "runtime/error.hpp"
 #include "tests/fixtures/temp_dir.hpp"
 
@@ -106,4 +108,25 @@ TEST(config_show, every_key_has_its_value_as_text) {
   EXPECT_TRUE(is_secret_key("server.user_keys"));
   EXPECT_TRUE(is_secret_key("server.daemon_keys"));
   EXPECT_FALSE(is_secret_key("server.tls_key")); // a path, not the key
+}
+
+TEST(config_show, every_key_names_its_variables_once) {
+  // `config show --json` lists these per key, and the Kubernetes manifests
+  // are checked against them (k8s/test): a key without a variable could
+  // not be set there, and a variable of two keys would set both.
+  std::map<std::string, std::string> owner;
+  for (auto& k : config_keys()) {
+    ASSERT_FALSE(k.env.empty()) << k.key;
+    for (auto& e : k.env) {
+      EXPECT_TRUE(e.rfind("MAKIMA_", 0) == 0 || e.rfind("AWS_", 0) == 0)
+          << k.key << ": " << e;
+      auto [it, fresh] = owner.emplace(e, k.key);
+      EXPECT_TRUE(fresh) << e << " is a variable of " << it->second
+                         << " and of " << k.key;
+    }
+  }
+  // The names the manifests of k8s/ rely on.
+  EXPECT_EQ(owner["MAKIMA_DAEMON_HEALTH_LISTEN"], "daemon.health_listen");
+  EXPECT_EQ(owner["MAKIMA_EVICTION_DEADLINE"], "daemon.eviction_deadline");
+  EXPECT_EQ(owner["AWS_SECRET_ACCESS_KEY"], "checkpoint.s3_secret_access_key");
 }
