@@ -125,6 +125,19 @@ std::vector<uint64_t> numbers_in(const std::vector<store::object_info>& objs,
   return out;
 }
 
+caf::expected<bool> put_blob(store::object_store& os, const std::string& sha256,
+                             uint64_t size, const fs::path& file) {
+  auto key = blob_key(sha256);
+  auto have = os.head(key);
+  if (!have)
+    return have.error();
+  if (*have && (*have)->size == size)
+    return false;
+  if (auto err = os.put_file(key, file))
+    return err;
+  return true;
+}
+
 } // namespace detail
 
 using namespace detail;
@@ -200,16 +213,13 @@ caf::expected<std::string> records_digest(store::db& db, const std::string& id,
 // Uploads the staging file of `b` unless the store has it with that size.
 caf::error upload(store::object_store& os, const blob_ref& b,
                   const fs::path& file, taken& t) {
-  auto key = blob_key(b.sha256);
-  auto have = os.head(key);
-  if (!have)
-    return have.error();
-  if (*have && (*have)->size == b.size)
-    return caf::none;
-  if (auto err = os.put_file(key, file))
-    return err;
-  ++t.blobs_uploaded;
-  t.bytes_uploaded += b.size;
+  auto up = put_blob(os, b.sha256, b.size, file);
+  if (!up)
+    return up.error();
+  if (*up) {
+    ++t.blobs_uploaded;
+    t.bytes_uploaded += b.size;
+  }
   return caf::none;
 }
 

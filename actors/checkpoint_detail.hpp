@@ -57,6 +57,11 @@ void sign(nlohmann::json& body, const std::string& key);
 std::vector<uint64_t> numbers_in(const std::vector<store::object_info>& objs,
                                  const std::string& prefix);
 
+/// Uploads `file` as blob `sha256` unless the store has it with `size`
+/// bytes; true when it was uploaded.
+caf::expected<bool> put_blob(store::object_store& os, const std::string& sha256,
+                             uint64_t size, const std::filesystem::path& file);
+
 /// Downloads blob `b` into `dir/<sha256>` (unless there) and checks its
 /// digest and size (ec::checkpoint_corrupt); adds its size to `bytes`.
 caf::error fetch_blob(store::object_store& os, const blob_ref& b,

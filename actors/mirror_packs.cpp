@@ -61,20 +61,6 @@ caf::expected<std::vector<uint64_t>> mirror_numbers(store::object_store& os,
   return numbers_in(*objs, prefix);
 }
 
-// Uploads `file` as blob `sha256` unless the store has it with that size.
-caf::expected<bool> upload_blob(store::object_store& os,
-                                const std::string& sha256, uint64_t size,
-                                const fs::path& file) {
-  auto have = os.head(blob_key(sha256));
-  if (!have)
-    return have.error();
-  if (*have && (*have)->size == size)
-    return false;
-  if (auto err = os.put_file(blob_key(sha256), file))
-    return err;
-  return true;
-}
-
 std::vector<std::string>
 commits_of(const std::vector<std::pair<std::string, std::string>>& refs) {
   std::vector<std::string> out;
@@ -343,7 +329,7 @@ caf::expected<published> publish_mirror(store::object_store& os,
     for (auto* p : {&e.pack, e.idx ? &*e.idx : nullptr}) {
       if (p == nullptr || p->file.empty())
         continue;
-      auto up = upload_blob(os, p->sha256, p->size, p->file);
+      auto up = put_blob(os, p->sha256, p->size, p->file);
       if (!up)
         return up.error();
       if (*up) {
