@@ -507,7 +507,19 @@ void prepare(task_ptr self) {
     rec.worktree = wt.path;
     rec.branch = wt.branch;
     rec.base_commit = wt.base_commit;
-    launch(self);
+    // Recorded before the child starts: if makima dies the moment it
+    // does, the record still names the worktree the child works in (task
+    // resume, checkpoint and push need it). No state event: the state did
+    // not change, only where the work is.
+    self->request(self->state.ctx.persistence, caf::infinite, put_atom::value,
+                  rec)
+        .then([self](ok_atom) { launch(self); },
+              [self](caf::error& err) {
+                log::error(component(self),
+                           "cannot record the worktree: " + describe(err));
+                self->state.store_failure = err;
+                finish(self, task_state::failed);
+              });
   };
   auto on_error = [self](caf::error& err) {
     auto& st = self->state;
